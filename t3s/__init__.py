@@ -1,0 +1,12 @@
+"""t3s: Training-Trajectory-Aware Token Selection (arXiv 2601.10348).
+
+One module per stage of the data flow:
+data -> score -> select -> train -> rrt, with `artifacts` for fingerprints and atomic writes,
+`models` for loading and precision, and `tiny` for the built-in test model.
+"""
+
+__version__ = "0.1.0"
+
+
+class T3SError(Exception):
+    """A user-facing error: the CLI prints the message and exits non-zero, without a traceback."""

@@ -1,0 +1,100 @@
+"""Fingerprints and atomic writes shared by every stage.
+
+Every artifact directory is written to a hidden temporary sibling and renamed into place at the end, so an
+interrupted or failed command never leaves a partial artifact under the requested name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from t3s import T3SError
+
+
+def sha256_json(obj: Any) -> str:
+    """Stable hash of a JSON-serialisable object (sorted keys, no whitespace)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+_SAMPLE = 1 << 20  # bytes read from each end of a large weight file
+
+
+def fingerprint_model_dir(path: str | Path) -> str:
+    """Fingerprint of a model directory: config.json in full plus, per weight file, its size and its first and
+    last MiB (full weights of a 16 GB model would take minutes to hash, and any retraining changes both ends)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    cfg = path / "config.json"
+    if cfg.exists():
+        h.update(cfg.read_bytes())
+    for f in sorted(p for p in path.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES)):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(_SAMPLE))
+            if size > 2 * _SAMPLE:
+                fh.seek(size - _SAMPLE)
+                h.update(fh.read(_SAMPLE))
+    return h.hexdigest()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temp file in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, ensure_ascii=False, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def check_can_write(out: str | Path, overwrite: bool) -> Path:
+    """Refuse early (before any work) when `out` exists and overwriting was not asked for."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise T3SError(f"{out} already exists; pass --overwrite to replace it")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to `out`; on success it replaces `out`, on failure it is removed."""
+    out = check_can_write(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / "x")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

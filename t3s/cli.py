@@ -1,0 +1,180 @@
+"""The `t3s` command line: a thin layer over the stage modules."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from t3s import T3SError, __version__
+
+# Max |fast scorer − model's own forward| accepted by the self-check, by precision.
+CHECK_TOL = {"float32": 1e-3, "other": 0.25}
+
+
+def _progress(args) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+def cmd_tiny(args) -> None:
+    from t3s.tiny import build
+
+    out = build(args.out, rows=args.rows, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {out}/model (tiny Llama + tokenizer) and {out}/train.jsonl ({args.rows} rows)")
+
+
+def cmd_score(args) -> None:
+    from t3s.artifacts import check_can_write
+    from t3s.data import fingerprints, load_rows, render_rows
+    from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, model_step, resolve_precision
+    from t3s.score import check_against_forward, response_logprobs, write_scores
+    from t3s.train import load_config
+
+    check_can_write(args.out, args.overwrite)
+    _, rcfg = load_config(args.config, args.overrides)
+    precision = resolve_precision(args.dtype)
+    tok = load_tokenizer(args.model, args.trust_remote_code)
+    rows = load_rows(args.data, args.split)
+    examples, report = render_rows(rows, tok, rcfg)
+    print(f"data: {report}", file=sys.stderr)
+    model = load_causal_lm(args.model, precision, args.trust_remote_code)
+    lps = response_logprobs(
+        model, examples, precision, batch_tokens=args.batch_tokens, max_batch=args.max_batch,
+        chunk_tokens=args.chunk_tokens, progress=_progress(args), pad_id=tok.pad_token_id,
+    )
+    check = None
+    if not args.no_check:
+        i = min(range(len(examples)), key=lambda j: len(examples[j].input_ids))
+        check = check_against_forward(model, examples[i], lps[i], precision)
+        tol = CHECK_TOL["float32" if precision.name == "float32" else "other"]
+        if check > tol:
+            raise T3SError(
+                f"self-check failed: scores differ from {type(model).__name__}'s own forward by {check:.2e} "
+                f"(> {tol}); this architecture's output head is not supported by the fast scorer"
+            )
+    meta = write_scores(
+        args.out, examples, lps,
+        {
+            "model": str(args.model),
+            "model_fingerprint": model_fingerprint(args.model),
+            "model_step": model_step(args.model),
+            "data": str(args.data),
+            "fingerprints": fingerprints(rows, tok, rcfg),
+            "render_report": report.as_dict(),
+            "precision": precision.name,
+            "self_check_max_abs_diff": check,
+        },
+        args.overwrite,
+    )
+    print(f"wrote {args.out}: {meta['rows']} rows, {meta['tokens']} response tokens, "
+          f"mean log-prob {meta['mean_logprob']:.4f}")
+
+
+def cmd_select(args) -> None:
+    from t3s.artifacts import check_can_write
+    from t3s.score import load_scores
+    from t3s.select import select, summary_line, write_selection
+
+    check_can_write(args.out, args.overwrite)
+    sel = select(load_scores(args.init), load_scores(args.bottleneck), args.mode, args.threshold, args.seed,
+                 args.bottleneck_step)
+    write_selection(sel, args.out, args.overwrite)
+    print(f"wrote {args.out}: {summary_line(sel.meta)}")
+
+
+def cmd_train(args) -> None:
+    from t3s.train import load_config, train
+
+    cfg, rcfg = load_config(args.config, args.overrides)
+    s = train(args.model, args.data, args.out, cfg, rcfg, args.selection, overwrite=args.overwrite,
+              resume=args.resume, progress=_progress(args))
+    print(f"wrote {args.out}/model: {s['global_step']} steps, mean train loss {s['train_loss']:.4f}, "
+          f"{s['kept_tokens']}/{s['response_tokens']} response tokens trained on, {s['train_seconds']:.1f}s")
+
+
+def cmd_rrt(args) -> None:
+    from t3s.rrt import rrt
+
+    info = rrt(args.init, args.bottleneck, args.final, args.out, overwrite=args.overwrite,
+               max_shard_bytes=int(args.max_shard_gb * 1024**3), progress=_progress(args))
+    print(f"wrote {args.out}: init + (final - bottleneck) over {info['tensors']} tensors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="t3s", description="Training-Trajectory-Aware Token Selection (T3S)")
+    p.add_argument("--version", action="version", version=f"t3s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp, out_help: str) -> None:
+        sp.add_argument("--out", required=True, help=out_help)
+        sp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sp = sub.add_parser("tiny", help="build the built-in tiny model, tokenizer and data set")
+    common(sp, "directory to create (model/ and train.jsonl)")
+    sp.add_argument("--rows", type=int, default=64, help="training rows to generate")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(fn=cmd_tiny)
+
+    sp = sub.add_parser("score", help="teacher-forced log-probabilities of every response token")
+    sp.add_argument("--model", required=True, help="HF model directory, t3s train output, or hub id")
+    sp.add_argument("--data", required=True, help=".jsonl, .parquet or saved HF dataset directory")
+    common(sp, "score directory to write")
+    sp.add_argument("--config", help="YAML config (its rendering keys are used)")
+    sp.add_argument("--split", help="split of a saved DatasetDict (default: train)")
+    sp.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (GPU only)")
+    sp.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch")
+    sp.add_argument("--max-batch", type=int, default=64, help="rows per batch at most")
+    sp.add_argument("--chunk-tokens", type=int, default=1024, help="positions per LM-head/log-softmax chunk")
+    sp.add_argument("--no-check", action="store_true", help="skip the self-check against the model's forward")
+    sp.add_argument("--trust-remote-code", action="store_true")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="rendering overrides, e.g. max_length=2048")
+    sp.set_defaults(fn=cmd_score)
+
+    sp = sub.add_parser("select", help="Δc = c(θ_b) − c(θ_0) and the keep-mask of a training mode")
+    sp.add_argument("--init", required=True, help="scores of θ_0 (t3s score output)")
+    sp.add_argument("--bottleneck", required=True, help="scores of θ_b")
+    sp.add_argument("--mode", required=True, choices=["t3s", "reverse", "static-high", "static-low", "random", "none"])
+    common(sp, "selection directory to write")
+    sp.add_argument("--threshold", type=float, default=0.0, help="anchors are tokens with Δc > threshold")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random mode")
+    sp.add_argument("--bottleneck-step", type=int, help="record this step (default: read from the checkpoint)")
+    sp.set_defaults(fn=cmd_select)
+
+    sp = sub.add_parser("train", help="fine-tune with a selection applied as labels (TRL SFTTrainer)")
+    sp.add_argument("--model", required=True, help="student to start from (θ_0)")
+    sp.add_argument("--data", required=True, help="training rows")
+    common(sp, "run directory (model/ is the trained model)")
+    sp.add_argument("--selection", help="t3s select output; none = plain SFT on every response token")
+    sp.add_argument("--config", help="YAML config (training and rendering keys)")
+    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. learning_rate=1e-5")
+    sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("rrt", help="recovering residual transfer: θ_0 + (θ_T − θ_b)")
+    sp.add_argument("--init", required=True, help="θ_0 model directory")
+    sp.add_argument("--bottleneck", required=True, help="θ_b model directory")
+    sp.add_argument("--final", required=True, help="θ_T model directory")
+    common(sp, "model directory to write")
+    sp.add_argument("--max-shard-gb", type=float, default=2.0, help="largest output shard")
+    sp.set_defaults(fn=cmd_rrt)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args.fn(args)
+    except T3SError as e:
+        print(f"t3s {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"t3s {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Stage 5: recovering residual transfer, θ_RRT = θ_0 + (θ_T − θ_b): keep only the updates made after the
+bottleneck.
+
+Streams tensor by tensor from the three safetensors checkpoints (memory-mapped) and writes output shards of at
+most `max_shard_bytes`, so peak memory is about one shard, not three models. Each tensor is computed in float32
+(float64 for float64 tensors) and rounded once to θ_0's dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from t3s import T3SError
+from t3s.artifacts import atomic_dir, write_json
+from t3s.models import resolve_model_path
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+# Files copied from θ_0 so the result loads like the student it came from.
+_COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+         "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model")
+
+
+def _weight_map(model_dir: Path) -> dict[str, Path]:
+    """tensor name -> safetensors file holding it."""
+    if (model_dir / INDEX).exists():
+        index = json.loads((model_dir / INDEX).read_text())
+        return {name: model_dir / f for name, f in index["weight_map"].items()}
+    if (model_dir / SINGLE).exists():
+        from safetensors import safe_open
+
+        with safe_open(model_dir / SINGLE, "pt") as f:
+            return {name: model_dir / SINGLE for name in f.keys()}
+    raise T3SError(f"{model_dir}: no safetensors weights ({SINGLE} or {INDEX})")
+
+
+def _arch(model_dir: Path) -> dict:
+    cfg = json.loads((model_dir / "config.json").read_text())
+    keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
+    return {k: cfg.get(k) for k in keys}
+
+
+class _Reader:
+    """Open safetensors files lazily and keep them open (memory-mapped) for tensor-by-tensor reads."""
+
+    def __init__(self, wmap: dict[str, Path]):
+        self.wmap, self.handles = wmap, {}
+
+    def meta(self, name: str) -> tuple[list[int], str]:
+        h = self._open(self.wmap[name])
+        s = h.get_slice(name)
+        return list(s.get_shape()), s.get_dtype()
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._open(self.wmap[name]).get_tensor(name)
+
+    def _open(self, path: Path):
+        from safetensors import safe_open
+
+        if path not in self.handles:
+            self.handles[path] = safe_open(path, "pt")
+        return self.handles[path]
+
+
+def rrt(init: str, bottleneck: str, final: str, out: str | Path, *, overwrite: bool = False,
+        max_shard_bytes: int = 2 * 1024**3, progress: bool = True) -> dict:
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    dirs = {k: Path(resolve_model_path(p)) for k, p in (("init", init), ("bottleneck", bottleneck), ("final", final))}
+    for k, d in dirs.items():
+        if not d.is_dir():
+            raise T3SError(f"--{k} {d}: not a local model directory")
+    archs = {k: _arch(d) for k, d in dirs.items()}
+    for k in ("bottleneck", "final"):
+        if archs[k] != archs["init"]:
+            raise T3SError(f"architectures differ: --init {dirs['init']} is {archs['init']}, --{k} {dirs[k]} is {archs[k]}")
+    readers = {k: _Reader(_weight_map(d)) for k, d in dirs.items()}
+    names = sorted(readers["init"].wmap)
+    for k in ("bottleneck", "final"):
+        if sorted(readers[k].wmap) != names:
+            missing = set(names) ^ set(readers[k].wmap)
+            raise T3SError(f"--{k} {dirs[k]} has other tensors than --init: {', '.join(sorted(missing)[:5])}")
+    for name in names:
+        metas = {k: r.meta(name) for k, r in readers.items()}
+        if len({json.dumps(m) for m in metas.values()}) != 1:
+            raise T3SError(f"tensor '{name}' differs in shape or dtype: {metas}")
+
+    with atomic_dir(out, overwrite) as tmp:
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size, files, weight_map, total = 0, [], {}, 0
+
+        def flush() -> None:
+            nonlocal size
+            if shards[-1]:
+                fname = f"model-{len(files) + 1:05d}.safetensors"
+                save_file(shards[-1], tmp / fname, metadata={"format": "pt"})
+                files.append(fname)
+                weight_map.update({n: fname for n in shards[-1]})
+                shards[-1] = {}
+                size = 0
+
+        for name in tqdm(names, desc="rrt", unit="tensor", disable=not progress):
+            t0 = readers["init"].get(name)
+            acc = torch.float64 if t0.dtype == torch.float64 else torch.float32
+            res = t0.to(acc) + (readers["final"].get(name).to(acc) - readers["bottleneck"].get(name).to(acc))
+            res = res.to(t0.dtype).contiguous()
+            nbytes = res.numel() * res.element_size()
+            if size and size + nbytes > max_shard_bytes:
+                flush()
+            shards[-1][name] = res
+            size += nbytes
+            total += nbytes
+        flush()
+        if len(files) == 1:
+            (tmp / files[0]).rename(tmp / SINGLE)
+        else:
+            write_json(tmp / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
+        for f in _COPY:
+            if (dirs["init"] / f).exists():
+                shutil.copy2(dirs["init"] / f, tmp / f)
+        info = {"kind": "t3s-rrt", "formula": "init + (final - bottleneck)",
+                **{k: str(d) for k, d in dirs.items()}, "tensors": len(names), "bytes": total}
+        write_json(tmp / "t3s_rrt.json", info)
+    return info

@@ -1,0 +1,195 @@
+"""Stage 2: teacher-forced confidence c_t = log p(y_t | y_<t, x) of every response token.
+
+The backbone runs once per batch; the LM head and the log-softmax then run only on the positions that predict
+response tokens, `chunk_tokens` positions at a time, so full-vocabulary fp32 logits never exist for a whole
+batch. Rows are grouped by length (longest first, under a token budget) so little compute goes to padding.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from t3s import T3SError, __version__
+from t3s.artifacts import atomic_dir, read_json, write_json
+from t3s.data import Example
+
+SCORES_FILE = "scores.parquet"
+META_FILE = "meta.json"
+
+
+def length_batches(lengths: list[int], batch_tokens: int, max_batch: int) -> list[list[int]]:
+    """Indices grouped longest-first so that (rows x longest row) stays under `batch_tokens` (a single longer row
+    still gets a batch of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, cur = [], []
+    for i in order:
+        if cur and ((len(cur) + 1) * lengths[cur[0]] > batch_tokens or len(cur) >= max_batch):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _head_transform(model: Any):
+    """Post-projection logit transforms some architectures apply (scale, soft-capping)."""
+    cfg = model.config.get_text_config()
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    scale = getattr(cfg, "logit_scale", None)
+
+    def f(logits: torch.Tensor) -> torch.Tensor:
+        if scale is not None:
+            logits = logits * scale
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return f
+
+
+@torch.no_grad()
+def response_logprobs(
+    model: Any,
+    examples: list[Example],
+    precision: Any,
+    *,
+    batch_tokens: int = 8192,
+    max_batch: int = 64,
+    chunk_tokens: int = 1024,
+    progress: bool = True,
+    pad_id: int = 0,
+) -> list[np.ndarray]:
+    """Per example, float32 log-probabilities of its response tokens (in order)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    backbone, head, transform = model.base_model, model.get_output_embeddings(), _head_transform(model)
+    if head is None or backbone is model:
+        raise T3SError(f"{type(model).__name__} has no separate backbone and LM head; it cannot be scored")
+    device = next(model.parameters()).device
+    out: list[np.ndarray | None] = [None] * len(examples)
+    lengths = [len(e.input_ids) for e in examples]
+    bar = tqdm(total=len(examples), unit="row", desc="score", disable=not progress, dynamic_ncols=True)
+    t0, n_tok = time.perf_counter(), 0
+    for idx in length_batches(lengths, batch_tokens, max_batch):
+        L = max(lengths[i] for i in idx)
+        ids = torch.full((len(idx), L), pad_id, dtype=torch.long)
+        att = torch.zeros((len(idx), L), dtype=torch.long)
+        rows, cols, targets = [], [], []
+        for b, i in enumerate(idx):
+            e = examples[i]
+            n = len(e.input_ids)
+            ids[b, :n] = torch.tensor(e.input_ids)
+            att[b, :n] = 1
+            # position p predicts token p + 1: response tokens prompt_len..n-1 come from positions prompt_len-1..n-2
+            pos = torch.arange(e.prompt_len - 1, n - 1)
+            rows.append(torch.full_like(pos, b))
+            cols.append(pos)
+            targets.append(torch.tensor(e.response_ids))
+        ids, att = ids.to(device), att.to(device)
+        with precision.context():
+            hidden = backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+        h = hidden[torch.cat(rows).to(device), torch.cat(cols).to(device)]
+        del hidden
+        tgt = torch.cat(targets).to(device)
+        lp = torch.empty(len(tgt), dtype=torch.float32, device=device)
+        for s in range(0, len(tgt), chunk_tokens):
+            with precision.context():
+                logits = head(h[s : s + chunk_tokens])
+            logits = transform(logits.float())
+            lp[s : s + chunk_tokens] = logits.gather(1, tgt[s : s + chunk_tokens, None])[:, 0] - logits.logsumexp(-1)
+            del logits
+        lp = lp.cpu().numpy()
+        start = 0
+        for i in idx:
+            n = len(examples[i].response_ids)
+            out[i] = lp[start : start + n].copy()
+            start += n
+        n_tok += int(att.sum())
+        bar.update(len(idx))
+        bar.set_postfix(tok_s=f"{n_tok / max(time.perf_counter() - t0, 1e-9):.0f}")
+    bar.close()
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def check_against_forward(model: Any, example: Example, logprobs: np.ndarray, precision: Any) -> float:
+    """Max |difference| between the fast scorer and the model's own forward (full logits) on one example."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([example.input_ids], device=device)
+    with precision.context():
+        logits = model(input_ids=ids, use_cache=False).logits[0].float()
+    ref = torch.log_softmax(logits[example.prompt_len - 1 : -1], -1)
+    ref = ref.gather(1, torch.tensor(example.response_ids, device=device)[:, None])[:, 0].cpu().numpy()
+    return float(np.abs(ref - logprobs).max())
+
+
+# ----------------------------------------------------------------------------------------------- artifacts
+
+
+@dataclass
+class ScoreSet:
+    meta: dict[str, Any]
+    ids: list[str]
+    prompt_lens: list[int]
+    response_ids: list[np.ndarray]
+    logprobs: list[np.ndarray]
+
+    @property
+    def path(self) -> str:
+        return self.meta.get("path", "")
+
+
+def write_scores(out: str | Path, examples: list[Example], logprobs: list[np.ndarray], meta: dict, overwrite: bool):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "id": pa.array([e.id for e in examples], pa.string()),
+            "prompt_len": pa.array([e.prompt_len for e in examples], pa.int32()),
+            "response_ids": pa.array([e.response_ids for e in examples], pa.list_(pa.int32())),
+            "logprob": pa.array([lp.tolist() for lp in logprobs], pa.list_(pa.float32())),
+        }
+    )
+    all_lp = np.concatenate(logprobs)
+    meta = {
+        "kind": "t3s-scores",
+        "t3s_version": __version__,
+        **meta,
+        "rows": len(examples),
+        "tokens": int(all_lp.size),
+        "mean_logprob": float(all_lp.mean()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with atomic_dir(out, overwrite) as tmp:
+        pq.write_table(table, tmp / SCORES_FILE)
+        write_json(tmp / META_FILE, meta)
+    return meta
+
+
+def load_scores(path: str | Path) -> ScoreSet:
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not (path / META_FILE).exists() or not (path / SCORES_FILE).exists():
+        raise T3SError(f"{path}: not a t3s score directory (expected {META_FILE} and {SCORES_FILE})")
+    meta = read_json(path / META_FILE)
+    if meta.get("kind") != "t3s-scores":
+        raise T3SError(f"{path}/{META_FILE}: not a t3s score set")
+    t = pq.read_table(path / SCORES_FILE)
+    meta["path"] = str(path)
+    return ScoreSet(
+        meta=meta,
+        ids=t.column("id").to_pylist(),
+        prompt_lens=t.column("prompt_len").to_pylist(),
+        response_ids=[np.asarray(x, dtype=np.int64) for x in t.column("response_ids").to_pylist()],
+        logprobs=[np.asarray(x, dtype=np.float32) for x in t.column("logprob").to_pylist()],
+    )

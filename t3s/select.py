@@ -1,0 +1,187 @@
+"""Stage 3: Δc_t = c_t(θ_b) − c_t(θ_0) and the keep-mask of each training mode.
+
+- `t3s`: drop the imitation anchors (Δc > threshold), train on the yet-to-learn tokens.
+- `reverse` (−T3S): keep only the anchors.
+- `static-high` / `static-low`: drop the tokens with the highest / lowest initial confidence c_t(θ_0), as many as
+  `t3s` drops (matched over the whole data set; ties broken by position, stable).
+- `random`: drop as many tokens as `t3s`, uniformly at random without replacement (seeded).
+- `none`: keep every response token (plain SFT).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from t3s import T3SError, __version__
+from t3s.artifacts import atomic_dir, read_json, write_json
+from t3s.score import ScoreSet
+
+MODES = ("t3s", "reverse", "static-high", "static-low", "random", "none")
+SELECTION_FILE = "selection.parquet"
+META_FILE = "selection.json"
+# Which fingerprints two score sets must share to be compared token by token (the model may differ).
+MATCH_KEYS = ("data", "tokenizer", "template")
+
+
+def check_compatible(init: ScoreSet, bottleneck: ScoreSet) -> None:
+    fi, fb = init.meta["fingerprints"], bottleneck.meta["fingerprints"]
+    for key in MATCH_KEYS:
+        if fi.get(key) != fb.get(key):
+            raise T3SError(
+                f"score sets do not match: {init.path} and {bottleneck.path} were computed with a different {key} "
+                f"({fi.get(key, '?')[:12]} vs {fb.get(key, '?')[:12]}); score both checkpoints on the same data "
+                "with the same tokenizer and rendering"
+            )
+    if init.meta.get("precision") != bottleneck.meta.get("precision"):
+        raise T3SError(
+            f"score sets do not match: {init.path} was scored in {init.meta.get('precision')} and {bottleneck.path} "
+            f"in {bottleneck.meta.get('precision')}; Δc needs both in the same precision (pass the same --dtype)"
+        )
+    if init.ids != bottleneck.ids:
+        raise T3SError(f"score sets do not match: {init.path} and {bottleneck.path} hold different row ids")
+    for rid, a, b in zip(init.ids, init.response_ids, bottleneck.response_ids):
+        if not np.array_equal(a, b):
+            raise T3SError(f"score sets do not match: row '{rid}' has different response tokens")
+
+
+def keep_mask(mode: str, delta: np.ndarray, c0: np.ndarray, threshold: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Flat keep-mask over all response tokens (True = the token is trained on)."""
+    if mode not in MODES:
+        raise T3SError(f"unknown selection mode '{mode}' (choose from {', '.join(MODES)})")
+    anchors = delta > threshold
+    n_drop = int(anchors.sum())
+    keep = np.ones(delta.shape, dtype=bool)
+    if mode == "t3s":
+        keep = ~anchors
+    elif mode == "reverse":
+        keep = anchors.copy()
+    elif mode == "static-high":
+        keep[np.argsort(-c0, kind="stable")[:n_drop]] = False
+    elif mode == "static-low":
+        keep[np.argsort(c0, kind="stable")[:n_drop]] = False
+    elif mode == "random":
+        keep[np.random.default_rng(seed).choice(delta.size, size=n_drop, replace=False)] = False
+    return keep
+
+
+def _split(flat: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    return np.split(flat, np.cumsum(sizes)[:-1])
+
+
+def _quantiles(x: np.ndarray) -> dict[str, float]:
+    if x.size == 0:
+        return {}
+    q = np.quantile(x, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
+    return {"mean": float(x.mean()), **{k: float(v) for k, v in zip(["min", "p5", "p25", "p50", "p75", "p95", "max"], q)}}
+
+
+@dataclass
+class Selection:
+    meta: dict[str, Any]
+    ids: list[str]
+    response_ids: list[np.ndarray]
+    keep: list[np.ndarray]
+    delta: list[np.ndarray]
+
+    @property
+    def by_id(self) -> dict[str, int]:
+        return {rid: i for i, rid in enumerate(self.ids)}
+
+
+def select(
+    init: ScoreSet, bottleneck: ScoreSet, mode: str, threshold: float = 0.0, seed: int = 0,
+    bottleneck_step: int | None = None,
+) -> Selection:
+    check_compatible(init, bottleneck)
+    sizes = [len(x) for x in init.logprobs]
+    c0, cb = np.concatenate(init.logprobs), np.concatenate(bottleneck.logprobs)
+    delta = cb - c0
+    keep = keep_mask(mode, delta, c0, threshold, seed)
+    keep_rows = _split(keep, sizes)
+    row_dropped = np.array([1.0 - k.mean() for k in keep_rows])
+    n, kept = int(delta.size), int(keep.sum())
+    stats = {
+        "rows": len(sizes),
+        "tokens": n,
+        "kept_tokens": kept,
+        "dropped_tokens": n - kept,
+        "dropped_fraction": (n - kept) / n,
+        "anchor_tokens": int((delta > threshold).sum()),
+        "anchor_fraction": float((delta > threshold).mean()),
+        "rows_with_nothing_kept": int(sum(1 for k in keep_rows if not k.any())),
+        "per_row_dropped_fraction": _quantiles(row_dropped),
+        "delta": _quantiles(delta),
+        "mean_logprob_init": float(c0.mean()),
+        "mean_logprob_bottleneck": float(cb.mean()),
+    }
+    if bottleneck_step is None:
+        bottleneck_step = bottleneck.meta.get("model_step")
+
+    def prov(s: ScoreSet) -> dict[str, Any]:
+        return {k: s.meta.get(k) for k in ("path", "model", "model_fingerprint", "model_step", "precision")}
+
+    meta = {
+        "kind": "t3s-selection",
+        "t3s_version": __version__,
+        "mode": mode,
+        "threshold": threshold,
+        "seed": seed if mode == "random" else None,
+        "bottleneck_step": bottleneck_step,
+        "fingerprints": dict(init.meta["fingerprints"]),
+        "init_scores": prov(init),
+        "bottleneck_scores": prov(bottleneck),
+        "stats": stats,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return Selection(meta, list(init.ids), list(init.response_ids), keep_rows, _split(delta, sizes))
+
+
+def write_selection(sel: Selection, out: str | Path, overwrite: bool = False) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "id": pa.array(sel.ids, pa.string()),
+            "response_ids": pa.array([x.tolist() for x in sel.response_ids], pa.list_(pa.int32())),
+            "keep": pa.array([k.tolist() for k in sel.keep], pa.list_(pa.bool_())),
+            "delta": pa.array([d.tolist() for d in sel.delta], pa.list_(pa.float32())),
+        }
+    )
+    with atomic_dir(out, overwrite) as tmp:
+        pq.write_table(table, tmp / SELECTION_FILE)
+        write_json(tmp / META_FILE, {k: v for k, v in sel.meta.items() if k != "path"})
+
+
+def load_selection(path: str | Path) -> Selection:
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not (path / META_FILE).exists() or not (path / SELECTION_FILE).exists():
+        raise T3SError(f"{path}: not a t3s selection directory (expected {META_FILE} and {SELECTION_FILE})")
+    meta = read_json(path / META_FILE)
+    if meta.get("kind") != "t3s-selection":
+        raise T3SError(f"{path}/{META_FILE}: not a t3s selection")
+    meta["path"] = str(path)
+    t = pq.read_table(path / SELECTION_FILE)
+    return Selection(
+        meta=meta,
+        ids=t.column("id").to_pylist(),
+        response_ids=[np.asarray(x, dtype=np.int64) for x in t.column("response_ids").to_pylist()],
+        keep=[np.asarray(x, dtype=bool) for x in t.column("keep").to_pylist()],
+        delta=[np.asarray(x, dtype=np.float32) for x in t.column("delta").to_pylist()],
+    )
+
+
+def summary_line(meta: dict[str, Any]) -> str:
+    s = meta["stats"]
+    return (
+        f"mode={meta['mode']} threshold={meta['threshold']}: {s['tokens']} response tokens, "
+        f"dropped {s['dropped_tokens']} ({100 * s['dropped_fraction']:.1f}%), anchors {100 * s['anchor_fraction']:.1f}%, "
+        f"rows with nothing kept: {s['rows_with_nothing_kept']}"
+    )

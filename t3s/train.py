@@ -1,0 +1,340 @@
+"""Stage 4: fine-tune a causal LM on teacher traces with a selection applied as labels.
+
+Dropped positions get label −100 (the tokens stay in the input). Training runs on TRL's SFTTrainer, so PEFT,
+accelerate (DDP, DeepSpeed, FSDP), `report_to` trackers and checkpoint resume behave as in TRL.
+
+Loss normalisation (`normalize`):
+- `kept` (default): sum of the kept tokens' cross-entropy / number of kept tokens in the global batch (all
+  gradient-accumulation micro-batches and all processes). This is the Trainer's own `num_items_in_batch` path.
+- `response`: the same sum / number of *response* tokens in the global batch, so a masked run keeps SFT's
+  effective step size per token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from t3s import T3SError, __version__
+from t3s.artifacts import read_json, sha256_json, write_json
+from t3s.data import Example, RenderConfig, fingerprints, load_rows, render_rows
+from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision
+from t3s.select import MATCH_KEYS, Selection, load_selection
+
+NORMALIZE = ("kept", "response")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. Keys not listed here can be given under `trainer:` and go to TRL's SFTConfig as is
+    (e.g. `deepspeed`, `fsdp`, `eval_strategy`)."""
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate"})
+    max_steps: int = field(default=50, metadata={"help": "optimizer steps; <= 0 means use num_train_epochs"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "epochs when max_steps <= 0"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "rows per device per micro-batch"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name"})
+    warmup_steps: float = field(default=0, metadata={"help": "warm-up steps (a float < 1 is a ratio)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 disables)"})
+    seed: int = field(default=42, metadata={"help": "data order and initialisation seed"})
+    normalize: str = field(default="kept", metadata={"help": "kept | response: loss denominator"})
+    dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory (GPU)"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep Trainer checkpoints after success"})
+    logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
+    report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | ..."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow remote code models"})
+    trainer: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra SFTConfig arguments"})
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZE:
+            raise T3SError(f"normalize must be one of {NORMALIZE}, got '{self.normalize}'")
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def _coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Convert values to the field types of a config dataclass (YAML reads `1e-5` as a string)."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in raw.items():
+        if key not in types:
+            continue
+        base = types[key].split("|")[0].strip()
+        try:
+            if value is None or not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                out[key] = value
+            elif base == "float":
+                out[key] = float(value)
+            elif base == "int":
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError("not an integer")
+                out[key] = int(float(value)) if isinstance(value, str) else int(value)
+            elif base == "bool":
+                raise ValueError("expected true or false")
+            else:
+                out[key] = value
+        except ValueError as e:
+            raise T3SError(f"{where}: bad value for '{key}': {value!r} ({e})") from None
+        if base == "bool" and not isinstance(out[key], bool):
+            raise T3SError(f"{where}: bad value for '{key}': {value!r} (expected true or false)")
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[TrainConfig, RenderConfig]:
+    """Read a flat YAML config (TrainConfig and RenderConfig keys, plus `trainer:`) and apply `key=value`
+    overrides. Unknown keys are an error that names them."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise T3SError(f"{path}: cannot read config ({e})") from None
+        if not isinstance(raw, dict):
+            raise T3SError(f"{path}: a config must be a mapping of keys to values")
+    for item in overrides or []:
+        if "=" not in item:
+            raise T3SError(f"override '{item}' is not key=value")
+        key, value = item.split("=", 1)
+        if key.startswith("trainer."):
+            raw.setdefault("trainer", {})[key.removeprefix("trainer.")] = _parse_value(value)
+        else:
+            raw[key] = _parse_value(value)
+    tkeys = {f.name for f in dataclasses.fields(TrainConfig)}
+    rkeys = {f.name for f in dataclasses.fields(RenderConfig)}
+    unknown = sorted(set(raw) - tkeys - rkeys)
+    if unknown:
+        raise T3SError(
+            f"unknown config key(s): {', '.join(unknown)} (t3s keys: {', '.join(sorted(tkeys | rkeys))}; "
+            "pass other SFTConfig arguments under 'trainer:')"
+        )
+    where = str(path) if path is not None else "overrides"
+    try:
+        tcfg = TrainConfig(**_coerce(TrainConfig, raw, where))
+        rcfg = RenderConfig(**_coerce(RenderConfig, raw, where))
+    except TypeError as e:
+        raise T3SError(f"bad config: {e}") from None
+    return tcfg, rcfg
+
+
+def apply_selection(examples: list[Example], sel: Selection | None, where: str = "") -> list[list[int]]:
+    """Labels per example: −100 on the prompt and on dropped response tokens."""
+    if sel is None:
+        return [e.labels() for e in examples]
+    index = sel.by_id
+    out = []
+    for e in examples:
+        i = index.get(e.id)
+        if i is None:
+            raise T3SError(f"row '{e.id}' of the training data is not in the selection {where}")
+        if list(sel.response_ids[i]) != e.response_ids:
+            raise T3SError(f"row '{e.id}': the selection {where} was made on different response tokens")
+        out.append([-100] * e.prompt_len + [t if k else -100 for t, k in zip(e.response_ids, sel.keep[i])])
+    return out
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    class Collator:
+        """TRL's collator, plus the padded response labels when the loss is normalised by response tokens."""
+
+        def __init__(self, pad_token_id: int, with_response: bool):
+            self.base = DataCollatorForLanguageModeling(pad_token_id=pad_token_id)
+            self.with_response = with_response
+
+        def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+            out = self.base([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+            if self.with_response:
+                alt = self.base([{"input_ids": e["input_ids"], "labels": e["response_labels"]} for e in examples])
+                out["response_labels"] = alt["labels"]
+            return out
+
+    class T3STrainer(SFTTrainer):
+        """SFTTrainer whose loss denominator can be the number of response tokens instead of kept tokens."""
+
+        def __init__(self, *args, normalize: str = "kept", **kwargs):
+            self.normalize = normalize
+            super().__init__(*args, **kwargs)
+
+        def _get_num_items_in_batch(self, batch_samples, device):
+            if self.normalize == "response":
+                # Count response positions with the Trainer's own rule (shift, gather across processes).
+                batch_samples = [{"labels": b["response_labels"]} for b in batch_samples]
+            return super()._get_num_items_in_batch(batch_samples, device)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs.pop("response_labels", None)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return T3STrainer, Collator
+
+
+def train(
+    model_path: str,
+    data_path: str,
+    out: str | Path,
+    cfg: TrainConfig,
+    rcfg: RenderConfig,
+    selection_path: str | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    import datasets
+    import torch
+    from trl import SFTConfig
+
+    out = Path(out)
+    final_dir, ckpt_dir = out / "model", out / "checkpoints"
+    if (out / "train.json").exists() and not overwrite:
+        raise T3SError(f"{out} already holds a finished training run; pass --overwrite to replace it")
+    have_ckpt = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
+    if have_ckpt and not (resume or overwrite):
+        raise T3SError(f"{ckpt_dir} holds checkpoints of an unfinished run; pass --resume to continue or --overwrite")
+
+    precision = resolve_precision(cfg.dtype)
+    tok = load_tokenizer(model_path, cfg.trust_remote_code)
+    rows = load_rows(data_path)
+    examples, report = render_rows(rows, tok, rcfg)
+    fps = fingerprints(rows, tok, rcfg)
+    sel = None
+    if selection_path is not None:
+        sel = load_selection(selection_path)
+        for key in MATCH_KEYS:
+            if sel.meta["fingerprints"].get(key) != fps[key]:
+                raise T3SError(
+                    f"the selection {selection_path} was made with a different {key} than this training run "
+                    f"({sel.meta['fingerprints'].get(key, '?')[:12]} vs {fps[key][:12]})"
+                )
+    labels = apply_selection(examples, sel, selection_path or "")
+    columns: dict[str, Any] = {"input_ids": [e.input_ids for e in examples], "labels": labels}
+    if cfg.normalize == "response":
+        columns["response_labels"] = [e.labels() for e in examples]
+    dataset = datasets.Dataset.from_dict(columns)
+    kept = sum(sum(1 for x in lab if x != -100) for lab in labels)
+
+    run = {
+        "model": model_path,
+        "model_fingerprint": model_fingerprint(model_path),
+        "data": str(data_path),
+        "fingerprints": fps,
+        "selection": None if sel is None else {k: sel.meta.get(k) for k in ("path", "mode", "threshold", "seed")},
+        "config": dataclasses.asdict(cfg),
+        "render": dataclasses.asdict(rcfg),
+    }
+    run_fp = sha256_json({k: v for k, v in run.items() if k not in ("model", "data")})
+    if overwrite and not resume and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = out / "train.started.json"
+    if have_ckpt and resume and started.exists() and read_json(started).get("run_fingerprint") != run_fp:
+        raise T3SError(f"{out}: cannot resume, the checkpoints were made with another model, data or config")
+    write_json(started, {"run_fingerprint": run_fp, **run})
+
+    model = load_causal_lm(model_path, precision, cfg.trust_remote_code)
+    on_cpu = precision.device == "cpu"
+    extra = dict(cfg.trainer)
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        learning_rate=cfg.learning_rate,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        num_train_epochs=cfg.num_train_epochs,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        use_cpu=on_cpu,
+        bf16=precision.autocast == torch.bfloat16 or precision.weights == torch.bfloat16,
+        fp16=precision.weights == torch.float16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        logging_steps=cfg.logging_steps,
+        report_to=cfg.report_to,
+        max_length=None,  # rows are rendered (and truncated by policy) by t3s.data
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        **extra,
+    )
+    peft_config = None
+    if cfg.lora_r > 0:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM",
+        )
+    T3STrainer, Collator = _trainer_class()
+    trainer = T3STrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        data_collator=Collator(tok.pad_token_id, cfg.normalize == "response"),
+        peft_config=peft_config,
+        normalize=cfg.normalize,
+    )
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if (resume and have_ckpt) else None)
+    seconds = time.perf_counter() - t0
+
+    summary = {
+        "kind": "t3s-train",
+        "t3s_version": __version__,
+        "run_fingerprint": run_fp,
+        **run,
+        "render_report": report.as_dict(),
+        "kept_tokens": kept,
+        "response_tokens": report.response_tokens,
+        "precision": precision.name,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "train_seconds": seconds,
+        "log_history": trainer.state.log_history,
+    }
+    # save_model gathers sharded (FSDP / DeepSpeed) weights, so every process calls it; only the main one writes.
+    tmp = out / ".model.tmp"
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if peft_config is None:
+        trainer.save_model(str(tmp))
+    elif main:
+        trainer.model.save_pretrained(out / "adapter")
+        trainer.model.merge_and_unload().save_pretrained(tmp)
+    if main:
+        tok.save_pretrained(tmp)
+        write_json(tmp / "t3s_step.json", {"global_step": trainer.state.global_step})
+        shutil.rmtree(final_dir, ignore_errors=True)
+        tmp.rename(final_dir)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        write_json(out / "train.json", summary)  # written last: marks the run finished
+        started.unlink(missing_ok=True)
+    return summary
+
