@@ -13,6 +13,7 @@ Loss normalisation (`normalize`):
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ class TrainConfig:
     seed: int = field(default=42, metadata={"help": "data order and initialisation seed"})
     normalize: str = field(default="kept", metadata={"help": "kept | response: loss denominator"})
     dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory (GPU)"})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (GPU)"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep Trainer checkpoints after success"})
     logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
@@ -65,8 +66,22 @@ class TrainConfig:
             raise T3SError(f"normalize must be one of {NORMALIZE}, got '{self.normalize}'")
 
 
+_EXP_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _numbers(obj: Any) -> Any:
+    """YAML 1.1 reads `1e-5` (no dot) as a string; read such strings as floats, as users mean them."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    if isinstance(obj, str) and _EXP_FLOAT.match(obj):
+        return float(obj)
+    return obj
+
+
 def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
+    return _numbers(yaml.safe_load(text))
 
 
 def _coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
@@ -103,7 +118,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            raw = _numbers(yaml.safe_load(Path(path).read_text()) or {})
         except (OSError, yaml.YAMLError) as e:
             raise T3SError(f"{path}: cannot read config ({e})") from None
         if not isinstance(raw, dict):
@@ -187,31 +202,26 @@ def _trainer_class():
     return T3STrainer, Collator
 
 
-def train(
-    model_path: str,
-    data_path: str,
-    out: str | Path,
-    cfg: TrainConfig,
-    rcfg: RenderConfig,
-    selection_path: str | None = None,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
+@dataclass
+class Prepared:
+    """Rendered training data with the selection applied, ready for the trainer."""
+
+    tokenizer: Any
+    examples: list[Example]
+    report: Any
+    fingerprints: dict[str, str]
+    selection: Selection | None
+    dataset: Any  # datasets.Dataset with input_ids, labels (and response_labels for normalize=response)
+
+    @property
+    def kept_tokens(self) -> int:
+        return sum(sum(1 for x in lab if x != -100) for lab in self.dataset["labels"])
+
+
+def prepare(model_path: str, data_path: str, cfg: TrainConfig, rcfg: RenderConfig,
+            selection_path: str | None = None) -> Prepared:
     import datasets
-    import torch
-    from trl import SFTConfig
 
-    out = Path(out)
-    final_dir, ckpt_dir = out / "model", out / "checkpoints"
-    if (out / "train.json").exists() and not overwrite:
-        raise T3SError(f"{out} already holds a finished training run; pass --overwrite to replace it")
-    have_ckpt = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
-    if have_ckpt and not (resume or overwrite):
-        raise T3SError(f"{ckpt_dir} holds checkpoints of an unfinished run; pass --resume to continue or --overwrite")
-
-    precision = resolve_precision(cfg.dtype)
     tok = load_tokenizer(model_path, cfg.trust_remote_code)
     rows = load_rows(data_path)
     examples, report = render_rows(rows, tok, rcfg)
@@ -225,18 +235,98 @@ def train(
                     f"the selection {selection_path} was made with a different {key} than this training run "
                     f"({sel.meta['fingerprints'].get(key, '?')[:12]} vs {fps[key][:12]})"
                 )
-    labels = apply_selection(examples, sel, selection_path or "")
-    columns: dict[str, Any] = {"input_ids": [e.input_ids for e in examples], "labels": labels}
+    columns: dict[str, Any] = {"input_ids": [e.input_ids for e in examples],
+                               "labels": apply_selection(examples, sel, selection_path or "")}
     if cfg.normalize == "response":
         columns["response_labels"] = [e.labels() for e in examples]
-    dataset = datasets.Dataset.from_dict(columns)
-    kept = sum(sum(1 for x in lab if x != -100) for lab in labels)
+    return Prepared(tok, examples, report, fps, sel, datasets.Dataset.from_dict(columns))
 
+
+def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, output_dir: str | Path, *,
+                 progress: bool = True, callbacks: list | None = None) -> Any:
+    """TRL SFTTrainer configured from a TrainConfig (precision, checkpoints, LoRA, loss normalisation)."""
+    import torch
+    from trl import SFTConfig
+
+    precision = resolve_precision(cfg.dtype)
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=cfg.learning_rate,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        num_train_epochs=cfg.num_train_epochs,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        use_cpu=precision.device == "cpu",
+        bf16=precision.autocast == torch.bfloat16 or precision.weights == torch.bfloat16,
+        fp16=precision.weights == torch.float16,
+        activation_checkpointing=cfg.activation_checkpointing,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        logging_steps=cfg.logging_steps,
+        report_to=cfg.report_to,
+        max_length=None,  # rows are rendered (and truncated by policy) by t3s.data
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        **cfg.trainer,
+    )
+    peft_config = None
+    if cfg.lora_r > 0:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM",
+        )
+    T3STrainer, Collator = _trainer_class()
+    return T3STrainer(
+        model=model,
+        args=args,
+        train_dataset=data.dataset,
+        processing_class=data.tokenizer,
+        data_collator=Collator(data.tokenizer.pad_token_id, cfg.normalize == "response"),
+        peft_config=peft_config,
+        callbacks=callbacks,
+        normalize=cfg.normalize,
+    )
+
+
+def train(
+    model_path: str,
+    data_path: str,
+    out: str | Path,
+    cfg: TrainConfig,
+    rcfg: RenderConfig,
+    selection_path: str | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Train from `model_path` into `out/model` (written atomically; `out/train.json` is written last)."""
+    out = Path(out)
+    final_dir, ckpt_dir = out / "model", out / "checkpoints"
+    if (out / "train.json").exists() and not overwrite:
+        raise T3SError(f"{out} already holds a finished training run; pass --overwrite to replace it")
+    have_ckpt = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
+    if have_ckpt and not (resume or overwrite):
+        raise T3SError(f"{ckpt_dir} holds checkpoints of an unfinished run; pass --resume to continue or --overwrite")
+
+    precision = resolve_precision(cfg.dtype)
+    data = prepare(model_path, data_path, cfg, rcfg, selection_path)
+    sel = data.selection
     run = {
         "model": model_path,
         "model_fingerprint": model_fingerprint(model_path),
         "data": str(data_path),
-        "fingerprints": fps,
+        "fingerprints": data.fingerprints,
         "selection": None if sel is None else {k: sel.meta.get(k) for k in ("path", "mode", "threshold", "seed")},
         "config": dataclasses.asdict(cfg),
         "render": dataclasses.asdict(rcfg),
@@ -251,53 +341,8 @@ def train(
     write_json(started, {"run_fingerprint": run_fp, **run})
 
     model = load_causal_lm(model_path, precision, cfg.trust_remote_code)
-    on_cpu = precision.device == "cpu"
-    extra = dict(cfg.trainer)
-    args = SFTConfig(
-        output_dir=str(ckpt_dir),
-        learning_rate=cfg.learning_rate,
-        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
-        num_train_epochs=cfg.num_train_epochs,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        optim=cfg.optim,
-        max_grad_norm=cfg.max_grad_norm,
-        seed=cfg.seed,
-        use_cpu=on_cpu,
-        bf16=precision.autocast == torch.bfloat16 or precision.weights == torch.bfloat16,
-        fp16=precision.weights == torch.float16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        save_strategy="steps" if cfg.save_steps > 0 else "no",
-        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
-        logging_steps=cfg.logging_steps,
-        report_to=cfg.report_to,
-        max_length=None,  # rows are rendered (and truncated by policy) by t3s.data
-        dataset_kwargs={"skip_prepare_dataset": True},
-        remove_unused_columns=False,
-        disable_tqdm=not progress,
-        **extra,
-    )
-    peft_config = None
-    if cfg.lora_r > 0:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM",
-        )
-    T3STrainer, Collator = _trainer_class()
-    trainer = T3STrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tok,
-        data_collator=Collator(tok.pad_token_id, cfg.normalize == "response"),
-        peft_config=peft_config,
-        normalize=cfg.normalize,
-    )
+    trainer = make_trainer(model, data, cfg, ckpt_dir, progress=progress, callbacks=callbacks)
+    tok, report, kept = data.tokenizer, data.report, data.kept_tokens
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if (resume and have_ckpt) else None)
     seconds = time.perf_counter() - t0
@@ -322,7 +367,7 @@ def train(
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    if peft_config is None:
+    if cfg.lora_r == 0:
         trainer.save_model(str(tmp))
     elif main:
         trainer.model.save_pretrained(out / "adapter")

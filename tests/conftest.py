@@ -1,0 +1,29 @@
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """The built-in tiny model + tokenizer + 64 training rows, built once per test session."""
+    from t3s.tiny import build
+
+    return build(tmp_path_factory.mktemp("tiny") / "tiny", rows=16)
+
+
+@pytest.fixture(scope="session")
+def tok(tiny):
+    from t3s.models import load_tokenizer
+
+    return load_tokenizer(tiny / "model")
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as fh:
+        for r in rows:
+            fh.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return path

@@ -1,0 +1,104 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_jsonl
+
+from t3s import T3SError
+from t3s.data import RenderConfig, fingerprints, load_rows, render_rows, stable_id
+
+GOOD = {"prompt": "What is 1 + 2?", "response": "It is 3.", "answer": "3"}
+
+
+def test_load_jsonl_and_stable_ids(tmp_path):
+    p = write_jsonl(tmp_path / "d.jsonl", [GOOD, {**GOOD, "prompt": "What is 2 + 2?", "id": 7}, ""])
+    rows = load_rows(p)
+    assert [r.id for r in rows] == [stable_id(GOOD["prompt"], GOOD["response"]), "7"]
+    assert load_rows(p)[0].id == rows[0].id  # stable across loads
+    assert rows[0].where == f"{p}:1"
+
+
+def test_load_parquet_and_saved_dataset(tmp_path):
+    import datasets
+
+    rows = [{**GOOD, "id": f"r{i}", "prompt": f"What is {i} + 2?"} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dd"))
+    for src in ("d.parquet", "ds", "dd"):
+        got = load_rows(tmp_path / src)
+        assert [r.id for r in got] == ["r0", "r1", "r2"], src
+        assert got[1].prompt == "What is 1 + 2?"
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"prompt": "x", "response": ', "bad JSON"),
+        ({"response": "r"}, "missing field 'prompt'"),
+        ({"prompt": "p", "response": "  "}, "field 'response' is empty"),
+        ({"prompt": 3, "response": "r"}, "field 'prompt' must be a string or a list of messages"),
+        ({"prompt": [{"role": "user"}], "response": "r"}, "prompt message 0 must be an object"),
+        ({"prompt": "p", "response": ["r"]}, "field 'response' must be a string"),
+        ({"prompt": "p", "response": "r", "answer": {"a": 1}}, "field 'answer' must be a string or a number"),
+        ({"prompt": "p", "response": "r", "id": ""}, "field 'id' is empty"),
+        ([1, 2], "a row must be a JSON object"),
+    ],
+)
+def test_malformed_rows_name_file_and_line(tmp_path, line, message):
+    p = write_jsonl(tmp_path / "bad.jsonl", [GOOD, line if isinstance(line, str) else json.dumps(line)])
+    with pytest.raises(T3SError) as e:
+        load_rows(p)
+    assert f"{p}:2:" in str(e.value) and message in str(e.value)
+
+
+def test_duplicate_ids_and_empty_file(tmp_path):
+    p = write_jsonl(tmp_path / "dup.jsonl", [{**GOOD, "id": "a"}, {**GOOD, "id": "a", "prompt": "q"}])
+    with pytest.raises(T3SError, match=r"dup.jsonl:2: duplicate id 'a' \(first seen at .*dup.jsonl:1\)"):
+        load_rows(p)
+    with pytest.raises(T3SError, match="no rows"):
+        load_rows(write_jsonl(tmp_path / "empty.jsonl", []))
+
+
+def test_render_with_chat_template_labels_cover_response_only(tmp_path, tok):
+    rows = load_rows(write_jsonl(tmp_path / "d.jsonl", [GOOD]))
+    (ex,), rep = render_rows(rows, tok, RenderConfig())
+    prompt_text = tok.decode(ex.input_ids[: ex.prompt_len])
+    assert prompt_text == "<|user|>\nWhat is 1 + 2?\n<|assistant|>\n"
+    assert tok.decode(ex.response_ids) == "It is 3.<|eos|>"
+    labels = ex.labels()
+    assert labels[: ex.prompt_len] == [-100] * ex.prompt_len and labels[ex.prompt_len :] == ex.response_ids
+    assert rep.response_tokens == len(ex.response_ids) and rep.kept == 1
+
+
+def test_render_messages_system_prompt_and_plain(tmp_path, tok):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 1 + 2?"}]
+    rows = load_rows(write_jsonl(tmp_path / "d.jsonl", [{**GOOD, "prompt": msgs}]))
+    (ex,), _ = render_rows(rows, tok, RenderConfig())
+    assert tok.decode(ex.input_ids[: ex.prompt_len]).startswith("<|system|>\nBe brief.\n<|user|>")
+    with pytest.raises(T3SError, match="list of messages but no chat template"):
+        render_rows(rows, tok, RenderConfig(chat_template="off"))
+    rows = load_rows(write_jsonl(tmp_path / "p.jsonl", [GOOD]))
+    (ex,), _ = render_rows(rows, tok, RenderConfig(chat_template="off", separator="\n"))
+    assert tok.decode(ex.input_ids[: ex.prompt_len]) == "What is 1 + 2?\n"
+    assert tok.decode(ex.response_ids) == "It is 3.<|eos|>"
+    # the rendering is part of the fingerprint
+    assert fingerprints(rows, tok, RenderConfig())["template"] != fingerprints(
+        rows, tok, RenderConfig(chat_template="off"))["template"]
+
+
+def test_overlong_policies(tmp_path, tok):
+    long = {**GOOD, "id": "long", "response": "It is 3. " * 20}
+    rows = load_rows(write_jsonl(tmp_path / "d.jsonl", [GOOD, long]))
+    full, _ = render_rows(rows, tok, RenderConfig())
+    limit = len(full[0].input_ids)  # the short row fits exactly, the long one does not
+    with pytest.raises(T3SError, match=rf"d.jsonl:2: \d+ tokens exceed max_length={limit}"):
+        render_rows(rows, tok, RenderConfig(max_length=limit))
+    ex, rep = render_rows(rows, tok, RenderConfig(max_length=limit, overlong="truncate"))
+    assert (rep.kept, rep.truncated, rep.dropped) == (2, 1, 0)
+    assert len(ex[1].input_ids) == limit and ex[1].response_ids == full[1].response_ids[: limit - ex[1].prompt_len]
+    ex, rep = render_rows(rows, tok, RenderConfig(max_length=limit, overlong="drop"))
+    assert (rep.kept, rep.truncated, rep.dropped) == (1, 0, 1) and [e.id for e in ex] == [rows[0].id]
+    with pytest.raises(T3SError, match="overlong must be one of"):
+        RenderConfig(overlong="cut")
