@@ -1,0 +1,65 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from t3s import T3SError
+from t3s.models import load_causal_lm, resolve_precision
+from t3s.rrt import rrt
+from t3s.tiny import build_model
+
+
+def save(tmp_path, name, seed, dtype=torch.float32, **kw):
+    m = build_model(64, seed=seed, **kw).to(dtype)
+    m.save_pretrained(tmp_path / name)
+    return str(tmp_path / name)
+
+
+def tensors(d):
+    from pathlib import Path
+
+    out = {}
+    for f in sorted(Path(d).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def test_rrt_is_exact_arithmetic(tmp_path):
+    i, b, f = save(tmp_path, "i", 0), save(tmp_path, "b", 1), save(tmp_path, "f", 2)
+    rrt(i, b, f, tmp_path / "out", progress=False)
+    got, t0, tb, tf = tensors(tmp_path / "out"), tensors(i), tensors(b), tensors(f)
+    assert set(got) == set(t0)
+    for name in t0:
+        assert torch.equal(got[name], t0[name] + (tf[name] - tb[name])), name
+    # identity checks: final == bottleneck gives back θ0; bottleneck == init gives back θT
+    rrt(i, f, f, tmp_path / "same", progress=False)
+    assert all(torch.equal(v, t0[k]) for k, v in tensors(tmp_path / "same").items())
+    model = load_causal_lm(tmp_path / "out", resolve_precision("float32"))
+    assert torch.equal(dict(model.named_parameters())["lm_head.weight"], got["lm_head.weight"])
+
+
+def test_rrt_sharded_output_and_bf16_rounding(tmp_path):
+    i, b, f = (save(tmp_path, n, s, torch.bfloat16) for n, s in (("i", 0), ("b", 1), ("f", 2)))
+    rrt(i, b, f, tmp_path / "out", max_shard_bytes=20_000, progress=False)
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    got, t0, tb, tf = tensors(tmp_path / "out"), tensors(i), tensors(b), tensors(f)
+    for name in t0:
+        want = (t0[name].float() + (tf[name].float() - tb[name].float())).to(torch.bfloat16)
+        assert got[name].dtype == torch.bfloat16 and torch.equal(got[name], want), name
+    load_causal_lm(tmp_path / "out", resolve_precision("float32"))  # the sharded result loads
+
+
+def test_rrt_refuses_mismatches_and_leaves_nothing(tmp_path):
+    i, b = save(tmp_path, "i", 0), save(tmp_path, "b", 1)
+    deep = save(tmp_path, "deep", 2, layers=3)
+    with pytest.raises(T3SError, match="architectures differ"):
+        rrt(i, b, deep, tmp_path / "out", progress=False)
+    wide = save(tmp_path, "wide", 2, hidden=32)
+    with pytest.raises(T3SError, match="architectures differ"):
+        rrt(i, wide, b, tmp_path / "out", progress=False)
+    with pytest.raises(T3SError, match="not a Hugging Face model directory"):
+        rrt(i, b, str(tmp_path), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
