@@ -285,7 +285,7 @@ def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, output_dir: str |
             target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM",
         )
     T3STrainer, Collator = _trainer_class()
-    return T3STrainer(
+    trainer = T3STrainer(
         model=model,
         args=args,
         train_dataset=data.dataset,
@@ -295,6 +295,11 @@ def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, output_dir: str |
         callbacks=callbacks,
         normalize=cfg.normalize,
     )
+    if not progress:  # --quiet: no per-step log lines either
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def train(
