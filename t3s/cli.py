@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+from pathlib import Path
 
 from t3s import T3SError, __version__
 
@@ -92,6 +94,55 @@ def cmd_train(args) -> None:
           f"{s['kept_tokens']}/{s['response_tokens']} response tokens trained on, {s['train_seconds']:.1f}s")
 
 
+def _gen_config(args):
+    from t3s.evaluate import GenConfig
+    from t3s.train import _coerce, _parse_value
+
+    raw = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if sep and key in {f.name for f in dataclasses.fields(GenConfig)}:
+            raw[key] = _parse_value(value)
+    return GenConfig(**_coerce(GenConfig, raw, "overrides"))
+
+
+def cmd_eval(args) -> None:
+    from t3s.evaluate import format_metrics, grade, load_responses, write_eval
+
+    gen_keys = {"temperature", "top_p", "max_new_tokens", "k", "seed", "batch_size", "fallback", "dtype"}
+    gcfg = _gen_config(args)
+    other = [o for o in args.overrides if o.partition("=")[0] not in gen_keys]
+    if args.responses:
+        if args.model or args.data:
+            raise T3SError("--responses grades a file of responses; do not pass --model or --data with it")
+        rows = load_responses(args.responses)
+        samples = grade([r[:5] for r in rows], gcfg.fallback, [r[5] for r in rows])
+        meta = {"responses": str(args.responses), "fallback": gcfg.fallback}
+        out = args.out or f"runs/eval/{Path(args.responses).stem}-graded"
+    else:
+        if not (args.model and args.data):
+            raise T3SError("pass --model and --data (or --responses FILE to grade pre-generated responses)")
+        from t3s.data import load_rows
+        from t3s.evaluate import evaluate_model
+        from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision
+        from t3s.train import load_config
+
+        _, rcfg = load_config(args.config, other)
+        out = args.out or f"runs/eval/{Path(args.model).name}-{Path(args.data).stem}"
+        from t3s.artifacts import check_can_write
+
+        check_can_write(out, args.overwrite)
+        rows = load_rows(args.data, args.split, need_response=False, need_answer=True)
+        precision = resolve_precision(gcfg.dtype)
+        tok = load_tokenizer(args.model, args.trust_remote_code)
+        model = load_causal_lm(args.model, precision, args.trust_remote_code)
+        samples = evaluate_model(model, tok, rows, rcfg, gcfg, precision, _progress(args))
+        meta = {"model": str(args.model), "model_fingerprint": model_fingerprint(args.model), "data": str(args.data),
+                "generation": dataclasses.asdict(gcfg), "precision": precision.name}
+    m = write_eval(out, samples, meta, args.overwrite)
+    print(f"{format_metrics(m['metrics'])}\nwrote {out}/samples.jsonl and {out}/metrics.json")
+
+
 def cmd_rrt(args) -> None:
     from t3s.rrt import rrt
 
@@ -150,6 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. learning_rate=1e-5")
     sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("eval", help="generate, extract final answers, check them with math-verify")
+    sp.add_argument("--model", help="model to evaluate")
+    sp.add_argument("--data", help="rows with prompt and answer")
+    sp.add_argument("--responses", help="grade this file of pre-generated responses (response, answer, id)")
+    sp.add_argument("--out", help="directory for samples.jsonl and metrics.json (default: runs/eval/...)")
+    sp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.add_argument("--config", help="YAML config (its rendering keys are used)")
+    sp.add_argument("--split", help="split of a saved DatasetDict (default: train)")
+    sp.add_argument("--trust-remote-code", action="store_true")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="temperature, top_p, max_new_tokens, k, seed, batch_size, fallback, dtype, rendering keys")
+    sp.set_defaults(fn=cmd_eval)
 
     sp = sub.add_parser("rrt", help="recovering residual transfer: θ_0 + (θ_T − θ_b)")
     sp.add_argument("--init", required=True, help="θ_0 model directory")

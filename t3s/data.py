@@ -23,7 +23,7 @@ OVERLONG_POLICIES = ("error", "truncate", "drop")
 class Row:
     id: str
     prompt: str | list[dict[str, str]]
-    response: str
+    response: str | None
     answer: str | None = None
     where: str = ""  # "file:line" or "file row N", for error messages
 
@@ -36,13 +36,14 @@ def stable_id(prompt: Any, response: str) -> str:
     return sha256_json({"prompt": prompt, "response": response})[:16]
 
 
-def _check_row(raw: Any, where: str) -> Row:
+def _check_row(raw: Any, where: str, need_response: bool = True, need_answer: bool = False) -> Row:
     def bad(msg: str) -> T3SError:
         return T3SError(f"{where}: {msg}")
 
     if not isinstance(raw, dict):
         raise bad(f"a row must be a JSON object, got {type(raw).__name__}")
-    for key in ("prompt", "response"):
+    needed = ["prompt"] + (["response"] if need_response else []) + (["answer"] if need_answer else [])
+    for key in needed:
         if key not in raw or raw[key] is None:
             raise bad(f"missing field '{key}'")
     prompt = raw["prompt"]
@@ -60,11 +61,12 @@ def _check_row(raw: Any, where: str) -> Row:
         prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
     else:
         raise bad(f"field 'prompt' must be a string or a list of messages, got {type(prompt).__name__}")
-    response = raw["response"]
-    if not isinstance(response, str):
-        raise bad(f"field 'response' must be a string, got {type(response).__name__}")
-    if not response.strip():
-        raise bad("field 'response' is empty")
+    response = raw.get("response")
+    if response is not None or need_response:
+        if not isinstance(response, str):
+            raise bad(f"field 'response' must be a string, got {type(response).__name__}")
+        if not response.strip():
+            raise bad("field 'response' is empty")
     answer = raw.get("answer")
     if answer is not None:
         if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
@@ -123,12 +125,14 @@ def _raw_rows(path: Path, split: str | None) -> list[tuple[str, Any]]:
     raise T3SError(f"{path}: unsupported data format (use .jsonl, .parquet or a saved dataset directory)")
 
 
-def load_rows(path: str | Path, split: str | None = None) -> list[Row]:
-    """Read and validate every row; the first problem raises one error naming the file and line (or row)."""
+def load_rows(path: str | Path, split: str | None = None, *, need_response: bool = True,
+              need_answer: bool = False) -> list[Row]:
+    """Read and validate every row; the first problem raises one error naming the file and line (or row).
+    Evaluation sets need `answer` but not `response`; training sets need `response`."""
     path = Path(path)
     rows, seen = [], {}
     for where, raw in _raw_rows(path, split):
-        row = _check_row(raw, where)
+        row = _check_row(raw, where, need_response, need_answer)
         if row.id in seen:
             raise T3SError(f"{where}: duplicate id '{row.id}' (first seen at {seen[row.id]})")
         seen[row.id] = where
@@ -195,35 +199,44 @@ def _messages(row: Row, cfg: RenderConfig) -> list[dict[str, str]]:
     return msgs + [{"role": "user", "content": row.prompt}]
 
 
+def render_prompt(row: Row, tokenizer: Any, cfg: RenderConfig, template: bool) -> tuple[list[int], str]:
+    """Token ids of the prompt as the model sees it before its answer, and the same as text."""
+    if template:
+        msgs = _messages(row, cfg)
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **cfg.template_kwargs)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        if isinstance(row.prompt, list):
+            raise T3SError(f"{row.where}: the prompt is a list of messages but no chat template is used")
+        text = row.prompt + cfg.separator
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if not ids:
+        raise T3SError(f"{row.where}: the prompt renders to no tokens")
+    return list(ids), text
+
+
 def render_row(row: Row, tokenizer: Any, cfg: RenderConfig, template: bool) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids). The prompt and the response are tokenized separately at the boundary the
     template gives, so the response tokens are exactly the assistant turn (including its end-of-turn tokens)."""
+    prompt_ids, prefix = render_prompt(row, tokenizer, cfg, template)
     if template:
-        msgs = _messages(row, cfg)
-        prefix = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **cfg.template_kwargs)
         full = tokenizer.apply_chat_template(
-            msgs + [{"role": "assistant", "content": row.response}], tokenize=False, **cfg.template_kwargs
+            _messages(row, cfg) + [{"role": "assistant", "content": row.response}], tokenize=False,
+            **cfg.template_kwargs,
         )
         if not full.startswith(prefix):
             raise T3SError(
                 f"{row.where}: the chat template does not render the prompt as a prefix of prompt + response; "
                 "render without it (chat_template=off) or fix the template"
             )
-        prompt_text, response_text = prefix, full[len(prefix) :]
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(full[len(prefix) :], add_special_tokens=False)["input_ids"]
     else:
-        if isinstance(row.prompt, list):
-            raise T3SError(f"{row.where}: the prompt is a list of messages but no chat template is used")
-        prompt_ids = tokenizer(row.prompt + cfg.separator, add_special_tokens=True)["input_ids"]
         response_ids = tokenizer(row.response, add_special_tokens=False)["input_ids"]
         if cfg.add_eos and tokenizer.eos_token_id is not None:
             response_ids = response_ids + [tokenizer.eos_token_id]
-    if not prompt_ids:
-        raise T3SError(f"{row.where}: the prompt renders to no tokens")
     if not response_ids:
         raise T3SError(f"{row.where}: the response renders to no tokens")
-    return list(prompt_ids), list(response_ids)
+    return prompt_ids, list(response_ids)
 
 
 @dataclass
