@@ -18,6 +18,12 @@ def _progress(args) -> bool:
     return not getattr(args, "quiet", False)
 
 
+def _overrides(args, section: str) -> list[str]:
+    """Command-line overrides, with --dtype as a shortcut for SECTION.dtype."""
+    extra = [f"{section}.dtype={args.dtype}"] if getattr(args, "dtype", None) else []
+    return list(args.overrides) + extra
+
+
 def cmd_tiny(args) -> None:
     from t3s.tiny import build
 
@@ -30,22 +36,23 @@ def cmd_score(args) -> None:
     from t3s.data import fingerprints, load_rows, render_rows
     from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, model_step, resolve_precision
     from t3s.score import check_against_forward, response_logprobs, write_scores
-    from t3s.train import load_config
+    from t3s.config import load_config
 
     check_can_write(args.out, args.overwrite)
-    _, rcfg = load_config(args.config, args.overrides)
-    precision = resolve_precision(args.dtype)
+    cfg = load_config(args.config, _overrides(args, "score"), flat=("score", "render"))
+    rcfg, scfg = cfg.render, cfg.score
+    precision = resolve_precision(scfg.dtype)
     tok = load_tokenizer(args.model, args.trust_remote_code)
     rows = load_rows(args.data, args.split)
     examples, report = render_rows(rows, tok, rcfg)
     print(f"data: {report}", file=sys.stderr)
     model = load_causal_lm(args.model, precision, args.trust_remote_code)
     lps = response_logprobs(
-        model, examples, precision, batch_tokens=args.batch_tokens, max_batch=args.max_batch,
-        chunk_tokens=args.chunk_tokens, progress=_progress(args), pad_id=tok.pad_token_id,
+        model, examples, precision, batch_tokens=scfg.batch_tokens, max_batch=scfg.max_batch,
+        chunk_tokens=scfg.chunk_tokens, progress=_progress(args), pad_id=tok.pad_token_id,
     )
     check = None
-    if not args.no_check:
+    if scfg.check:
         i = min(range(len(examples)), key=lambda j: len(examples[j].input_ids))
         check = check_against_forward(model, examples[i], lps[i], precision)
         tol = CHECK_TOL["float32" if precision.name == "float32" else "other"]
@@ -85,33 +92,22 @@ def cmd_select(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from t3s.train import load_config, train
+    from t3s.config import load_config
+    from t3s.train import train
 
-    cfg, rcfg = load_config(args.config, args.overrides)
-    s = train(args.model, args.data, args.out, cfg, rcfg, args.selection, overwrite=args.overwrite,
+    cfg = load_config(args.config, _overrides(args, "train"), flat=("train", "render"))
+    s = train(args.model, args.data, args.out, cfg.train, cfg.render, args.selection, overwrite=args.overwrite,
               resume=args.resume, progress=_progress(args))
     print(f"wrote {args.out}/model: {s['global_step']} steps, mean train loss {s['train_loss']:.4f}, "
           f"{s['kept_tokens']}/{s['response_tokens']} response tokens trained on, {s['train_seconds']:.1f}s")
 
 
-def _gen_config(args):
-    from t3s.evaluate import GenConfig
-    from t3s.train import _coerce, _parse_value
-
-    raw = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if sep and key in {f.name for f in dataclasses.fields(GenConfig)}:
-            raw[key] = _parse_value(value)
-    return GenConfig(**_coerce(GenConfig, raw, "overrides"))
-
-
 def cmd_eval(args) -> None:
+    from t3s.config import load_config
     from t3s.evaluate import format_metrics, grade, load_responses, write_eval
 
-    gen_keys = {"temperature", "top_p", "max_new_tokens", "k", "seed", "batch_size", "fallback", "dtype"}
-    gcfg = _gen_config(args)
-    other = [o for o in args.overrides if o.partition("=")[0] not in gen_keys]
+    cfg = load_config(args.config, _overrides(args, "eval"), flat=("eval", "render"))
+    gcfg, rcfg = cfg.eval, cfg.render
     if args.responses:
         if args.model or args.data:
             raise T3SError("--responses grades a file of responses; do not pass --model or --data with it")
@@ -125,9 +121,7 @@ def cmd_eval(args) -> None:
         from t3s.data import load_rows
         from t3s.evaluate import evaluate_model
         from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision
-        from t3s.train import load_config
 
-        _, rcfg = load_config(args.config, other)
         out = args.out or f"runs/eval/{Path(args.model).name}-{Path(args.data).stem}"
         from t3s.artifacts import check_can_write
 
@@ -173,13 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, "score directory to write")
     sp.add_argument("--config", help="YAML config (its rendering keys are used)")
     sp.add_argument("--split", help="split of a saved DatasetDict (default: train)")
-    sp.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (GPU only)")
-    sp.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch")
-    sp.add_argument("--max-batch", type=int, default=64, help="rows per batch at most")
-    sp.add_argument("--chunk-tokens", type=int, default=1024, help="positions per LM-head/log-softmax chunk")
-    sp.add_argument("--no-check", action="store_true", help="skip the self-check against the model's forward")
+    sp.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (GPU only); default auto")
     sp.add_argument("--trust-remote-code", action="store_true")
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="rendering overrides, e.g. max_length=2048")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="dtype, batch_tokens, max_batch, chunk_tokens, check, and rendering keys (max_length=2048)")
     sp.set_defaults(fn=cmd_score)
 
     sp = sub.add_parser("select", help="Δc = c(θ_b) − c(θ_0) and the keep-mask of a training mode")
@@ -199,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--selection", help="t3s select output; none = plain SFT on every response token")
     sp.add_argument("--config", help="YAML config (training and rendering keys)")
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    sp.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (GPU only); default auto")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. learning_rate=1e-5")
     sp.set_defaults(fn=cmd_train)
 
@@ -211,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
     sp.add_argument("--config", help="YAML config (its rendering keys are used)")
     sp.add_argument("--split", help="split of a saved DatasetDict (default: train)")
+    sp.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (GPU only); default auto")
     sp.add_argument("--trust-remote-code", action="store_true")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="temperature, top_p, max_new_tokens, k, seed, batch_size, fallback, dtype, rendering keys")

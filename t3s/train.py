@@ -13,14 +13,11 @@ Loss normalisation (`normalize`):
 from __future__ import annotations
 
 import dataclasses
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from t3s import T3SError, __version__
 from t3s.artifacts import read_json, sha256_json, write_json
@@ -64,88 +61,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZE:
             raise T3SError(f"normalize must be one of {NORMALIZE}, got '{self.normalize}'")
-
-
-_EXP_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def _numbers(obj: Any) -> Any:
-    """YAML 1.1 reads `1e-5` (no dot) as a string; read such strings as floats, as users mean them."""
-    if isinstance(obj, dict):
-        return {k: _numbers(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_numbers(v) for v in obj]
-    if isinstance(obj, str) and _EXP_FLOAT.match(obj):
-        return float(obj)
-    return obj
-
-
-def _parse_value(text: str) -> Any:
-    return _numbers(yaml.safe_load(text))
-
-
-def _coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """Convert values to the field types of a config dataclass (YAML reads `1e-5` as a string)."""
-    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-    out = {}
-    for key, value in raw.items():
-        if key not in types:
-            continue
-        base = types[key].split("|")[0].strip()
-        try:
-            if value is None or not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                out[key] = value
-            elif base == "float":
-                out[key] = float(value)
-            elif base == "int":
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError("not an integer")
-                out[key] = int(float(value)) if isinstance(value, str) else int(value)
-            elif base == "bool":
-                raise ValueError("expected true or false")
-            else:
-                out[key] = value
-        except ValueError as e:
-            raise T3SError(f"{where}: bad value for '{key}': {value!r} ({e})") from None
-        if base == "bool" and not isinstance(out[key], bool):
-            raise T3SError(f"{where}: bad value for '{key}': {value!r} (expected true or false)")
-    return out
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[TrainConfig, RenderConfig]:
-    """Read a flat YAML config (TrainConfig and RenderConfig keys, plus `trainer:`) and apply `key=value`
-    overrides. Unknown keys are an error that names them."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = _numbers(yaml.safe_load(Path(path).read_text()) or {})
-        except (OSError, yaml.YAMLError) as e:
-            raise T3SError(f"{path}: cannot read config ({e})") from None
-        if not isinstance(raw, dict):
-            raise T3SError(f"{path}: a config must be a mapping of keys to values")
-    for item in overrides or []:
-        if "=" not in item:
-            raise T3SError(f"override '{item}' is not key=value")
-        key, value = item.split("=", 1)
-        if key.startswith("trainer."):
-            raw.setdefault("trainer", {})[key.removeprefix("trainer.")] = _parse_value(value)
-        else:
-            raw[key] = _parse_value(value)
-    tkeys = {f.name for f in dataclasses.fields(TrainConfig)}
-    rkeys = {f.name for f in dataclasses.fields(RenderConfig)}
-    unknown = sorted(set(raw) - tkeys - rkeys)
-    if unknown:
-        raise T3SError(
-            f"unknown config key(s): {', '.join(unknown)} (t3s keys: {', '.join(sorted(tkeys | rkeys))}; "
-            "pass other SFTConfig arguments under 'trainer:')"
-        )
-    where = str(path) if path is not None else "overrides"
-    try:
-        tcfg = TrainConfig(**_coerce(TrainConfig, raw, where))
-        rcfg = RenderConfig(**_coerce(RenderConfig, raw, where))
-    except TypeError as e:
-        raise T3SError(f"bad config: {e}") from None
-    return tcfg, rcfg
 
 
 def apply_selection(examples: list[Example], sel: Selection | None, where: str = "") -> list[list[int]]:

@@ -78,11 +78,12 @@ def test_metrics_avg_and_pass_at_k():
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     """The tiny model after a little SFT, so that its greedy choices are not near-ties."""
-    from t3s.train import load_config, train
+    from t3s.config import load_config
+    from t3s.train import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    cfg, rcfg = load_config(None, ["max_steps=30", "learning_rate=3e-3", "dtype=float32"])
-    train(str(tiny / "model"), str(tiny / "train.jsonl"), out, cfg, rcfg, progress=False)
+    cfg = load_config(None, ["max_steps=30", "learning_rate=3e-3", "dtype=float32"])
+    train(str(tiny / "model"), str(tiny / "train.jsonl"), out, cfg.train, cfg.render, progress=False)
     return out / "model"
 
 

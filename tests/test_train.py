@@ -8,11 +8,16 @@ from conftest import write_jsonl
 
 from t3s import T3SError
 from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
-from t3s.models import load_causal_lm, load_tokenizer, resolve_precision
+from t3s.models import load_causal_lm, resolve_precision
 from t3s.select import Selection, write_selection
-from t3s.train import TrainConfig, load_config, make_trainer, prepare, train
+from t3s.config import load_config
+from t3s.train import TrainConfig, make_trainer, prepare, train
 
 FP32 = resolve_precision("float32")
+
+
+def _tr(cfg):
+    return cfg.train, cfg.render
 # One optimizer step of plain SGD over exactly one global batch: 2 rows x 2 accumulation steps.
 SGD = dict(optim="sgd", learning_rate=0.5, max_steps=1, per_device_train_batch_size=2,
            gradient_accumulation_steps=2, max_grad_norm=0.0, dtype="float32", logging_steps=1)
@@ -55,7 +60,7 @@ def expected_sgd_step(model_dir, examples, keep, lr, normalize):
 @pytest.mark.parametrize("normalize", ["kept", "response"])
 def test_one_step_equals_masked_cross_entropy(tiny, tok, four, tmp_path, normalize):
     examples, keep = crafted_selection(tmp_path / "sel", tok, four, lambda i, j: (i + j) % 3 != 0)
-    cfg, rcfg = load_config(None, [f"{k}={v}" for k, v in SGD.items()] + [f"normalize={normalize}"])
+    cfg, rcfg = _tr(load_config(None, [f"{k}={v}" for k, v in SGD.items()] + [f"normalize={normalize}"]))
     s = train(str(tiny / "model"), str(four), tmp_path / "run", cfg, rcfg, str(tmp_path / "sel"), progress=False)
     assert s["kept_tokens"] == sum(int(k.sum()) for k in keep) < s["response_tokens"]
     got = dict(load_causal_lm(tmp_path / "run" / "model", FP32).named_parameters())
@@ -96,7 +101,7 @@ def test_dropped_positions_get_no_gradient(tiny, tok, four, tmp_path):
 
 def test_train_with_selection_saves_a_loadable_model_and_refuses_mismatches(tiny, tok, four, tmp_path):
     crafted_selection(tmp_path / "sel", tok, four, lambda i, j: j % 2 == 0)
-    cfg, rcfg = load_config(None, ["max_steps=2", "per_device_train_batch_size=2", "learning_rate=1e-3"])
+    cfg, rcfg = _tr(load_config(None, ["max_steps=2", "per_device_train_batch_size=2", "learning_rate=1e-3"]))
     s = train(str(tiny / "model"), str(four), tmp_path / "run", cfg, rcfg, str(tmp_path / "sel"), progress=False)
     assert s["global_step"] == 2 and (tmp_path / "run" / "train.json").exists()
     assert not (tmp_path / "run" / "checkpoints").exists()  # removed unless keep_checkpoints
@@ -119,13 +124,13 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, four, tmp_
                 raise KeyboardInterrupt
 
     over = ["max_steps=4", "save_steps=2", "per_device_train_batch_size=2", "learning_rate=1e-2", "dtype=float32"]
-    cfg, rcfg = load_config(None, over)
+    cfg, rcfg = _tr(load_config(None, over))
     with pytest.raises(KeyboardInterrupt):
         train(str(tiny / "model"), str(four), tmp_path / "a", cfg, rcfg, progress=False, callbacks=[Stop()])
     assert not (tmp_path / "a" / "model").exists() and (tmp_path / "a" / "checkpoints" / "checkpoint-2").exists()
     with pytest.raises(T3SError, match="pass --resume"):
         train(str(tiny / "model"), str(four), tmp_path / "a", cfg, rcfg, progress=False)
-    other, _ = load_config(None, over + ["learning_rate=1e-3"])
+    other, _ = _tr(load_config(None, over + ["learning_rate=1e-3"]))
     with pytest.raises(T3SError, match="cannot resume"):
         train(str(tiny / "model"), str(four), tmp_path / "a", other, rcfg, resume=True, progress=False)
     s = train(str(tiny / "model"), str(four), tmp_path / "a", cfg, rcfg, resume=True, progress=False)
@@ -137,7 +142,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, four, tmp_
 
 
 def test_lora_training_saves_merged_model_and_adapter(tiny, four, tmp_path):
-    cfg, rcfg = load_config(None, ["max_steps=1", "lora_r=4", "learning_rate=1e-2", "per_device_train_batch_size=4"])
+    cfg, rcfg = _tr(load_config(None, ["max_steps=1", "lora_r=4", "learning_rate=1e-2", "per_device_train_batch_size=4"]))
     train(str(tiny / "model"), str(four), tmp_path / "run", cfg, rcfg, progress=False)
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
     merged = dict(load_causal_lm(tmp_path / "run", FP32).named_parameters())
@@ -147,13 +152,22 @@ def test_lora_training_saves_merged_model_and_adapter(tiny, four, tmp_path):
 
 
 def test_config_file_and_errors(tmp_path):
-    (tmp_path / "c.yaml").write_text("learning_rate: 1e-5\nmax_steps: 7\nmax_length: 128\ntrainer:\n  adam_beta2: 0.95\n")
-    cfg, rcfg = load_config(tmp_path / "c.yaml", ["max_steps=9", "trainer.adam_epsilon=1e-6"])
+    (tmp_path / "c.yaml").write_text(
+        "train:\n  learning_rate: 1e-5\n  max_steps: 7\n  trainer:\n    adam_beta2: 0.95\nrender:\n  max_length: 128\n")
+    cfg, rcfg = _tr(load_config(tmp_path / "c.yaml", ["max_steps=9", "trainer.adam_epsilon=1e-6"]))
     assert cfg.learning_rate == 1e-5 and cfg.max_steps == 9 and rcfg.max_length == 128
     assert cfg.trainer == {"adam_beta2": 0.95, "adam_epsilon": 1e-6}
-    with pytest.raises(T3SError, match="unknown config key\\(s\\): lr"):
+    assert load_config(None, ["eval.max_new_tokens=64", "probe.online=true"]).probe.online is True
+    with pytest.raises(T3SError, match="unknown config key 'lr'"):
         load_config(None, ["lr=1"])
     with pytest.raises(T3SError, match="bad value for 'max_steps'"):
         load_config(None, ["max_steps=many"])
     with pytest.raises(T3SError, match="normalize must be one of"):
         load_config(None, ["normalize=all"])
+    with pytest.raises(T3SError, match=r"\[train\]: unknown key\(s\) lr"):
+        load_config(None, ["train.lr=1"])
+    (tmp_path / "bad.yaml").write_text("learning_rate: 1e-5\n")
+    with pytest.raises(T3SError, match="bad.yaml: unknown key\\(s\\) learning_rate"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(T3SError, match="modes must be"):
+        load_config(None, ["modes=[sft, best]"])

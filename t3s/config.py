@@ -1,0 +1,180 @@
+"""One configuration for every command: a YAML file with a few top-level keys and one section per stage.
+
+```yaml
+student: runs/tiny/model        # θ_0
+train_data: runs/tiny/train.jsonl
+eval_data: runs/tiny/heldout.jsonl
+modes: [sft, t3s, reverse]
+seeds: [0]
+render: {max_length: 4096}      # t3s.data.RenderConfig
+train: {learning_rate: 1e-5}    # t3s.train.TrainConfig
+probe: {eval_every: 5}          # t3s.probe.ProbeConfig
+eval: {max_new_tokens: 1024}    # t3s.evaluate.GenConfig
+score: {dtype: float32}         # t3s.config.ScoreConfig
+```
+
+`key=value` overrides take a dotted path (`train.learning_rate=1e-5`, `train.trainer.adam_beta2=0.95`); a
+command also accepts bare keys of its own sections (`t3s train ... learning_rate=1e-5`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from t3s import T3SError
+from t3s.data import RenderConfig
+from t3s.evaluate import GenConfig
+from t3s.probe import ProbeConfig
+from t3s.train import TrainConfig
+
+MODES = ("sft", "t3s", "reverse", "static-high", "static-low", "random")
+
+
+@dataclass
+class ScoreConfig:
+    """Settings of `t3s score` (and the pipeline's scoring stage)."""
+
+    dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
+    batch_tokens: int = field(default=16384, metadata={"help": "padded tokens per batch"})
+    max_batch: int = field(default=64, metadata={"help": "rows per batch at most"})
+    chunk_tokens: int = field(default=1024, metadata={"help": "positions per LM-head / log-softmax chunk"})
+    check: bool = field(default=True, metadata={"help": "compare one row with the model's own forward"})
+
+
+SECTIONS: dict[str, type] = {
+    "render": RenderConfig, "train": TrainConfig, "probe": ProbeConfig, "eval": GenConfig, "score": ScoreConfig,
+}
+
+
+@dataclass
+class RunConfig:
+    student: str | None = field(default=None, metadata={"help": "θ_0: model directory or hub id"})
+    train_data: str | None = field(default=None, metadata={"help": "teacher traces with gold answers"})
+    eval_data: str | None = field(default=None, metadata={"help": "held-out prompts with gold answers"})
+    modes: list[str] = field(default_factory=lambda: ["sft", "t3s"], metadata={"help": f"any of {MODES}"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds (data order)"})
+    threshold: float = field(default=0.0, metadata={"help": "anchors: Δc > threshold"})
+    rrt: bool = field(default=True, metadata={"help": "also build θ_0 + (θ_T − θ_b) from the SFT run"})
+    render: RenderConfig = field(default_factory=RenderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    eval: GenConfig = field(default_factory=GenConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise T3SError(f"modes must be a non-empty list of {', '.join(MODES)}; got {self.modes}")
+        if not self.seeds:
+            raise T3SError("seeds must list at least one seed")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TOP = {f.name for f in dataclasses.fields(RunConfig)} - set(SECTIONS)
+_EXP_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _numbers(obj: Any) -> Any:
+    """YAML 1.1 reads `1e-5` (no dot) as a string; read such strings as floats, as users mean them."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    if isinstance(obj, str) and _EXP_FLOAT.match(obj):
+        return float(obj)
+    return obj
+
+
+def parse_value(text: str) -> Any:
+    return _numbers(yaml.safe_load(text))
+
+
+def coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check keys against a config dataclass and convert values to its field types."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(types))
+    if unknown:
+        raise T3SError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(types))})")
+    out = {}
+    for key, value in raw.items():
+        base = types[key].split("|")[0].strip()
+        if value is None or base not in ("float", "int", "bool"):
+            out[key] = value
+            continue
+        try:
+            if base == "bool":
+                if not isinstance(value, bool):
+                    raise ValueError("expected true or false")
+                out[key] = value
+            elif isinstance(value, bool):
+                raise ValueError("expected a number")
+            elif base == "float":
+                out[key] = float(value)
+            else:
+                f = float(value)
+                if not f.is_integer():
+                    raise ValueError("expected an integer")
+                out[key] = int(f)
+        except (TypeError, ValueError) as e:
+            raise T3SError(f"{where}: bad value for '{key}': {value!r} ({e})") from None
+    return out
+
+
+def _set(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    for p in path[:-1]:
+        raw = raw.setdefault(p, {})
+        if not isinstance(raw, dict):
+            raise T3SError(f"override {'.'.join(path)}: '{p}' is not a mapping")
+    raw[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                flat: tuple[str, ...] = ("train", "render")) -> RunConfig:
+    """Read a run config and apply overrides. Bare keys resolve to the first section in `flat` that has them."""
+    raw: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = _numbers(yaml.safe_load(Path(path).read_text()) or {})
+        except (OSError, yaml.YAMLError) as e:
+            raise T3SError(f"{path}: cannot read config ({e})") from None
+        if not isinstance(raw, dict):
+            raise T3SError(f"{path}: a config must be a mapping of keys to values")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise T3SError(f"override '{item}' is not key=value")
+        parts = key.split(".")
+        if parts[0] not in SECTIONS and parts[0] not in _TOP:
+            owner = next((s for s in flat if parts[0] in {f.name for f in dataclasses.fields(SECTIONS[s])}), None)
+            if owner is None:
+                known = sorted({f.name for s in flat for f in dataclasses.fields(SECTIONS[s])})
+                raise T3SError(f"unknown config key '{key}' (keys here: {', '.join(known)}; or section.key with "
+                               f"sections {', '.join(SECTIONS)})")
+            parts = [owner, *parts]
+        _set(raw, parts, parse_value(value))
+    unknown = sorted(set(raw) - _TOP - set(SECTIONS))
+    if unknown:
+        raise T3SError(f"{where}: unknown key(s) {', '.join(unknown)} "
+                       f"(top-level keys: {', '.join(sorted(_TOP))}; sections: {', '.join(SECTIONS)})")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        body = raw.get(name) or {}
+        if not isinstance(body, dict):
+            raise T3SError(f"{where}: section '{name}' must be a mapping")
+        try:
+            sections[name] = cls(**coerce(cls, body, f"{where} [{name}]"))
+        except TypeError as e:
+            raise T3SError(f"{where} [{name}]: {e}") from None
+    top = {k: raw[k] for k in _TOP if k in raw}
+    top = coerce(RunConfig, top, where)
+    return RunConfig(**top, **sections)

@@ -1,0 +1,303 @@
+"""Stage 0: the probe run. Plain SFT with the run's hyper-parameters, evaluated every `eval_every` steps, to
+trace the imitation shock and find the bottleneck θ_b (the checkpoint with the lowest training accuracy).
+
+Each evaluation point records: step, training loss (mean since the previous point), training accuracy (greedy
+generation on a fixed seeded subset of the training prompts, graded like `t3s eval`), held-out accuracy, the
+mean teacher-forced confidence of the subset's response tokens, the mean generated length and the share of
+generations containing a marker phrase (e.g. "Wait": has the student adopted the teacher's style?).
+
+Only θ_0 (the input) and the lowest-accuracy checkpoint so far are kept (ties go to the earliest);
+`keep_all` keeps every evaluated checkpoint. `online` stops once the minimum is confirmed: the last `patience`
+evaluations are all at least `margin` above the running minimum.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from t3s import T3SError, __version__
+from t3s.artifacts import atomic_dir, write_json
+
+
+@dataclass
+class ProbeConfig:
+    """Settings of the probe run (training itself uses the `train` section)."""
+
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: about 15 points per run)"})
+    subset: int = field(default=0, metadata={"help": "training prompts evaluated (0: all), a fixed seeded subset"})
+    subset_seed: int = field(default=0, metadata={"help": "seed of the subsets"})
+    heldout_subset: int = field(default=0, metadata={"help": "held-out prompts evaluated (0: all, -1: none)"})
+    k: int = field(default=1, metadata={"help": "samples per prompt: 1 = greedy, >1 = eval sampling, avg@k"})
+    online: bool = field(default=False, metadata={"help": "stop once the minimum is confirmed"})
+    margin: float = field(default=0.03, metadata={"help": "accuracy margin for a dip and for the online stop"})
+    patience: int = field(default=2, metadata={"help": "evaluations above min + margin before an online stop"})
+    markers: list[str] = field(default_factory=lambda: ["Wait"], metadata={"help": "style marker phrases"})
+    keep_all: bool = field(default=False, metadata={"help": "keep every evaluated checkpoint"})
+    continue_without_dip: bool = field(default=False, metadata={"help": "use the lowest checkpoint even with no dip"})
+
+
+# ----------------------------------------------------------------------------------------------- rules
+
+
+def find_bottleneck(points: list[dict[str, Any]], margin: float) -> dict[str, Any]:
+    """θ_b = the trained checkpoint (step > 0) with the lowest training accuracy, ties to the earliest. A dip is
+    found when that accuracy is at least `margin` below the accuracy at step 0."""
+    if not points or points[0]["step"] != 0:
+        raise T3SError("a trajectory starts with the evaluation of θ_0 at step 0")
+    start = points[0]["train_accuracy"]
+    later = points[1:]
+    if not later:
+        return {"bottleneck_step": None, "bottleneck_accuracy": None, "start_accuracy": start, "dip_found": False,
+                "dip_depth": 0.0}
+    best = min(later, key=lambda p: (p["train_accuracy"], p["step"]))
+    depth = start - best["train_accuracy"]
+    return {"bottleneck_step": best["step"], "bottleneck_accuracy": best["train_accuracy"], "start_accuracy": start,
+            "dip_found": depth >= margin - 1e-12, "dip_depth": depth}
+
+
+def online_should_stop(accuracies: list[float], margin: float, patience: int) -> bool:
+    """accuracies[0] is θ_0. Stop when the last `patience` evaluations all come after the running minimum of the
+    trained checkpoints and are all at least `margin` above it."""
+    if len(accuracies) < 2 + patience:
+        return False
+    m = min(range(1, len(accuracies)), key=lambda i: (accuracies[i], i))
+    tail = accuracies[-patience:]
+    return len(accuracies) - 1 - m >= patience and all(a >= accuracies[m] + margin - 1e-12 for a in tail)
+
+
+def no_dip_message(b: dict[str, Any], margin: float) -> str:
+    return (f"no imitation shock: training accuracy never fell {100 * margin:.1f} points below its start "
+            f"({100 * b['start_accuracy']:.1f}%; lowest later {100 * (b['bottleneck_accuracy'] or 0):.1f}% "
+            f"at step {b['bottleneck_step']}). Without a dip there is no bottleneck to select tokens from; "
+            "set probe.continue_without_dip=true to use the lowest checkpoint anyway.")
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+def _subset(n: int, size: int, seed: int) -> list[int]:
+    if size <= 0 or size >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), size))
+
+
+def _save_model(model: Any, tok: Any, path: Path, step: int) -> None:
+    """Save a loadable full model atomically (a LoRA model is merged into a copy first)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if hasattr(model, "merge_and_unload"):
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    write_json(tmp / "t3s_step.json", {"global_step": step})
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+class ProbeRunner:
+    """Evaluates the model being trained; used as a TrainerCallback's workhorse."""
+
+    def __init__(self, out: Path, data: Any, rows: list, heldout: list | None, cfg: ProbeConfig, gen: Any,
+                 rcfg: Any, precision: Any, max_steps: int, progress: bool, log: Any = print):
+        from t3s.evaluate import GenConfig
+
+        self.out, self.cfg, self.rcfg, self.precision, self.progress, self.log = out, cfg, rcfg, precision, progress, log
+        self.tok = data.tokenizer
+        self.every = cfg.eval_every if cfg.eval_every > 0 else max(1, round(max_steps / 15))
+        idx = _subset(len(data.examples), cfg.subset, cfg.subset_seed)
+        by_id = {r.id: r for r in rows}
+        self.examples = [data.examples[i] for i in idx]
+        self.train_rows = [by_id[e.id] for e in self.examples]
+        for r in self.train_rows:
+            if r.answer is None:
+                raise T3SError(f"{r.where}: the probe needs a gold 'answer' in every training row")
+        self.heldout = []
+        if heldout and cfg.heldout_subset >= 0:
+            self.heldout = [heldout[i] for i in _subset(len(heldout), cfg.heldout_subset, cfg.subset_seed)]
+        greedy = cfg.k == 1
+        self.gen = dataclasses.replace(gen, k=cfg.k, temperature=0.0 if greedy else gen.temperature)
+        assert isinstance(self.gen, GenConfig)
+        self.points: list[dict[str, Any]] = []
+        self.token_logprobs: dict[int, np.ndarray] = {}
+        self.best: tuple[float, int] | None = None
+        self.stopped_early = False
+        self.t0 = time.perf_counter()
+        self.last_step = 0
+
+    def evaluate(self, model: Any, step: int, log_history: list[dict[str, Any]]) -> dict[str, Any]:
+        from t3s.evaluate import evaluate_model, metrics
+        from t3s.score import response_logprobs
+
+        was_training = model.training
+        model.eval()
+        train_s = evaluate_model(model, self.tok, self.train_rows, self.rcfg, self.gen, self.precision,
+                                 progress=self.progress, desc=f"probe step {step}")
+        m = metrics(train_s)
+        held = None
+        if self.heldout:
+            hs = evaluate_model(model, self.tok, self.heldout, self.rcfg, self.gen, self.precision,
+                                progress=self.progress, desc=f"held-out step {step}")
+            held = metrics(hs)["accuracy"]
+        lps = response_logprobs(model, self.examples, self.precision, progress=False, pad_id=self.tok.pad_token_id)
+        flat = np.concatenate(lps)
+        self.token_logprobs[step] = flat
+        losses = [h["loss"] for h in log_history if "loss" in h and self.last_step < h.get("step", -1) <= step]
+        markers = self.cfg.markers
+        point = {
+            "step": step,
+            "loss": float(np.mean(losses)) if losses else None,
+            "train_accuracy": m["accuracy"],
+            "heldout_accuracy": held,
+            "confidence": float(flat.mean()),
+            "length": m["mean_tokens"],
+            "marker_rate": (sum(any(k in s.response for k in markers) for s in train_s) / len(train_s))
+            if markers else None,
+            "no_answer_rate": m["no_answer_rate"],
+            "time": time.perf_counter() - self.t0,
+        }
+        self.points.append(point)
+        self.last_step = step
+        with (self.out / "trajectory.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(point) + "\n")
+        if step > 0:
+            acc = point["train_accuracy"]
+            if self.best is None or acc < self.best[0]:  # strict: ties keep the earliest
+                self.best = (acc, step)
+                _save_model(model, self.tok, self.out / "bottleneck", step)
+            if self.cfg.keep_all:
+                _save_model(model, self.tok, self.out / "checkpoints" / f"step-{step}", step)
+        fmt = lambda x, pct=True: "-" if x is None else (f"{100 * x:.1f}%" if pct else f"{x:.3f}")  # noqa: E731
+        self.log(f"probe step {step:>5}: loss {fmt(point['loss'], False)}  train acc {fmt(point['train_accuracy'])}"
+                 f"  held-out {fmt(held)}  confidence {point['confidence']:.3f}  length {point['length']:.1f}"
+                 f"  markers {fmt(point['marker_rate'])}")
+        model.train(was_training)
+        return point
+
+
+def _callback(runner: ProbeRunner):
+    from transformers import TrainerCallback
+
+    class ProbeCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            if not runner.points:
+                runner.evaluate(model, 0, state.log_history)
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step % runner.every == 0 or state.global_step >= state.max_steps:
+                control.should_log = True  # so the loss of this step is logged before we evaluate
+
+        def on_log(self, args, state, control, model=None, **kw):
+            s = state.global_step
+            if (s % runner.every == 0 or s >= state.max_steps) and s > runner.last_step:
+                runner.evaluate(model, s, state.log_history)
+                accs = [p["train_accuracy"] for p in runner.points]
+                if runner.cfg.online and online_should_stop(accs, runner.cfg.margin, runner.cfg.patience):
+                    runner.stopped_early = True
+                    control.should_training_stop = True
+            return control
+
+    return ProbeCallback()
+
+
+def plot_trajectory(points: list[dict[str, Any]], bottleneck_step: int | None, path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p["step"] for p in points]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.plot(steps, [100 * p["train_accuracy"] for p in points], "o-", color="C0", label="train accuracy")
+    if any(p.get("heldout_accuracy") is not None for p in points):
+        ax.plot(steps, [None if p["heldout_accuracy"] is None else 100 * p["heldout_accuracy"] for p in points],
+                "s-", color="C2", label="held-out accuracy")
+    if any(p.get("marker_rate") is not None for p in points):
+        ax.plot(steps, [None if p["marker_rate"] is None else 100 * p["marker_rate"] for p in points], ":",
+                color="C4", label="marker rate")
+    ax.set_xlabel("step")
+    ax.set_ylabel("%")
+    ax.set_ylim(-2, 102)
+    ax2 = ax.twinx()
+    ls = [(p["step"], p["loss"]) for p in points if p.get("loss") is not None]
+    if ls:
+        ax2.plot([s for s, _ in ls], [v for _, v in ls], "--", color="C3", label="train loss")
+    ax2.set_ylabel("loss")
+    if bottleneck_step is not None:
+        ax.axvline(bottleneck_step, color="k", lw=1, alpha=0.6)
+        ax.annotate(f"bottleneck (step {bottleneck_step})", (bottleneck_step, 96), fontsize=8, ha="left",
+                    xytext=(4, 0), textcoords="offset points")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=8)
+    ax.set_title(title or "probe trajectory")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, heldout_path: str | None = None,
+              overwrite: bool = False, progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """Run the probe into `out` (atomically). `cfg` is a RunConfig; its train, render, probe and eval sections
+    are used."""
+    from t3s.data import load_rows
+    from t3s.models import load_causal_lm, model_fingerprint, resolve_precision
+    from t3s.train import make_trainer, prepare
+
+    pcfg, tcfg = cfg.probe, cfg.train
+    precision = resolve_precision(tcfg.dtype)
+    data = prepare(model_path, data_path, tcfg, cfg.render)
+    rows = load_rows(data_path)
+    heldout = load_rows(heldout_path, need_response=False, need_answer=True) if heldout_path else None
+    with atomic_dir(out, overwrite) as tmp:
+        model = load_causal_lm(model_path, precision, tcfg.trust_remote_code)
+        trainer = make_trainer(model, data, dataclasses.replace(tcfg, save_steps=0), tmp / "trainer",
+                               progress=progress)
+        runner = ProbeRunner(tmp, data, rows, heldout, pcfg, cfg.eval, cfg.render, precision,
+                             trainer.state.max_steps or tcfg.max_steps, progress, log)
+        trainer.add_callback(_callback(runner))
+        trainer.train()
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        b = find_bottleneck(runner.points, pcfg.margin)
+        completed = not runner.stopped_early
+        if completed:  # the probe is a full SFT run: keep its end point (the pipeline reuses it as `sft`)
+            _save_model(trainer.model, data.tokenizer, tmp / "final", trainer.state.global_step)
+        np.savez_compressed(tmp / "token_logprobs.npz", ids=np.array([e.id for e in runner.examples]),
+                            lengths=np.array([len(e.response_ids) for e in runner.examples]),
+                            **{f"step_{s}": v for s, v in runner.token_logprobs.items()})
+        plot_trajectory(runner.points, b["bottleneck_step"] if b["dip_found"] or pcfg.continue_without_dip else None,
+                        tmp / "trajectory.png")
+        usable = b["dip_found"] or (pcfg.continue_without_dip and b["bottleneck_step"] is not None)
+        summary = {
+            "kind": "t3s-probe",
+            "t3s_version": __version__,
+            "model": model_path,
+            "model_fingerprint": model_fingerprint(model_path),
+            "data": str(data_path),
+            "fingerprints": data.fingerprints,
+            **b,
+            "margin": pcfg.margin,
+            "bottleneck": "bottleneck" if usable else None,
+            "usable": usable,
+            "message": None if b["dip_found"] else no_dip_message(b, pcfg.margin),
+            "stopped_early": runner.stopped_early,
+            "completed": completed,
+            "steps_run": trainer.state.global_step,
+            "eval_every": runner.every,
+            "points": len(runner.points),
+            "probe_config": dataclasses.asdict(pcfg),
+            "train_config": dataclasses.asdict(tcfg),
+        }
+        write_json(tmp / "probe.json", summary)
+    return summary
