@@ -137,6 +137,27 @@ def cmd_eval(args) -> None:
     print(f"{format_metrics(m['metrics'])}\nwrote {out}/samples.jsonl and {out}/metrics.json")
 
 
+def cmd_probe(args) -> None:
+    from t3s.artifacts import check_can_write
+    from t3s.config import load_config
+    from t3s.probe import run_probe
+
+    cfg = load_config(args.config, _overrides(args, "train"), flat=("probe", "train", "render", "eval"))
+    model, data = args.model or cfg.student, args.data or cfg.train_data
+    if not (model and data):
+        raise T3SError("pass --model and --data (or a --config with student and train_data)")
+    check_can_write(args.out, args.overwrite)
+    s = run_probe(model, data, args.out, cfg, heldout_path=args.eval_data or cfg.eval_data,
+                  overwrite=args.overwrite, progress=_progress(args))
+    if s["dip_found"]:
+        print(f"bottleneck at step {s['bottleneck_step']}: training accuracy {100 * s['start_accuracy']:.1f}% -> "
+              f"{100 * s['bottleneck_accuracy']:.1f}% (dip of {100 * s['dip_depth']:.1f} points)")
+    else:
+        print(s["message"])
+    print(f"wrote {args.out}: trajectory.jsonl, trajectory.png, probe.json"
+          + (", bottleneck/" if s["bottleneck_step"] is not None else "") + (", final/" if s["completed"] else ""))
+
+
 def cmd_rrt(args) -> None:
     from t3s.rrt import rrt
 
@@ -193,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (GPU only); default auto")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. learning_rate=1e-5")
     sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("probe", help="SFT with periodic evaluation: the trajectory and the bottleneck")
+    sp.add_argument("--model", help="student θ_0 (default: the config's student)")
+    sp.add_argument("--data", help="training rows with gold answers (default: the config's train_data)")
+    sp.add_argument("--eval-data", help="held-out rows with gold answers (optional)")
+    common(sp, "probe directory to write")
+    sp.add_argument("--config", help="run config (YAML)")
+    sp.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (GPU only); default auto")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="probe, train, render and eval keys, e.g. eval_every=5 learning_rate=1e-5")
+    sp.set_defaults(fn=cmd_probe)
 
     sp = sub.add_parser("eval", help="generate, extract final answers, check them with math-verify")
     sp.add_argument("--model", help="model to evaluate")

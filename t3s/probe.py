@@ -238,7 +238,7 @@ def plot_trajectory(points: list[dict[str, Any]], bottleneck_step: int | None, p
                     xytext=(4, 0), textcoords="offset points")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=8)
+    ax.legend(h1 + h2, l1 + l2, loc="best", fontsize=8, framealpha=0.8)
     ax.set_title(title or "probe trajectory")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+
+from t3s import T3SError
+from t3s.probe import find_bottleneck, online_should_stop
+
+
+def traj(accs, every=5):
+    return [{"step": i * every, "train_accuracy": a} for i, a in enumerate(accs)]
+
+
+@pytest.mark.parametrize(
+    "accs, step, dip",
+    [
+        ([0.70, 0.62, 0.55, 0.60, 0.90], 10, True),  # a clear shock
+        ([0.70, 0.55, 0.60, 0.55, 0.90], 5, True),  # a tie goes to the earliest
+        ([0.70, 0.69, 0.72, 0.80], 5, False),  # a 1-point wobble is below the 3-point margin
+        ([0.70, 0.67, 0.80], 5, True),  # exactly the margin counts
+        ([0.10, 0.20, 0.30], 5, False),  # monotone rise: no dip; the lowest trained checkpoint is still reported
+        ([0.50, 0.50, 0.50], 5, False),
+    ],
+)
+def test_find_bottleneck(accs, step, dip):
+    b = find_bottleneck(traj(accs), margin=0.03)
+    assert (b["bottleneck_step"], b["dip_found"]) == (step, dip)
+    assert b["start_accuracy"] == accs[0] and b["dip_depth"] == pytest.approx(accs[0] - min(accs[1:]))
+
+
+def test_find_bottleneck_needs_step_zero():
+    with pytest.raises(T3SError, match="starts with the evaluation of θ_0"):
+        find_bottleneck([{"step": 5, "train_accuracy": 0.5}], 0.03)
+    assert find_bottleneck(traj([0.5]), 0.03)["bottleneck_step"] is None
+
+
+@pytest.mark.parametrize(
+    "accs, stop",
+    [
+        ([0.7, 0.5, 0.6, 0.65], True),  # min at 1, then two evaluations >= min + 0.05
+        ([0.7, 0.5, 0.6], False),  # only one evaluation after the minimum
+        ([0.7, 0.5, 0.6, 0.52], False),  # the last one is not above min + margin
+        ([0.7, 0.5, 0.6, 0.65, 0.45], False),  # a new minimum resets the count
+        ([0.7, 0.5, 0.6, 0.65, 0.45, 0.55, 0.56], True),
+        ([0.7, 0.6, 0.5, 0.4], False),  # still falling
+        ([0.2, 0.3, 0.4, 0.5], True),  # rising from the first trained point: no dip, stop and say so
+    ],
+)
+def test_online_stop_rule(accs, stop):
+    assert online_should_stop(accs, margin=0.05, patience=2) is stop
+
+
+def test_probe_run_writes_trajectory_plot_and_keeps_only_the_bottleneck(tiny, tmp_path):
+    from t3s.config import load_config
+    from t3s.probe import run_probe
+
+    cfg = load_config(None, ["max_steps=6", "learning_rate=3e-3", "eval_every=2", "eval.max_new_tokens=8",
+                             "subset=8", "markers=[Ones]", "per_device_train_batch_size=4"],
+                      flat=("probe", "train"))
+    s = run_probe(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "p", cfg, progress=False,
+                  heldout_path=str(tiny / "train.jsonl"), log=lambda *a: None)
+    pts = [json.loads(x) for x in open(tmp_path / "p" / "trajectory.jsonl")]
+    assert [p["step"] for p in pts] == [0, 2, 4, 6]
+    assert set(pts[0]) >= {"step", "loss", "train_accuracy", "heldout_accuracy", "confidence", "length",
+                           "marker_rate", "time"}
+    assert pts[0]["loss"] is None and all(p["loss"] > 0 for p in pts[1:])
+    assert all(p["heldout_accuracy"] is not None for p in pts)
+    b = find_bottleneck(pts, 0.03)
+    assert s["bottleneck_step"] == b["bottleneck_step"] and s["completed"] and s["steps_run"] == 6
+    kept = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert kept == ["bottleneck", "final", "probe.json", "token_logprobs.npz", "trajectory.jsonl", "trajectory.png"]
+    step = json.loads((tmp_path / "p" / "bottleneck" / "t3s_step.json").read_text())["global_step"]
+    assert step == s["bottleneck_step"]
+    lp = np.load(tmp_path / "p" / "token_logprobs.npz")
+    assert lp["step_0"].mean() == pytest.approx(pts[0]["confidence"], abs=1e-5) and len(lp["ids"]) == 8
+    # confidence rises while the model fits the traces
+    assert pts[-1]["confidence"] > pts[0]["confidence"]
