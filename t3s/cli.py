@@ -10,10 +10,6 @@ from pathlib import Path
 
 from t3s import T3SError, __version__
 
-# Max |fast scorer − model's own forward| accepted by the self-check, by precision.
-CHECK_TOL = {"float32": 1e-3, "other": 0.25}
-
-
 def _progress(args) -> bool:
     return not getattr(args, "quiet", False)
 
@@ -32,49 +28,12 @@ def cmd_tiny(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from t3s.artifacts import check_can_write
-    from t3s.data import fingerprints, load_rows, render_rows
-    from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, model_step, resolve_precision
-    from t3s.score import check_against_forward, response_logprobs, write_scores
     from t3s.config import load_config
+    from t3s.score import run_score
 
-    check_can_write(args.out, args.overwrite)
     cfg = load_config(args.config, _overrides(args, "score"), flat=("score", "render"))
-    rcfg, scfg = cfg.render, cfg.score
-    precision = resolve_precision(scfg.dtype)
-    tok = load_tokenizer(args.model, args.trust_remote_code)
-    rows = load_rows(args.data, args.split)
-    examples, report = render_rows(rows, tok, rcfg)
-    print(f"data: {report}", file=sys.stderr)
-    model = load_causal_lm(args.model, precision, args.trust_remote_code)
-    lps = response_logprobs(
-        model, examples, precision, batch_tokens=scfg.batch_tokens, max_batch=scfg.max_batch,
-        chunk_tokens=scfg.chunk_tokens, progress=_progress(args), pad_id=tok.pad_token_id,
-    )
-    check = None
-    if scfg.check:
-        i = min(range(len(examples)), key=lambda j: len(examples[j].input_ids))
-        check = check_against_forward(model, examples[i], lps[i], precision)
-        tol = CHECK_TOL["float32" if precision.name == "float32" else "other"]
-        if check > tol:
-            raise T3SError(
-                f"self-check failed: scores differ from {type(model).__name__}'s own forward by {check:.2e} "
-                f"(> {tol}); this architecture's output head is not supported by the fast scorer"
-            )
-    meta = write_scores(
-        args.out, examples, lps,
-        {
-            "model": str(args.model),
-            "model_fingerprint": model_fingerprint(args.model),
-            "model_step": model_step(args.model),
-            "data": str(args.data),
-            "fingerprints": fingerprints(rows, tok, rcfg),
-            "render_report": report.as_dict(),
-            "precision": precision.name,
-            "self_check_max_abs_diff": check,
-        },
-        args.overwrite,
-    )
+    meta = run_score(args.model, args.data, args.out, cfg.render, cfg.score, split=args.split,
+                     trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=_progress(args))
     print(f"wrote {args.out}: {meta['rows']} rows, {meta['tokens']} response tokens, "
           f"mean log-prob {meta['mean_logprob']:.4f}")
 
@@ -156,6 +115,12 @@ def cmd_probe(args) -> None:
         print(s["message"])
     print(f"wrote {args.out}: trajectory.jsonl, trajectory.png, probe.json"
           + (", bottleneck/" if s["bottleneck_step"] is not None else "") + (", final/" if s["completed"] else ""))
+
+
+def cmd_run(args) -> int:
+    from t3s.pipeline import main_run
+
+    return main_run(args.config, args.out, args.overrides, args.force or [], _progress(args))
 
 
 def cmd_rrt(args) -> None:
@@ -241,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="temperature, top_p, max_new_tokens, k, seed, batch_size, fallback, dtype, rendering keys")
     sp.set_defaults(fn=cmd_eval)
 
+    sp = sub.add_parser("run", help="the whole method from one config: probe, score, select, train, RRT, eval")
+    sp.add_argument("config", help="run config (YAML); see examples/tiny-run.yaml")
+    sp.add_argument("--out", help="run directory (default: runs/<config name>); rerun to resume")
+    sp.add_argument("--force", action="append", metavar="KIND",
+                    help="redo every stage of this kind and what depends on it: probe, score, select, train, rrt, "
+                         "eval (repeatable)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.learning_rate=1e-5 seeds=[0,1]")
+    sp.set_defaults(fn=cmd_run)
+
     sp = sub.add_parser("rrt", help="recovering residual transfer: θ_0 + (θ_T − θ_b)")
     sp.add_argument("--init", required=True, help="θ_0 model directory")
     sp.add_argument("--bottleneck", required=True, help="θ_b model directory")
@@ -252,7 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may follow options (`t3s run c.yaml --out x lr=1`): argparse leaves them unknown.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        bad = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = list(args.overrides) + extra
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if getattr(args, "quiet", False):
         import datasets
@@ -261,14 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
     try:
-        args.fn(args)
+        code = args.fn(args)
     except T3SError as e:
         print(f"t3s {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"t3s {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -193,3 +193,52 @@ def load_scores(path: str | Path) -> ScoreSet:
         response_ids=[np.asarray(x, dtype=np.int64) for x in t.column("response_ids").to_pylist()],
         logprobs=[np.asarray(x, dtype=np.float32) for x in t.column("logprob").to_pylist()],
     )
+
+
+# Max |fast scorer − model's own forward| accepted by the self-check, by precision.
+CHECK_TOL = {"float32": 1e-3, "other": 0.25}
+
+
+def run_score(model_path: str, data_path: str, out: str | Path, rcfg: Any, scfg: Any, *, split: str | None = None,
+              trust_remote_code: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """`t3s score`: render the rows, score every response token, self-check one row, write the score set."""
+    import sys
+
+    from t3s.artifacts import check_can_write
+    from t3s.data import fingerprints, load_rows, render_rows
+    from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, model_step, resolve_precision
+
+    check_can_write(out, overwrite)
+    precision = resolve_precision(scfg.dtype)
+    tok = load_tokenizer(model_path, trust_remote_code)
+    rows = load_rows(data_path, split)
+    examples, report = render_rows(rows, tok, rcfg)
+    if progress:
+        print(f"data: {report}", file=sys.stderr)
+    model = load_causal_lm(model_path, precision, trust_remote_code)
+    lps = response_logprobs(model, examples, precision, batch_tokens=scfg.batch_tokens, max_batch=scfg.max_batch,
+                            chunk_tokens=scfg.chunk_tokens, progress=progress, pad_id=tok.pad_token_id)
+    check = None
+    if scfg.check:
+        i = min(range(len(examples)), key=lambda j: len(examples[j].input_ids))
+        check = check_against_forward(model, examples[i], lps[i], precision)
+        tol = CHECK_TOL["float32" if precision.name == "float32" else "other"]
+        if check > tol:
+            raise T3SError(
+                f"self-check failed: scores differ from {type(model).__name__}'s own forward by {check:.2e} "
+                f"(> {tol}); this architecture's output head is not supported by the fast scorer"
+            )
+    return write_scores(
+        out, examples, lps,
+        {
+            "model": str(model_path),
+            "model_fingerprint": model_fingerprint(model_path),
+            "model_step": model_step(model_path),
+            "data": str(data_path),
+            "fingerprints": fingerprints(rows, tok, rcfg),
+            "render_report": report.as_dict(),
+            "precision": precision.name,
+            "self_check_max_abs_diff": check,
+        },
+        overwrite,
+    )

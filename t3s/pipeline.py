@@ -1,0 +1,313 @@
+"""`t3s run CONFIG.yaml`: the whole method from one config.
+
+For every seed: probe (plain SFT with evaluation; its end point is that seed's `sft` result) → score θ_0 and
+θ_b → select for each masked mode → train each mode from θ_0 with the same budget → RRT from the SFT run →
+evaluate the base model and every result → one summary table (Markdown and JSON).
+
+Resumable: each stage writes its outputs atomically and then a record under `stages/` with a fingerprint of
+its config and inputs (including when each input was produced). A rerun skips every stage whose record matches;
+a stage interrupted midway has no record and is redone from scratch; `--force KIND` redoes every stage of that
+kind and, because their outputs are newly produced, everything downstream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from t3s import T3SError, __version__
+from t3s.artifacts import read_json, sha256_json, write_json
+
+STAGE_KINDS = ("probe", "score", "select", "train", "rrt", "eval")
+SELECTION_OF = {"t3s": "t3s", "reverse": "reverse", "static-high": "static-high", "static-low": "static-low",
+                "random": "random"}
+NO_DIP_EXIT = 3
+
+
+class Pipeline:
+    def __init__(self, cfg: Any, out: Path, force: set[str], progress: bool):
+        self.cfg, self.out, self.force, self.progress = cfg, out, force, progress
+        self.logfile = out / "run.log"
+
+    def log(self, msg: str, console: bool = True) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        if console:
+            print(line, flush=True)
+        with self.logfile.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    def stage(self, key: str, kind: str, path: Path, inputs: dict[str, Any], fn: Callable[[Path], Any]) -> dict:
+        """Run `fn(path)` unless a matching record says it is done. Returns the stage record."""
+        fp = sha256_json({"key": key, "inputs": inputs, "t3s": __version__})
+        rec_path = self.out / "stages" / (key.replace("/", "__") + ".json")
+        if kind not in self.force and rec_path.exists() and path.exists():
+            rec = read_json(rec_path)
+            if rec.get("fingerprint") == fp:
+                self.log(f"{key}: done earlier, skipped")
+                return rec
+        rec_path.unlink(missing_ok=True)
+        self.log(f"{key}: running")
+        t0 = time.perf_counter()
+        result = fn(path)
+        rec = {"key": key, "kind": kind, "path": str(path.relative_to(self.out)), "fingerprint": fp,
+               "produced": uuid.uuid4().hex, "seconds": time.perf_counter() - t0, "result": result}
+        write_json(rec_path, rec)
+        self.log(f"{key}: finished in {rec['seconds']:.1f}s")
+        return rec
+
+
+def _clean_stale(out: Path) -> None:
+    """Temporary directories left by a run that was killed (atomic writes that never finished)."""
+    for p in out.rglob(".*.tmp"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _data_fp(path: str, need_response: bool) -> str:
+    from t3s.data import data_fingerprint, load_rows
+
+    return data_fingerprint(load_rows(path, need_response=need_response, need_answer=not need_response))
+
+
+def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True) -> tuple[dict, int]:
+    """Run (or resume) the pipeline. Returns (summary, exit code)."""
+    from t3s.evaluate import evaluate_model, format_metrics, write_eval
+    from t3s.data import load_rows
+    from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision
+    from t3s.probe import run_probe
+    from t3s.rrt import rrt
+    from t3s.score import load_scores, run_score
+    from t3s.select import select, summary_line, write_selection
+    from t3s.train import train
+
+    bad = set(force) - set(STAGE_KINDS)
+    if bad:
+        raise T3SError(f"--force takes stage kinds {', '.join(STAGE_KINDS)}; got {', '.join(sorted(bad))}")
+    if not cfg.student or not cfg.train_data:
+        raise T3SError("the config needs `student` (θ_0) and `train_data`")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out)
+    p = Pipeline(cfg, out, set(force), progress)
+    with (out / "config.yaml").open("w") as fh:
+        yaml.safe_dump(cfg.as_dict(), fh, sort_keys=False)
+    p.log(f"t3s {__version__} run in {out}: modes {', '.join(cfg.modes)}; seeds {cfg.seeds}")
+
+    student, train_data, eval_data = cfg.student, cfg.train_data, cfg.eval_data or cfg.train_data
+    base = {"student": model_fingerprint(student), "train_data": _data_fp(train_data, True),
+            "render": dataclasses.asdict(cfg.render)}
+    eval_fp = _data_fp(eval_data, False)
+    if not cfg.eval_data:
+        p.log("no eval_data: the summary reports accuracy on the training prompts")
+    train_cfg = {s: dataclasses.replace(cfg.train, seed=s) for s in cfg.seeds}
+
+    # 1. probes (one per seed; each is that seed's SFT run)
+    probes = {}
+    for s in cfg.seeds:
+        scfg = dataclasses.replace(cfg, train=train_cfg[s])
+        probes[s] = p.stage(
+            f"seed-{s}/probe", "probe", out / f"seed-{s}" / "probe",
+            {**base, "train": dataclasses.asdict(train_cfg[s]), "probe": dataclasses.asdict(cfg.probe),
+             "eval": dataclasses.asdict(cfg.eval), "heldout": eval_fp if cfg.eval_data else None},
+            lambda path, scfg=scfg: run_probe(student, train_data, path, scfg, heldout_path=cfg.eval_data,
+                                              overwrite=True, progress=progress, log=p.log),
+        )
+        r = probes[s]["result"]
+        if r["dip_found"]:
+            p.log(f"seed {s}: bottleneck at step {r['bottleneck_step']}: training accuracy "
+                  f"{100 * r['start_accuracy']:.1f}% -> {100 * r['bottleneck_accuracy']:.1f}%")
+        else:
+            p.log(f"seed {s}: {r['message']}")
+    unusable = [s for s in cfg.seeds if not probes[s]["result"]["usable"]]
+    if unusable:
+        msg = (f"stopped after the probe: no usable bottleneck for seed(s) {unusable}. "
+               + probes[unusable[0]]["result"]["message"])
+        summary = {"kind": "t3s-run", "stopped": msg, "probes": {s: probes[s]["result"] for s in cfg.seeds}}
+        write_json(out / "summary.json", summary)
+        (out / "summary.md").write_text(f"# t3s run\n\n**{msg}**\n")
+        p.log(msg)
+        return summary, NO_DIP_EXIT
+
+    # 2. scores: θ_0 once, θ_b per seed
+    score_in = {**base, "score": dataclasses.asdict(cfg.score)}
+    init_scores = p.stage("scores-init", "score", out / "scores-init", score_in,
+                          lambda path: run_score(student, train_data, path, cfg.render, cfg.score,
+                                                 overwrite=True, progress=progress))
+    b_scores, bottleneck = {}, {}
+    for s in cfg.seeds:
+        bottleneck[s] = str(out / f"seed-{s}" / "probe" / "bottleneck")
+        b_scores[s] = p.stage(
+            f"seed-{s}/scores-bottleneck", "score", out / f"seed-{s}" / "scores-bottleneck",
+            {**score_in, "probe": probes[s]["produced"]},
+            lambda path, s=s: run_score(bottleneck[s], train_data, path, cfg.render, cfg.score,
+                                        overwrite=True, progress=progress),
+        )
+
+    # 3. selections
+    sels: dict[tuple[int, str], dict] = {}
+    for s in cfg.seeds:
+        for mode in cfg.modes:
+            if mode not in SELECTION_OF:
+                continue
+
+            def do_select(path: Path, s: int = s, mode: str = mode) -> dict:
+                sel = select(load_scores(out / "scores-init"), load_scores(out / f"seed-{s}" / "scores-bottleneck"),
+                             SELECTION_OF[mode], cfg.threshold, seed=s,
+                             bottleneck_step=probes[s]["result"]["bottleneck_step"])
+                write_selection(sel, path, overwrite=True)
+                p.log(f"seed {s}: {summary_line(sel.meta)}")
+                return {"stats": sel.meta["stats"]}
+
+            sels[(s, mode)] = p.stage(
+                f"seed-{s}/select-{mode}", "select", out / f"seed-{s}" / "selections" / mode,
+                {"init": init_scores["produced"], "bottleneck": b_scores[s]["produced"], "mode": mode,
+                 "threshold": cfg.threshold}, do_select)
+
+    # 4. training (same budget for every mode; `sft` is the probe's own end point when the probe ran to the end)
+    models: dict[tuple[int, str], tuple[str, str]] = {}  # (seed, method) -> (model path, produced)
+    for s in cfg.seeds:
+        for mode in cfg.modes:
+            probe_res = probes[s]["result"]
+            if mode == "sft" and probe_res["completed"]:
+                models[(s, mode)] = (str(out / f"seed-{s}" / "probe" / "final"), probes[s]["produced"])
+                continue
+            sel_rec = sels.get((s, mode))
+            rec = p.stage(
+                f"seed-{s}/train-{mode}", "train", out / f"seed-{s}" / "train" / mode,
+                {**base, "train": dataclasses.asdict(train_cfg[s]),
+                 "selection": None if sel_rec is None else sel_rec["produced"]},
+                lambda path, s=s, mode=mode: _slim(train(
+                    student, train_data, path, train_cfg[s], cfg.render,
+                    None if mode == "sft" else str(out / f"seed-{s}" / "selections" / mode),
+                    overwrite=True, progress=progress)),
+            )
+            models[(s, mode)] = (str(out / f"seed-{s}" / "train" / mode / "model"), rec["produced"])
+
+    # 5. RRT from each seed's SFT run and its own bottleneck
+    if cfg.rrt:
+        for s in cfg.seeds:
+            if (s, "sft") not in models:
+                p.log("rrt needs the sft mode; skipped")
+                break
+            final, produced = models[(s, "sft")]
+            rec = p.stage(f"seed-{s}/rrt", "rrt", out / f"seed-{s}" / "rrt",
+                          {"student": base["student"], "probe": probes[s]["produced"], "final": produced},
+                          lambda path, final=final, s=s: rrt(student, bottleneck[s], final, path, overwrite=True,
+                                                             progress=progress))
+            models[(s, "rrt")] = (str(out / f"seed-{s}" / "rrt"), rec["produced"])
+
+    # 6. evaluation of the base model and every result
+    precision = resolve_precision(cfg.eval.dtype)
+    eval_rows = load_rows(eval_data, need_response=False, need_answer=True)
+
+    def evaluator(model_path: str, name: str) -> Callable[[Path], dict]:
+        def fn(path: Path) -> dict:
+            tok = load_tokenizer(model_path)
+            model = load_causal_lm(model_path, precision)
+            samples = evaluate_model(model, tok, eval_rows, cfg.render, cfg.eval, precision, progress,
+                                     desc=f"eval {name}")
+            m = write_eval(path, samples, {"model": model_path, "data": eval_data,
+                                           "generation": dataclasses.asdict(cfg.eval), "precision": precision.name},
+                           overwrite=True)
+            p.log(f"{name}: {format_metrics(m['metrics'])}")
+            return m["metrics"]
+
+        return fn
+
+    ev_in = {"eval": dataclasses.asdict(cfg.eval), "data": eval_fp, "render": base["render"]}
+    evals: dict[tuple[int | None, str], dict] = {
+        (None, "base"): p.stage("eval-base", "eval", out / "eval-base", {**ev_in, "model": base["student"]},
+                                evaluator(student, "base"))["result"]}
+    for (s, method), (path, produced) in models.items():
+        evals[(s, method)] = p.stage(f"seed-{s}/eval-{method}", "eval", out / f"seed-{s}" / "eval" / method,
+                                     {**ev_in, "model": produced}, evaluator(path, f"seed {s} {method}"))["result"]
+
+    summary = summarize(cfg, out, probes, sels, evals, eval_on_train=not cfg.eval_data)
+    p.log("summary:\n" + summary["markdown"], console=False)
+    return summary, 0
+
+
+def _slim(summary: dict) -> dict:
+    return {k: summary[k] for k in ("global_step", "train_loss", "kept_tokens", "response_tokens", "train_seconds")}
+
+
+def _ms(xs: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def _pct(mean: float, sd: float | None) -> str:
+    return f"{100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
+
+
+def summarize(cfg: Any, out: Path, probes: dict, sels: dict, evals: dict, eval_on_train: bool) -> dict[str, Any]:
+    """The comparison table: every number is read from the eval/selection/probe records of this run."""
+    base = evals[(None, "base")]
+    methods = [m for m in ("sft", *[x for x in cfg.modes if x != "sft"], "rrt")
+               if any((s, m) in evals for s in cfg.seeds)]
+    rows = [{"method": "base", "accuracy": base["accuracy"], "accuracy_sd": None, "delta": 0.0,
+             "pass_at_k": base["pass_at_k"], "mean_tokens": base["mean_tokens"], "dropped_fraction": None,
+             "per_seed": {}}]
+    for m in methods:
+        per = {s: evals[(s, m)] for s in cfg.seeds if (s, m) in evals}
+        acc, sd = _ms([v["accuracy"] for v in per.values()])
+        drop = [sels[(s, m)]["result"]["stats"]["dropped_fraction"] for s in per if (s, m) in sels]
+        rows.append({
+            "method": m, "accuracy": acc, "accuracy_sd": sd, "delta": acc - base["accuracy"],
+            "pass_at_k": statistics.fmean(v["pass_at_k"] for v in per.values()),
+            "mean_tokens": statistics.fmean(v["mean_tokens"] for v in per.values() if v["mean_tokens"] is not None),
+            "dropped_fraction": statistics.fmean(drop) if drop else (0.0 if m == "sft" else None),
+            "per_seed": {str(s): v["accuracy"] for s, v in per.items()},
+        })
+    k = base["k"]
+    where = "training prompts" if eval_on_train else "held-out prompts"
+    lines = [f"Accuracy (avg@{k}) on the {where}, mean ± sd over seeds {cfg.seeds}.", "",
+             f"| method | accuracy % | Δ vs base | pass@{k} % | mean tokens | dropped tokens % |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        drop = "–" if r["dropped_fraction"] is None else f"{100 * r['dropped_fraction']:.1f}"
+        lines.append(f"| {r['method']} | {_pct(r['accuracy'], r['accuracy_sd'])} | {100 * r['delta']:+.1f} | "
+                     f"{100 * r['pass_at_k']:.1f} | {r['mean_tokens']:.1f} | {drop} |")
+    lines += ["", "Probe (plain SFT): training accuracy at θ_0 → at the bottleneck"]
+    for s in cfg.seeds:
+        r = probes[s]["result"]
+        lines.append(f"- seed {s}: {100 * r['start_accuracy']:.1f}% → {100 * r['bottleneck_accuracy']:.1f}% at step "
+                     f"{r['bottleneck_step']}" + ("" if r["dip_found"] else " (no dip: continued anyway)"))
+    md = "\n".join(lines) + "\n"
+    summary = {
+        "kind": "t3s-run", "t3s_version": __version__, "eval_on": where, "k": k, "seeds": cfg.seeds, "rows": rows,
+        "probes": {str(s): {kk: probes[s]["result"][kk] for kk in
+                            ("start_accuracy", "bottleneck_step", "bottleneck_accuracy", "dip_found", "stopped_early")}
+                   for s in cfg.seeds},
+        "sources": {"evaluations": "eval-base/ and seed-*/eval/*/metrics.json",
+                    "selections": "seed-*/selections/*/selection.json", "probes": "seed-*/probe/probe.json"},
+        "markdown": md,
+    }
+    write_json(out / "summary.json", summary)
+    tmp = out / ".summary.md.tmp"
+    tmp.write_text("# t3s run summary\n\n" + md)
+    tmp.replace(out / "summary.md")
+    return summary
+
+
+def main_run(config_path: str, out: str | None, overrides: list[str], force: list[str], progress: bool) -> int:
+    from t3s.config import load_config
+
+    cfg = load_config(config_path, overrides, flat=())
+    target = out or Path(config_path).with_suffix("").name
+    if out is None:
+        target = str(Path("runs") / target)
+    summary, code = run(cfg, target, force=tuple(force), progress=progress)
+    if code == 0:
+        print("\n" + summary["markdown"])
+        print(f"run directory: {target} (summary.md, summary.json, run.log)")
+    else:
+        print(summary["stopped"], file=sys.stderr)
+    return code
