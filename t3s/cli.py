@@ -123,6 +123,20 @@ def cmd_run(args) -> int:
     return main_run(args.config, args.out, args.overrides, args.force or [], _progress(args))
 
 
+def cmd_report(args) -> None:
+    from t3s.report import build_report
+
+    path = build_report(args.run_dir, gradients=not args.no_gradients)
+    print(f"wrote {path} (open it in a browser) and its PNGs in {path.parent}")
+
+
+def cmd_testbed(args) -> None:
+    from t3s.testbed import WorldConfig, build_world
+
+    build_world(args.out, WorldConfig(seed=args.seed), overwrite=args.overwrite, progress=_progress(args))
+    print(f"run the method on it: t3s run {args.out}/run.yaml")
+
+
 def cmd_rrt(args) -> None:
     from t3s.rrt import rrt
 
@@ -215,6 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.learning_rate=1e-5 seeds=[0,1]")
     sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("report", help="report.html (+ PNGs) for a t3s run directory")
+    sp.add_argument("run_dir", help="a `t3s run` output directory")
+    sp.add_argument("--no-gradients", action="store_true", help="skip the gradient analysis along the probe")
+    sp.set_defaults(fn=cmd_report)
+
+    sp = sub.add_parser("testbed", help="the CPU testbed world where the imitation shock shows")
+    tb = sp.add_subparsers(dest="testbed_command", required=True, metavar="ACTION")
+    sp = tb.add_parser("build", help="build (or reuse) the world: a pretrained tiny student and teacher traces")
+    common(sp, "world directory (reused when it holds a world of the same settings)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(fn=cmd_testbed)
 
     sp = sub.add_parser("rrt", help="recovering residual transfer: θ_0 + (θ_T − θ_b)")
     sp.add_argument("--init", required=True, help="θ_0 model directory")

@@ -1,0 +1,270 @@
+"""A CPU testbed where the imitation shock can be seen in minutes.
+
+The task is a + b with two 4-digit numbers. A *student style* S writes compact column sums with implicit
+carries; a *teacher style* T (R1-like) opens with a lead-in, spells every column with explicit carry-in and
+carry-out, adds a "Wait, let me check" move and closes with a sentence. A tiny Llama is pretrained mostly on S
+(with some T-style text under other prompts, as a real student has read R1-like text) until it is competent but
+imperfect; the training set is a few hundred T traces with gold answers; held-out prompts measure transfer.
+Everything is written in t3s's row format, so `t3s run` runs on it unchanged.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+from t3s import T3SError
+
+PLACES = ["Ones", "Tens", "Hundreds", "Thousands"]
+TASK_PROMPT = "Add {a} and {b}."
+OTHER_PROMPT = "Explain how to add {a} and {b}."
+CHAT_PROMPT = "Tell me about adding numbers."
+
+
+def columns(a: int, b: int) -> list[tuple[int, int, int, int, int, int]]:
+    """Per column from the ones: (digit of a, digit of b, carry in, column sum, written digit, carry out)."""
+    out, carry = [], 0
+    for i in range(4):
+        x, y = a // 10**i % 10, b // 10**i % 10
+        s = x + y + carry
+        out.append((x, y, carry, s, s % 10, s // 10))
+        carry = s // 10
+    return out
+
+
+def student_trace(a: int, b: int) -> str:
+    """Style S: compact column sums, the carry folded into the next column."""
+    parts = [f"{x}+{y}" + (f"+{cin}" if cin else "") + f"={s}" for x, y, cin, s, _, _ in columns(a, b)]
+    return " ; ".join(parts) + f" . \\boxed{{{a + b}}}"
+
+
+def teacher_trace(a: int, b: int) -> str:
+    """Style T: lead-in, explicit carry-in/carry-out per column, a check move, a closing sentence."""
+    cols = columns(a, b)
+    lines = ["Okay, let us add column by column."]
+    for place, (x, y, cin, s, d, cout) in zip(PLACES, cols):
+        lines.append(f"{place}: {x} + {y} + carry {cin} = {s}, write {d}, carry {cout}.")
+    if cols[-1][5]:
+        lines.append("Finally, write the last carry 1.")
+    lines.append("Wait, let me check the carries: " + ", ".join(str(c[5]) for c in cols) + ".")
+    lines.append(f"So the answer is \\boxed{{{a + b}}}.")
+    return " ".join(lines)
+
+
+def ungrounded_teacher_text(rng: random.Random) -> str:
+    """Teacher-style sentences whose arithmetic is not grounded in any question (random numbers)."""
+    k = rng.randint(1, 3)
+    lines = ["Okay, let us add column by column."] if rng.random() < 0.7 else []
+    for place in rng.sample(PLACES, k):
+        x, y, cin = rng.randint(0, 9), rng.randint(0, 9), rng.randint(0, 1)
+        s = rng.randint(0, 19)
+        lines.append(f"{place}: {x} + {y} + carry {cin} = {s}, write {s % 10}, carry {s // 10}.")
+    if rng.random() < 0.5:
+        lines.append("Wait, let me check the carries.")
+    return " ".join(lines)
+
+
+def pair(rng: random.Random) -> tuple[int, int]:
+    return rng.randint(1000, 9999), rng.randint(1000, 9999)
+
+
+# ----------------------------------------------------------------------------------------------- the world
+
+
+@dataclass
+class WorldConfig:
+    """How the testbed world is built. Its fingerprint names the cache."""
+
+    seed: int = field(default=0, metadata={"help": "seed of the data and the student's initialisation"})
+    n_train: int = field(default=256, metadata={"help": "teacher traces in the training set"})
+    n_heldout: int = field(default=128, metadata={"help": "held-out prompts"})
+    n_dev: int = field(default=128, metadata={"help": "prompts used to pick the pretrained student"})
+    n_pretrain: int = field(default=24000, metadata={"help": "pretraining rows"})
+    share_teacher_other: float = field(default=0.15, metadata={"help": "T traces under another prompt"})
+    share_ungrounded: float = field(default=0.15, metadata={"help": "T-style text with ungrounded arithmetic"})
+    layers: int = 4
+    hidden: int = 128
+    heads: int = 4
+    vocab_size: int = 400
+    pretrain_lr: float = 1e-3
+    pretrain_batch: int = 64
+    pretrain_max_steps: int = 900
+    pretrain_eval_every: int = 25
+    band: tuple[float, float] = (0.65, 0.85)
+    min_steps: int = 200
+
+
+def make_rows(cfg: WorldConfig) -> dict[str, list[dict]]:
+    """All data of the world, deterministic per seed."""
+    rng = random.Random(cfg.seed)
+    seen: set[tuple[int, int]] = set()
+
+    def fresh() -> tuple[int, int]:
+        while True:
+            a, b = pair(rng)
+            if (a, b) not in seen:
+                seen.add((a, b))
+                return a, b
+
+    def task_row(kind: str, i: int, a: int, b: int, response: str | None) -> dict:
+        row = {"id": f"{kind}-{i:05d}", "prompt": TASK_PROMPT.format(a=a, b=b), "answer": str(a + b)}
+        if response is not None:
+            row["response"] = response
+        return row
+
+    train = [task_row("train", i, *(ab := fresh()), teacher_trace(*ab)) for i in range(cfg.n_train)]
+    heldout = [task_row("heldout", i, *fresh(), None) for i in range(cfg.n_heldout)]
+    dev = [task_row("dev", i, *fresh(), None) for i in range(cfg.n_dev)]
+    pretrain = []
+    for i in range(cfg.n_pretrain):
+        u = rng.random()
+        a, b = fresh()
+        if u < cfg.share_ungrounded:
+            pretrain.append({"id": f"pre-{i:06d}", "prompt": CHAT_PROMPT, "response": ungrounded_teacher_text(rng)})
+        elif u < cfg.share_ungrounded + cfg.share_teacher_other:
+            pretrain.append({"id": f"pre-{i:06d}", "prompt": OTHER_PROMPT.format(a=a, b=b),
+                             "response": teacher_trace(a, b)})
+        else:
+            pretrain.append({"id": f"pre-{i:06d}", "prompt": TASK_PROMPT.format(a=a, b=b),
+                             "response": student_trace(a, b), "answer": str(a + b)})
+    return {"train": train, "heldout": heldout, "dev": dev, "pretrain": pretrain}
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE over words, with every digit its own token (an optional leading space included), so numbers
+    are spelled digit by digit."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from t3s.tiny import CHAT_TEMPLATE, SPECIALS
+
+    tok = Tokenizer(models.BPE())
+    words = Regex(r" ?\d| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(words, behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                                      use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|eos|>")
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+def _write_jsonl(path, rows) -> None:
+    import json
+
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+
+
+def demo_config(world: str) -> dict:
+    """The `t3s run` config of the demo, relative to the world directory."""
+    return {
+        "student": f"{world}/student",
+        "train_data": f"{world}/train.jsonl",
+        "eval_data": f"{world}/heldout.jsonl",
+        "modes": ["sft", "t3s", "reverse", "static-high", "static-low", "random"],
+        "seeds": [0, 1, 2],
+        "threshold": 0.0,
+        "rrt": True,
+        "train": {"learning_rate": 5e-5, "max_steps": 40, "per_device_train_batch_size": 32, "dtype": "auto"},
+        "probe": {"eval_every": 2, "margin": 0.03, "markers": ["Okay, let us"], "heldout_subset": -1,
+                  "keep_all": True},
+        "eval": {"max_new_tokens": 160, "batch_size": 128, "dtype": "auto"},
+        "score": {"dtype": "float32"},
+    }
+
+
+def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False, progress: bool = True,
+                log=print) -> dict:
+    """Build (or reuse, when `out` holds a world of the same config) the testbed world."""
+    import dataclasses
+    from pathlib import Path
+
+    import torch
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+    from t3s.artifacts import atomic_dir, read_json, sha256_json, write_json
+    from t3s.config import load_config
+    from t3s.data import load_rows
+    from t3s.evaluate import GenConfig, evaluate_model, metrics
+    from t3s.models import resolve_precision
+    from t3s.train import make_trainer, prepare
+
+    cfg = cfg or WorldConfig()
+    out = Path(out)
+    fp = sha256_json({"world": dataclasses.asdict(cfg), "version": 1})
+    if (out / "world.json").exists() and not overwrite:
+        info = read_json(out / "world.json")
+        if info.get("fingerprint") == fp:
+            log(f"testbed world in {out} is up to date (cached)")
+            return info
+        raise T3SError(f"{out} holds a testbed world built with other settings; pass --overwrite to rebuild")
+
+    rows = make_rows(cfg)
+    t0 = time.perf_counter()
+    with atomic_dir(out, overwrite=True) as tmp:
+        for name in ("train", "heldout", "dev", "pretrain"):
+            _write_jsonl(tmp / f"{name}.jsonl", rows[name])
+        texts = [r["prompt"] + "\n" + r.get("response", "") for r in rows["pretrain"] + rows["train"]]
+        tok = build_tokenizer(texts, cfg.vocab_size)
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden,
+            num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+            max_position_embeddings=512, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id, bos_token_id=None))
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.save_pretrained(tmp / "init")
+        tok.save_pretrained(tmp / "init")
+        log(f"pretraining the student ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "
+            f"{len(rows['pretrain'])} rows until its accuracy is in {cfg.band}")
+        rc = load_config(None, [f"learning_rate={cfg.pretrain_lr}", f"max_steps={cfg.pretrain_max_steps}",
+                                f"per_device_train_batch_size={cfg.pretrain_batch}", f"seed={cfg.seed}",
+                                f"logging_steps={cfg.pretrain_eval_every}", "lr_scheduler_type=constant"])
+        data = prepare(str(tmp / "init"), str(tmp / "pretrain.jsonl"), rc.train, rc.render)
+        precision = resolve_precision("auto")
+        dev = load_rows(tmp / "dev.jsonl", need_response=False, need_answer=True)
+        gen = GenConfig(max_new_tokens=64, batch_size=128)
+        history: list[dict] = []
+        chosen: dict = {}
+
+        class Pick(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kw):
+                if state.global_step % cfg.pretrain_eval_every:
+                    return control
+                m = metrics(evaluate_model(model, tok, dev, rc.render, gen, precision, progress=False))
+                history.append({"step": state.global_step, "dev_accuracy": m["accuracy"]})
+                log(f"  pretraining step {state.global_step}: dev accuracy {100 * m['accuracy']:.1f}%")
+                lo, hi = cfg.band
+                if state.global_step >= cfg.min_steps and lo <= m["accuracy"] <= hi:
+                    model.save_pretrained(tmp / "student")
+                    chosen.update(step=state.global_step, dev_accuracy=m["accuracy"])
+                    control.should_training_stop = True
+                return control
+
+        trainer = make_trainer(model, data, rc.train, tmp / "pretrain-trainer", progress=progress, callbacks=[Pick()])
+        trainer.train()
+        import shutil
+
+        shutil.rmtree(tmp / "pretrain-trainer", ignore_errors=True)
+        if not chosen:
+            raise T3SError(f"the student never reached a dev accuracy in {cfg.band} within {cfg.pretrain_max_steps} "
+                           f"steps (last: {history[-1] if history else None}); change the world settings")
+        tok.save_pretrained(tmp / "student")
+        with open(tmp / "run.yaml", "w") as fh:
+            yaml.safe_dump(demo_config(str(out)), fh, sort_keys=False)
+        info = {"kind": "t3s-testbed", "fingerprint": fp, "config": dataclasses.asdict(cfg), "student": chosen,
+                "pretraining": history, "seconds": time.perf_counter() - t0,
+                "files": ["student/", "init/", "train.jsonl", "heldout.jsonl", "dev.jsonl", "pretrain.jsonl",
+                          "run.yaml"]}
+        write_json(tmp / "world.json", info)
+    log(f"testbed world written to {out}: student picked at pretraining step {chosen['step']} "
+        f"(dev accuracy {100 * chosen['dev_accuracy']:.1f}%), {info['seconds']:.0f}s")
+    return info

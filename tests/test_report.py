@@ -1,0 +1,65 @@
+"""The report builds from a tiny run and renders, images included, in a real headless Chromium."""
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from t3s.config import load_config
+from t3s.pipeline import run
+from t3s.report import build_report
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    cfg = load_config(None, [
+        f"student={tiny / 'model'}", f"train_data={tiny / 'train.jsonl'}", "modes=[sft, t3s, reverse]",
+        "train.max_steps=4", "train.learning_rate=3e-3", "train.dtype=float32", "probe.eval_every=2",
+        "probe.keep_all=true", "probe.continue_without_dip=true", "eval.max_new_tokens=8", "score.dtype=float32",
+    ])
+    summary, code = run(cfg, out, progress=False)
+    assert code == 0
+    return out
+
+
+def test_report_builds_with_every_section(tiny_run):
+    path = build_report(tiny_run, log=lambda *a: None)
+    page = path.read_text()
+    for png in ("trajectories", "delta_hist", "bifurcation", "gradients"):
+        assert (path.parent / f"{png}.png").stat().st_size > 1000, png
+    assert page.count("data:image/png;base64,") == 4  # self-contained
+    for title in ("Summary", "Trajectories", "Δc and the anchor", "Figure 6", "coloured by Δc", "Most frequent"):
+        assert title in page, title
+    assert page.count('class="tk"') > 50  # the token heatmap
+    assert "| method |" not in page and "<td>t3s</td>" in page
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
+                    reason="Chromium is not installed (apt-get install chromium); CI installs it")
+def test_report_renders_its_images_in_headless_chromium(tiny_run):
+    path = build_report(tiny_run, gradients=False, log=lambda *a: None)
+    exe = _chromium()
+    assert exe, "CI must install Chromium (see .ci/run)"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tempfile.mkdtemp()}", "--virtual-time-budget=10000"]
+    dom = subprocess.run([exe, *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom.stdout)
+    assert m, dom.stderr[-2000:]
+    loaded, total = map(int, m.groups())
+    assert total == 3 and loaded == total  # trajectories, Δc histogram, bifurcation
+    shot = path.parent / "screenshot.png"
+    subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,1600", path.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000  # a page with pictures, not a blank one
