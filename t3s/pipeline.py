@@ -82,11 +82,11 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
     from t3s.evaluate import evaluate_model, format_metrics, write_eval
     from t3s.data import load_rows
     from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision
-    from t3s.probe import run_probe
+    from t3s.probe import run_probe, tracking_callback
     from t3s.rrt import rrt
     from t3s.score import load_scores, run_score
     from t3s.select import select, summary_line, write_selection
-    from t3s.train import train
+    from t3s.train import prepare, train
 
     bad = set(force) - set(STAGE_KINDS)
     if bad:
@@ -180,14 +180,24 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
                 models[(s, mode)] = (str(out / f"seed-{s}" / "probe" / "final"), probes[s]["produced"])
                 continue
             sel_rec = sels.get((s, mode))
+
+            def do_train(path: Path, s: int = s, mode: str = mode) -> dict:
+                sel_path = None if mode == "sft" else str(out / f"seed-{s}" / "selections" / mode)
+                callbacks = []
+                if cfg.probe.track_every > 0:  # accuracy along the way, like the probe's (on the training prompts)
+                    tcfg = dataclasses.replace(cfg, train=train_cfg[s])
+                    callbacks.append(tracking_callback(
+                        path, prepare(student, train_data, train_cfg[s], cfg.render), load_rows(train_data), tcfg,
+                        resolve_precision(train_cfg[s].dtype), train_cfg[s].max_steps, progress,
+                        log=lambda m, mode=mode, s=s: p.log(f"seed {s} {mode}: {m}")))
+                return _slim(train(student, train_data, path, train_cfg[s], cfg.render, sel_path, overwrite=True,
+                                   progress=progress, callbacks=callbacks))
+
             rec = p.stage(
                 f"seed-{s}/train-{mode}", "train", out / f"seed-{s}" / "train" / mode,
-                {**base, "train": dataclasses.asdict(train_cfg[s]),
-                 "selection": None if sel_rec is None else sel_rec["produced"]},
-                lambda path, s=s, mode=mode: _slim(train(
-                    student, train_data, path, train_cfg[s], cfg.render,
-                    None if mode == "sft" else str(out / f"seed-{s}" / "selections" / mode),
-                    overwrite=True, progress=progress)),
+                {**base, "train": dataclasses.asdict(train_cfg[s]), "track": [cfg.probe.track_every,
+                 cfg.probe.track_subset], "selection": None if sel_rec is None else sel_rec["produced"]},
+                do_train,
             )
             models[(s, mode)] = (str(out / f"seed-{s}" / "train" / mode / "model"), rec["produced"])
 

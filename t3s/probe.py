@@ -44,6 +44,8 @@ class ProbeConfig:
     markers: list[str] = field(default_factory=lambda: ["Wait"], metadata={"help": "style marker phrases"})
     keep_all: bool = field(default=False, metadata={"help": "keep every evaluated checkpoint"})
     continue_without_dip: bool = field(default=False, metadata={"help": "use the lowest checkpoint even with no dip"})
+    track_every: int = field(default=0, metadata={"help": "pipeline: also evaluate every trained mode every N steps"})
+    track_subset: int = field(default=64, metadata={"help": "training prompts evaluated when tracking a mode"})
 
 
 # ----------------------------------------------------------------------------------------------- rules
@@ -108,13 +110,17 @@ class ProbeRunner:
     """Evaluates the model being trained; used as a TrainerCallback's workhorse."""
 
     def __init__(self, out: Path, data: Any, rows: list, heldout: list | None, cfg: ProbeConfig, gen: Any,
-                 rcfg: Any, precision: Any, max_steps: int, progress: bool, log: Any = print):
+                 rcfg: Any, precision: Any, max_steps: int, progress: bool, log: Any = print,
+                 track: bool = False):
         from t3s.evaluate import GenConfig
 
         self.out, self.cfg, self.rcfg, self.precision, self.progress, self.log = out, cfg, rcfg, precision, progress, log
         self.tok = data.tokenizer
+        self.track = track  # tracking a trained mode: no checkpoints, no held-out set
         self.every = cfg.eval_every if cfg.eval_every > 0 else max(1, round(max_steps / 15))
-        idx = _subset(len(data.examples), cfg.subset, cfg.subset_seed)
+        if track:
+            self.every = cfg.track_every
+        idx = _subset(len(data.examples), cfg.track_subset if track else cfg.subset, cfg.subset_seed)
         by_id = {r.id: r for r in rows}
         self.examples = [data.examples[i] for i in idx]
         self.train_rows = [by_id[e.id] for e in self.examples]
@@ -122,7 +128,7 @@ class ProbeRunner:
             if r.answer is None:
                 raise T3SError(f"{r.where}: the probe needs a gold 'answer' in every training row")
         self.heldout = []
-        if heldout and cfg.heldout_subset >= 0:
+        if heldout and cfg.heldout_subset >= 0 and not track:
             self.heldout = [heldout[i] for i in _subset(len(heldout), cfg.heldout_subset, cfg.subset_seed)]
         greedy = cfg.k == 1
         self.gen = dataclasses.replace(gen, k=cfg.k, temperature=0.0 if greedy else gen.temperature)
@@ -169,7 +175,7 @@ class ProbeRunner:
         self.last_step = step
         with (self.out / "trajectory.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(point) + "\n")
-        if step > 0:
+        if step > 0 and not self.track:
             acc = point["train_accuracy"]
             if self.best is None or acc < self.best[0]:  # strict: ties keep the earliest
                 self.best = (acc, step)
@@ -177,11 +183,21 @@ class ProbeRunner:
             if self.cfg.keep_all:
                 _save_model(model, self.tok, self.out / "checkpoints" / f"step-{step}", step)
         fmt = lambda x, pct=True: "-" if x is None else (f"{100 * x:.1f}%" if pct else f"{x:.3f}")  # noqa: E731
-        self.log(f"probe step {step:>5}: loss {fmt(point['loss'], False)}  train acc {fmt(point['train_accuracy'])}"
+        self.log(f"{'track' if self.track else 'probe'} step {step:>5}: loss {fmt(point['loss'], False)}  train acc {fmt(point['train_accuracy'])}"
                  f"  held-out {fmt(held)}  confidence {point['confidence']:.3f}  length {point['length']:.1f}"
                  f"  markers {fmt(point['marker_rate'])}")
         model.train(was_training)
         return point
+
+
+def tracking_callback(out: Path, data: Any, rows: list, cfg: Any, precision: Any, max_steps: int,
+                      progress: bool, log: Any = print):
+    """A callback that evaluates a training run like the probe (on `probe.track_subset` prompts, every
+    `probe.track_every` steps) and appends to `out/trajectory.jsonl` (from the start of training, after
+    `t3s.train.train` has cleared `out`); nothing else is saved."""
+    runner = ProbeRunner(out, data, rows, None, cfg.probe, cfg.eval, cfg.render, precision, max_steps, progress,
+                         log, track=True)
+    return _callback(runner)
 
 
 def _callback(runner: ProbeRunner):

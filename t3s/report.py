@@ -57,7 +57,17 @@ def plot_trajectories(run: Path, seeds: list[int], out: Path) -> Path | None:
     probes = {s: _jsonl(run / f"seed-{s}" / "probe" / "trajectory.jsonl") for s in seeds}
     if not any(probes.values()):
         return None
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    tracked = {}
+    for s in seeds:
+        for tj in sorted((run / f"seed-{s}" / "train").glob("*/trajectory.jsonl")):
+            tracked.setdefault(tj.parent.name, []).append(_jsonl(tj))
+    if probes and tracked:
+        for s, pts in probes.items():
+            if pts:
+                tracked.setdefault("sft", []).append(pts)
+    n = 3 if tracked else 2
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4))
+    ax, bx = axes[0], axes[-1]
     for s, pts in probes.items():
         if not pts:
             continue
@@ -79,6 +89,20 @@ def plot_trajectories(run: Path, seeds: list[int], out: Path) -> Path | None:
     ax.set_ylim(-2, 102)
     ax.set_title("probe (plain SFT): accuracy per seed")
     ax.legend(fontsize=8, loc="best")
+    if tracked:
+        cx = axes[1]
+        for mode, runs in sorted(tracked.items(), key=lambda kv: kv[0] != "sft"):
+            steps = sorted({p["step"] for r in runs for p in r})
+            mean = [100 * np.mean([p["train_accuracy"] for r in runs for p in r if p["step"] == st]) for st in steps]
+            cx.plot(steps, mean, "-o", ms=2, color=COLORS.get(mode), label=mode)
+        for b in {read_json(p).get("bottleneck_step") for s in seeds
+                  if (p := run / f"seed-{s}" / "probe" / "probe.json").exists()} - {None}:
+            cx.axvline(b, color="k", lw=1, alpha=0.3)
+        cx.set_xlabel("step")
+        cx.set_ylabel("training accuracy %")
+        cx.set_ylim(-2, 102)
+        cx.set_title("training accuracy per mode (mean over seeds)")
+        cx.legend(fontsize=8)
     # loss per mode (mean over seeds) from the trainers' logs; sft from the probe
     modes: dict[str, list[list[tuple[int, float]]]] = {}
     for s in seeds:

@@ -18,7 +18,9 @@ from t3s import T3SError
 
 PLACES = ["Ones", "Tens", "Hundreds", "Thousands"]
 TASK_PROMPT = "Add {a} and {b}."
-OTHER_PROMPT = "Explain how to add {a} and {b}."
+# Same length and layout as the task prompt: a tiny model reads the digits by relative position, so teacher-style
+# skill learned under a prompt of another length does not transfer to the task prompt at all.
+OTHER_PROMPT = "Sum {a} and {b}."
 CHAT_PROMPT = "Tell me about adding numbers."
 
 
