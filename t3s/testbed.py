@@ -91,9 +91,10 @@ class WorldConfig:
     vocab_size: int = 400
     pretrain_lr: float = 1e-3
     pretrain_batch: int = 64
-    pretrain_max_steps: int = 900
+    pretrain_max_steps: int = 700
     pretrain_eval_every: int = 25
-    band: tuple[float, float] = (0.65, 0.85)
+    band: tuple[float, float] = (0.65, 0.90)
+    min_other_accuracy: float = 0.3
     min_steps: int = 200
 
 
@@ -117,7 +118,11 @@ def make_rows(cfg: WorldConfig) -> dict[str, list[dict]]:
 
     train = [task_row("train", i, *(ab := fresh()), teacher_trace(*ab)) for i in range(cfg.n_train)]
     heldout = [task_row("heldout", i, *fresh(), None) for i in range(cfg.n_heldout)]
-    dev = [task_row("dev", i, *fresh(), None) for i in range(cfg.n_dev)]
+    dev_pairs = [fresh() for _ in range(cfg.n_dev)]
+    dev = [task_row("dev", i, a, b, None) for i, (a, b) in enumerate(dev_pairs)]
+    # the same dev problems under the other prompt: how well does the student do teacher-style reasoning?
+    dev_other = [{"id": f"dev-other-{i:05d}", "prompt": OTHER_PROMPT.format(a=a, b=b), "answer": str(a + b)}
+                 for i, (a, b) in enumerate(dev_pairs)]
     pretrain = []
     for i in range(cfg.n_pretrain):
         u = rng.random()
@@ -130,7 +135,7 @@ def make_rows(cfg: WorldConfig) -> dict[str, list[dict]]:
         else:
             pretrain.append({"id": f"pre-{i:06d}", "prompt": TASK_PROMPT.format(a=a, b=b),
                              "response": student_trace(a, b), "answer": str(a + b)})
-    return {"train": train, "heldout": heldout, "dev": dev, "pretrain": pretrain}
+    return {"train": train, "heldout": heldout, "dev": dev, "dev_other": dev_other, "pretrain": pretrain}
 
 
 def build_tokenizer(texts: list[str], vocab_size: int):
@@ -173,10 +178,11 @@ def demo_config(world: str) -> dict:
         "seeds": [0, 1, 2],
         "threshold": 0.0,
         "rrt": True,
-        "train": {"learning_rate": 5e-5, "max_steps": 40, "per_device_train_batch_size": 32, "dtype": "auto"},
-        "probe": {"eval_every": 2, "margin": 0.03, "markers": ["Okay, let us"], "heldout_subset": -1,
-                  "keep_all": True},
-        "eval": {"max_new_tokens": 160, "batch_size": 128, "dtype": "auto"},
+        # float32: at this size bf16 autocast saves no time on a CPU and costs generation speed
+        "train": {"learning_rate": 5e-5, "max_steps": 40, "per_device_train_batch_size": 32, "dtype": "float32"},
+        "probe": {"eval_every": 2, "subset": 128, "margin": 0.03, "markers": ["Okay, let us"], "heldout_subset": -1,
+                  "keep_all": True, "track_every": 8, "track_subset": 64},
+        "eval": {"max_new_tokens": 160, "batch_size": 128, "dtype": "float32"},
         "score": {"dtype": "float32"},
     }
 
@@ -211,7 +217,7 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
     rows = make_rows(cfg)
     t0 = time.perf_counter()
     with atomic_dir(out, overwrite=True) as tmp:
-        for name in ("train", "heldout", "dev", "pretrain"):
+        for name in ("train", "heldout", "dev", "dev_other", "pretrain"):
             _write_jsonl(tmp / f"{name}.jsonl", rows[name])
         texts = [r["prompt"] + "\n" + r.get("response", "") for r in rows["pretrain"] + rows["train"]]
         tok = build_tokenizer(texts, cfg.vocab_size)
@@ -229,11 +235,14 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
             f"{len(rows['pretrain'])} rows until its accuracy is in {cfg.band}")
         rc = load_config(None, [f"learning_rate={cfg.pretrain_lr}", f"max_steps={cfg.pretrain_max_steps}",
                                 f"per_device_train_batch_size={cfg.pretrain_batch}", f"seed={cfg.seed}",
-                                f"logging_steps={cfg.pretrain_eval_every}", "lr_scheduler_type=constant"])
+                                f"logging_steps={cfg.pretrain_eval_every}", "lr_scheduler_type=constant",
+                                "dtype=float32"])
         data = prepare(str(tmp / "init"), str(tmp / "pretrain.jsonl"), rc.train, rc.render)
-        precision = resolve_precision("auto")
+        precision = resolve_precision("float32")
         dev = load_rows(tmp / "dev.jsonl", need_response=False, need_answer=True)
+        dev_other = load_rows(tmp / "dev_other.jsonl", need_response=False, need_answer=True)
         gen = GenConfig(max_new_tokens=64, batch_size=128)
+        gen_other = GenConfig(max_new_tokens=160, batch_size=128)
         history: list[dict] = []
         chosen: dict = {}
 
@@ -241,13 +250,19 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
             def on_step_end(self, args, state, control, model=None, **kw):
                 if state.global_step % cfg.pretrain_eval_every:
                     return control
-                m = metrics(evaluate_model(model, tok, dev, rc.render, gen, precision, progress=False))
-                history.append({"step": state.global_step, "dev_accuracy": m["accuracy"]})
-                log(f"  pretraining step {state.global_step}: dev accuracy {100 * m['accuracy']:.1f}%")
+                acc = metrics(evaluate_model(model, tok, dev, rc.render, gen, precision, progress=False))["accuracy"]
+                point = {"step": state.global_step, "dev_accuracy": acc, "dev_other_accuracy": None}
                 lo, hi = cfg.band
-                if state.global_step >= cfg.min_steps and lo <= m["accuracy"] <= hi:
+                if state.global_step >= cfg.min_steps and lo <= acc <= hi:  # only then: generation is slow
+                    point["dev_other_accuracy"] = metrics(evaluate_model(
+                        model, tok, dev_other, rc.render, gen_other, precision, progress=False))["accuracy"]
+                history.append(point)
+                other = point["dev_other_accuracy"]
+                log(f"  pretraining step {state.global_step}: dev accuracy {100 * acc:.1f}% (style S)"
+                    + ("" if other is None else f", {100 * other:.1f}% in style T under the other prompt"))
+                if other is not None and other >= cfg.min_other_accuracy:
                     model.save_pretrained(tmp / "student")
-                    chosen.update(step=state.global_step, dev_accuracy=m["accuracy"])
+                    chosen.update(step=state.global_step, dev_accuracy=acc, dev_other_accuracy=other)
                     control.should_training_stop = True
                 return control
 
@@ -257,16 +272,18 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
 
         shutil.rmtree(tmp / "pretrain-trainer", ignore_errors=True)
         if not chosen:
-            raise T3SError(f"the student never reached a dev accuracy in {cfg.band} within {cfg.pretrain_max_steps} "
-                           f"steps (last: {history[-1] if history else None}); change the world settings")
+            raise T3SError(f"the student never reached a dev accuracy in {cfg.band} with at least "
+                           f"{cfg.min_other_accuracy:.0%} in the teacher's style within {cfg.pretrain_max_steps} steps "
+                           f"(last: {history[-1] if history else None}); change the world settings")
         tok.save_pretrained(tmp / "student")
         with open(tmp / "run.yaml", "w") as fh:
             yaml.safe_dump(demo_config(str(out)), fh, sort_keys=False)
         info = {"kind": "t3s-testbed", "fingerprint": fp, "config": dataclasses.asdict(cfg), "student": chosen,
                 "pretraining": history, "seconds": time.perf_counter() - t0,
-                "files": ["student/", "init/", "train.jsonl", "heldout.jsonl", "dev.jsonl", "pretrain.jsonl",
+                "files": ["student/", "init/", "train.jsonl", "heldout.jsonl", "dev.jsonl", "dev_other.jsonl", "pretrain.jsonl",
                           "run.yaml"]}
         write_json(tmp / "world.json", info)
-    log(f"testbed world written to {out}: student picked at pretraining step {chosen['step']} "
-        f"(dev accuracy {100 * chosen['dev_accuracy']:.1f}%), {info['seconds']:.0f}s")
+    log(f"testbed world written to {out}: student picked at pretraining step {chosen['step']} (dev accuracy "
+        f"{100 * chosen['dev_accuracy']:.1f}% in style S, {100 * chosen['dev_other_accuracy']:.1f}% in style T under "
+        f"the other prompt), {info['seconds']:.0f}s")
     return info

@@ -38,7 +38,7 @@ def test_every_trace_is_correct_and_both_styles_agree():
 
 def test_build_caches_and_refuses_other_settings(tmp_path):
     tiny = WorldConfig(n_train=16, n_heldout=8, n_dev=8, n_pretrain=64, layers=1, hidden=32, heads=2,
-                       pretrain_max_steps=2, pretrain_eval_every=1, pretrain_batch=8, band=(0.0, 1.0), min_steps=1)
+                       pretrain_max_steps=2, pretrain_eval_every=1, pretrain_batch=8, band=(0.0, 1.0), min_other_accuracy=0.0, min_steps=1)
     info = build_world(tmp_path / "w", tiny, progress=False, log=lambda *a: None)
     assert info["student"]["step"] == 1
     for f in ("student/config.json", "train.jsonl", "heldout.jsonl", "run.yaml", "world.json"):
