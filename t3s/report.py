@@ -183,7 +183,7 @@ def plot_bifurcation(data: dict[str, Any], bottleneck: int | None, out: Path) ->
     return _save(fig, out / "bifurcation.png")
 
 
-def gradient_dynamics(run: Path, seed: int, sel: Any, rows: int = 64) -> dict[str, Any] | None:
+def gradient_dynamics(run: Path, seed: int, sel: Any, rows: int = 48) -> dict[str, Any] | None:
     """At every kept probe checkpoint: ‖∇ of the anchors' share of the SFT loss‖ / ‖∇ of the yet-to-learn
     share‖, and the cosine between the two gradients. Both shares are sums over their tokens divided by the
     number of response tokens, so together they are exactly the SFT loss."""
@@ -197,38 +197,37 @@ def gradient_dynamics(run: Path, seed: int, sel: Any, rows: int = 64) -> dict[st
     if not ck_dir.exists():
         return None
     cks = sorted(ck_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    cfg = read_json(run / "stages" / f"seed-{seed}__probe.json")  # existence check only
-    del cfg
     import yaml
 
     conf = yaml.safe_load((run / "config.yaml").read_text())
-    rcfg = RenderConfig(**conf["render"])
     tok = load_tokenizer(cks[0])
-    data_rows = load_rows(conf["train_data"])
-    examples, _ = render_rows(data_rows, tok, rcfg)
+    examples, _ = render_rows(load_rows(conf["train_data"]), tok, RenderConfig(**conf["render"]))
     index = sel.by_id
     examples = [e for e in examples if e.id in index][:rows]
+    # one padded batch; per position: the target token and which group it belongs to
+    L = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), L), tok.pad_token_id, dtype=torch.long)
+    att = torch.zeros((len(examples), L), dtype=torch.long)
+    tgt = torch.full((len(examples), L - 1), -100, dtype=torch.long)
+    is_anchor = torch.zeros((len(examples), L - 1), dtype=torch.bool)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n], att[i, :n] = torch.tensor(e.input_ids), 1
+        tgt[i, e.prompt_len - 1 : n - 1] = torch.tensor(e.response_ids)
+        is_anchor[i, e.prompt_len - 1 : n - 1] = torch.from_numpy(sel.delta[index[e.id]] > sel.meta["threshold"])
+    valid = tgt != -100
+    n_resp = int(valid.sum())
     fp32 = resolve_precision("float32")
     out = {"steps": [], "ratio": [], "cosine": []}
     for ck in [None, *cks]:
         model = load_causal_lm(ck or conf["student"], fp32)
-        grads = []
-        n_resp = sum(len(e.response_ids) for e in examples)
-        for group in ("anchor", "yet_to_learn"):
-            model.zero_grad()
-            total = 0.0
-            for e in examples:
-                keep = sel.delta[index[e.id]] > sel.meta["threshold"]
-                if group == "yet_to_learn":
-                    keep = ~keep
-                if not keep.any():
-                    continue
-                logits = model(input_ids=torch.tensor([e.input_ids])).logits[0, e.prompt_len - 1 : -1]
-                ce = F.cross_entropy(logits, torch.tensor(e.response_ids), reduction="none")
-                total = total + ce[torch.tensor(keep)].sum()
-            (total / n_resp).backward()
-            grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone())
-        ga, gy = grads
+        params = [p for p in model.parameters() if p.requires_grad]
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+        ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none",
+                             ignore_index=-100).view(tgt.shape)
+        groups = [(ce * (valid & is_anchor)).sum() / n_resp, (ce * (valid & ~is_anchor)).sum() / n_resp]
+        ga, gy = (torch.cat([g.flatten() for g in torch.autograd.grad(x, params, retain_graph=True)])
+                  for x in groups)
         out["steps"].append(0 if ck is None else int(ck.name.split("-")[1]))
         out["ratio"].append(float(ga.norm() / gy.norm()))
         out["cosine"].append(float(F.cosine_similarity(ga, gy, dim=0)))
@@ -274,7 +273,7 @@ def token_tables(run: Path, sel: Any, rows_shown: int = 4, top: int = 15) -> tup
         for t, v in zip(ids.tolist(), d.tolist()):
             a = min(abs(v) / scale, 1.0)
             color = f"rgba(214,39,40,{a:.2f})" if v > thr else f"rgba(31,119,180,{a:.2f})"
-            text = html.escape(tok.decode([t])).replace(" ", "&nbsp;") or "&#9633;"
+            text = html.escape(tok.decode([t])) or "&#9633;"
             spans.append(f'<span class="tk" style="background:{color}" title="Δc={v:+.4f}">{text}</span>')
         rows_html.append('<div class="row">' + "".join(spans) + "</div>")
     counts: dict[bool, Counter] = {True: Counter(), False: Counter()}
@@ -306,7 +305,8 @@ def _img(path: Path | None, alt: str) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
-.row{font-family:monospace;font-size:13px;line-height:1.9;margin:.6em 0;padding:.4em;border:1px solid #eee}
+.row{font-family:monospace;font-size:13px;line-height:1.9;margin:.6em 0;padding:.4em;border:1px solid #eee;
+white-space:pre-wrap;overflow-wrap:anywhere}
 .tk{padding:1px 0;border-radius:2px}.cols{display:flex;gap:2em}.note{color:#555}"""
 
 
