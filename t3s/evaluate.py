@@ -166,8 +166,9 @@ def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, pre
         for r, i in enumerate(idx):
             ids[r, L - len(prompts[i]) :] = torch.tensor(prompts[i])
             att[r, L - len(prompts[i]) :] = 1
-        torch.manual_seed(cfg.seed * 100_003 + b)
-        with precision.context():
+        # a private RNG stream: evaluating during training (the probe) must not move the trainer's random state
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), precision.context():
+            torch.manual_seed(cfg.seed * 100_003 + b)
             seqs = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gcfg)
         new = seqs[:, L:].cpu().tolist()
         for r, i in enumerate(idx):

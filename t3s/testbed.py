@@ -180,12 +180,24 @@ def demo_config(world: str) -> dict:
         "threshold": 0.0,
         "rrt": True,
         # float32: at this size bf16 autocast saves no time on a CPU and costs generation speed
-        "train": {"learning_rate": 5e-5, "max_steps": 40, "per_device_train_batch_size": 32, "dtype": "float32"},
+        "train": {"learning_rate": 5e-5, "max_steps": 36, "per_device_train_batch_size": 24, "dtype": "float32"},
         "probe": {"eval_every": 2, "subset": 96, "margin": 0.03, "markers": ["Okay, let us"], "heldout_subset": -1,
-                  "keep_all": True, "track_every": 10, "track_subset": 32},
+                  "keep_all": True, "track_every": 9, "track_subset": 32},
         "eval": {"max_new_tokens": 160, "batch_size": 128, "dtype": "float32"},
         "score": {"dtype": "float32"},
     }
+
+
+def _write_run_config(world) -> None:
+    """run.yaml is derived from the world's path only, so it is (re)written even when the world is reused."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(world) / "run.yaml"
+    tmp = path.with_name(".run.yaml.tmp")
+    tmp.write_text(yaml.safe_dump(demo_config(str(world)), sort_keys=False))
+    tmp.replace(path)
 
 
 def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False, progress: bool = True,
@@ -212,6 +224,7 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
         info = read_json(out / "world.json")
         if info.get("fingerprint") == fp:
             log(f"testbed world in {out} is up to date (cached)")
+            _write_run_config(out)
             return info
         raise T3SError(f"{out} holds a testbed world built with other settings; pass --overwrite to rebuild")
 
@@ -249,7 +262,7 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
 
         class Pick(TrainerCallback):
             def on_step_end(self, args, state, control, model=None, **kw):
-                if state.global_step % cfg.pretrain_eval_every:
+                if state.global_step % cfg.pretrain_eval_every or state.global_step < cfg.min_steps:
                     return control
                 acc = metrics(evaluate_model(model, tok, dev, rc.render, gen, precision, progress=False))["accuracy"]
                 point = {"step": state.global_step, "dev_accuracy": acc, "dev_other_accuracy": None}
@@ -277,13 +290,12 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
                            f"{cfg.min_other_accuracy:.0%} in the teacher's style within {cfg.pretrain_max_steps} steps "
                            f"(last: {history[-1] if history else None}); change the world settings")
         tok.save_pretrained(tmp / "student")
-        with open(tmp / "run.yaml", "w") as fh:
-            yaml.safe_dump(demo_config(str(out)), fh, sort_keys=False)
         info = {"kind": "t3s-testbed", "fingerprint": fp, "config": dataclasses.asdict(cfg), "student": chosen,
                 "pretraining": history, "seconds": time.perf_counter() - t0,
                 "files": ["student/", "init/", "train.jsonl", "heldout.jsonl", "dev.jsonl", "dev_other.jsonl", "pretrain.jsonl",
                           "run.yaml"]}
         write_json(tmp / "world.json", info)
+    _write_run_config(out)
     log(f"testbed world written to {out}: student picked at pretraining step {chosen['step']} (dev accuracy "
         f"{100 * chosen['dev_accuracy']:.1f}% in style S, {100 * chosen['dev_other_accuracy']:.1f}% in style T under "
         f"the other prompt), {info['seconds']:.0f}s")

@@ -63,3 +63,35 @@ def test_report_renders_its_images_in_headless_chromium(tiny_run):
     subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,1600", path.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.stat().st_size > 20_000  # a page with pictures, not a blank one
+
+
+def test_gradient_dynamics_match_a_row_by_row_computation(tiny_run, tiny):
+    """The report's Figure-6 numbers at θ_0, recomputed one row at a time without padding."""
+    import torch
+    import torch.nn.functional as F
+
+    from t3s.data import RenderConfig, load_rows, render_rows
+    from t3s.models import load_causal_lm, load_tokenizer, resolve_precision
+    from t3s.report import _selection, gradient_dynamics
+
+    sel = _selection(tiny_run, 0)
+    got = gradient_dynamics(tiny_run, 0, sel)
+    assert got["steps"][0] == 0 and len(got["steps"]) == 3  # θ_0 and the checkpoints at steps 2 and 4
+    tok = load_tokenizer(tiny / "model")
+    examples, _ = render_rows(load_rows(tiny / "train.jsonl"), tok, RenderConfig())
+    model = load_causal_lm(tiny / "model", resolve_precision("float32"))
+    n = sum(len(e.response_ids) for e in examples)
+    grads = []
+    for anchors in (True, False):
+        model.zero_grad()
+        total = 0.0
+        for e in examples:
+            mask = torch.from_numpy(sel.delta[sel.by_id[e.id]] > 0.0)
+            mask = mask if anchors else ~mask
+            logits = model(input_ids=torch.tensor([e.input_ids])).logits[0, e.prompt_len - 1 : -1]
+            total = total + F.cross_entropy(logits, torch.tensor(e.response_ids), reduction="none")[mask].sum()
+        (total / n).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    ga, gy = grads
+    assert got["ratio"][0] == pytest.approx(float(ga.norm() / gy.norm()), rel=1e-4)
+    assert got["cosine"][0] == pytest.approx(float(F.cosine_similarity(ga, gy, dim=0)), abs=1e-4)
