@@ -207,7 +207,6 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
     from pathlib import Path
 
     import torch
-    import yaml
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
     from t3s.artifacts import atomic_dir, read_json, sha256_json, write_json
