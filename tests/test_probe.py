@@ -75,3 +75,20 @@ def test_probe_run_writes_trajectory_plot_and_keeps_only_the_bottleneck(tiny, tm
     assert lp["step_0"].mean() == pytest.approx(pts[0]["confidence"], abs=1e-5) and len(lp["ids"]) == 8
     # confidence rises while the model fits the traces
     assert pts[-1]["confidence"] > pts[0]["confidence"]
+
+
+def test_online_probe_stops_early_and_keeps_no_final_model(tiny, tmp_path):
+    from t3s.config import load_config
+    from t3s.probe import run_probe
+
+    # margin 0: accuracy that merely stays at its running minimum for `patience` evaluations confirms it
+    cfg = load_config(None, ["max_steps=20", "learning_rate=3e-3", "eval_every=2", "eval.max_new_tokens=4",
+                             "subset=4", "online=true", "margin=0", "patience=2", "per_device_train_batch_size=4"],
+                      flat=("probe", "train"))
+    s = run_probe(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "p", cfg, progress=False,
+                  log=lambda *a: None)
+    pts = [json.loads(x) for x in open(tmp_path / "p" / "trajectory.jsonl")]
+    assert s["stopped_early"] and not s["completed"] and s["steps_run"] == pts[-1]["step"] < 20
+    assert online_should_stop([p["train_accuracy"] for p in pts], 0.0, 2)
+    assert not online_should_stop([p["train_accuracy"] for p in pts[:-1]], 0.0, 2)  # it stopped at the first chance
+    assert not (tmp_path / "p" / "final").exists() and (tmp_path / "p" / "bottleneck").exists()
