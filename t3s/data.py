@@ -86,7 +86,7 @@ def _check_row(raw: Any, where: str, need_response: bool = True, need_answer: bo
     return Row(id=rid, prompt=prompt, response=response, answer=answer, where=where)
 
 
-def _raw_rows(path: Path, split: str | None) -> list[tuple[str, Any]]:
+def raw_rows(path: Path, split: str | None) -> list[tuple[str, Any]]:
     """(location, raw object) pairs from any supported source."""
     if path.is_dir():
         import datasets
@@ -131,7 +131,7 @@ def load_rows(path: str | Path, split: str | None = None, *, need_response: bool
     Evaluation sets need `answer` but not `response`; training sets need `response`."""
     path = Path(path)
     rows, seen = [], {}
-    for where, raw in _raw_rows(path, split):
+    for where, raw in raw_rows(path, split):
         row = _check_row(raw, where, need_response, need_answer)
         if row.id in seen:
             raise T3SError(f"{where}: duplicate id '{row.id}' (first seen at {seen[row.id]})")

@@ -152,6 +152,7 @@ def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, pre
     gcfg = GenerationConfig(
         max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
         temperature=cfg.temperature if cfg.temperature > 0 else None, top_p=cfg.top_p if cfg.temperature > 0 else None,
+        top_k=0 if cfg.temperature > 0 else None,  # exactly the settings given: no top-k from a model's defaults
         num_return_sequences=cfg.k, eos_token_id=stops, pad_token_id=pad, use_cache=True,
     )
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -263,10 +264,10 @@ def format_metrics(m: dict[str, Any]) -> str:
 
 def load_responses(path: str | Path) -> list[tuple[str, str, str, int | None, bool, int]]:
     """Rows of a pre-generated responses file: `response` and `answer` required, `id`, `sample` optional."""
-    from t3s.data import _raw_rows
+    from t3s.data import raw_rows
 
     out, count = [], {}
-    for where, raw in _raw_rows(Path(path), None):
+    for where, raw in raw_rows(Path(path), None):
         if not isinstance(raw, dict):
             raise T3SError(f"{where}: a row must be a JSON object")
         for key in ("response", "answer"):

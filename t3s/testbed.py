@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from t3s import T3SError
+from t3s.tiny import build_tokenizer
 
 PLACES = ["Ones", "Tens", "Hundreds", "Thousands"]
 TASK_PROMPT = "Add {a} and {b}."
@@ -139,28 +140,6 @@ def make_rows(cfg: WorldConfig) -> dict[str, list[dict]]:
     return {"train": train, "heldout": heldout, "dev": dev, "dev_other": dev_other, "pretrain": pretrain}
 
 
-def build_tokenizer(texts: list[str], vocab_size: int):
-    """Byte-level BPE over words, with every digit its own token (an optional leading space included), so numbers
-    are spelled digit by digit."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from t3s.tiny import CHAT_TEMPLATE, SPECIALS
-
-    tok = Tokenizer(models.BPE())
-    words = Regex(r" ?\d| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+")
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(words, behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False,
-                                                                                      use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|eos|>")
-    hf.chat_template = CHAT_TEMPLATE
-    return hf
-
-
 def _write_jsonl(path, rows) -> None:
     import json
 
@@ -233,7 +212,7 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
         for name in ("train", "heldout", "dev", "dev_other", "pretrain"):
             _write_jsonl(tmp / f"{name}.jsonl", rows[name])
         texts = [r["prompt"] + "\n" + r.get("response", "") for r in rows["pretrain"] + rows["train"]]
-        tok = build_tokenizer(texts, cfg.vocab_size)
+        tok = build_tokenizer(texts, cfg.vocab_size, split_digits=True)
         torch.manual_seed(cfg.seed)
         model = LlamaForCausalLM(LlamaConfig(
             vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden,

@@ -43,12 +43,21 @@ def make_rows(n: int = 64, seed: int = 0) -> list[dict]:
     return [arithmetic_row(rng, i) for i in range(n)]
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int = 384):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(corpus: list[str], vocab_size: int = 384, split_digits: bool = False):
+    """Byte-level BPE trained offline on `corpus`, with the chat template above. `split_digits`: words are
+    pre-split so that every digit is its own token (an optional leading space included), and numbers are
+    spelled digit by digit."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        words = Regex(r" ?\d| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+")
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(words, behavior="isolated"),
+             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
