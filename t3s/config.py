@@ -68,6 +68,8 @@ class RunConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def __post_init__(self) -> None:
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in self.seeds):
+            raise T3SError(f"seeds must be a list of integers, got {self.seeds!r}")
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise T3SError(f"modes must be a non-empty list of {', '.join(MODES)}; got {self.modes}")
@@ -106,7 +108,16 @@ def coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
     out = {}
     for key, value in raw.items():
         base = types[key].split("|")[0].strip()
-        if value is None or base not in ("float", "int", "bool"):
+        if value is None:
+            out[key] = value
+            continue
+        expect = {"str": str, "dict": dict, "list": list, "tuple": (list, tuple)}.get(base.split("[")[0])
+        if expect is not None:
+            if not isinstance(value, expect):
+                raise T3SError(f"{where}: bad value for '{key}': {value!r} (expected {base})")
+            out[key] = value
+            continue
+        if base not in ("float", "int", "bool"):
             out[key] = value
             continue
         try:

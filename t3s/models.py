@@ -39,6 +39,12 @@ class Precision:
         return torch.autocast(self.device, dtype=self.autocast)
 
 
+def training_precision(p: Precision) -> Precision:
+    """What to load for training: fp16 training keeps fp32 master weights (the Trainer's fp16 AMP then runs the
+    forward in fp16); loading fp16 weights would make the gradient scaler fail."""
+    return Precision(torch.float32, None, p.device) if p.weights == torch.float16 else p
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -27,14 +27,13 @@ from t3s import T3SError, __version__
 from t3s.artifacts import read_json, sha256_json, write_json
 
 STAGE_KINDS = ("probe", "score", "select", "train", "rrt", "eval")
-SELECTION_OF = {"t3s": "t3s", "reverse": "reverse", "static-high": "static-high", "static-low": "static-low",
-                "random": "random"}
+MASKED_MODES = ("t3s", "reverse", "static-high", "static-low", "random")  # the modes that need a selection
 NO_DIP_EXIT = 3
 
 
 class Pipeline:
-    def __init__(self, cfg: Any, out: Path, force: set[str], progress: bool):
-        self.cfg, self.out, self.force, self.progress = cfg, out, force, progress
+    def __init__(self, out: Path, force: set[str]):
+        self.out, self.force = out, force
         self.logfile = out / "run.log"
 
     def log(self, msg: str, console: bool = True) -> None:
@@ -65,10 +64,12 @@ class Pipeline:
 
 
 def _clean_stale(out: Path) -> None:
-    """Temporary directories left by a run that was killed (atomic writes that never finished)."""
-    for p in out.rglob(".*.tmp"):
+    """Temporary files and directories left by a run that was killed (atomic writes that never finished)."""
+    for p in [*out.rglob(".*.tmp"), *out.rglob(".*.old"), *out.rglob(".*.tmp.png")]:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _data_fp(path: str, need_response: bool) -> str:
@@ -81,7 +82,7 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
     """Run (or resume) the pipeline. Returns (summary, exit code)."""
     from t3s.evaluate import evaluate_model, format_metrics, write_eval
     from t3s.data import load_rows
-    from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision
+    from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_model_path, resolve_precision
     from t3s.probe import run_probe, tracking_callback
     from t3s.rrt import rrt
     from t3s.score import load_scores, run_score
@@ -96,9 +97,13 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
-    p = Pipeline(cfg, out, set(force), progress)
-    with (out / "config.yaml").open("w") as fh:
-        yaml.safe_dump(cfg.as_dict(), fh, sort_keys=False)
+    if cfg.rrt and not Path(resolve_model_path(cfg.student)).is_dir():
+        raise T3SError(f"rrt needs the student as a local directory ({cfg.student} is not); download it first "
+                       "or set rrt: false")
+    p = Pipeline(out, set(force))
+    tmp = out / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+    tmp.replace(out / "config.yaml")
     p.log(f"t3s {__version__} run in {out}: modes {', '.join(cfg.modes)}; seeds {cfg.seeds}")
 
     student, train_data, eval_data = cfg.student, cfg.train_data, cfg.eval_data or cfg.train_data
@@ -108,6 +113,15 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
     if not cfg.eval_data:
         p.log("no eval_data: the summary reports accuracy on the training prompts")
     train_cfg = {s: dataclasses.replace(cfg.train, seed=s) for s in cfg.seeds}
+    # the generation settings the probe (and the tracking of every mode) reads: greedy unless probe.k > 1
+    probe_gen = {k: getattr(cfg.eval, k) for k in ("max_new_tokens", "batch_size", "fallback")}
+    if cfg.probe.k > 1:
+        probe_gen.update(temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.eval.seed)
+    probe_keys = {k: v for k, v in dataclasses.asdict(cfg.probe).items() if not k.startswith("track_")}
+    track_in = None
+    if cfg.probe.track_every > 0:
+        track_in = {"every": cfg.probe.track_every, "subset": cfg.probe.track_subset, "gen": probe_gen,
+                    **{k: probe_keys[k] for k in ("subset_seed", "k", "markers")}}
 
     # 1. probes (one per seed; each is that seed's SFT run)
     probes = {}
@@ -115,8 +129,8 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
         scfg = dataclasses.replace(cfg, train=train_cfg[s])
         probes[s] = p.stage(
             f"seed-{s}/probe", "probe", out / f"seed-{s}" / "probe",
-            {**base, "train": dataclasses.asdict(train_cfg[s]), "probe": dataclasses.asdict(cfg.probe),
-             "eval": dataclasses.asdict(cfg.eval), "heldout": eval_fp if cfg.eval_data else None},
+            {**base, "train": dataclasses.asdict(train_cfg[s]), "probe": probe_keys, "gen": probe_gen,
+             "heldout": eval_fp if cfg.eval_data else None},
             lambda path, scfg=scfg: run_probe(student, train_data, path, scfg, heldout_path=cfg.eval_data,
                                               overwrite=True, progress=progress, log=p.log),
         )
@@ -132,7 +146,9 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
                + probes[unusable[0]]["result"]["message"])
         summary = {"kind": "t3s-run", "stopped": msg, "probes": {s: probes[s]["result"] for s in cfg.seeds}}
         write_json(out / "summary.json", summary)
-        (out / "summary.md").write_text(f"# t3s run\n\n**{msg}**\n")
+        tmp = out / ".summary.md.tmp"
+        tmp.write_text(f"# t3s run\n\n**{msg}**\n")
+        tmp.replace(out / "summary.md")
         p.log(msg)
         return summary, NO_DIP_EXIT
 
@@ -155,12 +171,12 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
     sels: dict[tuple[int, str], dict] = {}
     for s in cfg.seeds:
         for mode in cfg.modes:
-            if mode not in SELECTION_OF:
+            if mode not in MASKED_MODES:
                 continue
 
             def do_select(path: Path, s: int = s, mode: str = mode) -> dict:
                 sel = select(load_scores(out / "scores-init"), load_scores(out / f"seed-{s}" / "scores-bottleneck"),
-                             SELECTION_OF[mode], cfg.threshold, seed=s,
+                             mode, cfg.threshold, seed=s,
                              bottleneck_step=probes[s]["result"]["bottleneck_step"])
                 write_selection(sel, path, overwrite=True)
                 p.log(f"seed {s}: {summary_line(sel.meta)}")
@@ -195,8 +211,8 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
 
             rec = p.stage(
                 f"seed-{s}/train-{mode}", "train", out / f"seed-{s}" / "train" / mode,
-                {**base, "train": dataclasses.asdict(train_cfg[s]), "track": [cfg.probe.track_every,
-                 cfg.probe.track_subset], "selection": None if sel_rec is None else sel_rec["produced"]},
+                {**base, "train": dataclasses.asdict(train_cfg[s]), "track": track_in,
+                 "selection": None if sel_rec is None else sel_rec["produced"]},
                 do_train,
             )
             models[(s, mode)] = (str(out / f"seed-{s}" / "train" / mode / "model"), rec["produced"])
@@ -292,7 +308,8 @@ def summarize(cfg: Any, out: Path, probes: dict, sels: dict, evals: dict, eval_o
                      f"{r['bottleneck_step']}" + ("" if r["dip_found"] else " (no dip: continued anyway)"))
     md = "\n".join(lines) + "\n"
     summary = {
-        "kind": "t3s-run", "t3s_version": __version__, "eval_on": where, "k": k, "seeds": cfg.seeds, "rows": rows,
+        "kind": "t3s-run", "t3s_version": __version__, "config": cfg.as_dict(), "eval_on": where, "k": k,
+        "seeds": cfg.seeds, "rows": rows,
         "probes": {str(s): {kk: probes[s]["result"][kk] for kk in
                             ("start_accuracy", "bottleneck_step", "bottleneck_accuracy", "dip_found", "stopped_early")}
                    for s in cfg.seeds},

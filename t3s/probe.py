@@ -47,6 +47,12 @@ class ProbeConfig:
     track_every: int = field(default=0, metadata={"help": "pipeline: also evaluate every trained mode every N steps"})
     track_subset: int = field(default=64, metadata={"help": "training prompts evaluated when tracking a mode"})
 
+    def __post_init__(self) -> None:
+        if self.patience < 1:
+            raise T3SError("probe.patience must be >= 1")
+        if not isinstance(self.markers, list) or not all(isinstance(m, str) for m in self.markers):
+            raise T3SError(f"probe.markers must be a list of phrases, got {self.markers!r}")
+
 
 # ----------------------------------------------------------------------------------------------- rules
 
@@ -117,9 +123,9 @@ class ProbeRunner:
         self.out, self.cfg, self.rcfg, self.precision, self.progress, self.log = out, cfg, rcfg, precision, progress, log
         self.tok = data.tokenizer
         self.track = track  # tracking a trained mode: no checkpoints, no held-out set
-        self.every = cfg.eval_every if cfg.eval_every > 0 else max(1, round(max_steps / 15))
-        if track:
-            self.every = cfg.track_every
+        self.every = cfg.track_every if track else cfg.eval_every  # 0: set at the start of training
+        if self.every <= 0 and max_steps > 0:
+            self.every = max(1, round(max_steps / 15))
         idx = _subset(len(data.examples), cfg.track_subset if track else cfg.subset, cfg.subset_seed)
         by_id = {r.id: r for r in rows}
         self.examples = [data.examples[i] for i in idx]
@@ -205,6 +211,8 @@ def _callback(runner: ProbeRunner):
 
     class ProbeCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kw):
+            if runner.every <= 0:  # epoch-based runs know their length only now
+                runner.every = max(1, round(state.max_steps / 15))
             if not runner.points:
                 runner.evaluate(model, 0, state.log_history)
 
@@ -268,7 +276,7 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, hel
     """Run the probe into `out` (atomically). `cfg` is a RunConfig; its train, render, probe and eval sections
     are used."""
     from t3s.data import load_rows
-    from t3s.models import load_causal_lm, model_fingerprint, resolve_precision
+    from t3s.models import load_causal_lm, model_fingerprint, resolve_precision, training_precision
     from t3s.train import make_trainer, prepare
 
     pcfg, tcfg = cfg.probe, cfg.train
@@ -277,16 +285,16 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, hel
     rows = load_rows(data_path)
     heldout = load_rows(heldout_path, need_response=False, need_answer=True) if heldout_path else None
     with atomic_dir(out, overwrite) as tmp:
-        model = load_causal_lm(model_path, precision, tcfg.trust_remote_code)
+        model = load_causal_lm(model_path, training_precision(precision), tcfg.trust_remote_code)
         trainer = make_trainer(model, data, dataclasses.replace(tcfg, save_steps=0), tmp / "trainer",
                                progress=progress)
         runner = ProbeRunner(tmp, data, rows, heldout, pcfg, cfg.eval, cfg.render, precision,
-                             trainer.state.max_steps or tcfg.max_steps, progress, log)
+                             tcfg.max_steps, progress, log)
         trainer.add_callback(_callback(runner))
         trainer.train()
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         b = find_bottleneck(runner.points, pcfg.margin)
-        completed = not runner.stopped_early
+        completed = trainer.state.global_step >= trainer.state.max_steps
         if completed:  # the probe is a full SFT run: keep its end point (the pipeline reuses it as `sft`)
             _save_model(trainer.model, data.tokenizer, tmp / "final", trainer.state.global_step)
         np.savez_compressed(tmp / "token_logprobs.npz", ids=np.array([e.id for e in runner.examples]),

@@ -85,10 +85,10 @@ def rrt(init: str, bottleneck: str, final: str, out: str | Path, *, overwrite: b
         if sorted(readers[k].wmap) != names:
             missing = set(names) ^ set(readers[k].wmap)
             raise T3SError(f"--{k} {dirs[k]} has other tensors than --init: {', '.join(sorted(missing)[:5])}")
-    for name in names:
-        metas = {k: r.meta(name) for k, r in readers.items()}
-        if len({json.dumps(m) for m in metas.values()}) != 1:
-            raise T3SError(f"tensor '{name}' differs in shape or dtype: {metas}")
+    for name in names:  # dtypes may differ (a bf16 student trained in fp32): the result takes θ_0's dtype
+        shapes = {k: r.meta(name)[0] for k, r in readers.items()}
+        if len({json.dumps(m) for m in shapes.values()}) != 1:
+            raise T3SError(f"tensor '{name}' differs in shape: {shapes}")
 
     with atomic_dir(out, overwrite) as tmp:
         shards: list[dict[str, torch.Tensor]] = [{}]

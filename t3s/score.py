@@ -70,6 +70,8 @@ def response_logprobs(
     from tqdm.auto import tqdm
 
     model.eval()
+    if hasattr(model, "get_base_model"):  # a PEFT model (the probe with LoRA): its LoRA layers stay active
+        model = model.get_base_model()
     backbone, head, transform = model.base_model, model.get_output_embeddings(), _head_transform(model)
     if head is None or backbone is model:
         raise T3SError(f"{type(model).__name__} has no separate backbone and LM head; it cannot be scored")

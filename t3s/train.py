@@ -22,7 +22,7 @@ from typing import Any
 from t3s import T3SError, __version__
 from t3s.artifacts import read_json, sha256_json, write_json
 from t3s.data import Example, RenderConfig, fingerprints, load_rows, render_rows
-from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision
+from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision, training_precision
 from t3s.select import MATCH_KEYS, Selection, load_selection
 
 NORMALIZE = ("kept", "response")
@@ -260,7 +260,7 @@ def train(
         raise T3SError(f"{out}: cannot resume, the checkpoints were made with another model, data or config")
     write_json(started, {"run_fingerprint": run_fp, **run})
 
-    model = load_causal_lm(model_path, precision, cfg.trust_remote_code)
+    model = load_causal_lm(model_path, training_precision(precision), cfg.trust_remote_code)
     trainer = make_trainer(model, data, cfg, ckpt_dir, progress=progress, callbacks=callbacks)
     tok, report, kept = data.tokenizer, data.report, data.kept_tokens
     t0 = time.perf_counter()

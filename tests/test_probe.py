@@ -92,3 +92,19 @@ def test_online_probe_stops_early_and_keeps_no_final_model(tiny, tmp_path):
     assert online_should_stop([p["train_accuracy"] for p in pts], 0.0, 2)
     assert not online_should_stop([p["train_accuracy"] for p in pts[:-1]], 0.0, 2)  # it stopped at the first chance
     assert not (tmp_path / "p" / "final").exists() and (tmp_path / "p" / "bottleneck").exists()
+
+
+def test_probe_with_lora_scores_and_saves_merged_checkpoints(tiny, tmp_path):
+    from t3s.config import load_config
+    from t3s.models import load_causal_lm, resolve_precision
+    from t3s.probe import run_probe
+
+    cfg = load_config(None, ["max_steps=2", "learning_rate=1e-2", "eval_every=1", "eval.max_new_tokens=4",
+                             "subset=4", "lora_r=4", "per_device_train_batch_size=4"], flat=("probe", "train"))
+    s = run_probe(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "p", cfg, progress=False,
+                  log=lambda *a: None)
+    assert s["completed"] and s["steps_run"] == 2
+    pts = [json.loads(x) for x in open(tmp_path / "p" / "trajectory.jsonl")]
+    assert len(pts) == 3 and pts[-1]["confidence"] != pts[0]["confidence"]  # LoRA layers were active when scoring
+    m = load_causal_lm(tmp_path / "p" / "final", resolve_precision("float32"))
+    assert not any("lora" in n for n, _ in m.named_parameters())  # merged, a plain model

@@ -35,6 +35,8 @@ def test_rrt_is_exact_arithmetic(tmp_path):
     # identity checks: final == bottleneck gives back θ0; bottleneck == init gives back θT
     rrt(i, f, f, tmp_path / "same", progress=False)
     assert all(torch.equal(v, t0[k]) for k, v in tensors(tmp_path / "same").items())
+    rrt(i, i, f, tmp_path / "final", progress=False)
+    assert all(torch.allclose(v, tf[k], atol=1e-6) for k, v in tensors(tmp_path / "final").items())
     model = load_causal_lm(tmp_path / "out", resolve_precision("float32"))
     assert torch.equal(dict(model.named_parameters())["lm_head.weight"], got["lm_head.weight"])
 
@@ -49,6 +51,17 @@ def test_rrt_sharded_output_and_bf16_rounding(tmp_path):
         want = (t0[name].float() + (tf[name].float() - tb[name].float())).to(torch.bfloat16)
         assert got[name].dtype == torch.bfloat16 and torch.equal(got[name], want), name
     load_causal_lm(tmp_path / "out", resolve_precision("float32"))  # the sharded result loads
+
+
+def test_rrt_across_dtypes_takes_the_students_dtype(tmp_path):
+    # a bf16 student whose probe and SFT run were saved in fp32 (training keeps fp32 weights on a CPU)
+    i = save(tmp_path, "i", 0, torch.bfloat16)
+    b, f = save(tmp_path, "b", 1), save(tmp_path, "f", 2)
+    rrt(i, b, f, tmp_path / "out", progress=False)
+    got, t0, tb, tf = tensors(tmp_path / "out"), tensors(i), tensors(b), tensors(f)
+    for name in t0:
+        want = (t0[name].float() + (tf[name] - tb[name])).to(torch.bfloat16)
+        assert got[name].dtype == torch.bfloat16 and torch.equal(got[name], want), name
 
 
 def test_rrt_refuses_mismatches_and_leaves_nothing(tmp_path):
