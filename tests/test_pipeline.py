@@ -100,3 +100,8 @@ def test_no_dip_stops_with_an_explanation(config, tmp_path):
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert "stopped after the probe" in s["stopped"]
     assert not (tmp_path / "run" / "scores-init").exists()
+    # the report of a stopped run says so plainly
+    from t3s.report import build_report
+
+    page = build_report(tmp_path / "run", gradients=False, log=lambda *a: None).read_text()
+    assert "<h2>Stopped</h2>" in page and "no imitation shock" in page
