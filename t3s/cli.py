@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"t3s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def dtype_flag(sp) -> None:
+        sp.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (GPU only); default auto")
+
     def common(sp, out_help: str) -> None:
         sp.add_argument("--out", required=True, help=out_help)
         sp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -167,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, "score directory to write")
     sp.add_argument("--config", help="YAML config (its rendering keys are used)")
     sp.add_argument("--split", help="split of a saved DatasetDict (default: train)")
-    sp.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (GPU only); default auto")
+    dtype_flag(sp)
     sp.add_argument("--trust-remote-code", action="store_true")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="dtype, batch_tokens, max_batch, chunk_tokens, check, and rendering keys (max_length=2048)")
@@ -190,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--selection", help="t3s select output; none = plain SFT on every response token")
     sp.add_argument("--config", help="YAML config (training and rendering keys)")
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    sp.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (GPU only); default auto")
+    dtype_flag(sp)
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. learning_rate=1e-5")
     sp.set_defaults(fn=cmd_train)
 
@@ -200,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eval-data", help="held-out rows with gold answers (optional)")
     common(sp, "probe directory to write")
     sp.add_argument("--config", help="run config (YAML)")
-    sp.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (GPU only); default auto")
+    dtype_flag(sp)
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="probe, train, render and eval keys, e.g. eval_every=5 learning_rate=1e-5")
     sp.set_defaults(fn=cmd_probe)
@@ -214,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
     sp.add_argument("--config", help="YAML config (its rendering keys are used)")
     sp.add_argument("--split", help="split of a saved DatasetDict (default: train)")
-    sp.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (GPU only); default auto")
+    dtype_flag(sp)
     sp.add_argument("--trust-remote-code", action="store_true")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="temperature, top_p, max_new_tokens, k, seed, batch_size, fallback, dtype, rendering keys")

@@ -199,15 +199,15 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
 
             def do_train(path: Path, s: int = s, mode: str = mode) -> dict:
                 sel_path = None if mode == "sft" else str(out / f"seed-{s}" / "selections" / mode)
+                data = prepare(student, train_data, train_cfg[s], cfg.render, sel_path)  # rendered once
                 callbacks = []
                 if cfg.probe.track_every > 0:  # accuracy along the way, like the probe's (on the training prompts)
                     tcfg = dataclasses.replace(cfg, train=train_cfg[s])
                     callbacks.append(tracking_callback(
-                        path, prepare(student, train_data, train_cfg[s], cfg.render), load_rows(train_data), tcfg,
-                        resolve_precision(train_cfg[s].dtype), train_cfg[s].max_steps, progress,
+                        path, data, tcfg, resolve_precision(train_cfg[s].dtype), train_cfg[s].max_steps, progress,
                         log=lambda m, mode=mode, s=s: p.log(f"seed {s} {mode}: {m}")))
                 return _slim(train(student, train_data, path, train_cfg[s], cfg.render, sel_path, overwrite=True,
-                                   progress=progress, callbacks=callbacks))
+                                   progress=progress, callbacks=callbacks, data=data))
 
             rec = p.stage(
                 f"seed-{s}/train-{mode}", "train", out / f"seed-{s}" / "train" / mode,

@@ -115,7 +115,7 @@ def _save_model(model: Any, tok: Any, path: Path, step: int) -> None:
 class ProbeRunner:
     """Evaluates the model being trained; used as a TrainerCallback's workhorse."""
 
-    def __init__(self, out: Path, data: Any, rows: list, heldout: list | None, cfg: ProbeConfig, gen: Any,
+    def __init__(self, out: Path, data: Any, heldout: list | None, cfg: ProbeConfig, gen: Any,
                  rcfg: Any, precision: Any, max_steps: int, progress: bool, log: Any = print,
                  track: bool = False):
         from t3s.evaluate import GenConfig
@@ -127,7 +127,7 @@ class ProbeRunner:
         if self.every <= 0 and max_steps > 0:
             self.every = max(1, round(max_steps / 15))
         idx = _subset(len(data.examples), cfg.track_subset if track else cfg.subset, cfg.subset_seed)
-        by_id = {r.id: r for r in rows}
+        by_id = {r.id: r for r in data.rows}
         self.examples = [data.examples[i] for i in idx]
         self.train_rows = [by_id[e.id] for e in self.examples]
         for r in self.train_rows:
@@ -196,12 +196,12 @@ class ProbeRunner:
         return point
 
 
-def tracking_callback(out: Path, data: Any, rows: list, cfg: Any, precision: Any, max_steps: int,
+def tracking_callback(out: Path, data: Any, cfg: Any, precision: Any, max_steps: int,
                       progress: bool, log: Any = print):
     """A callback that evaluates a training run like the probe (on `probe.track_subset` prompts, every
     `probe.track_every` steps) and appends to `out/trajectory.jsonl` (from the start of training, after
     `t3s.train.train` has cleared `out`); nothing else is saved."""
-    runner = ProbeRunner(out, data, rows, None, cfg.probe, cfg.eval, cfg.render, precision, max_steps, progress,
+    runner = ProbeRunner(out, data, None, cfg.probe, cfg.eval, cfg.render, precision, max_steps, progress,
                          log, track=True)
     return _callback(runner)
 
@@ -282,13 +282,12 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, hel
     pcfg, tcfg = cfg.probe, cfg.train
     precision = resolve_precision(tcfg.dtype)
     data = prepare(model_path, data_path, tcfg, cfg.render)
-    rows = load_rows(data_path)
     heldout = load_rows(heldout_path, need_response=False, need_answer=True) if heldout_path else None
     with atomic_dir(out, overwrite) as tmp:
         model = load_causal_lm(model_path, training_precision(precision), tcfg.trust_remote_code)
         trainer = make_trainer(model, data, dataclasses.replace(tcfg, save_steps=0), tmp / "trainer",
                                progress=progress)
-        runner = ProbeRunner(tmp, data, rows, heldout, pcfg, cfg.eval, cfg.render, precision,
+        runner = ProbeRunner(tmp, data, heldout, pcfg, cfg.eval, cfg.render, precision,
                              tcfg.max_steps, progress, log)
         trainer.add_callback(_callback(runner))
         trainer.train()

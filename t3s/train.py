@@ -122,6 +122,7 @@ class Prepared:
     """Rendered training data with the selection applied, ready for the trainer."""
 
     tokenizer: Any
+    rows: list  # the validated rows (t3s.data.Row), in file order
     examples: list[Example]
     report: Any
     fingerprints: dict[str, str]
@@ -154,7 +155,7 @@ def prepare(model_path: str, data_path: str, cfg: TrainConfig, rcfg: RenderConfi
                                "labels": apply_selection(examples, sel, selection_path or "")}
     if cfg.normalize == "response":
         columns["response_labels"] = [e.labels() for e in examples]
-    return Prepared(tok, examples, report, fps, sel, datasets.Dataset.from_dict(columns))
+    return Prepared(tok, rows, examples, report, fps, sel, datasets.Dataset.from_dict(columns))
 
 
 def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, output_dir: str | Path, *,
@@ -229,8 +230,10 @@ def train(
     resume: bool = False,
     progress: bool = True,
     callbacks: list | None = None,
+    data: Prepared | None = None,
 ) -> dict[str, Any]:
-    """Train from `model_path` into `out/model` (written atomically; `out/train.json` is written last)."""
+    """Train from `model_path` into `out/model` (written atomically; `out/train.json` is written last).
+    `data`: the result of `prepare` with the same arguments, when the caller already has it."""
     out = Path(out)
     final_dir, ckpt_dir = out / "model", out / "checkpoints"
     if (out / "train.json").exists() and not overwrite:
@@ -240,7 +243,7 @@ def train(
         raise T3SError(f"{ckpt_dir} holds checkpoints of an unfinished run; pass --resume to continue or --overwrite")
 
     precision = resolve_precision(cfg.dtype)
-    data = prepare(model_path, data_path, cfg, rcfg, selection_path)
+    data = data or prepare(model_path, data_path, cfg, rcfg, selection_path)
     sel = data.selection
     run = {
         "model": model_path,

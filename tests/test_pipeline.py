@@ -14,7 +14,8 @@ CONFIG = {
     "modes": ["sft", "t3s", "random"],
     "seeds": [0],
     "train": {"learning_rate": 3e-3, "max_steps": 6, "per_device_train_batch_size": 8, "dtype": "float32"},
-    "probe": {"eval_every": 2, "continue_without_dip": True, "markers": ["Ones"]},
+    "probe": {"eval_every": 2, "continue_without_dip": True, "markers": ["Ones"], "track_every": 3,
+              "track_subset": 4},
     "eval": {"max_new_tokens": 16, "dtype": "float32"},
     "score": {"dtype": "float32"},
 }
@@ -56,6 +57,8 @@ def test_run_end_to_end_then_rerun_skips_everything(config, tmp_path):
     sel = json.loads((out / "seed-0" / "selections" / "t3s" / "selection.json").read_text())
     assert s["rows"][2]["dropped_fraction"] == sel["stats"]["dropped_fraction"]
     assert (out / "seed-0" / "probe" / "trajectory.png").exists()
+    tracked = [json.loads(x) for x in open(out / "seed-0" / "train" / "t3s" / "trajectory.jsonl")]
+    assert [p["step"] for p in tracked] == [0, 3, 6]  # every trained mode is evaluated along the way
     before = records(out)
     t0 = time.perf_counter()
     r = t3s_run(config, out)
