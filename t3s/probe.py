@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from t3s import T3SError, __version__
-from t3s.artifacts import atomic_dir, write_json
+from t3s import T3SError, __version__, dist
+from t3s.artifacts import write_json
 
 
 @dataclass
@@ -46,10 +46,13 @@ class ProbeConfig:
     continue_without_dip: bool = field(default=False, metadata={"help": "use the lowest checkpoint even with no dip"})
     track_every: int = field(default=0, metadata={"help": "pipeline: also evaluate every trained mode every N steps"})
     track_subset: int = field(default=64, metadata={"help": "training prompts evaluated when tracking a mode"})
+    backend: str = field(default="hf", metadata={"help": "generation: hf | vllm (GPU only; engine from eval.vllm)"})
 
     def __post_init__(self) -> None:
         if self.patience < 1:
             raise T3SError("probe.patience must be >= 1")
+        if self.backend not in ("hf", "vllm"):
+            raise T3SError(f"probe.backend must be hf or vllm, got '{self.backend}'")
         if not isinstance(self.markers, list) or not all(isinstance(m, str) for m in self.markers):
             raise T3SError(f"probe.markers must be a list of phrases, got {self.markers!r}")
 
@@ -99,17 +102,28 @@ def _subset(n: int, size: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), size))
 
 
-def _save_model(model: Any, tok: Any, path: Path, step: int) -> None:
-    """Save a loadable full model atomically (a LoRA model is merged into a copy first)."""
+def _save_model(model: Any, tok: Any, path: Path, step: int, trainer: Any = None) -> None:
+    """Save a loadable full model atomically (a LoRA model is merged into a copy first). Several processes: the
+    main one writes; with sharded parameters (ZeRO-3, FSDP) all take part in the Trainer's gathering save."""
     tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if hasattr(model, "merge_and_unload"):
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    write_json(tmp / "t3s_step.json", {"global_step": step})
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    if dist.params_sharded(model):
+        if trainer is None or hasattr(model, "merge_and_unload"):
+            raise T3SError("the probe cannot save LoRA checkpoints under ZeRO-3 / FSDP; use DDP or ZeRO-2")
+        dist.on_main(lambda: shutil.rmtree(tmp, ignore_errors=True))
+        trainer.save_model(str(tmp))
+    elif dist.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        if hasattr(model, "merge_and_unload"):
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(tmp)
+
+    def finish() -> None:
+        tok.save_pretrained(tmp)
+        write_json(tmp / "t3s_step.json", {"global_step": step})
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+
+    dist.on_main(finish)
 
 
 class ProbeRunner:
@@ -117,12 +131,13 @@ class ProbeRunner:
 
     def __init__(self, out: Path, data: Any, heldout: list | None, cfg: ProbeConfig, gen: Any,
                  rcfg: Any, precision: Any, max_steps: int, progress: bool, log: Any = print,
-                 track: bool = False):
+                 track: bool = False, diffusion: Any = None):
         from t3s.evaluate import GenConfig
 
         self.out, self.cfg, self.rcfg, self.precision, self.progress, self.log = out, cfg, rcfg, precision, progress, log
         self.tok = data.tokenizer
         self.track = track  # tracking a trained mode: no checkpoints, no held-out set
+        self.diffusion = diffusion  # a masked-diffusion student: its sampler, no teacher-forced confidence
         self.every = cfg.track_every if track else cfg.eval_every  # 0: set at the start of training
         if self.every <= 0 and max_steps > 0:
             self.every = max(1, round(max_steps / 15))
@@ -145,6 +160,10 @@ class ProbeRunner:
         self.stopped_early = False
         self.t0 = time.perf_counter()
         self.last_step = 0
+        # where the probe's time goes besides training (BENCHMARKS.md, pipeline cost)
+        self.seconds = {"generation": 0.0, "confidence": 0.0, "checkpoints": 0.0}
+        self.trainer = None  # set by run_probe: saving sharded (ZeRO-3 / FSDP) checkpoints goes through it
+        self.generator = None  # set by run_probe for probe.backend=vllm (t3s.vllm_backend.ProbeGenerator)
 
     def evaluate(self, model: Any, step: int, log_history: list[dict[str, Any]]) -> dict[str, Any]:
         from t3s.evaluate import evaluate_model, metrics
@@ -152,17 +171,30 @@ class ProbeRunner:
 
         was_training = model.training
         model.eval()
+        t_gen = time.perf_counter()
         train_s = evaluate_model(model, self.tok, self.train_rows, self.rcfg, self.gen, self.precision,
-                                 progress=self.progress, desc=f"probe step {step}")
+                                 progress=self.progress, desc=f"probe step {step}", diffusion=self.diffusion,
+                                 generator=self.generator)
         m = metrics(train_s)
         held = None
         if self.heldout:
             hs = evaluate_model(model, self.tok, self.heldout, self.rcfg, self.gen, self.precision,
-                                progress=self.progress, desc=f"held-out step {step}")
+                                progress=self.progress, desc=f"held-out step {step}", diffusion=self.diffusion,
+                                generator=self.generator)
             held = metrics(hs)["accuracy"]
-        lps = response_logprobs(model, self.examples, self.precision, progress=False, pad_id=self.tok.pad_token_id)
-        flat = np.concatenate(lps)
-        self.token_logprobs[step] = flat
+        t_score = time.perf_counter()
+        self.seconds["generation"] += t_score - t_gen
+        confidence = None
+        if self.diffusion is None:
+            lps = dist.map_forward(  # several processes share the rows
+                model, lambda part: response_logprobs(model, part, self.precision, progress=False,
+                                                      pad_id=self.tok.pad_token_id),
+                self.examples, [len(e.input_ids) for e in self.examples])
+            flat = np.concatenate(lps)
+            self.token_logprobs[step] = flat
+            confidence = float(flat.mean())
+        t_save = time.perf_counter()
+        self.seconds["confidence"] += t_save - t_score
         losses = [h["loss"] for h in log_history if "loss" in h and self.last_step < h.get("step", -1) <= step]
         markers = self.cfg.markers
         point = {
@@ -170,7 +202,7 @@ class ProbeRunner:
             "loss": float(np.mean(losses)) if losses else None,
             "train_accuracy": m["accuracy"],
             "heldout_accuracy": held,
-            "confidence": float(flat.mean()),
+            "confidence": confidence,
             "length": m["mean_tokens"],
             "marker_rate": (sum(any(k in s.response for k in markers) for s in train_s) / len(train_s))
             if markers else None,
@@ -179,18 +211,20 @@ class ProbeRunner:
         }
         self.points.append(point)
         self.last_step = step
-        with (self.out / "trajectory.jsonl").open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(point) + "\n")
+        if dist.is_main():
+            with (self.out / "trajectory.jsonl").open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(point) + "\n")
         if step > 0 and not self.track:
             acc = point["train_accuracy"]
             if self.best is None or acc < self.best[0]:  # strict: ties keep the earliest
                 self.best = (acc, step)
-                _save_model(model, self.tok, self.out / "bottleneck", step)
+                _save_model(model, self.tok, self.out / "bottleneck", step, self.trainer)
             if self.cfg.keep_all:
-                _save_model(model, self.tok, self.out / "checkpoints" / f"step-{step}", step)
+                _save_model(model, self.tok, self.out / "checkpoints" / f"step-{step}", step, self.trainer)
+        self.seconds["checkpoints"] += time.perf_counter() - t_save
         fmt = lambda x, pct=True: "-" if x is None else (f"{100 * x:.1f}%" if pct else f"{x:.3f}")  # noqa: E731
         self.log(f"{'track' if self.track else 'probe'} step {step:>5}: loss {fmt(point['loss'], False)}  train acc {fmt(point['train_accuracy'])}"
-                 f"  held-out {fmt(held)}  confidence {point['confidence']:.3f}  length {point['length']:.1f}"
+                 f"  held-out {fmt(held)}  confidence {fmt(confidence, False)}  length {point['length']:.1f}"
                  f"  markers {fmt(point['marker_rate'])}")
         model.train(was_training)
         return point
@@ -202,7 +236,7 @@ def tracking_callback(out: Path, data: Any, cfg: Any, precision: Any, max_steps:
     `probe.track_every` steps) and appends to `out/trajectory.jsonl` (from the start of training, after
     `t3s.train.train` has cleared `out`); nothing else is saved."""
     runner = ProbeRunner(out, data, None, cfg.probe, cfg.eval, cfg.render, precision, max_steps, progress,
-                         log, track=True)
+                         log, track=True, diffusion=cfg.diffusion if cfg.objective == "diffusion" else None)
     return _callback(runner)
 
 
@@ -272,35 +306,58 @@ def plot_trajectory(points: list[dict[str, Any]], bottleneck_step: int | None, p
 
 
 def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, heldout_path: str | None = None,
-              overwrite: bool = False, progress: bool = True, log: Any = print) -> dict[str, Any]:
+              overwrite: bool = False, progress: bool = True, log: Any = print,
+              diffusion: Any = None) -> dict[str, Any]:
     """Run the probe into `out` (atomically). `cfg` is a RunConfig; its train, render, probe and eval sections
-    are used."""
+    are used. `diffusion` (a DiffusionConfig): the model is a masked-diffusion student, trained with the
+    diffusion objective (random mask only: its SFT) and evaluated with the diffusion sampler."""
     from t3s.data import load_rows
     from t3s.models import load_causal_lm, model_fingerprint, resolve_precision, training_precision
-    from t3s.train import make_trainer, prepare
+    from t3s.train import make_trainer, prepare, training_arguments
 
     pcfg, tcfg = cfg.probe, cfg.train
+    dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
     precision = resolve_precision(tcfg.dtype)
-    data = prepare(model_path, data_path, tcfg, cfg.render)
+    data = prepare(model_path, data_path, tcfg, cfg.render, diffusion=diffusion)
     heldout = load_rows(heldout_path, need_response=False, need_answer=True) if heldout_path else None
-    with atomic_dir(out, overwrite) as tmp:
-        model = load_causal_lm(model_path, training_precision(precision), tcfg.trust_remote_code)
-        trainer = make_trainer(model, data, dataclasses.replace(tcfg, save_steps=0), tmp / "trainer",
-                               progress=progress)
+    with dist.atomic_dir(out, overwrite) as tmp:  # several processes: the main one writes
+        args = (data, dataclasses.replace(tcfg, save_steps=0))
+        zero3 = dist.zero3_init_args(training_arguments(args[1], tmp / "trainer", progress))  # noqa: F841
+        if diffusion is None:
+            model = load_causal_lm(model_path, training_precision(precision), tcfg.trust_remote_code,
+                                   place=not dist.launched())  # several processes: the Trainer places it
+            trainer = make_trainer(model, *args, tmp / "trainer", progress=progress)
+        else:
+            from t3s import diffusion as dlm
+
+            model = dlm.load_mask_predictor(model_path, training_precision(precision), tcfg.trust_remote_code)
+            trainer = dlm.make_trainer(model, *args, diffusion, tmp / "trainer", progress=progress)
         runner = ProbeRunner(tmp, data, heldout, pcfg, cfg.eval, cfg.render, precision,
-                             tcfg.max_steps, progress, log)
+                             tcfg.max_steps, progress, log, diffusion=diffusion)
+        runner.trainer = trainer
+        if pcfg.backend == "vllm":
+            if diffusion is not None:
+                raise T3SError("probe.backend=vllm generates with autoregressive students only")
+            from t3s.vllm_backend import ProbeGenerator
+
+            runner.generator = ProbeGenerator(trainer, data.tokenizer, cfg.eval, tcfg.trust_remote_code)
         trainer.add_callback(_callback(runner))
+        t_train = time.perf_counter()
         trainer.train()
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        t_train = time.perf_counter() - t_train
+        dist.barrier()  # several processes: all are done with the Trainer's folder before it goes
+        dist.on_main(lambda: shutil.rmtree(tmp / "trainer", ignore_errors=True))
         b = find_bottleneck(runner.points, pcfg.margin)
         completed = trainer.state.global_step >= trainer.state.max_steps
         if completed:  # the probe is a full SFT run: keep its end point (the pipeline reuses it as `sft`)
-            _save_model(trainer.model, data.tokenizer, tmp / "final", trainer.state.global_step)
-        np.savez_compressed(tmp / "token_logprobs.npz", ids=np.array([e.id for e in runner.examples]),
-                            lengths=np.array([len(e.response_ids) for e in runner.examples]),
-                            **{f"step_{s}": v for s, v in runner.token_logprobs.items()})
-        plot_trajectory(runner.points, b["bottleneck_step"] if b["dip_found"] or pcfg.continue_without_dip else None,
-                        tmp / "trajectory.png")
+            _save_model(trainer.model, data.tokenizer, tmp / "final", trainer.state.global_step, trainer)
+        if dist.is_main():
+            np.savez_compressed(tmp / "token_logprobs.npz", ids=np.array([e.id for e in runner.examples]),
+                                lengths=np.array([len(e.response_ids) for e in runner.examples]),
+                                **{f"step_{s}": v for s, v in runner.token_logprobs.items()})
+            plot_trajectory(runner.points,
+                            b["bottleneck_step"] if b["dip_found"] or pcfg.continue_without_dip else None,
+                            tmp / "trajectory.png")
         usable = b["dip_found"] or (pcfg.continue_without_dip and b["bottleneck_step"] is not None)
         summary = {
             "kind": "t3s-probe",
@@ -319,8 +376,12 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, hel
             "steps_run": trainer.state.global_step,
             "eval_every": runner.every,
             "points": len(runner.points),
+            # wall time of the Trainer's run, split: optimizer steps vs the evaluations made along the way
+            "seconds": {"run": t_train, **runner.seconds,
+                        "training": t_train - sum(runner.seconds.values())},
+            "objective": "ar" if diffusion is None else "diffusion",
             "probe_config": dataclasses.asdict(pcfg),
             "train_config": dataclasses.asdict(tcfg),
         }
-        write_json(tmp / "probe.json", summary)
+        dist.on_main(lambda: write_json(tmp / "probe.json", summary))
     return summary

@@ -138,7 +138,7 @@ def _selection(run: Path, seed: int, mode: str = "t3s"):
 def plot_delta_hist(sel: Any, out: Path) -> Path:
     plt = _plt()
     d = np.concatenate(sel.delta)
-    thr = sel.meta["threshold"]
+    thr = _thr(sel)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     lo, hi = np.quantile(d, [0.005, 0.995])
     bins = np.linspace(min(lo, thr) - 1e-6, max(hi, thr) + 1e-6, 80)
@@ -160,7 +160,7 @@ def bifurcation(run: Path, seed: int, sel: Any) -> dict[str, Any] | None:
     z = np.load(f)
     index = sel.by_id
     try:
-        anchor = np.concatenate([sel.delta[index[str(i)]] > sel.meta["threshold"] for i in z["ids"]])
+        anchor = np.concatenate([sel.delta[index[str(i)]] > _thr(sel) for i in z["ids"]])
     except KeyError:
         return None
     steps = sorted(int(k.split("_")[1]) for k in z.files if k.startswith("step_"))
@@ -214,7 +214,7 @@ def gradient_dynamics(run: Path, seed: int, sel: Any, rows: int = 48) -> dict[st
         n = len(e.input_ids)
         ids[i, :n], att[i, :n] = torch.tensor(e.input_ids), 1
         tgt[i, e.prompt_len - 1 : n - 1] = torch.tensor(e.response_ids)
-        is_anchor[i, e.prompt_len - 1 : n - 1] = torch.from_numpy(sel.delta[index[e.id]] > sel.meta["threshold"])
+        is_anchor[i, e.prompt_len - 1 : n - 1] = torch.from_numpy(sel.delta[index[e.id]] > _thr(sel))
     valid = tgt != -100
     n_resp = int(valid.sum())
     fp32 = resolve_precision("float32")
@@ -265,7 +265,7 @@ def token_tables(run: Path, sel: Any, rows_shown: int = 4, top: int = 15) -> tup
 
     conf = yaml.safe_load((run / "config.yaml").read_text())
     tok = load_tokenizer(conf["student"])
-    thr = sel.meta["threshold"]
+    thr = _thr(sel)
     scale = max(float(np.quantile(np.abs(np.concatenate(sel.delta)), 0.95)), 1e-6)
     rows_html = []
     for ids, d in list(zip(sel.response_ids, sel.delta))[:rows_shown]:
@@ -317,11 +317,19 @@ if(ok<im.length){const p=document.createElement('p');p.textContent='Some images 
 document.body.prepend(p);}});</script>"""
 
 
+def _thr(sel: Any) -> float:
+    """The anchor / yet-to-learn split of a selection (a diffusion forced set has no threshold: split at 0)."""
+    t = sel.meta.get("threshold")
+    return 0.0 if t is None else t
+
+
 def build_report(run: str | Path, *, gradients: bool = True, log: Any = print) -> Path:
     run = Path(run)
     if not (run / "summary.json").exists():
         raise T3SError(f"{run}: no summary.json; run `t3s run` to completion first")
     summary = read_json(run / "summary.json")
+    if summary.get("mixture"):
+        return _mixture_report(run, summary, gradients, log)
     seeds = _seeds(run)
     out = run / "report"
     out.mkdir(exist_ok=True)
@@ -365,14 +373,38 @@ def build_report(run: str | Path, *, gradients: bool = True, log: Any = print) -
     return out / "report.html"
 
 
+def _mixture_report(run: Path, summary: dict[str, Any], gradients: bool, log: Any) -> Path:
+    """A teacher mixture: the combined table, and one full report per teacher (linked)."""
+    links = []
+    for name in summary["mixture"]:
+        log(f"report: teacher {name}")
+        page = build_report(run / "teachers" / name, gradients=gradients, log=log)
+        links.append(f"<li><a href='../{page.relative_to(run).as_posix()}'>{html.escape(name)}</a></li>")
+    table = _md_table({**summary, "probes": {}}).split("<p>Probe")[0]
+    parts = [f"<h1>t3s report: {html.escape(run.name)} (teacher mixture)</h1>",
+             f'<p class="note">t3s {__version__}. Every number below is read from files in this run directory.</p>',
+             "<h2>Summary</h2>" + table, "<h2>Each teacher's probe, Δc and gradients</h2><ul>" + "".join(links)
+             + "</ul>"]
+    out = run / "report"
+    out.mkdir(exist_ok=True)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>t3s report {html.escape(run.name)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}{CHECK_IMAGES}</body></html>")
+    tmp = out / ".report.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out / "report.html")
+    return out / "report.html"
+
+
 def _md_table(summary: dict[str, Any]) -> str:
     k = summary["k"]
+    diffusion = summary.get("objective") == "diffusion"
+    frac, col = ("forced_fraction", "forced tokens %") if diffusion else ("dropped_fraction", "dropped tokens %")
     head = (f"<table><tr><th>method</th><th>accuracy % (avg@{k})</th><th>Δ vs base</th><th>pass@{k} %</th>"
-            "<th>mean tokens</th><th>dropped tokens %</th><th>per seed</th></tr>")
+            f"<th>mean tokens</th><th>{col}</th><th>per seed</th></tr>")
     body = []
     for r in summary["rows"]:
         sd = "" if r["accuracy_sd"] is None else f" ± {100 * r['accuracy_sd']:.1f}"
-        drop = "–" if r["dropped_fraction"] is None else f"{100 * r['dropped_fraction']:.1f}"
+        drop = "–" if r.get(frac) is None else f"{100 * r[frac]:.1f}"
         per = ", ".join(f"{100 * v:.1f}" for v in r["per_seed"].values())
         body.append(f"<tr><td>{r['method']}</td><td>{100 * r['accuracy']:.1f}{sd}</td><td>{100 * r['delta']:+.1f}</td>"
                     f"<td>{100 * r['pass_at_k']:.1f}</td><td>{r['mean_tokens']:.1f}</td><td>{drop}</td>"

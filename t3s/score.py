@@ -3,6 +3,8 @@
 The backbone runs once per batch; the LM head and the log-softmax then run only on the positions that predict
 response tokens, `chunk_tokens` positions at a time, so full-vocabulary fp32 logits never exist for a whole
 batch. Rows are grouped by length (longest first, under a token budget) so little compute goes to padding.
+On CPU the default chunk keeps one chunk's fp32 logits about cache-sized (128 positions for a 49k vocabulary):
+the log-softmax then reads the logits from cache instead of memory (measured in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from t3s import T3SError, __version__
+from t3s import T3SError, __version__, dist
 from t3s.artifacts import atomic_dir, read_json, write_json
 from t3s.data import Example
 
@@ -39,10 +41,12 @@ def length_batches(lengths: list[int], batch_tokens: int, max_batch: int) -> lis
 
 
 def _head_transform(model: Any):
-    """Post-projection logit transforms some architectures apply (scale, soft-capping)."""
+    """Post-projection logit transforms some architectures apply (scale, soft-capping); None when there is none."""
     cfg = model.config.get_text_config()
     cap = getattr(cfg, "final_logit_softcapping", None)
     scale = getattr(cfg, "logit_scale", None)
+    if scale is None and not cap:
+        return None
 
     def f(logits: torch.Tensor) -> torch.Tensor:
         if scale is not None:
@@ -54,6 +58,18 @@ def _head_transform(model: Any):
     return f
 
 
+# fp32 logits per LM-head chunk on CPU (24 MiB): small enough to stay in a server CPU's cache between the matmul
+# and the log-softmax; larger chunks were slower in bench/ (the log-softmax then streams from memory).
+CPU_CHUNK_LOGITS = 128 * 49152
+
+
+def default_chunk_tokens(vocab_size: int, device: str) -> int:
+    """Positions per LM-head chunk when `chunk_tokens` is 0 (auto): cache-sized on CPU, 1024 on GPU."""
+    if device != "cpu":
+        return 1024
+    return max(16, min(1024, CPU_CHUNK_LOGITS // max(vocab_size, 1)))
+
+
 @torch.no_grad()
 def response_logprobs(
     model: Any,
@@ -62,11 +78,11 @@ def response_logprobs(
     *,
     batch_tokens: int = 8192,
     max_batch: int = 64,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = 0,
     progress: bool = True,
     pad_id: int = 0,
 ) -> list[np.ndarray]:
-    """Per example, float32 log-probabilities of its response tokens (in order)."""
+    """Per example, float32 log-probabilities of its response tokens (in order). `chunk_tokens` 0: auto."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -76,6 +92,8 @@ def response_logprobs(
     if head is None or backbone is model:
         raise T3SError(f"{type(model).__name__} has no separate backbone and LM head; it cannot be scored")
     device = next(model.parameters()).device
+    if chunk_tokens <= 0:
+        chunk_tokens = default_chunk_tokens(model.config.get_text_config().vocab_size, device.type)
     out: list[np.ndarray | None] = [None] * len(examples)
     lengths = [len(e.input_ids) for e in examples]
     bar = tqdm(total=len(examples), unit="row", desc="score", disable=not progress, dynamic_ncols=True)
@@ -102,12 +120,16 @@ def response_logprobs(
         del hidden
         tgt = torch.cat(targets).to(device)
         lp = torch.empty(len(tgt), dtype=torch.float32, device=device)
-        for s in range(0, len(tgt), chunk_tokens):
-            with precision.context():
+        with precision.context():  # one autocast context: the head's weight is cast to bf16 once, not per chunk
+            for s in range(0, len(tgt), chunk_tokens):
                 logits = head(h[s : s + chunk_tokens])
-            logits = transform(logits.float())
-            lp[s : s + chunk_tokens] = logits.gather(1, tgt[s : s + chunk_tokens, None])[:, 0] - logits.logsumexp(-1)
-            del logits
+                # fp32 log-softmax in one fused pass (it upcasts bf16 logits itself), then the target's entry
+                if transform is None:
+                    logp = torch.log_softmax(logits, -1, dtype=torch.float32)
+                else:
+                    logp = torch.log_softmax(transform(logits.float()), -1)
+                lp[s : s + chunk_tokens] = logp.gather(1, tgt[s : s + chunk_tokens, None])[:, 0]
+                del logits, logp
         lp = lp.cpu().numpy()
         start = 0
         for i in idx:
@@ -211,6 +233,8 @@ def run_score(model_path: str, data_path: str, out: str | Path, rcfg: Any, scfg:
     from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, model_step, resolve_precision
 
     check_can_write(out, overwrite)
+    dist.state()  # under torchrun / accelerate launch: join the process group, pick this process's GPU
+    progress = progress and dist.is_main()
     precision = resolve_precision(scfg.dtype)
     tok = load_tokenizer(model_path, trust_remote_code)
     rows = load_rows(data_path, split)
@@ -218,10 +242,14 @@ def run_score(model_path: str, data_path: str, out: str | Path, rcfg: Any, scfg:
     if progress:
         print(f"data: {report}", file=sys.stderr)
     model = load_causal_lm(model_path, precision, trust_remote_code)
-    lps = response_logprobs(model, examples, precision, batch_tokens=scfg.batch_tokens, max_batch=scfg.max_batch,
-                            chunk_tokens=scfg.chunk_tokens, progress=progress, pad_id=tok.pad_token_id)
+    # several processes: each scores a share of the rows (balanced by length), gathered back in file order
+    lps = dist.map_rows(
+        lambda part: response_logprobs(model, part, precision, batch_tokens=scfg.batch_tokens,
+                                       max_batch=scfg.max_batch, chunk_tokens=scfg.chunk_tokens,
+                                       progress=progress, pad_id=tok.pad_token_id),
+        examples, [len(e.input_ids) for e in examples])
     check = None
-    if scfg.check:
+    if scfg.check:  # every process checks the same row (cheap), so a failure stops all of them alike
         i = min(range(len(examples)), key=lambda j: len(examples[j].input_ids))
         check = check_against_forward(model, examples[i], lps[i], precision)
         tol = CHECK_TOL["float32" if precision.name == "float32" else "other"]
@@ -230,7 +258,7 @@ def run_score(model_path: str, data_path: str, out: str | Path, rcfg: Any, scfg:
                 f"self-check failed: scores differ from {type(model).__name__}'s own forward by {check:.2e} "
                 f"(> {tol}); this architecture's output head is not supported by the fast scorer"
             )
-    return write_scores(
+    return dist.on_main(lambda: write_scores(  # only the main process writes; the others wait for it
         out, examples, lps,
         {
             "model": str(model_path),
@@ -243,4 +271,4 @@ def run_score(model_path: str, data_path: str, out: str | Path, rcfg: Any, scfg:
             "self_check_max_abs_diff": check,
         },
         overwrite,
-    )
+    ))

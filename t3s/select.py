@@ -87,6 +87,7 @@ class Selection:
     response_ids: list[np.ndarray]
     keep: list[np.ndarray]
     delta: list[np.ndarray]
+    forced: list[np.ndarray] | None = None  # diffusion students: positions always masked (`select_forced`)
 
     @property
     def by_id(self) -> dict[str, int]:
@@ -141,6 +142,58 @@ def select(
     return Selection(meta, list(init.ids), list(init.response_ids), keep_rows, _split(delta, sizes))
 
 
+def forced_mask(mode: str, delta: np.ndarray, tau: float, seed: int = 0) -> np.ndarray:
+    """Flat forced set over the student's response tokens (True = always masked). NaN Δc (no selector token
+    overlaps the student token) is never forced. `t3s`: Δc < −tau; `random`: as many positions, uniformly at
+    random among those with a Δc (seeded); `sft`: none."""
+    from t3s.diffusion import DIFFUSION_MODES
+
+    if mode not in DIFFUSION_MODES:
+        raise T3SError(f"unknown forced-set mode '{mode}' (choose from {', '.join(DIFFUSION_MODES)})")
+    known = ~np.isnan(delta)
+    yet = known & (np.nan_to_num(delta, nan=0.0) < -tau)
+    forced = np.zeros(delta.shape, dtype=bool)
+    if mode == "t3s":
+        forced = yet
+    elif mode == "random":
+        pool = np.flatnonzero(known)
+        forced[np.random.default_rng(seed).choice(pool, size=int(yet.sum()), replace=False)] = True
+    return forced
+
+
+def select_forced(
+    init: ScoreSet, bottleneck: ScoreSet, mode: str, tau: float = 0.2, seed: int = 0,
+    bottleneck_step: int | None = None, project: Any = None,
+) -> Selection:
+    """The forced set of a masked-diffusion student from an autoregressive selector's two score sets.
+    `project`: None when the student shares the selector's tokenizer; otherwise a function
+    (selection with the selector's Δc) -> (Δc per row on the student's tokens, student response ids per row,
+    student fingerprints, student tokens with no overlapping selector token)."""
+    base = select(init, bottleneck, "none", 0.0, seed, bottleneck_step)
+    delta_rows, response_ids, fps, no_overlap = base.delta, base.response_ids, base.meta["fingerprints"], 0
+    if project is not None:
+        delta_rows, response_ids, fps, no_overlap = project(base)
+    sizes = [len(d) for d in delta_rows]
+    delta = np.concatenate(delta_rows).astype(np.float32)
+    forced = forced_mask(mode, delta, tau, seed)
+    n = int(delta.size)
+    stats = {
+        "rows": len(sizes),
+        "tokens": n,
+        "forced_tokens": int(forced.sum()),
+        "forced_fraction": float(forced.mean()) if n else 0.0,
+        "dropped_fraction": 0.0,  # nothing is dropped from a diffusion student's loss
+        "yet_to_learn_fraction": float((np.nan_to_num(delta, nan=0.0) < -tau).mean()) if n else 0.0,
+        "no_overlap_tokens": no_overlap,
+        "delta": _quantiles(delta[~np.isnan(delta)]),
+    }
+    meta = {**base.meta, "mode": mode, "objective": "diffusion", "tau": tau, "threshold": None,
+            "seed": seed if mode == "random" else None, "fingerprints": fps,
+            "selector_fingerprints": base.meta["fingerprints"], "projected": project is not None, "stats": stats}
+    return Selection(meta, list(base.ids), [np.asarray(r) for r in response_ids],
+                     [np.ones(k, dtype=bool) for k in sizes], _split(delta, sizes), _split(forced, sizes))
+
+
 def write_selection(sel: Selection, out: str | Path, overwrite: bool = False) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -151,6 +204,8 @@ def write_selection(sel: Selection, out: str | Path, overwrite: bool = False) ->
             "response_ids": pa.array([x.tolist() for x in sel.response_ids], pa.list_(pa.int32())),
             "keep": pa.array([k.tolist() for k in sel.keep], pa.list_(pa.bool_())),
             "delta": pa.array([d.tolist() for d in sel.delta], pa.list_(pa.float32())),
+            **({} if sel.forced is None else
+               {"forced": pa.array([f.tolist() for f in sel.forced], pa.list_(pa.bool_()))}),
         }
     )
     with atomic_dir(out, overwrite) as tmp:
@@ -175,11 +230,17 @@ def load_selection(path: str | Path) -> Selection:
         response_ids=[np.asarray(x, dtype=np.int64) for x in t.column("response_ids").to_pylist()],
         keep=[np.asarray(x, dtype=bool) for x in t.column("keep").to_pylist()],
         delta=[np.asarray(x, dtype=np.float32) for x in t.column("delta").to_pylist()],
+        forced=[np.asarray(x, dtype=bool) for x in t.column("forced").to_pylist()]
+        if "forced" in t.column_names else None,
     )
 
 
 def summary_line(meta: dict[str, Any]) -> str:
     s = meta["stats"]
+    if meta.get("objective") == "diffusion":
+        extra = f", {s['no_overlap_tokens']} student tokens without a selector token" if meta.get("projected") else ""
+        return (f"mode={meta['mode']} tau={meta['tau']}: {s['tokens']} response tokens, forced (always masked) "
+                f"{s['forced_tokens']} ({100 * s['forced_fraction']:.2f}%){extra}")
     return (
         f"mode={meta['mode']} threshold={meta['threshold']}: {s['tokens']} response tokens, "
         f"dropped {s['dropped_tokens']} ({100 * s['dropped_fraction']:.1f}%), anchors {100 * s['anchor_fraction']:.1f}%, "

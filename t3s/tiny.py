@@ -38,6 +38,11 @@ def arithmetic_row(rng: random.Random, i: int) -> dict:
     }
 
 
+def terse_response(row: dict) -> str:
+    a, b = row["prompt"].removeprefix("What is ").removesuffix("?").split(" + ")
+    return f"{a} + {b} = {row['answer']}. The answer is \\boxed{{{row['answer']}}}."
+
+
 def make_rows(n: int = 64, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     return [arithmetic_row(rng, i) for i in range(n)]
@@ -82,18 +87,70 @@ def build_model(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 
     return LlamaForCausalLM(cfg).to(torch.float32)
 
 
-def build(out: str | Path, rows: int = 64, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write `out/model` (tokenizer + model) and `out/train.jsonl`."""
+def build_mask_model(vocab_size: int, mask_id: int, seed: int = 0, hidden: int = 64, layers: int = 2,
+                     heads: int = 4):
+    """A tiny bidirectional mask predictor (ModernBERT from a config) for the diffusion path."""
+    import torch
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    cfg = ModernBertConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=512, global_attn_every_n_layers=1,
+        pad_token_id=0, eos_token_id=1, bos_token_id=None, cls_token_id=None, sep_token_id=None,
+    )
+    cfg.mask_token_id = mask_id
+    torch.manual_seed(seed)
+    return ModernBertForMaskedLM(cfg).to(torch.float32)
+
+
+def _pretrain(model_dir: Path, data: Path, steps: int, diffusion: bool) -> None:
+    """Train a tiny model in place on `data` with t3s's own trainer (quietly)."""
+    import shutil
+
+    from t3s.data import RenderConfig
+    from t3s.diffusion import DiffusionConfig
+    from t3s.train import TrainConfig, train
+
+    cfg = TrainConfig(learning_rate=3e-3, max_steps=steps, per_device_train_batch_size=16, dtype="float32",
+                      lr_scheduler_type="cosine", logging_steps=max(1, steps))
+    work = model_dir.with_name(f".{model_dir.name}.pretrain")
+    train(str(model_dir), str(data), work, cfg, RenderConfig(), progress=False,
+          diffusion=DiffusionConfig() if diffusion else None)
+    shutil.rmtree(model_dir)
+    (work / "model").rename(model_dir)
+    (model_dir / "t3s_step.json").unlink(missing_ok=True)  # this is θ_0 of the runs that start from it
+    shutil.rmtree(work)
+
+
+def build(out: str | Path, rows: int = 64, seed: int = 0, overwrite: bool = False, diffusion: bool = False,
+          pretrain: bool = True) -> Path:
+    """Write `out/model` (tokenizer + model), `out/train.jsonl` and `out/train-terse.jsonl` (the same prompts
+    answered by a terser "teacher", for mixtures). `diffusion`: the tokenizer also gets a mask
+    token, and `out/dllm` holds a tiny bidirectional student sharing it (`out/model` is then its AR selector);
+    with `pretrain`, both are first trained to answer the prompts in the terse style (they memorise them), so that
+    SFT on the step-by-step traces shows an imitation shock (≈ 30 s)."""
     data = make_rows(rows, seed)
     corpus = [r["prompt"] + "\n" + r["response"] for r in make_rows(512, seed + 1)]
     with atomic_dir(out, overwrite) as tmp:
         tok = build_tokenizer(corpus)
+        if diffusion:
+            tok.add_special_tokens({"mask_token": "<|mask|>"})  # appended: the other ids do not move
         model = build_model(len(tok), seed)
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.eos_token_id = tok.eos_token_id
         model.save_pretrained(tmp / "model")
         tok.save_pretrained(tmp / "model")
+        if diffusion:
+            dllm = build_mask_model(len(tok), tok.mask_token_id, seed)
+            dllm.save_pretrained(tmp / "dllm")
+            tok.save_pretrained(tmp / "dllm")
         with (tmp / "train.jsonl").open("w") as fh:
             for r in data:
                 fh.write(json.dumps(r) + "\n")
+        with (tmp / "train-terse.jsonl").open("w") as fh:  # a second "teacher": the same prompts, tersely
+            for r in data:
+                fh.write(json.dumps({**r, "response": terse_response(r)}) + "\n")
+        if diffusion and pretrain:
+            _pretrain(tmp / "model", tmp / "train-terse.jsonl", 150, diffusion=False)
+            _pretrain(tmp / "dllm", tmp / "train-terse.jsonl", 2500, diffusion=True)
     return Path(out)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t3s import T3SError, __version__
+from t3s import T3SError, __version__, dist
 from t3s.artifacts import read_json, sha256_json, write_json
 from t3s.data import Example, RenderConfig, fingerprints, load_rows, render_rows
 from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision, training_precision
@@ -131,11 +131,40 @@ class Prepared:
 
     @property
     def kept_tokens(self) -> int:
+        """AR: response tokens trained on. Diffusion: response tokens (every one can be masked)."""
+        if "labels" not in self.dataset.column_names:
+            return sum(len(e.response_ids) for e in self.examples)
         return sum(sum(1 for x in lab if x != -100) for lab in self.dataset["labels"])
+
+    @property
+    def forced_tokens(self) -> int | None:
+        if "forced" not in self.dataset.column_names:
+            return None
+        return sum(sum(f) for f in self.dataset["forced"])
+
+
+def forced_sets(examples: list[Example], sel: Selection | None, where: str = "") -> list[list[bool]]:
+    """Diffusion students: per example, which response positions are always masked (the forced set)."""
+    if sel is None:
+        return [[False] * len(e.response_ids) for e in examples]
+    if sel.forced is None:
+        raise T3SError(f"the selection {where} is a keep-mask for an autoregressive student; a diffusion student "
+                       "needs a forced set (`t3s select --forced`)")
+    index, out = sel.by_id, []
+    for e in examples:
+        i = index.get(e.id)
+        if i is None:
+            raise T3SError(f"row '{e.id}' of the training data is not in the selection {where}")
+        if list(sel.response_ids[i]) != e.response_ids:
+            raise T3SError(f"row '{e.id}': the selection {where} was made on different response tokens")
+        out.append([bool(x) for x in sel.forced[i]])
+    return out
 
 
 def prepare(model_path: str, data_path: str, cfg: TrainConfig, rcfg: RenderConfig,
-            selection_path: str | None = None) -> Prepared:
+            selection_path: str | None = None, diffusion: Any = None) -> Prepared:
+    """Render the training data and apply a selection: labels for an autoregressive student, or (with
+    `diffusion`, a t3s.diffusion.DiffusionConfig) the forced sets of a masked-diffusion student."""
     import datasets
 
     tok = load_tokenizer(model_path, cfg.trust_remote_code)
@@ -151,6 +180,13 @@ def prepare(model_path: str, data_path: str, cfg: TrainConfig, rcfg: RenderConfi
                     f"the selection {selection_path} was made with a different {key} than this training run "
                     f"({sel.meta['fingerprints'].get(key, '?')[:12]} vs {fps[key][:12]})"
                 )
+    if diffusion is not None:
+        columns = {"input_ids": [e.input_ids for e in examples], "prompt_len": [e.prompt_len for e in examples],
+                   "forced": forced_sets(examples, sel, selection_path or ""), "row": list(range(len(examples)))}
+        return Prepared(tok, rows, examples, report, fps, sel, datasets.Dataset.from_dict(columns))
+    if sel is not None and sel.forced is not None:
+        raise T3SError(f"the selection {selection_path} is a forced set for a masked-diffusion student, not a "
+                       f"keep-mask; {model_path} is an autoregressive model")
     columns: dict[str, Any] = {"input_ids": [e.input_ids for e in examples],
                                "labels": apply_selection(examples, sel, selection_path or "")}
     if cfg.normalize == "response":
@@ -158,14 +194,12 @@ def prepare(model_path: str, data_path: str, cfg: TrainConfig, rcfg: RenderConfi
     return Prepared(tok, rows, examples, report, fps, sel, datasets.Dataset.from_dict(columns))
 
 
-def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, output_dir: str | Path, *,
-                 progress: bool = True, callbacks: list | None = None) -> Any:
-    """TRL SFTTrainer configured from a TrainConfig (precision, checkpoints, LoRA, loss normalisation)."""
+def training_arguments(cfg: TrainConfig, output_dir: str | Path, progress: bool) -> dict[str, Any]:
+    """transformers TrainingArguments from a TrainConfig (shared by the AR and the diffusion trainers)."""
     import torch
-    from trl import SFTConfig
 
     precision = resolve_precision(cfg.dtype)
-    args = SFTConfig(
+    return dict(
         output_dir=str(output_dir),
         learning_rate=cfg.learning_rate,
         max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
@@ -186,11 +220,21 @@ def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, output_dir: str |
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
         logging_steps=cfg.logging_steps,
         report_to=cfg.report_to,
-        max_length=None,  # rows are rendered (and truncated by policy) by t3s.data
-        dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         disable_tqdm=not progress,
         **cfg.trainer,
+    )
+
+
+def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, output_dir: str | Path, *,
+                 progress: bool = True, callbacks: list | None = None) -> Any:
+    """TRL SFTTrainer configured from a TrainConfig (precision, checkpoints, LoRA, loss normalisation)."""
+    from trl import SFTConfig
+
+    args = SFTConfig(
+        **training_arguments(cfg, output_dir, progress),
+        max_length=None,  # rows are rendered (and truncated by policy) by t3s.data
+        dataset_kwargs={"skip_prepare_dataset": True},
     )
     peft_config = None
     if cfg.lora_r > 0:
@@ -231,6 +275,7 @@ def train(
     progress: bool = True,
     callbacks: list | None = None,
     data: Prepared | None = None,
+    diffusion: Any = None,
 ) -> dict[str, Any]:
     """Train from `model_path` into `out/model` (written atomically; `out/train.json` is written last).
     `data`: the result of `prepare` with the same arguments, when the caller already has it."""
@@ -242,8 +287,9 @@ def train(
     if have_ckpt and not (resume or overwrite):
         raise T3SError(f"{ckpt_dir} holds checkpoints of an unfinished run; pass --resume to continue or --overwrite")
 
+    dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
     precision = resolve_precision(cfg.dtype)
-    data = data or prepare(model_path, data_path, cfg, rcfg, selection_path)
+    data = data or prepare(model_path, data_path, cfg, rcfg, selection_path, diffusion)
     sel = data.selection
     run = {
         "model": model_path,
@@ -253,18 +299,32 @@ def train(
         "selection": None if sel is None else {k: sel.meta.get(k) for k in ("path", "mode", "threshold", "seed")},
         "config": dataclasses.asdict(cfg),
         "render": dataclasses.asdict(rcfg),
+        "objective": "ar" if diffusion is None else "diffusion",
+        "diffusion": None if diffusion is None else dataclasses.asdict(diffusion),
     }
     run_fp = sha256_json({k: v for k, v in run.items() if k not in ("model", "data")})
-    if overwrite and not resume and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     started = out / "train.started.json"
-    if have_ckpt and resume and started.exists() and read_json(started).get("run_fingerprint") != run_fp:
-        raise T3SError(f"{out}: cannot resume, the checkpoints were made with another model, data or config")
-    write_json(started, {"run_fingerprint": run_fp, **run})
 
-    model = load_causal_lm(model_path, training_precision(precision), cfg.trust_remote_code)
-    trainer = make_trainer(model, data, cfg, ckpt_dir, progress=progress, callbacks=callbacks)
+    def start() -> None:  # several processes: only the main one touches `out`, the others wait
+        if overwrite and not resume and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if have_ckpt and resume and started.exists() and read_json(started).get("run_fingerprint") != run_fp:
+            raise T3SError(f"{out}: cannot resume, the checkpoints were made with another model, data or config")
+        write_json(started, {"run_fingerprint": run_fp, **run})
+
+    dist.on_main(start)
+    zero3 = dist.zero3_init_args(training_arguments(cfg, ckpt_dir, progress))  # noqa: F841 -- held while loading
+
+    if diffusion is None:
+        model = load_causal_lm(model_path, training_precision(precision), cfg.trust_remote_code,
+                               place=not dist.launched())  # several processes: the Trainer places it
+        trainer = make_trainer(model, data, cfg, ckpt_dir, progress=progress, callbacks=callbacks)
+    else:
+        from t3s import diffusion as dlm
+
+        model = dlm.load_mask_predictor(model_path, training_precision(precision), cfg.trust_remote_code)
+        trainer = dlm.make_trainer(model, data, cfg, diffusion, ckpt_dir, progress=progress, callbacks=callbacks)
     tok, report, kept = data.tokenizer, data.report, data.kept_tokens
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if (resume and have_ckpt) else None)
@@ -277,6 +337,7 @@ def train(
         **run,
         "render_report": report.as_dict(),
         "kept_tokens": kept,
+        "forced_tokens": data.forced_tokens,
         "response_tokens": report.response_tokens,
         "precision": precision.name,
         "global_step": trainer.state.global_step,
@@ -304,5 +365,6 @@ def train(
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         write_json(out / "train.json", summary)  # written last: marks the run finished
         started.unlink(missing_ok=True)
+    trainer.accelerator.wait_for_everyone()  # every process returns once the run is in place
     return summary
 

@@ -1,0 +1,469 @@
+"""One measurement per call, run in a fresh process by bench/run.py (`python -m bench.worker NAME ARGS.json
+RESULT.json`) so that paths never share memory or warm caches. Every function takes a dict of arguments and
+returns a dict of measured values; nothing here decides whether a target is met.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _status_mib(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> str:
+    """Start a new peak-RSS window. Linux: writing 5 to /proc/self/clear_refs resets VmHWM, so the peak excludes
+    loading. Elsewhere the peak is the process's lifetime ru_maxrss (loading included)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return "VmHWM after load"
+    except OSError:
+        return "ru_maxrss (process lifetime)"
+
+
+def peak_rss_mib() -> float:
+    hwm = _status_mib("VmHWM")
+    if hwm is not None:
+        return hwm
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def linear_params(model: Any) -> int:
+    """Weights that take part in a matmul per token: every Linear (the LM head included, once, even when tied)."""
+    import torch
+
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def forward_flops(model: Any, length: int) -> float:
+    """FLOPs of one causal forward pass over a row of `length` tokens: 2 x matmul weights per token plus
+    attention (QK^T and AV: 4 x layers x query width x the t keys token t attends to)."""
+    cfg = model.config.get_text_config()
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    attn = 4 * cfg.num_hidden_layers * heads * head_dim * length * (length + 1) / 2
+    return 2 * linear_params(model) * length + attn
+
+
+# ----------------------------------------------------------------------------------------------- matmul peak
+
+
+def peak(a: dict) -> dict:
+    """bf16 and fp32 matmul GFLOP/s (square n x n, median of reps): the denominators of '% of peak'."""
+    import torch
+
+    _threads(a["threads"])
+    n, out = a["n"], {}
+    for name, dt in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+        x, y = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
+        for _ in range(2):
+            x @ y
+        ts = []
+        for _ in range(a["reps"]):
+            t = time.perf_counter()
+            x @ y
+            ts.append(time.perf_counter() - t)
+        out[name] = 2 * n**3 / statistics.median(ts) / 1e9
+    return {"gflops": out, "n": n, "threads": torch.get_num_threads()}
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+def score(a: dict) -> dict:
+    """One scoring path on B rows of L tokens: 'naive' (the model's forward with full logits, fp32 log-softmax,
+    gather) or 't3s' (t3s.score.response_logprobs with `t3s score`'s default settings). Random token ids: the
+    cost does not depend on the text."""
+    import numpy as np
+    import torch
+
+    from t3s.config import ScoreConfig
+    from t3s.data import Example
+    from t3s.models import load_causal_lm, resolve_precision
+    from t3s.score import response_logprobs
+
+    _threads(a["threads"])
+    precision = resolve_precision(a["dtype"])
+    model = load_causal_lm(a["model"], precision)
+    model.eval()
+    B, L, P = a["batch"], a["length"], a["prompt_len"]
+    vocab = model.config.get_text_config().vocab_size
+    ids = torch.randint(min(100, vocab // 2), vocab, (B, L), generator=torch.Generator().manual_seed(0))
+    examples = [Example(f"row-{i}", ids[i].tolist(), P) for i in range(B)]
+    scfg = ScoreConfig()
+
+    @torch.no_grad()
+    def naive(x: torch.Tensor) -> np.ndarray:
+        with precision.context():
+            logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits
+        logp = torch.log_softmax(logits.float(), -1)
+        return logp[:, P - 1 : -1].gather(-1, x[:, P:, None])[..., 0].numpy()
+
+    def t3s(exs: list) -> np.ndarray:
+        lps = response_logprobs(model, exs, precision, batch_tokens=scfg.batch_tokens, max_batch=scfg.max_batch,
+                                chunk_tokens=scfg.chunk_tokens, progress=False, pad_id=0)
+        return np.stack(lps)
+
+    def run(full: bool) -> np.ndarray:
+        if a["path"] == "naive":
+            return naive(ids if full else ids[:1, : min(L, 256)])
+        return t3s(examples if full else [Example("warm", ids[0, : min(L, 256)].tolist(), P)])
+
+    run(False)  # warm-up (kernel selection, first touch of the weights) on a short row
+    rss_before = _status_mib("VmRSS")
+    method = reset_peak_rss()
+    times = []
+    for _ in range(a["reps"]):
+        t = time.perf_counter()
+        result = run(True)
+        times.append(time.perf_counter() - t)
+    peak_mib = peak_rss_mib()
+    np.save(a["scores_out"], result.astype(np.float32))
+    out = {
+        "path": a["path"], "model": a["model_name"], "batch": B, "length": L, "prompt_len": P,
+        "precision": precision.name, "times": times, "seconds": statistics.median(times),
+        "tokens_per_s": B * L / statistics.median(times), "peak_rss_mib": peak_mib, "rss_before_mib": rss_before,
+        "rss_method": method, "flops": B * forward_flops(model, L), "params": sum(p.numel() for p in model.parameters()),
+        "vocab": vocab, "chunk_tokens": scfg.chunk_tokens, "batch_tokens": scfg.batch_tokens,
+    }
+    out["gflops"] = out["flops"] / out["seconds"] / 1e9
+    if a.get("profile"):
+        out["profile"] = _profile(lambda: run(True))
+    return out
+
+
+def _profile(fn) -> dict:
+    """Share of one call's time by kind of operator (torch.profiler, self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t
+    kinds = {"attention": 0.0, "matmul": 0.0, "log_softmax": 0.0, "other": 0.0}
+    for e in prof.key_averages():
+        name, us = e.key, e.self_cpu_time_total
+        if "scaled_dot_product" in name or "attention" in name:
+            kinds["attention"] += us
+        elif name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_weight_int8pack_mm"):
+            kinds["matmul"] += us
+        elif "softmax" in name:
+            kinds["log_softmax"] += us
+        else:
+            kinds["other"] += us
+    total = sum(kinds.values()) or 1.0
+    return {"wall_s": wall, "share": {k: v / total for k, v in kinds.items()}, "seconds": {k: v / 1e6 for k, v in kinds.items()}}
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _bench_rows(n: int, seed: int = 0) -> list[dict]:
+    """Teacher-style arithmetic traces (the CPU testbed's style T): realistic lengths, gold answers."""
+    import random
+
+    from t3s.testbed import TASK_PROMPT, pair, teacher_trace
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        x, y = pair(rng)
+        rows.append({"id": f"bench-{i:04d}", "prompt": TASK_PROMPT.format(a=x, b=y), "response": teacher_trace(x, y),
+                     "answer": str(x + y)})
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+    return path
+
+
+def train(a: dict) -> dict:
+    """Step time of the t3s trainer with a T3S selection vs with none (SFT): same model, data, batch and steps.
+    The selection is real: Δc between θ_0 and the model after the first SFT run (the probe's θ_b stand-in)."""
+    import dataclasses
+
+    import datasets
+    import torch
+    from transformers import TrainerCallback
+
+    from t3s.config import load_config
+    from t3s.models import load_causal_lm, resolve_precision, training_precision
+    from t3s.score import ScoreSet, response_logprobs
+    from t3s.select import select
+    from t3s.train import apply_selection, make_trainer, prepare
+
+    _threads(a["threads"])
+    work = Path(a["work"])
+    work.mkdir(parents=True, exist_ok=True)
+    data_path = _write_jsonl(work / "train-bench.jsonl", _bench_rows(a["rows"]))
+    cfg = load_config(None, [f"max_steps={a['steps']}", f"per_device_train_batch_size={a['batch']}",
+                             f"dtype={a['dtype']}", "learning_rate=1e-5", "logging_steps=1"])
+    tcfg = cfg.train
+    precision = resolve_precision(tcfg.dtype)
+    sft = prepare(a["model"], str(data_path), tcfg, cfg.render)
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.ends: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.ends.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            self.ends.append(time.perf_counter())
+
+    def run(data) -> tuple[list[float], Any]:
+        model = load_causal_lm(a["model"], training_precision(precision))
+        timer = StepTimer()
+        trainer = make_trainer(model, data, tcfg, work / "trainer", progress=False, callbacks=[timer])
+        trainer.train()
+        # step-to-step intervals (data, forward, loss, backward, optimizer, logging), after the warm-up steps
+        steps = [b - e for e, b in zip(timer.ends, timer.ends[1:])][a["warmup"]:]
+        return steps, trainer.model
+
+    def scores(model) -> ScoreSet:
+        lps = response_logprobs(model, sft.examples, precision, progress=False, pad_id=sft.tokenizer.pad_token_id)
+        return ScoreSet(meta={"fingerprints": sft.fingerprints, "precision": precision.name},
+                        ids=[e.id for e in sft.examples], prompt_lens=[e.prompt_len for e in sft.examples],
+                        response_ids=[torch.tensor(e.response_ids).numpy() for e in sft.examples], logprobs=lps)
+
+    first, moved = run(sft)
+    init = scores(load_causal_lm(a["model"], precision))
+    sel = select(init, scores(moved), "t3s")
+    del moved
+    labels = apply_selection(sft.examples, sel)
+    t3s = dataclasses.replace(sft, selection=sel, dataset=datasets.Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in sft.examples], "labels": labels}))
+    per_step: dict[str, list[float]] = {"sft": [], "t3s": []}
+    runs: dict[str, list[float]] = {"sft": [statistics.median(first)], "t3s": []}
+    per_step["sft"] += first
+    # alternate the order (T S, S T, ...) so drift in the machine's speed falls on both modes alike
+    order = [("t3s", "sft") if r % 2 == 0 else ("sft", "t3s") for r in range(a["reps"])]
+    for pair_ in order:
+        for mode in pair_:
+            if mode == "sft" and len(runs["sft"]) > len(runs["t3s"]):
+                continue  # the first SFT run already counts for this repetition
+            steps, model = run(t3s if mode == "t3s" else sft)
+            del model
+            per_step[mode] += steps
+            runs[mode].append(statistics.median(steps))
+    tokens = sum(len(e.input_ids) for e in sft.examples) / len(sft.examples)
+    return {
+        "model": a["model_name"], "batch": a["batch"], "steps": a["steps"], "warmup": a["warmup"],
+        "mean_row_tokens": tokens, "precision": precision.name,
+        "dropped_fraction": sel.meta["stats"]["dropped_fraction"],
+        "run_medians": runs, "step_median": {k: statistics.median(v) for k, v in per_step.items()},
+        "ratio": statistics.median(runs["t3s"]) / statistics.median(runs["sft"]),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- generation
+
+
+PROMPTS = ["What is {a} + {b}?", "Add {a} and {b}.", "Compute {a} plus {b}, showing your work.",
+           "Please work out the sum of {a} and {b} and give the final answer."]
+
+
+def generate(a: dict) -> dict:
+    """t3s eval's batched generation (t3s.evaluate.generate) vs one `model.generate` call per prompt; greedy,
+    same prompts (of different lengths, so batches are left-padded), the outputs must be identical."""
+    import random
+
+    import torch
+    from transformers import GenerationConfig
+
+    from t3s.data import RenderConfig, Row, render_prompt, uses_template
+    from t3s.evaluate import GenConfig, eos_ids
+    from t3s.evaluate import generate as batched_generate
+    from t3s.models import load_causal_lm, load_tokenizer, resolve_precision
+
+    _threads(a["threads"])
+    precision = resolve_precision(a["dtype"])
+    tok = load_tokenizer(a["model"])
+    model = load_causal_lm(a["model"], precision)
+    model.eval()
+    rng = random.Random(0)
+    rcfg = RenderConfig()
+    template = uses_template(tok, rcfg)
+    prompts = []
+    for i in range(a["prompts"]):
+        text = PROMPTS[i % len(PROMPTS)].format(a=rng.randint(10, 9999), b=rng.randint(10, 9999))
+        row = Row(id=str(i), prompt=text, response=None, answer=None, where=f"prompt {i}")
+        prompts.append(render_prompt(row, tok, rcfg, template)[0])
+    gcfg = GenConfig(max_new_tokens=a["max_new_tokens"], batch_size=a["batch"], dtype=a["dtype"])
+    stops = eos_ids(model, tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    one = GenerationConfig(max_new_tokens=a["max_new_tokens"], do_sample=False, eos_token_id=stops, pad_token_id=pad)
+
+    def batched() -> list[list[int]]:
+        return [g[0].token_ids for g in batched_generate(model, tok, prompts, gcfg, precision, progress=False)]
+
+    @torch.no_grad()
+    def loop() -> list[list[int]]:
+        out = []
+        for p in prompts:
+            x = torch.tensor([p])
+            with precision.context():
+                seq = model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=one)
+            new = seq[0, len(p):].tolist()
+            end = next((j for j, t in enumerate(new) if t in stops), None)
+            out.append(new if end is None else new[:end])
+        return out
+
+    batched()  # warm-up
+    times: dict[str, list[float]] = {"batched": [], "loop": []}
+    outs: dict[str, list] = {}
+    for r in range(a["reps"]):
+        for name, fn in ((("batched", batched), ("loop", loop)) if r % 2 == 0 else (("loop", loop), ("batched", batched))):
+            t = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    same = sum(x == y for x, y in zip(outs["batched"], outs["loop"]))
+    new_tokens = sum(len(x) for x in outs["loop"])
+    tps = {k: new_tokens / statistics.median(v) for k, v in times.items()}
+    return {
+        "model": a["model_name"], "prompts": len(prompts), "batch": a["batch"], "max_new_tokens": a["max_new_tokens"],
+        "precision": precision.name, "prompt_lengths": sorted({len(p) for p in prompts}), "new_tokens": new_tokens,
+        "times": times, "tokens_per_s": tps, "ratio": tps["batched"] / tps["loop"],
+        "identical_outputs": same, "first_difference": next(
+            (i for i, (x, y) in enumerate(zip(outs["batched"], outs["loop"])) if x != y), None),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+
+
+def pipeline(a: dict) -> dict:
+    """Wall time of one pipeline case: `t3s run` (offline or online probe) or the plain SFT baseline (`t3s
+    train`-equivalent run with the same evaluation schedule as the probe, then the held-out evaluation)."""
+    import yaml
+
+    import shutil
+
+    _threads(a["threads"])
+    shutil.rmtree(a["out"], ignore_errors=True)  # a fresh run: `t3s run` would resume from finished stages
+    cfg_path = Path(a["out"]).with_suffix(".yaml")
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(yaml.safe_dump(a["config"], sort_keys=False))
+    t = time.perf_counter()
+    if a["kind"] == "sft":
+        _sft_baseline(cfg_path, Path(a["out"]))
+        wall = time.perf_counter() - t
+        return {"kind": "sft", "wall_s": wall, "stages": json.loads((Path(a["out"]) / "timing.json").read_text())}
+    from t3s.cli import main as cli
+
+    code = cli(["run", str(cfg_path), "--out", a["out"], "--quiet"])
+    wall = time.perf_counter() - t
+    if code != 0:
+        raise RuntimeError(f"t3s run exited with {code}; see {a['out']}/run.log")
+    stages = []
+    for f in sorted((Path(a["out"]) / "stages").glob("*.json")):
+        rec = json.loads(f.read_text())
+        stages.append({"key": rec["key"], "kind": rec["kind"], "seconds": rec["seconds"],
+                       "probe_seconds": (rec.get("result") or {}).get("seconds") if rec["kind"] == "probe" else None,
+                       "steps_run": (rec.get("result") or {}).get("steps_run") if rec["kind"] == "probe" else None})
+    return {"kind": a["kind"], "wall_s": wall, "stages": stages}
+
+
+def _sft_baseline(cfg_path: Path, out: Path) -> None:
+    """Plain SFT with the probe's evaluation schedule (greedy generation on the same training prompts at step 0
+    and every eval_every steps), then the held-out evaluation of the result: what a user pays without T3S."""
+    import dataclasses
+
+    from transformers import TrainerCallback
+
+    from t3s.config import load_config
+    from t3s.data import load_rows
+    from t3s.evaluate import evaluate_model, write_eval
+    from t3s.models import load_causal_lm, load_tokenizer, resolve_precision
+    from t3s.probe import _subset
+    from t3s.train import prepare, train
+
+    cfg = load_config(cfg_path, [], flat=())
+    tcfg = dataclasses.replace(cfg.train, seed=cfg.seeds[0])
+    data = prepare(cfg.student, cfg.train_data, tcfg, cfg.render)
+    rows_by_id = {r.id: r for r in data.rows}
+    subset = [rows_by_id[data.examples[i].id]
+              for i in _subset(len(data.examples), cfg.probe.subset, cfg.probe.subset_seed)]
+    gen = dataclasses.replace(cfg.eval, k=1, temperature=0.0)
+    every = cfg.probe.eval_every or max(1, round(tcfg.max_steps / 15))
+    precision = resolve_precision(tcfg.dtype)
+    timing = {"generation": 0.0}
+
+    class EvalEvery(TrainerCallback):
+        def _eval(self, model):
+            t = time.perf_counter()
+            evaluate_model(model, data.tokenizer, subset, cfg.render, gen, precision, progress=False)
+            timing["generation"] += time.perf_counter() - t
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self._eval(model)
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step % every == 0 or state.global_step >= state.max_steps:
+                self._eval(model)
+
+    t = time.perf_counter()
+    train(cfg.student, cfg.train_data, out / "train", tcfg, cfg.render, overwrite=True, progress=False,
+          callbacks=[EvalEvery()], data=data)
+    timing["run"] = time.perf_counter() - t
+    timing["training"] = timing["run"] - timing["generation"]
+    t = time.perf_counter()
+    eprec = resolve_precision(cfg.eval.dtype)
+    path = str(out / "train" / "model")
+    rows = load_rows(cfg.eval_data or cfg.train_data, need_response=False, need_answer=True)
+    samples = evaluate_model(load_causal_lm(path, eprec), load_tokenizer(path), rows, cfg.render, cfg.eval, eprec,
+                             progress=False)
+    write_eval(out / "eval", samples, {"model": path}, overwrite=True)
+    timing["final_eval"] = time.perf_counter() - t
+    (out / "timing.json").write_text(json.dumps(timing))
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+
+WORKERS = {"peak": peak, "score": score, "train": train, "generate": generate, "pipeline": pipeline}
+
+
+def main(argv: list[str]) -> int:
+    name, args_path, result_path = argv
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    a = json.loads(Path(args_path).read_text())
+    result = WORKERS[name](a)
+    tmp = Path(result_path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,86 @@
+"""The benchmark suite (`make bench`) at tiny sizes: it runs end to end, its table has a row per target, and every
+figure in it is the ratio of measurements recorded in the same run (recomputed here independently)."""
+
+import copy
+import json
+import statistics
+
+import pytest
+
+from bench import run as bench
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    work = tmp_path_factory.mktemp("bench")
+    out, raw = work / "BENCHMARKS.md", work / "results.json"
+    code = bench.main(["--smoke", "--work", str(work), "--out", str(out), "--json", str(raw), "--quiet"])
+    assert code == 0
+    return json.loads(raw.read_text()), out.read_text()
+
+
+def test_table_has_a_row_per_target_and_the_report_names_the_machine(smoke):
+    res, md = smoke
+    ids = [r["id"] for r in res["table"]]
+    assert ids == ["1a", "1b", "1c", "2a", "3a", "4a", "4b"]
+    assert "| # | measurement | measured | target | met |" in md
+    for r in res["table"]:
+        assert f"| {r['id']} | {r['what']} |" in md
+    for key in ("**Machine**", "**Versions**", "**Measured matmul peak**", "## What limits the rest",
+                res["machine"]["versions"]["torch"], res["machine"]["date"]):
+        assert key in md
+
+
+def test_every_ratio_is_computed_from_the_measurements(smoke):
+    res, _ = smoke
+    rows = {r["id"]: r for r in res["table"]}
+    sc = res["scoring"][0]
+    n, t = sc["naive"], sc["t3s"]
+    for path in (n, t):  # tokens/s and GFLOP/s from the recorded times
+        med = statistics.median(path["times"])
+        assert len(path["times"]) == res["sizes"]["reps"] and path["peak_rss_mib"] > 0
+        assert path["tokens_per_s"] == pytest.approx(sc["batch"] * sc["length"] / med)
+        assert path["gflops"] == pytest.approx(path["flops"] / med / 1e9)
+    assert rows["1a"]["value"] == pytest.approx(t["peak_rss_mib"] / n["peak_rss_mib"])
+    assert rows["1b"]["value"] == pytest.approx(t["tokens_per_s"] / n["tokens_per_s"])
+    assert rows["1c"]["value"] == pytest.approx(t["gflops"] / res["peak"]["gflops"]["bfloat16"])
+    assert sc["max_abs_diff"] < 0.05  # both paths scored the same tokens (bf16 autocast)
+
+    tr = res["training"][0]
+    assert len(tr["run_medians"]["sft"]) == len(tr["run_medians"]["t3s"]) == res["sizes"]["reps"]
+    assert 0 < tr["dropped_fraction"] < 1  # a real selection dropped some tokens, not all
+    assert rows["2a"]["value"] == pytest.approx(
+        statistics.median(tr["run_medians"]["t3s"]) / statistics.median(tr["run_medians"]["sft"]))
+
+    g = res["generation"][0]
+    assert g["identical_outputs"] == g["prompts"]
+    assert rows["3a"]["value"] == pytest.approx(
+        statistics.median(g["times"]["loop"]) / statistics.median(g["times"]["batched"]))
+
+    p = res["pipeline"]
+    for kind in ("sft", "offline", "online"):
+        assert p["wall_s"][kind] == pytest.approx(statistics.median(r["wall_s"] for r in p["runs"][kind]))
+        assert sum(p["breakdown"][kind].values()) == pytest.approx(p["wall_s"][kind])
+    assert rows["4b"]["value"] == pytest.approx(p["wall_s"]["online"] / p["wall_s"]["sft"])
+    kinds = {s["kind"] for s in p["runs"]["offline"][0]["stages"]}
+    assert {"probe", "score", "select", "train", "eval"} <= kinds  # a real `t3s run`, every stage timed
+
+
+def test_met_follows_the_measurements_not_the_other_way_round(smoke):
+    res, _ = smoke
+    res = copy.deepcopy(res)
+    sc = res["scoring"][0]
+    sc["t3s"]["peak_rss_mib"] = 0.2 * sc["naive"]["peak_rss_mib"]
+    sc["t3s"]["tokens_per_s"] = 2.0 * sc["naive"]["tokens_per_s"]
+    rows = {r["id"]: r for r in bench.summarize(res)}
+    assert rows["1a"]["met"] is True and rows["1b"]["met"] is True
+    sc["t3s"]["peak_rss_mib"] = 0.3 * sc["naive"]["peak_rss_mib"]
+    sc["t3s"]["tokens_per_s"] = 1.7 * sc["naive"]["tokens_per_s"]
+    res["pipeline"]["wall_s"]["online"] = 1.7 * res["pipeline"]["wall_s"]["sft"]
+    res["generation"][0]["batch"] = 16  # the batch >= 16 target applies ...
+    res["generation"][0]["tokens_per_s"] = {"batched": 5.0, "loop": 1.0}
+    res["generation"][0]["identical_outputs"] -= 1  # ... and different outputs fail it whatever the speed
+    rows = {r["id"]: r for r in bench.summarize(res)}
+    assert rows["1a"]["met"] is False and rows["1b"]["met"] is False and rows["4b"]["met"] is False
+    assert rows["3a"]["value"] == pytest.approx(5.0) and rows["3a"]["met"] is False
+    assert "**no**" in bench.table(list(rows.values()))

@@ -1,0 +1,476 @@
+"""The masked-diffusion path: joint masking, the loss formula, the sampler, Δc projection, and a tiny run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_jsonl
+
+from t3s import T3SError
+from t3s.config import load_config
+from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
+from t3s.diffusion import (Collator, DiffusionConfig, build_mask, draw_noise, load_mask_predictor, project_row,
+                           projector, response_spans, sample)
+from t3s.evaluate import GenConfig
+from t3s.models import load_tokenizer, resolve_precision
+from t3s.select import Selection, forced_mask, load_selection, select_forced, write_selection
+
+FP32 = resolve_precision("float32")
+
+
+@pytest.fixture(scope="module")
+def dtiny(tmp_path_factory):
+    """Tiny AR selector (model/) + tiny ModernBERT student (dllm/) sharing one tokenizer with a mask token."""
+    from t3s.tiny import build
+
+    return build(tmp_path_factory.mktemp("dtiny") / "t", rows=12, diffusion=True, pretrain=False)
+
+
+# ----------------------------------------------------------------------------------------------- masking
+
+
+def test_forced_positions_always_masked_and_prompt_never(dtiny):
+    tok = load_tokenizer(dtiny / "dllm")
+    rows = load_rows(dtiny / "train.jsonl")
+    examples, _ = render_rows(rows, tok, RenderConfig())
+    rng = np.random.default_rng(0)
+    items = [{"input_ids": e.input_ids, "prompt_len": e.prompt_len, "row": i,
+              "forced": (rng.random(len(e.response_ids)) < 0.2).tolist()} for i, e in enumerate(examples[:6])]
+    batch = Collator(tok.eos_token_id)(items)
+    for schedule in ("llada", "dfactory"):
+        cfg = DiffusionConfig(mask_schedule=schedule)
+        fractions = []
+        for step in range(150):
+            mask, t, answer = build_mask(batch, cfg, seed=3, step=step)
+            for i, it in enumerate(items):
+                p = it["prompt_len"]
+                assert not mask[i, :p].any()
+                forced = np.flatnonzero(it["forced"]) + p
+                assert mask[i, forced].all()
+                assert answer[i] == batch["input_ids"].shape[1] - p
+            fractions.append(float(t.mean()))
+            lo, hi = (cfg.eps, 1.0) if schedule == "llada" else (cfg.t_min, cfg.t_max)
+            assert ((t >= lo) & (t <= hi)).all()
+        # the noise level really varies over steps (≈ uniform on its range)
+        assert np.std(fractions) > 0.05
+    # the noise of a row does not depend on the batch it is in
+    t1, u1 = draw_noise(DiffusionConfig(), 3, 7, [4, 5], [10, 20])
+    t2, u2 = draw_noise(DiffusionConfig(), 3, 7, [5], [20])
+    assert t1[1] == t2[0] and torch.equal(u1[1], u2[0])
+
+
+def test_forced_mask_modes():
+    delta = np.array([0.5, -0.3, -0.1, np.nan, -0.25, 0.0, -0.9], dtype=np.float32)
+    assert forced_mask("t3s", delta, 0.2).tolist() == [False, True, False, False, True, False, True]
+    assert forced_mask("sft", delta, 0.2).sum() == 0
+    r = forced_mask("random", delta, 0.2, seed=1)
+    assert r.sum() == 3 and not r[3]  # as many as t3s; never a token without a Δc
+    assert (forced_mask("random", delta, 0.2, seed=1) == r).all()
+    with pytest.raises(T3SError, match="forced-set mode"):
+        forced_mask("reverse", delta, 0.2)
+
+
+# ----------------------------------------------------------------------------------------------- the loss
+
+
+def _equal_length_rows(path, n=4):
+    """n rows of identical token length (the same text under different ids): EOS padding cannot differ between a
+    batch of n and micro-batches of n/2."""
+    base = {"prompt": "What is 12 + 34?", "response": "Ones: 2 + 4 = 6. Tens: 1 + 3 = 4. \\boxed{46}", "answer": "46"}
+    return write_jsonl(path, [{**base, "id": f"r{i}"} for i in range(n)])
+
+
+def _forced_selection(path, tok, data_path, pattern):
+    rows = load_rows(data_path)
+    examples, _ = render_rows(rows, tok, RenderConfig())
+    forced = [np.array([pattern(i, j) for j in range(len(e.response_ids))]) for i, e in enumerate(examples)]
+    sel = Selection(
+        meta={"kind": "t3s-selection", "mode": "crafted", "objective": "diffusion", "tau": 0.2, "threshold": None,
+              "seed": None, "fingerprints": fingerprints(rows, tok, RenderConfig()), "stats": {}},
+        ids=[e.id for e in examples], response_ids=[np.array(e.response_ids) for e in examples],
+        keep=[np.ones(len(f), dtype=bool) for f in forced], delta=[np.zeros(len(f), np.float32) for f in forced],
+        forced=forced,
+    )
+    write_selection(sel, path)
+    return examples, forced
+
+
+@pytest.mark.parametrize("schedule", ["llada", "dfactory"])
+def test_one_sgd_step_equals_the_documented_loss(dtiny, tmp_path, schedule):
+    """2 rows x 2 accumulation steps, one SGD step: θ − lr·∇L with L = mean over rows of
+    Σ_masked CE (/t for llada) / L_answer, computed row by row with its own log-softmax."""
+    from t3s.train import train
+
+    tok = load_tokenizer(dtiny / "dllm")
+    data = _equal_length_rows(tmp_path / "d.jsonl")
+    examples, forced = _forced_selection(tmp_path / "sel", tok, data, lambda i, j: (i + 2 * j) % 5 == 0)
+    lr = 0.5
+    cfg = load_config(None, ["optim=sgd", f"learning_rate={lr}", "max_steps=1", "per_device_train_batch_size=2",
+                             "gradient_accumulation_steps=2", "max_grad_norm=0", "dtype=float32",
+                             f"diffusion.mask_schedule={schedule}"])
+    s = train(str(dtiny / "dllm"), str(data), tmp_path / "run", cfg.train, cfg.render, str(tmp_path / "sel"),
+              progress=False, diffusion=cfg.diffusion)
+    assert s["forced_tokens"] == sum(int(f.sum()) for f in forced) > 0
+
+    model = load_mask_predictor(dtiny / "dllm", FP32)
+    mask_id = tok.mask_token_id
+    total = 0.0
+    for i, (e, f) in enumerate(zip(examples, forced)):
+        n = len(e.response_ids)
+        t, (u,) = draw_noise(cfg.diffusion, cfg.train.seed, 0, [i], [n])
+        masked = torch.zeros(len(e.input_ids), dtype=torch.bool)
+        masked[e.prompt_len:] = (u < t[0]) | torch.tensor(f)
+        x = torch.tensor(e.input_ids).masked_fill(masked, mask_id)
+        logp = model(input_ids=x[None]).logits[0].log_softmax(-1)
+        ce = -logp[masked.nonzero()[:, 0], torch.tensor(e.input_ids)[masked]]
+        w = 1.0 / n / (float(t[0]) if schedule == "llada" else 1.0)
+        total = total + ce.sum() * w
+    loss = total / len(examples)
+    loss.backward()
+    got = dict(load_mask_predictor(tmp_path / "run" / "model", FP32).named_parameters())
+    moved = 0
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        want = (p - lr * p.grad).detach()
+        torch.testing.assert_close(got[name].detach(), want, atol=3e-6, rtol=1e-5, msg=name)
+        moved += int(not torch.allclose(want, p.detach()))
+    assert moved > 0
+    first = next(h for h in s["log_history"] if "loss" in h)
+    assert first["loss"] == pytest.approx(loss.item(), rel=1e-4)
+
+
+def test_ar_and_diffusion_selections_are_not_interchangeable(dtiny, tmp_path):
+    from t3s.train import prepare
+
+    tok = load_tokenizer(dtiny / "dllm")
+    data = _equal_length_rows(tmp_path / "d.jsonl")
+    _forced_selection(tmp_path / "sel", tok, data, lambda i, j: j == 1)
+    cfg = load_config(None, [])
+    with pytest.raises(T3SError, match="forced set for a masked-diffusion student"):
+        prepare(str(dtiny / "model"), str(data), cfg.train, cfg.render, str(tmp_path / "sel"))
+    sel = load_selection(tmp_path / "sel")
+    sel.forced = None
+    sel.meta["objective"] = None
+    write_selection(sel, tmp_path / "ar")
+    with pytest.raises(T3SError, match="needs a forced set"):
+        prepare(str(dtiny / "dllm"), str(data), cfg.train, cfg.render, str(tmp_path / "ar"), cfg.diffusion)
+
+
+# ----------------------------------------------------------------------------------------------- the sampler
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a mask predictor and records the canvas it is shown at every denoising step."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.seen = model, []
+        self.config = model.config
+
+    def forward(self, input_ids, attention_mask=None):
+        self.seen.append(input_ids.clone())
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_sampler_fills_every_mask_block_by_block_and_is_deterministic(dtiny):
+    tok = load_tokenizer(dtiny / "dllm")
+    model = Recorder(load_mask_predictor(dtiny / "dllm", FP32))
+    mask_id = tok.mask_token_id
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    g = GenConfig(max_new_tokens=24, batch_size=2)
+    d = DiffusionConfig(block_length=8, steps=12)  # 3 blocks, 4 steps each, 2 tokens per step
+    a = sample(model, tok, prompts, g, d, FP32, progress=False)
+    P = 5
+    assert len(model.seen) == 12  # the random model never ends early (it commits no EOS)
+    for n, x in enumerate(model.seen):
+        blk, j = divmod(n, 4)
+        canvas = x[:, P:]
+        masked = canvas == mask_id
+        # earlier blocks complete, later blocks untouched, the current one has 2 commits per step so far
+        assert not masked[:, : blk * 8].any()
+        assert masked[:, (blk + 1) * 8:].all()
+        assert (masked[:, blk * 8:(blk + 1) * 8].sum(1) == 8 - 2 * j).all()
+        assert (x[1, :2] == tok.pad_token_id).all()  # left padding of the shorter prompt (longest first)
+    final = model.seen[-1][:, P:]
+    assert (final == mask_id).sum() == 2 * 2  # the last step commits the last two positions of each row
+    for gen in (a[0][0], a[1][0]):
+        assert mask_id not in gen.token_ids and len(gen.token_ids) == 24 and gen.truncated
+    b = sample(model.inner, tok, prompts, g, d, FP32, progress=False)
+    assert [x[0].token_ids for x in a] == [x[0].token_ids for x in b]
+    # temperature > 0: seeded, so repeatable, and different from greedy
+    gs = GenConfig(max_new_tokens=24, batch_size=2, temperature=1.0, seed=4)
+    c1 = sample(model.inner, tok, prompts, gs, d, FP32, progress=False)
+    c2 = sample(model.inner, tok, prompts, gs, d, FP32, progress=False)
+    assert [x[0].token_ids for x in c1] == [x[0].token_ids for x in c2] != [x[0].token_ids for x in a]
+
+
+class EOSAfter(torch.nn.Module):
+    """A fake mask predictor: predicts token 7 for the first 5 canvas positions and EOS after them."""
+
+    def __init__(self, vocab, eos, start):
+        super().__init__()
+        self.vocab, self.eos, self.start, self.calls = vocab, eos, start, 0
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("C", (), {"mask_token_id": None})()
+
+    def forward(self, input_ids, attention_mask=None):
+        self.calls += 1
+        B, L = input_ids.shape
+        logits = torch.zeros(B, L, self.vocab)
+        logits[:, :, self.eos] = 5.0
+        logits[:, self.start:self.start + 5, self.eos] = 0.0
+        logits[:, self.start:self.start + 5, 7] = 5.0
+        return type("O", (), {"logits": logits})()
+
+
+def test_sampler_stops_once_every_row_has_ended(dtiny):
+    tok = load_tokenizer(dtiny / "dllm")
+    fake = EOSAfter(len(tok), tok.eos_token_id, start=3)
+    g = GenConfig(max_new_tokens=32, batch_size=2)
+    d = DiffusionConfig(block_length=8, steps=32, mask_token_id=tok.mask_token_id)
+    out = sample(fake, tok, [[5, 6, 7]], g, d, FP32, progress=False)
+    gen = out[0][0]
+    assert gen.token_ids == [7] * 5 and not gen.truncated
+    assert fake.calls == 8  # the first block held the EOS: the other three blocks were never sampled
+
+
+# ----------------------------------------------------------------------------------------------- projection
+
+
+def test_project_row_takes_the_minimum_over_overlapping_characters():
+    src = [(0, 3), (3, 5), (5, 9), None]
+    delta = np.array([0.1, -0.5, 0.3, -9.0], dtype=np.float32)
+    dst = [(0, 2), (2, 4), (4, 9), None, (9, 9)]
+    got = project_row(delta, src, dst)
+    assert got[:3].tolist() == pytest.approx([0.1, -0.5, -0.5])
+    assert np.isnan(got[3]) and np.isnan(got[4])
+
+
+def test_projection_between_two_tokenizers_matches_a_character_map(dtiny):
+    """Selector: the tiny BPE; student: a BPE with another vocabulary. Each student token's Δc must be the
+    minimum over the selector tokens covering any of its characters, computed here from a char→token map."""
+    from t3s.tiny import build_tokenizer, make_rows
+
+    rows = load_rows(dtiny / "train.jsonl")
+    sel_tok = load_tokenizer(dtiny / "model")
+    stu_tok = build_tokenizer([r["prompt"] + "\n" + r["response"] for r in make_rows(200, 9)], vocab_size=300)
+    rcfg = RenderConfig()
+    examples, _ = render_rows(rows, sel_tok, rcfg)
+    rng = np.random.default_rng(0)
+    deltas = [rng.normal(size=len(e.response_ids)).astype(np.float32) for e in examples]
+    base = Selection(meta={"fingerprints": {}}, ids=[e.id for e in examples],
+                     response_ids=[np.array(e.response_ids) for e in examples],
+                     keep=[np.ones(len(d), bool) for d in deltas], delta=deltas)
+    projected, stu_ids, fps, missing = projector(rows, stu_tok, sel_tok, rcfg)(base)
+    assert fps == fingerprints(rows, stu_tok, rcfg)
+    assert missing == len(rows)  # exactly the student's EOS per row has no characters
+    for r, d, p, ids in zip(rows, deltas, projected, stu_ids):
+        text = r.response
+        owner = np.full(len(text), -1)
+        pos = 0
+        for k, tid in enumerate(sel_tok(text, add_special_tokens=False)["input_ids"]):
+            piece = sel_tok.decode([tid])
+            owner[pos:pos + len(piece)] = k
+            pos += len(piece)
+        assert pos == len(text)
+        pos = 0
+        for j, tid in enumerate(ids):
+            if tid == stu_tok.eos_token_id:
+                assert np.isnan(p[j])
+                continue
+            piece = stu_tok.decode([tid])
+            want = min(d[k] for k in set(owner[pos:pos + len(piece)]))
+            assert p[j] == pytest.approx(want)
+            pos += len(piece)
+
+
+def test_projection_refuses_a_tokenizer_without_offsets(dtiny):
+    rows = load_rows(dtiny / "train.jsonl")
+
+    class NoOffsets:
+        chat_template = None
+        eos_token_id = 1
+
+        def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
+            if return_offsets_mapping:
+                raise NotImplementedError("return_offset_mapping is not available when using Python tokenizers")
+            return {"input_ids": [3] * len(text)}
+
+    with pytest.raises(T3SError, match="no character offsets"):
+        response_spans(rows[0], NoOffsets(), RenderConfig(chat_template="off"), 10)
+
+
+def test_select_forced_reports_the_forced_fraction(tmp_path):
+    from test_select import scoreset
+
+    c0 = [[-0.1, -2.0, -0.5, -3.0], [-1.0, -0.2, -4.0]]
+    cb = [[-0.05, -2.5, -0.4, -3.1], [-2.0, -0.1, -4.0]]  # Δc: +.05 -.5 +.1 -.1 | -1 +.1 0
+    sel = select_forced(scoreset(c0), scoreset(cb, path="b"), "t3s", tau=0.2)
+    assert [f.tolist() for f in sel.forced] == [[False, True, False, False], [True, False, False]]
+    assert sel.meta["stats"]["forced_fraction"] == pytest.approx(2 / 7)
+    write_selection(sel, tmp_path / "s")
+    back = load_selection(tmp_path / "s")
+    assert [f.tolist() for f in back.forced] == [f.tolist() for f in sel.forced]
+    r = select_forced(scoreset(c0), scoreset(cb, path="b"), "random", tau=0.2, seed=3)
+    assert sum(int(f.sum()) for f in r.forced) == 2
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+
+def test_tiny_diffusion_run_end_to_end(dtiny, tmp_path):
+    import time
+
+    from t3s.config import load_config
+    from t3s.pipeline import run
+
+    t0 = time.perf_counter()
+    cfg = load_config("examples/tiny-diffusion-run.yaml", [
+        f"student={dtiny / 'dllm'}", f"selector={dtiny / 'model'}", f"train_data={dtiny / 'train.jsonl'}",
+        "train.max_steps=4", "selector_train.max_steps=4", "probe.eval_every=2", "probe.subset=6",
+        "eval.max_new_tokens=16", "diffusion.block_length=8", "diffusion.steps=8", "diffusion.tau=0.0"], flat=())
+    summary, code = run(cfg, tmp_path / "run", progress=False)
+    assert code == 0
+    assert time.perf_counter() - t0 < 180
+    out = tmp_path / "run"
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert list(rows) == ["base", "sft", "t3s", "random"]
+    for m in ("sft", "t3s", "random"):
+        metrics = json.loads((out / "seed-0" / "eval" / m / "metrics.json").read_text())["metrics"]
+        assert rows[m]["accuracy"] == metrics["accuracy"] and rows[m]["mean_tokens"] == metrics["mean_tokens"]
+        train = json.loads((out / "seed-0" / "train" / m / "train.json").read_text())
+        assert train["objective"] == "diffusion" and train["global_step"] == 4
+    for m in ("t3s", "random"):
+        stats = json.loads((out / "seed-0" / "selections" / m / "selection.json").read_text())["stats"]
+        assert rows[m]["forced_fraction"] == stats["forced_fraction"]
+    t3s_stats = json.loads((out / "seed-0" / "selections" / "t3s" / "selection.json").read_text())["stats"]
+    assert t3s_stats["forced_tokens"] > 0  # τ = 0: some tokens lose confidence on the way to θ_b
+    assert "forced (always masked) tokens %" in summary["markdown"]
+    assert json.loads((out / "seed-0" / "probe-student" / "probe.json").read_text())["objective"] == "diffusion"
+    assert "Probe of the diffusion student itself" in summary["markdown"]
+    assert not (out / "seed-0" / "rrt").exists()
+    from t3s.report import build_report
+
+    page = build_report(out, gradients=False, log=lambda m: None).read_text()
+    assert "forced tokens %" in page
+
+
+def test_command_line_diffusion_chain(dtiny, tmp_path):
+    """score the selector at θ_0 and θ_b → select --forced → train the diffusion student (detected from its
+    config) → eval with the sampler; an AR model refuses the forced set."""
+    from test_cli import t3s
+
+    sel, stu, d = dtiny / "model", dtiny / "dllm", dtiny / "train.jsonl"
+    r = t3s("train", "--model", sel, "--data", d, "--out", tmp_path / "selector", "--quiet", "max_steps=3",
+            "learning_rate=1e-2", "per_device_train_batch_size=4", "dtype=float32")
+    assert r.returncode == 0, r.stderr
+    for name, model in (("s0", sel), ("sb", tmp_path / "selector")):
+        r = t3s("score", "--model", model, "--data", d, "--out", tmp_path / name, "--quiet", "--dtype", "float32")
+        assert r.returncode == 0, r.stderr
+    r = t3s("select", "--forced", "--init", tmp_path / "s0", "--bottleneck", tmp_path / "sb", "--mode", "t3s",
+            "--tau", "0", "--student", stu, "--out", tmp_path / "forced")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "forced" / "selection.json").read_text())
+    assert meta["objective"] == "diffusion" and not meta["projected"] and meta["stats"]["forced_tokens"] > 0
+    assert "forced (always masked)" in r.stdout
+    r = t3s("train", "--model", stu, "--data", d, "--selection", tmp_path / "forced", "--out", tmp_path / "dtrain",
+            "--quiet", "max_steps=2", "per_device_train_batch_size=4", "dtype=float32")
+    assert r.returncode == 0, r.stderr
+    tr = json.loads((tmp_path / "dtrain" / "train.json").read_text())
+    assert tr["objective"] == "diffusion" and tr["forced_tokens"] == meta["stats"]["forced_tokens"]
+    r = t3s("eval", "--model", tmp_path / "dtrain", "--data", d, "--out", tmp_path / "ev", "--quiet",
+            "max_new_tokens=16", "diffusion.block_length=8", "dtype=float32")
+    assert r.returncode == 0, r.stderr
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["diffusion"]["block_length"] == 8 and ev["metrics"]["mean_tokens"] is not None
+    samples = [json.loads(x) for x in (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()]
+    assert all(s["tokens"] <= 16 for s in samples)
+    r = t3s("train", "--model", sel, "--data", d, "--selection", tmp_path / "forced", "--out", tmp_path / "bad",
+            "--quiet", "max_steps=1")
+    assert r.returncode == 2 and "forced set for a masked-diffusion student" in r.stderr
+    assert not (tmp_path / "bad" / "model").exists()
+
+
+REMOTE_CONFIG = '''
+from transformers import PretrainedConfig
+
+
+class TinyLladaConfig(PretrainedConfig):
+    model_type = "tinyllada"
+
+    def __init__(self, vocab_size=8, hidden=32, mask_token_id=None, **kw):
+        self.vocab_size, self.hidden, self.mask_token_id = vocab_size, hidden, mask_token_id
+        super().__init__(**kw)
+'''
+
+REMOTE_MODEL = '''
+import torch
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+from .configuration_tinyllada import TinyLladaConfig
+
+
+class TinyLladaModelLM(PreTrainedModel):
+    """Like LLaDA's remote code: registered under AutoModel, forward(input_ids) without an attention mask."""
+    config_class = TinyLladaConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.emb = torch.nn.Embedding(config.vocab_size, config.hidden)
+        self.mix = torch.nn.TransformerEncoderLayer(config.hidden, 2, 2 * config.hidden, dropout=0.0, batch_first=True)
+        self.head = torch.nn.Linear(config.hidden, config.vocab_size)
+        self.post_init()
+
+    def forward(self, input_ids, **kw):
+        return MaskedLMOutput(logits=self.head(self.mix(self.emb(input_ids))))
+'''
+
+
+def test_remote_code_student_like_llada(dtiny, tmp_path):
+    """A trust_remote_code model registered under AutoModel (as LLaDA is), mask token id from its config, no
+    attention_mask argument: it loads, trains with the diffusion objective and samples."""
+    import shutil
+    import sys
+
+    from t3s.train import train
+
+    tok = load_tokenizer(dtiny / "dllm")
+    tok.mask_token = None  # the mask token id must come from the model's config
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "configuration_tinyllada.py").write_text(REMOTE_CONFIG)
+    (src / "modeling_tinyllada.py").write_text(REMOTE_MODEL)
+    (src / "__init__.py").write_text("")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from src.modeling_tinyllada import TinyLladaConfig, TinyLladaModelLM
+    finally:
+        sys.path.remove(str(tmp_path))
+    d = tmp_path / "model"
+    TinyLladaModelLM(TinyLladaConfig(vocab_size=len(tok), mask_token_id=384)).save_pretrained(d)
+    for f in ("configuration_tinyllada.py", "modeling_tinyllada.py"):
+        shutil.copy(src / f, d / f)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "configuration_tinyllada.TinyLladaConfig",
+                       "AutoModel": "modeling_tinyllada.TinyLladaModelLM"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    load_tokenizer(dtiny / "dllm").save_pretrained(d)
+
+    from t3s.diffusion import is_mask_predictor, mask_token_id
+
+    assert is_mask_predictor(d)
+    with pytest.raises(T3SError):
+        load_mask_predictor(d, FP32)  # remote code needs trust_remote_code
+    model = load_mask_predictor(d, FP32, trust_remote_code=True)
+    assert type(model).__name__ == "TinyLladaModelLM" and mask_token_id(model, tok) == 384
+    out = sample(model, tok, [[5, 6, 7], [5, 6]], GenConfig(max_new_tokens=8, batch_size=2),
+                 DiffusionConfig(block_length=4), FP32, progress=False)
+    assert all(len(o[0].token_ids) <= 8 and 384 not in o[0].token_ids for o in out)
+    cfg = load_config(None, ["max_steps=2", "per_device_train_batch_size=4", "dtype=float32",
+                             "trust_remote_code=true"])
+    s = train(str(d), str(dtiny / "train.jsonl"), tmp_path / "run", cfg.train, cfg.render, progress=False,
+              diffusion=cfg.diffusion)
+    assert s["global_step"] == 2 and np.isfinite(s["train_loss"])
