@@ -61,14 +61,18 @@ def linear_params(model: Any) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def forward_flops(model: Any, length: int) -> float:
-    """FLOPs of one causal forward pass over a row of `length` tokens: 2 x matmul weights per token plus
-    attention (QK^T and AV: 4 x layers x query width x the t keys token t attends to)."""
+def attention_flops(model: Any, length: int) -> float:
+    """Causal attention FLOPs of one row: QK^T and AV, 4 x layers x query width x the t keys token t attends to."""
     cfg = model.config.get_text_config()
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    attn = 4 * cfg.num_hidden_layers * heads * head_dim * length * (length + 1) / 2
-    return 2 * linear_params(model) * length + attn
+    return 4 * cfg.num_hidden_layers * heads * head_dim * length * (length + 1) / 2
+
+
+def forward_flops(model: Any, length: int) -> float:
+    """FLOPs of one causal forward pass over a row of `length` tokens: 2 x matmul weights per token plus
+    attention."""
+    return 2 * linear_params(model) * length + attention_flops(model, length)
 
 
 # ----------------------------------------------------------------------------------------------- matmul peak
@@ -106,7 +110,7 @@ def score(a: dict) -> dict:
     from t3s.config import ScoreConfig
     from t3s.data import Example
     from t3s.models import load_causal_lm, resolve_precision
-    from t3s.score import response_logprobs
+    from t3s.score import default_batch_tokens, default_chunk_tokens, response_logprobs
 
     _threads(a["threads"])
     precision = resolve_precision(a["dtype"])
@@ -149,12 +153,21 @@ def score(a: dict) -> dict:
         "path": a["path"], "model": a["model_name"], "batch": B, "length": L, "prompt_len": P,
         "precision": precision.name, "times": times, "seconds": statistics.median(times),
         "tokens_per_s": B * L / statistics.median(times), "peak_rss_mib": peak_mib, "rss_before_mib": rss_before,
-        "rss_method": method, "flops": B * forward_flops(model, L), "params": sum(p.numel() for p in model.parameters()),
-        "vocab": vocab, "chunk_tokens": scfg.chunk_tokens, "batch_tokens": scfg.batch_tokens,
+        "rss_method": method, "flops": B * forward_flops(model, L), "attention_flops": B * attention_flops(model, L), "params": sum(p.numel() for p in model.parameters()),
+        "vocab": vocab,
+        # the settings `t3s score` resolves on this device (0 = auto in ScoreConfig)
+        "chunk_tokens": scfg.chunk_tokens or default_chunk_tokens(vocab, precision.device),
+        "batch_tokens": scfg.batch_tokens or default_batch_tokens(precision.device),
     }
     out["gflops"] = out["flops"] / out["seconds"] / 1e9
-    if a.get("profile"):
+    if a.get("profile") and a["path"] == "t3s":
         out["profile"] = _profile(lambda: run(True))
+    if a.get("profile") and a["path"] == "naive":
+        # the model's backbone alone on the same batch: a floor under any scorer that runs the model's own layers
+        with torch.no_grad(), precision.context():
+            t = time.perf_counter()
+            model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            out["backbone_s"] = time.perf_counter() - t
     return out
 
 

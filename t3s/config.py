@@ -42,7 +42,8 @@ class ScoreConfig:
     """Settings of `t3s score` (and the pipeline's scoring stage)."""
 
     dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
-    batch_tokens: int = field(default=16384, metadata={"help": "padded tokens per batch"})
+    batch_tokens: int = field(default=0, metadata={
+        "help": "padded tokens per backbone batch (0: auto, 2048 on CPU, 16384 on GPU)"})
     max_batch: int = field(default=64, metadata={"help": "rows per batch at most"})
     chunk_tokens: int = field(default=0, metadata={
         "help": "positions per LM-head / log-softmax chunk (0: auto, cache-sized on CPU, 1024 on GPU)"})

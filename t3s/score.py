@@ -3,8 +3,10 @@
 The backbone runs once per batch; the LM head and the log-softmax then run only on the positions that predict
 response tokens, `chunk_tokens` positions at a time, so full-vocabulary fp32 logits never exist for a whole
 batch. Rows are grouped by length (longest first, under a token budget) so little compute goes to padding.
-On CPU the default chunk keeps one chunk's fp32 logits about cache-sized (128 positions for a 49k vocabulary):
-the log-softmax then reads the logits from cache instead of memory (measured in BENCHMARKS.md).
+On CPU the defaults are sized for caches and memory (measured with bench/, see BENCHMARKS.md): the backbone sees
+at most 2048 tokens at a time (larger batches were no faster there, and their activations added up to 1 GB of
+peak RSS for a 135M-parameter model), and one chunk's fp32 logits are about cache-sized (128 positions for a 49k
+vocabulary), so the log-softmax reads them from cache instead of memory.
 """
 
 from __future__ import annotations
@@ -70,19 +72,25 @@ def default_chunk_tokens(vocab_size: int, device: str) -> int:
     return max(16, min(1024, CPU_CHUNK_LOGITS // max(vocab_size, 1)))
 
 
+def default_batch_tokens(device: str) -> int:
+    """Padded tokens per backbone batch when `batch_tokens` is 0 (auto): 2048 on CPU, 16384 on GPU."""
+    return 2048 if device == "cpu" else 16384
+
+
 @torch.no_grad()
 def response_logprobs(
     model: Any,
     examples: list[Example],
     precision: Any,
     *,
-    batch_tokens: int = 8192,
+    batch_tokens: int = 0,
     max_batch: int = 64,
     chunk_tokens: int = 0,
     progress: bool = True,
     pad_id: int = 0,
 ) -> list[np.ndarray]:
-    """Per example, float32 log-probabilities of its response tokens (in order). `chunk_tokens` 0: auto."""
+    """Per example, float32 log-probabilities of its response tokens (in order). `batch_tokens` and
+    `chunk_tokens` 0: auto (see default_batch_tokens, default_chunk_tokens)."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -94,6 +102,8 @@ def response_logprobs(
     device = next(model.parameters()).device
     if chunk_tokens <= 0:
         chunk_tokens = default_chunk_tokens(model.config.get_text_config().vocab_size, device.type)
+    if batch_tokens <= 0:
+        batch_tokens = default_batch_tokens(device.type)
     out: list[np.ndarray | None] = [None] * len(examples)
     lengths = [len(e.input_ids) for e in examples]
     bar = tqdm(total=len(examples), unit="row", desc="score", disable=not progress, dynamic_ncols=True)

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from t3s import T3SError
 from t3s.data import RenderConfig, load_rows, render_rows
 from t3s.models import load_causal_lm, resolve_precision
-from t3s.score import length_batches, load_scores, response_logprobs, write_scores
+from t3s.score import (default_batch_tokens, default_chunk_tokens, length_batches, load_scores,
+                       response_logprobs, write_scores)
 
 FP32 = resolve_precision("float32")
 
@@ -97,3 +98,11 @@ def test_precision_rules():
     p = resolve_precision("auto", "cpu")
     assert p.weights == torch.float32 and p.autocast == torch.bfloat16
     assert resolve_precision("float32", "cpu").autocast is None
+
+
+def test_auto_sizes_on_cpu_and_gpu():
+    # CPU: one chunk of fp32 logits stays about cache-sized (24 MiB), within [16, 1024] positions; GPU: big batches
+    assert default_chunk_tokens(49152, "cpu") == 128 and default_chunk_tokens(151936, "cpu") == 41
+    assert default_chunk_tokens(384, "cpu") == 1024 and default_chunk_tokens(10**7, "cpu") == 16
+    assert default_chunk_tokens(49152, "cuda") == 1024
+    assert default_batch_tokens("cpu") == 2048 and default_batch_tokens("cuda") == 16384
