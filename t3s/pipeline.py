@@ -197,7 +197,8 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
         )
 
     # 3. selections (keep-masks; for a diffusion student, forced sets)
-    project = None if diffusion is None else _projector(selector, student, train_data, cfg.render, p.log)
+    project = None if diffusion is None else _projector(selector, student, train_data, cfg.render, p.log,
+                                                               cfg.train.trust_remote_code)
     sels: dict[tuple[int, str], dict] = {}
     for s in cfg.seeds:
         for mode in cfg.modes:
@@ -315,13 +316,14 @@ def _evaluator(cfg: Any, p: Pipeline, eval_data: str, progress: bool) -> Callabl
     return evaluator
 
 
-def _projector(selector: str, student: str, data: str, rcfg: Any, log: Callable[[str], None]):
+def _projector(selector: str, student: str, data: str, rcfg: Any, log: Callable[[str], None],
+               trust_remote_code: bool = False):
     """None when the selector and the student tokenize alike (Δc applies as is), else the offset projection."""
     from t3s.data import load_rows, tokenizer_fingerprint
     from t3s.diffusion import projector
     from t3s.models import load_tokenizer
 
-    sel_tok, stu_tok = load_tokenizer(selector), load_tokenizer(student)
+    sel_tok, stu_tok = load_tokenizer(selector, trust_remote_code), load_tokenizer(student, trust_remote_code)
     if tokenizer_fingerprint(sel_tok) == tokenizer_fingerprint(stu_tok):
         return None
     log("the selector's tokenizer differs from the student's: Δc is projected onto the student's tokens through "
