@@ -365,6 +365,11 @@ def build_report(run: str | Path, *, gradients: bool = True, log: Any = print) -
         parts.append("<h2>Training rows coloured by Δc</h2><p class='note'>Red: anchors (gained confidence by the "
                      "bottleneck, dropped by T3S); blue: yet-to-learn (kept). Hover for Δc.</p>" + heat)
         parts.append("<h2>Most frequent anchor and yet-to-learn tokens</h2>" + tables)
+    return _write_page(run, out, parts)
+
+
+def _write_page(run: Path, out: Path, parts: list[str]) -> Path:
+    """report.html from its parts, written atomically."""
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>t3s report {html.escape(run.name)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}{CHECK_IMAGES}</body></html>")
     tmp = out / ".report.html.tmp"
@@ -387,12 +392,7 @@ def _mixture_report(run: Path, summary: dict[str, Any], gradients: bool, log: An
              + "</ul>"]
     out = run / "report"
     out.mkdir(exist_ok=True)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>t3s report {html.escape(run.name)}</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}{CHECK_IMAGES}</body></html>")
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out / "report.html")
-    return out / "report.html"
+    return _write_page(run, out, parts)
 
 
 def _md_table(summary: dict[str, Any]) -> str:

@@ -63,18 +63,25 @@ class TrainConfig:
             raise T3SError(f"normalize must be one of {NORMALIZE}, got '{self.normalize}'")
 
 
-def apply_selection(examples: list[Example], sel: Selection | None, where: str = "") -> list[list[int]]:
-    """Labels per example: −100 on the prompt and on dropped response tokens."""
-    if sel is None:
-        return [e.labels() for e in examples]
-    index = sel.by_id
-    out = []
+def _selection_rows(examples: list[Example], sel: Selection, where: str) -> list[int]:
+    """The selection's row index of every example, checking that it covers it with the same response tokens."""
+    index, out = sel.by_id, []
     for e in examples:
         i = index.get(e.id)
         if i is None:
             raise T3SError(f"row '{e.id}' of the training data is not in the selection {where}")
         if list(sel.response_ids[i]) != e.response_ids:
             raise T3SError(f"row '{e.id}': the selection {where} was made on different response tokens")
+        out.append(i)
+    return out
+
+
+def apply_selection(examples: list[Example], sel: Selection | None, where: str = "") -> list[list[int]]:
+    """Labels per example: −100 on the prompt and on dropped response tokens."""
+    if sel is None:
+        return [e.labels() for e in examples]
+    out = []
+    for e, i in zip(examples, _selection_rows(examples, sel, where)):
         out.append([-100] * e.prompt_len + [t if k else -100 for t, k in zip(e.response_ids, sel.keep[i])])
     return out
 
@@ -150,15 +157,7 @@ def forced_sets(examples: list[Example], sel: Selection | None, where: str = "")
     if sel.forced is None:
         raise T3SError(f"the selection {where} is a keep-mask for an autoregressive student; a diffusion student "
                        "needs a forced set (`t3s select --forced`)")
-    index, out = sel.by_id, []
-    for e in examples:
-        i = index.get(e.id)
-        if i is None:
-            raise T3SError(f"row '{e.id}' of the training data is not in the selection {where}")
-        if list(sel.response_ids[i]) != e.response_ids:
-            raise T3SError(f"row '{e.id}': the selection {where} was made on different response tokens")
-        out.append([bool(x) for x in sel.forced[i]])
-    return out
+    return [[bool(x) for x in sel.forced[i]] for i in _selection_rows(examples, sel, where)]
 
 
 def prepare(model_path: str, data_path: str, cfg: TrainConfig, rcfg: RenderConfig,
