@@ -83,18 +83,24 @@ def peak(a: dict) -> dict:
     import torch
 
     _threads(a["threads"])
-    n, out = a["n"], {}
+    return {"gflops": matmul_peak(a["n"], a["reps"]), "n": a["n"], "threads": torch.get_num_threads()}
+
+
+def matmul_peak(n: int, reps: int) -> dict[str, float]:
+    import torch
+
+    out = {}
     for name, dt in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
         x, y = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
         for _ in range(2):
             x @ y
         ts = []
-        for _ in range(a["reps"]):
+        for _ in range(reps):
             t = time.perf_counter()
             x @ y
             ts.append(time.perf_counter() - t)
         out[name] = 2 * n**3 / statistics.median(ts) / 1e9
-    return {"gflops": out, "n": n, "threads": torch.get_num_threads()}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -102,7 +108,8 @@ def peak(a: dict) -> dict:
 
 def score(a: dict) -> dict:
     """One scoring path on B rows of L tokens: 'naive' (the model's forward with full logits, fp32 log-softmax,
-    gather) or 't3s' (t3s.score.response_logprobs with `t3s score`'s default settings). Random token ids: the
+    gather), 'chunked' (the backbone, then a plain chunked LM head + logsumexp: the issue's reference point) or
+    't3s' (t3s.score.response_logprobs with `t3s score`'s default settings). Random token ids: the
     cost does not depend on the text."""
     import numpy as np
     import torch
@@ -129,17 +136,33 @@ def score(a: dict) -> dict:
         logp = torch.log_softmax(logits.float(), -1)
         return logp[:, P - 1 : -1].gather(-1, x[:, P:, None])[..., 0].numpy()
 
+    @torch.no_grad()
+    def chunked(x: torch.Tensor) -> np.ndarray:
+        # the issue's reference point: the backbone on the whole batch, then a plain chunked LM head + logsumexp
+        head = model.get_output_embeddings()
+        with precision.context():
+            h = model.base_model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).last_hidden_state
+            h, tgt = h[:, P - 1 : -1].reshape(-1, h.shape[-1]), x[:, P:].reshape(-1)
+            lp = torch.empty(len(tgt))
+            for s in range(0, len(tgt), 1024):
+                logits = head(h[s : s + 1024]).float()
+                lp[s : s + 1024] = logits.gather(1, tgt[s : s + 1024, None])[:, 0] - torch.logsumexp(logits, -1)
+        return lp.view(x.shape[0], -1).numpy()
+
     def t3s(exs: list) -> np.ndarray:
         lps = response_logprobs(model, exs, precision, batch_tokens=scfg.batch_tokens, max_batch=scfg.max_batch,
                                 chunk_tokens=scfg.chunk_tokens, progress=False, pad_id=0)
         return np.stack(lps)
 
     def run(full: bool) -> np.ndarray:
-        if a["path"] == "naive":
-            return naive(ids if full else ids[:1, : min(L, 256)])
+        if a["path"] in ("naive", "chunked"):
+            return (naive if a["path"] == "naive" else chunked)(ids if full else ids[:1, : min(L, 256)])
         return t3s(examples if full else [Example("warm", ids[0, : min(L, 256)].tolist(), P)])
 
     run(False)  # warm-up (kernel selection, first touch of the weights) on a short row
+    # this machine's matmul peak, measured by this process just before its timed repetitions: '% of peak' then
+    # compares two measurements taken side by side (a shared host's speed drifts over a 10-minute suite)
+    peak_gflops = matmul_peak(a.get("peak_n", 2048), 5)
     rss_before = _status_mib("VmRSS")
     method = reset_peak_rss()
     times = []
@@ -153,7 +176,7 @@ def score(a: dict) -> dict:
         "path": a["path"], "model": a["model_name"], "batch": B, "length": L, "prompt_len": P,
         "precision": precision.name, "times": times, "seconds": statistics.median(times),
         "tokens_per_s": B * L / statistics.median(times), "peak_rss_mib": peak_mib, "rss_before_mib": rss_before,
-        "rss_method": method, "flops": B * forward_flops(model, L), "attention_flops": B * attention_flops(model, L), "params": sum(p.numel() for p in model.parameters()),
+        "rss_method": method, "peak_gflops": peak_gflops, "flops": B * forward_flops(model, L), "attention_flops": B * attention_flops(model, L), "params": sum(p.numel() for p in model.parameters()),
         "vocab": vocab,
         # the settings `t3s score` resolves on this device (0 = auto in ScoreConfig)
         "chunk_tokens": scfg.chunk_tokens or default_chunk_tokens(vocab, precision.device),
@@ -164,10 +187,13 @@ def score(a: dict) -> dict:
         out["profile"] = _profile(lambda: run(True))
     if a.get("profile") and a["path"] == "naive":
         # the model's backbone alone on the same batch: a floor under any scorer that runs the model's own layers
-        with torch.no_grad(), precision.context():
-            t = time.perf_counter()
-            model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-            out["backbone_s"] = time.perf_counter() - t
+        ts = []
+        for _ in range(a["reps"]):
+            with torch.no_grad(), precision.context():
+                t = time.perf_counter()
+                model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+                ts.append(time.perf_counter() - t)
+        out["backbone_times"], out["backbone_s"] = ts, statistics.median(ts)
     return out
 
 

@@ -11,6 +11,7 @@ vocabulary), so the log-softmax reads them from cache instead of memory.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +92,6 @@ def response_logprobs(
 ) -> list[np.ndarray]:
     """Per example, float32 log-probabilities of its response tokens (in order). `batch_tokens` and
     `chunk_tokens` 0: auto (see default_batch_tokens, default_chunk_tokens)."""
-    from tqdm.auto import tqdm
-
     model.eval()
     if hasattr(model, "get_base_model"):  # a PEFT model (the probe with LoRA): its LoRA layers stay active
         model = model.get_base_model()
@@ -104,6 +103,32 @@ def response_logprobs(
         chunk_tokens = default_chunk_tokens(model.config.get_text_config().vocab_size, device.type)
     if batch_tokens <= 0:
         batch_tokens = default_batch_tokens(device.type)
+    with _no_weight_copies(backbone, keep=head.weight):
+        return _score_batches(backbone, head, transform, examples, precision, device, batch_tokens, max_batch,
+                              chunk_tokens, progress, pad_id)
+
+
+@contextlib.contextmanager
+def _no_weight_copies(backbone: Any, keep: torch.Tensor):
+    """Scoring needs no gradients, and autocast keeps a low-precision copy of every fp32 weight that requires
+    grad until the autocast context exits (for a 135M-parameter model, 0.2 GB on top of the fp32 weights). The
+    backbone uses each weight once per forward, so the copies save nothing there: turn requires_grad off for
+    the duration and restore it after (the probe scores its live training model). The LM head's weight (`keep`)
+    is reused by every chunk, so its cast copy is kept."""
+    frozen = [q for q in backbone.parameters() if q is not keep and q.requires_grad]
+    try:
+        for q in frozen:
+            q.requires_grad_(False)
+        yield
+    finally:
+        for q in frozen:
+            q.requires_grad_(True)
+
+
+def _score_batches(backbone, head, transform, examples, precision, device, batch_tokens, max_batch, chunk_tokens,
+                   progress, pad_id) -> list[np.ndarray]:
+    from tqdm.auto import tqdm
+
     out: list[np.ndarray | None] = [None] * len(examples)
     lengths = [len(e.input_ids) for e in examples]
     bar = tqdm(total=len(examples), unit="row", desc="score", disable=not progress, dynamic_ncols=True)

@@ -22,7 +22,7 @@ def smoke(tmp_path_factory):
 def test_table_has_a_row_per_target_and_the_report_names_the_machine(smoke):
     res, md = smoke
     ids = [r["id"] for r in res["table"]]
-    assert ids == ["1a", "1b", "1c", "2a", "3a", "4a", "4b"]
+    assert ids == ["1a", "1b", "1c", "1d", "1e", "1f", "2a", "3a", "4a", "4b"]
     assert "| # | measurement | measured | target | met |" in md
     for r in res["table"]:
         assert f"| {r['id']} | {r['what']} |" in md
@@ -35,16 +35,19 @@ def test_every_ratio_is_computed_from_the_measurements(smoke):
     res, _ = smoke
     rows = {r["id"]: r for r in res["table"]}
     sc = res["scoring"][0]
-    n, t = sc["naive"], sc["t3s"]
-    for path in (n, t):  # tokens/s and GFLOP/s from the recorded times
+    n, c, t = sc["naive"], sc["chunked"], sc["t3s"]
+    for path in (n, c, t):  # tokens/s and GFLOP/s from the recorded times
         med = statistics.median(path["times"])
         assert len(path["times"]) == res["sizes"]["reps"] and path["peak_rss_mib"] > 0
         assert path["tokens_per_s"] == pytest.approx(sc["batch"] * sc["length"] / med)
         assert path["gflops"] == pytest.approx(path["flops"] / med / 1e9)
     assert rows["1a"]["value"] == pytest.approx(t["peak_rss_mib"] / n["peak_rss_mib"])
     assert rows["1b"]["value"] == pytest.approx(t["tokens_per_s"] / n["tokens_per_s"])
-    assert rows["1c"]["value"] == pytest.approx(t["gflops"] / res["peak"]["gflops"]["bfloat16"])
-    assert sc["max_abs_diff"] < 0.05  # both paths scored the same tokens (bf16 autocast)
+    assert rows["1c"]["value"] == pytest.approx(t["gflops"] / t["peak_gflops"]["bfloat16"])
+    assert rows["1d"]["value"] == pytest.approx(c["tokens_per_s"] / n["tokens_per_s"])
+    assert rows["1e"]["value"] == pytest.approx(c["peak_rss_mib"] / n["peak_rss_mib"])
+    assert rows["1f"]["value"] == pytest.approx(n["seconds"] / statistics.median(n["backbone_times"]))
+    assert sc["max_abs_diff"] < 0.05 and sc["max_abs_diff_chunked"] < 0.05  # the same tokens scored (bf16 autocast)
 
     tr = res["training"][0]
     assert len(tr["run_medians"]["sft"]) == len(tr["run_medians"]["t3s"]) == res["sizes"]["reps"]
