@@ -103,26 +103,29 @@ def response_logprobs(
         chunk_tokens = default_chunk_tokens(model.config.get_text_config().vocab_size, device.type)
     if batch_tokens <= 0:
         batch_tokens = default_batch_tokens(device.type)
-    with _no_weight_copies(backbone, keep=head.weight):
+    with _cast_once(backbone, head.weight):
         return _score_batches(backbone, head, transform, examples, precision, device, batch_tokens, max_batch,
                               chunk_tokens, progress, pad_id)
 
 
 @contextlib.contextmanager
-def _no_weight_copies(backbone: Any, keep: torch.Tensor):
-    """Scoring needs no gradients, and autocast keeps a low-precision copy of every fp32 weight that requires
-    grad until the autocast context exits (for a 135M-parameter model, 0.2 GB on top of the fp32 weights). The
-    backbone uses each weight once per forward, so the copies save nothing there: turn requires_grad off for
-    the duration and restore it after (the probe scores its live training model). The LM head's weight (`keep`)
-    is reused by every chunk, so its cast copy is kept."""
-    frozen = [q for q in backbone.parameters() if q is not keep and q.requires_grad]
+def _cast_once(backbone: Any, head_weight: torch.Tensor):
+    """Autocast keeps a low-precision copy of each fp32 weight that requires grad until its context exits, and
+    recasts the others at every use. Scoring needs no gradients, so choose by use: the backbone uses each weight
+    once per forward, so a copy saves nothing and costs memory (0.2 GB for a 135M-parameter model): its weights
+    stop requiring grad for the duration. The LM head's weight is used by every chunk of a batch, so it is made
+    to require grad (a frozen head, as under LoRA, would be recast per chunk) and is cast once per batch. Every
+    flag is restored after (the probe scores its live training model)."""
+    flips = [q for q in backbone.parameters() if q is not head_weight and q.requires_grad]
+    if not head_weight.requires_grad:
+        flips.append(head_weight)
     try:
-        for q in frozen:
-            q.requires_grad_(False)
+        for q in flips:
+            q.requires_grad_(not q.requires_grad)
         yield
     finally:
-        for q in frozen:
-            q.requires_grad_(True)
+        for q in flips:
+            q.requires_grad_(not q.requires_grad)
 
 
 def _score_batches(backbone, head, transform, examples, precision, device, batch_tokens, max_batch, chunk_tokens,

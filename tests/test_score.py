@@ -108,23 +108,31 @@ def test_auto_sizes_on_cpu_and_gpu():
     assert default_batch_tokens("cpu") == 2048 and default_batch_tokens("cuda") == 16384
 
 
-def test_scoring_keeps_no_autocast_copies_of_backbone_weights(tiny, examples):
-    """Autocast caches a bf16 copy of each fp32 weight that requires grad: during scoring the backbone's weights
-    must not require grad (the head's may: its copy is reused by every chunk), and every flag comes back after."""
+def test_scoring_casts_the_head_once_and_keeps_no_copies_of_backbone_weights(tiny, examples):
+    """Autocast caches a bf16 copy of each fp32 weight that requires grad and recasts the others at each use:
+    during scoring the backbone's weights must not require grad and the head's must (its copy serves every
+    chunk), frozen or not beforehand; every flag comes back after, and the scores are unchanged."""
     bf16 = resolve_precision("bfloat16", "cpu")
     model = load_causal_lm(tiny / "model", bf16)
-    head = model.get_output_embeddings().weight
-    frozen = next(q for q in model.base_model.parameters() if q is not head)
+    head = model.get_output_embeddings()
+    frozen = next(q for q in model.base_model.parameters() if q is not head.weight)
     frozen.requires_grad_(False)  # a frozen weight (as under LoRA) stays frozen afterwards
-    before = {n: q.requires_grad for n, q in model.named_parameters()}
-    seen = []
-    hook = model.base_model.register_forward_pre_hook(lambda mod, args: seen.append(
-        [q.requires_grad for q in mod.parameters() if q is not head]))
-    got = response_logprobs(model, examples, bf16, progress=False)
-    hook.remove()
-    assert seen and not any(any(flags) for flags in seen)
-    assert {n: q.requires_grad for n, q in model.named_parameters()} == before
-    model.requires_grad_(False)  # the same scores with every weight frozen by hand
-    want = response_logprobs(model, examples, bf16, progress=False)
-    for x, y in zip(got, want):
-        np.testing.assert_array_equal(x, y)
+    for head_frozen in (False, True):
+        head.weight.requires_grad_(not head_frozen)
+        before = {n: q.requires_grad for n, q in model.named_parameters()}
+        seen, seen_head = [], []
+        hooks = [model.base_model.register_forward_pre_hook(lambda mod, args: seen.append(
+                     [q.requires_grad for q in mod.parameters() if q is not head.weight])),
+                 head.register_forward_pre_hook(lambda mod, args: seen_head.append(mod.weight.requires_grad))]
+        got = response_logprobs(model, examples, bf16, chunk_tokens=8, progress=False)
+        for h in hooks:
+            h.remove()
+        assert seen and not any(any(flags) for flags in seen)
+        assert seen_head and all(seen_head)
+        assert {n: q.requires_grad for n, q in model.named_parameters()} == before
+        model.requires_grad_(False)  # the same scores with every weight frozen by hand
+        want = response_logprobs(model, examples, bf16, chunk_tokens=8, progress=False)
+        for x, y in zip(got, want):
+            np.testing.assert_array_equal(x, y)
+        for n, q in model.named_parameters():
+            q.requires_grad_(before[n])
