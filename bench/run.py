@@ -646,6 +646,9 @@ def run_suite(sizes: Sizes, work: Path, *, smoke: bool, only: set[str] | None = 
     return results
 
 
+PARTS = {"scoring", "training", "generation", "pipeline"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds); nothing is written unless --out")
@@ -658,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE if args.smoke else FULL
     work = Path(args.work) if args.work else REPO / "runs" / ("bench-smoke" if args.smoke else "bench")
     only = set(args.only.split(",")) if args.only else None
+    if only and not only <= PARTS:
+        ap.error(f"--only: unknown part(s) {', '.join(sorted(only - PARTS))}; choose from {', '.join(sorted(PARTS))}")
     try:
         results = run_suite(sizes, work, smoke=args.smoke, only=only, verbose=not args.quiet)
     except BenchError as e:

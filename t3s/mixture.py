@@ -6,13 +6,14 @@ on that teacher alone) under `teachers/NAME/`. The mixture then trains, for ever
 the per-teacher sets with each teacher's own selection applied (ids become `NAME/id`; the Trainer's seeded sampler
 shuffles the union), for `train.max_steps × mixture_budget` steps (default: × the number of teachers, the paper's
 budget). `sft` on the union is the plain mixture. The summary table shows the base model, every teacher alone
-and every mixture.
+and every mixture. The base model is evaluated once (the first teacher's run) and shared with the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,29 @@ def union_selection(selections: dict[str, str], data_path: str, mode: str, out: 
     return {"stats": stats}
 
 
+def share_base_eval(src: Path, dst: Path) -> bool:
+    """Every teacher run evaluates the same base model on the same prompts: give a later run the first run's
+    evaluation (just run or validated) and its stage record, unless it already has the same one. The record
+    carries the fingerprint of the stage's inputs, so a run whose inputs differ still redoes it."""
+    rec, dst_rec = src / "stages" / "eval-base.json", dst / "stages" / "eval-base.json"
+    if not rec.exists() or not (src / "eval-base").exists():
+        return False
+    if dst_rec.exists() and (dst / "eval-base").exists() and (
+            json.loads(dst_rec.read_text())["fingerprint"] == json.loads(rec.read_text())["fingerprint"]):
+        return False
+    dst_rec.unlink(missing_ok=True)  # from here until the copy is in place, the stage counts as not done
+    tmp = dst / ".eval-base.tmp"
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(dst / "eval-base", ignore_errors=True)  # a base evaluation without a record is unfinished
+    shutil.copytree(src / "eval-base", tmp)
+    tmp.rename(dst / "eval-base")
+    dst_rec.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(rec, dst / "stages" / ".eval-base.json.tmp")
+    (dst / "stages" / ".eval-base.json.tmp").replace(dst_rec)
+    return True
+
+
 def run_mixture(cfg: Any, out: str | Path, force: tuple[str, ...], progress: bool) -> tuple[dict, int]:
     from t3s.models import model_fingerprint
     from t3s.pipeline import MASKED_MODES, Pipeline, _clean_stale, _data_fp, _evaluator, _ms, _pct, _slim, run
@@ -92,6 +116,9 @@ def run_mixture(cfg: Any, out: str | Path, force: tuple[str, ...], progress: boo
     for name in names:
         sub = dataclasses.replace(cfg, teachers={}, train_data=cfg.teachers[name])
         p.log(f"teacher {name}: run in {out / 'teachers' / name}")
+        if name != names[0] and "eval" not in force and share_base_eval(out / "teachers" / names[0],
+                                                                       out / "teachers" / name):
+            p.log(f"teacher {name}: the base model's evaluation is shared from teacher {names[0]}")
         summary, code = run(sub, out / "teachers" / name, force=force, progress=progress)
         if code != 0:
             summary = {**summary, "stopped": f"teacher {name}: {summary['stopped']}"}

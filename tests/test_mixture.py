@@ -65,6 +65,11 @@ def test_two_teacher_mixture_end_to_end(tiny, tmp_path):
         assert tr["global_step"] == 6  # the budget: 3 steps × 2 teachers
         ev = json.loads((out / "mixture" / "seed-0" / "eval" / mode / "metrics.json").read_text())["metrics"]
         assert by[label]["accuracy"] == ev["accuracy"]
+    # the base model is evaluated once: the second teacher's run reuses the first's evaluation
+    recs = [json.loads((out / "teachers" / n / "stages" / "eval-base.json").read_text()) for n in ("steps", "terse")]
+    assert recs[0]["produced"] == recs[1]["produced"]
+    assert "teacher terse: the base model's evaluation is shared" in (out / "run.log").read_text()
+    assert "eval-base: running" not in (out / "teachers" / "terse" / "run.log").read_text()
     # the t3s mixture trains on exactly the union of the teachers' kept tokens
     kept = sum(json.loads((out / "teachers" / n / "seed-0" / "selections" / "t3s" / "selection.json").read_text())
                ["stats"]["kept_tokens"] for n in ("steps", "terse"))
