@@ -444,7 +444,7 @@ def report(results: dict, rows: list[dict]) -> str:
           f"PEFT {v['peft']}.  ",
           f"**Measured matmul peak** ({pk['n']}x{pk['n']}, {pk['threads']} threads, median) at the start of the "
           f"run: bf16 {pk['gflops']['bfloat16']:.0f} GFLOP/s, fp32 {pk['gflops']['float32']:.0f} GFLOP/s (each "
-          "scoring process measures it again just before its own timed runs; section 1).", ""]
+          "scoring process measures it again around its own timed runs; section 1).", ""]
     if results.get("smoke"):
         L += ["**Smoke run** (tiny sizes): the figures only show that the suite works.", ""]
     L += ["Every figure is a ratio of two measurements taken side by side in this run, each the median of "
@@ -465,8 +465,8 @@ def report(results: dict, rows: list[dict]) -> str:
           "is the process's high-water mark after loading the model (weights and runtime included). GFLOP/s "
           "counts the useful work of one forward pass: 2 × matmul weights per token plus causal attention "
           "(QK^T and AV over the t keys token t attends to), the same count for every path. *% of peak* divides "
-          "it by the matmul peak of the dtype measured by the same process just before its timed repetitions "
-          "(in parentheses, GFLOP/s).", "",
+          "it by the matmul peak of the dtype measured by the same process before, between and after its timed "
+          "repetitions (median; in parentheses, GFLOP/s).", "",
           "| model | rows × tokens | path | tokens/s | peak RSS MiB | GFLOP/s | % of peak | vs naive: speed, memory | max abs diff to naive |",
           "|---|---|---|---|---|---|---|---|---|"]
     for r in results["scoring"]:

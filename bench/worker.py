@@ -160,23 +160,25 @@ def score(a: dict) -> dict:
         return t3s(examples if full else [Example("warm", ids[0, : min(L, 256)].tolist(), P)])
 
     run(False)  # warm-up (kernel selection, first touch of the weights) on a short row
-    # this machine's matmul peak, measured by this process just before its timed repetitions: '% of peak' then
-    # compares two measurements taken side by side (a shared host's speed drifts over a 10-minute suite)
-    peak_gflops = matmul_peak(a.get("peak_n", 2048), 5)
     rss_before = _status_mib("VmRSS")
     method = reset_peak_rss()
-    times = []
+    # this machine's matmul peak, measured by this process before, between and after its timed repetitions:
+    # '% of peak' then compares measurements taken side by side (a shared host's speed drifts within minutes)
+    peaks, times = [], []
     for _ in range(a["reps"]):
+        peaks.append(matmul_peak(a.get("peak_n", 2048), 3))
         t = time.perf_counter()
         result = run(True)
         times.append(time.perf_counter() - t)
+    peaks.append(matmul_peak(a.get("peak_n", 2048), 3))
+    peak_gflops = {k: statistics.median(p[k] for p in peaks) for k in peaks[0]}
     peak_mib = peak_rss_mib()
     np.save(a["scores_out"], result.astype(np.float32))
     out = {
         "path": a["path"], "model": a["model_name"], "batch": B, "length": L, "prompt_len": P,
         "precision": precision.name, "times": times, "seconds": statistics.median(times),
         "tokens_per_s": B * L / statistics.median(times), "peak_rss_mib": peak_mib, "rss_before_mib": rss_before,
-        "rss_method": method, "peak_gflops": peak_gflops, "flops": B * forward_flops(model, L), "attention_flops": B * attention_flops(model, L), "params": sum(p.numel() for p in model.parameters()),
+        "rss_method": method, "peak_gflops": peak_gflops, "peak_samples": peaks, "flops": B * forward_flops(model, L), "attention_flops": B * attention_flops(model, L), "params": sum(p.numel() for p in model.parameters()),
         "vocab": vocab,
         # the settings `t3s score` resolves on this device (0 = auto in ScoreConfig)
         "chunk_tokens": scfg.chunk_tokens or default_chunk_tokens(vocab, precision.device),

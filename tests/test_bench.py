@@ -43,6 +43,8 @@ def test_every_ratio_is_computed_from_the_measurements(smoke):
         assert path["gflops"] == pytest.approx(path["flops"] / med / 1e9)
     assert rows["1a"]["value"] == pytest.approx(t["peak_rss_mib"] / n["peak_rss_mib"])
     assert rows["1b"]["value"] == pytest.approx(t["tokens_per_s"] / n["tokens_per_s"])
+    assert len(t["peak_samples"]) == res["sizes"]["reps"] + 1  # the peak, around every timed repetition
+    assert t["peak_gflops"]["bfloat16"] == pytest.approx(statistics.median(x["bfloat16"] for x in t["peak_samples"]))
     assert rows["1c"]["value"] == pytest.approx(t["gflops"] / t["peak_gflops"]["bfloat16"])
     assert rows["1d"]["value"] == pytest.approx(c["tokens_per_s"] / n["tokens_per_s"])
     assert rows["1e"]["value"] == pytest.approx(c["peak_rss_mib"] / n["peak_rss_mib"])
