@@ -63,7 +63,8 @@ FULL = Sizes(
     reps=3, peak_n=2048,
     score=[("smollm2", 512), ("smollm2", 2048), ("tiny", 512), ("tiny", 2048)], score_batch=4, prompt_len=64,
     train=[{"model": "smollm2", "rows": 16, "batch": 4, "steps": 4, "warmup": 1},
-           {"model": "tiny", "rows": 64, "batch": 8, "steps": 30, "warmup": 5}],
+           # a tiny step takes ~40 ms, so run-to-run noise is a few %: more runs per mode
+           {"model": "tiny", "rows": 64, "batch": 8, "steps": 40, "warmup": 5, "reps": 7}],
     # float32 carries the target: under bf16 autocast (t3s eval's default on CPU) a batch's rounding differs from
     # a single row's, so a rare greedy token differs; that case is measured too, for its speed
     gen=[{"model": "smollm2", "prompts": 16, "batch": 16, "max_new_tokens": 24, "dtype": "float32", "target": True},
@@ -181,9 +182,10 @@ def bench_scoring(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> list
 def bench_training(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> list[dict]:
     out = []
     for t in sizes.train:
-        runner.say(f"masked training: {t['model']}, batch {t['batch']}, {t['steps']} steps x {2 * sizes.reps} runs")
+        reps = t.get("reps", sizes.reps)
+        runner.say(f"masked training: {t['model']}, batch {t['batch']}, {t['steps']} steps x {2 * reps} runs")
         out.append(runner.call("train", {**t, "model": str(models[t["model"]]), "model_name": t["model"],
-                                         "reps": sizes.reps, "dtype": "auto",
+                                         "reps": reps, "dtype": "auto",
                                          "work": str(runner.work / f"train-{t['model']}")}))
     return out
 
@@ -448,7 +450,8 @@ def report(results: dict, rows: list[dict]) -> str:
     if results.get("smoke"):
         L += ["**Smoke run** (tiny sizes): the figures only show that the suite works.", ""]
     L += ["Every figure is a ratio of two measurements taken side by side in this run, each the median of "
-          f"{results['sizes']['reps']} repetitions (after a warm-up).", "", table(rows), ""]
+          f"{results['sizes']['reps']} repetitions (after a warm-up; the tiny model's training steps, which take "
+          "milliseconds, more: see section 2).", "", table(rows), ""]
 
     # 1. scoring
     L += ["## 1. Scoring: `t3s score` vs the naive path", "",
@@ -487,7 +490,8 @@ def report(results: dict, rows: list[dict]) -> str:
           "The t3s trainer (`t3s.train.make_trainer`, TRL's SFTTrainer) on the same rows (teacher-style arithmetic "
           "traces), batch and steps, once with a real T3S selection (Δc between θ_0 and the model after the "
           "first SFT run) and once with none. Step time = interval between consecutive optimizer steps (data, "
-          "forward, loss, backward, optimizer, logging) after the warm-up steps; runs alternate T3S/SFT order.", "",
+          "forward, loss, backward, optimizer, logging) after the warm-up steps; runs alternate T3S/SFT order; the "
+          "ratio is the median of the per-run medians of each mode.", "",
           "| model | batch | mean row tokens | dropped tokens | SFT s/step | T3S s/step | per-run medians SFT / T3S | ratio |",
           "|---|---|---|---|---|---|---|---|"]
     for t in results["training"]:

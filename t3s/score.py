@@ -117,8 +117,8 @@ def _cast_once(backbone: Any, head_weight: torch.Tensor):
     to require grad (a frozen head, as under LoRA, would be recast per chunk) and is cast once per batch. Every
     flag is restored after (the probe scores its live training model)."""
     flips = [q for q in backbone.parameters() if q is not head_weight and q.requires_grad]
-    if not head_weight.requires_grad:
-        flips.append(head_weight)
+    if not head_weight.requires_grad and head_weight.is_leaf and head_weight.is_floating_point():
+        flips.append(head_weight)  # (a quantized head's integer weight cannot require grad: left as it is)
     try:
         for q in flips:
             q.requires_grad_(not q.requires_grad)

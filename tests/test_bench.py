@@ -52,7 +52,7 @@ def test_every_ratio_is_computed_from_the_measurements(smoke):
     assert sc["max_abs_diff"] < 0.05 and sc["max_abs_diff_chunked"] < 0.05  # the same tokens scored (bf16 autocast)
 
     tr = res["training"][0]
-    assert len(tr["run_medians"]["sft"]) == len(tr["run_medians"]["t3s"]) == res["sizes"]["reps"]
+    assert len(tr["run_medians"]["sft"]) == len(tr["run_medians"]["t3s"]) == res["sizes"]["train"][0].get("reps", res["sizes"]["reps"])
     assert 0 < tr["dropped_fraction"] < 1  # a real selection dropped some tokens, not all
     assert rows["2a"]["value"] == pytest.approx(
         statistics.median(tr["run_medians"]["t3s"]) / statistics.median(tr["run_medians"]["sft"]))
