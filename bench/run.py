@@ -62,7 +62,7 @@ class Sizes:
 FULL = Sizes(
     reps=3, peak_n=2048,
     score=[("smollm2", 512), ("smollm2", 2048), ("tiny", 512), ("tiny", 2048)], score_batch=4, prompt_len=64,
-    train=[{"model": "smollm2", "rows": 16, "batch": 4, "steps": 4, "warmup": 1},
+    train=[{"model": "smollm2", "rows": 16, "batch": 4, "steps": 6, "warmup": 1},
            # a tiny step takes ~40 ms, so run-to-run noise is a few %: more runs per mode
            {"model": "tiny", "rows": 64, "batch": 8, "steps": 40, "warmup": 5, "reps": 7}],
     # float32 carries the target: under bf16 autocast (t3s eval's default on CPU) a batch's rounding differs from

@@ -86,11 +86,12 @@ def peak(a: dict) -> dict:
     return {"gflops": matmul_peak(a["n"], a["reps"]), "n": a["n"], "threads": torch.get_num_threads()}
 
 
-def matmul_peak(n: int, reps: int) -> dict[str, float]:
+def matmul_peak(n: int, reps: int, dtypes: tuple[str, ...] = ("bfloat16", "float32")) -> dict[str, float]:
     import torch
 
     out = {}
-    for name, dt in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+    for name in dtypes:
+        dt = getattr(torch, name)
         x, y = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
         for _ in range(2):
             x @ y
@@ -164,13 +165,14 @@ def score(a: dict) -> dict:
     method = reset_peak_rss()
     # this machine's matmul peak, measured by this process before, between and after its timed repetitions:
     # '% of peak' then compares measurements taken side by side (a shared host's speed drifts within minutes)
+    used = (str(precision.autocast or precision.weights).removeprefix("torch."),)  # the dtype the matmuls run in
     peaks, times = [], []
     for _ in range(a["reps"]):
-        peaks.append(matmul_peak(a.get("peak_n", 2048), 3))
+        peaks.append(matmul_peak(a.get("peak_n", 2048), 3, used))
         t = time.perf_counter()
         result = run(True)
         times.append(time.perf_counter() - t)
-    peaks.append(matmul_peak(a.get("peak_n", 2048), 3))
+    peaks.append(matmul_peak(a.get("peak_n", 2048), 3, used))
     peak_gflops = {k: statistics.median(p[k] for p in peaks) for k in peaks[0]}
     peak_mib = peak_rss_mib()
     np.save(a["scores_out"], result.astype(np.float32))
