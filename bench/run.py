@@ -494,9 +494,11 @@ def report(results: dict, rows: list[dict]) -> str:
     L += ["## 2. Masked training: T3S selection vs SFT", "",
           "The t3s trainer (`t3s.train.make_trainer`, TRL's SFTTrainer) on the same rows (teacher-style arithmetic "
           "traces), batch and steps, once with a real T3S selection (Δc between θ_0 and the model after the "
-          "first SFT run) and once with none. Step time = interval between consecutive optimizer steps (data, "
-          "forward, loss, backward, optimizer, logging) after the warm-up steps; runs alternate T3S/SFT order; the "
-          "ratio is the median of the per-run medians of each mode.", "",
+          "first SFT run) and once with none. The two runs of a repetition train side by side, one optimizer "
+          "step each in turn (two threads passing a baton, one computing at a time; which starts alternates), so "
+          "the machine's speed drifting over seconds falls on both alike. Step time = from taking the baton to "
+          "the end of the step (data, forward, loss, backward, optimizer, the previous step's logging), after "
+          "the warm-up steps; the ratio is the median of the per-run medians of each mode.", "",
           "| model | batch | mean row tokens | dropped tokens | SFT s/step | T3S s/step | per-run medians SFT / T3S | ratio |",
           "|---|---|---|---|---|---|---|---|"]
     for t in results["training"]:

@@ -227,6 +227,54 @@ def _profile(fn) -> dict:
 # ----------------------------------------------------------------------------------------------- training
 
 
+def interleaved(trainers: dict, order: tuple[str, str]) -> dict[str, list[float]]:
+    """Train two Trainers (built beforehand, in this thread) in two threads that take turns step by step;
+    returns each run's step times."""
+    import threading
+
+    from transformers import TrainerCallback
+
+    baton = {k: threading.Semaphore(1 if k == order[0] else 0) for k in order}
+    done = {k: False for k in order}
+    times: dict[str, list[float]] = {k: [] for k in order}
+    errors: list[BaseException] = []
+
+    class Baton(TrainerCallback):
+        def __init__(self, me: str, other: str):
+            self.me, self.other, self.t = me, other, 0.0
+
+        def on_train_begin(self, args, state, control, **kw):
+            baton[self.me].acquire()
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times[self.me].append(time.perf_counter() - self.t)
+            if not done[self.other]:  # hand over, and wait for the other run's step
+                baton[self.other].release()
+                baton[self.me].acquire()
+            self.t = time.perf_counter()
+
+    def go(me: str, other: str) -> None:
+        try:
+            trainers[me].train()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+        finally:  # never leave the other run waiting for a baton this one will not pass again
+            done[me] = True
+            baton[other].release()
+
+    for me, other in (order, order[::-1]):
+        trainers[me].add_callback(Baton(me, other))
+    threads = [threading.Thread(target=go, args=(me, other)) for me, other in (order, order[::-1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return times
+
+
 def _bench_rows(n: int, seed: int = 0) -> list[dict]:
     """Teacher-style arithmetic traces (the CPU testbed's style T): realistic lengths, gold answers."""
     import random
@@ -256,7 +304,6 @@ def train(a: dict) -> dict:
 
     import datasets
     import torch
-    from transformers import TrainerCallback
 
     from t3s.config import load_config
     from t3s.models import load_causal_lm, resolve_precision, training_precision
@@ -274,24 +321,9 @@ def train(a: dict) -> dict:
     precision = resolve_precision(tcfg.dtype)
     sft = prepare(a["model"], str(data_path), tcfg, cfg.render)
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.ends: list[float] = []
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.ends.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kw):
-            self.ends.append(time.perf_counter())
-
-    def run(data) -> tuple[list[float], Any]:
+    def trainer_for(data, name: str = "trainer"):
         model = load_causal_lm(a["model"], training_precision(precision))
-        timer = StepTimer()
-        trainer = make_trainer(model, data, tcfg, work / "trainer", progress=False, callbacks=[timer])
-        trainer.train()
-        # step-to-step intervals (data, forward, loss, backward, optimizer, logging), after the warm-up steps
-        steps = [b - e for e, b in zip(timer.ends, timer.ends[1:])][a["warmup"]:]
-        return steps, trainer.model
+        return make_trainer(model, data, tcfg, work / name, progress=False)
 
     def scores(model) -> ScoreSet:
         lps = response_logprobs(model, sft.examples, precision, progress=False, pad_id=sft.tokenizer.pad_token_id)
@@ -299,26 +331,27 @@ def train(a: dict) -> dict:
                         ids=[e.id for e in sft.examples], prompt_lens=[e.prompt_len for e in sft.examples],
                         response_ids=[torch.tensor(e.response_ids).numpy() for e in sft.examples], logprobs=lps)
 
-    first, moved = run(sft)
+    first = trainer_for(sft)  # the SFT run whose end point gives the selection
+    first.train()
+    moved = first.model
     init = scores(load_causal_lm(a["model"], precision))
     sel = select(init, scores(moved), "t3s")
-    del moved
+    del moved, first
     labels = apply_selection(sft.examples, sel)
     t3s = dataclasses.replace(sft, selection=sel, dataset=datasets.Dataset.from_dict(
         {"input_ids": [e.input_ids for e in sft.examples], "labels": labels}))
+    # The two runs train side by side, one optimizer step each in turn (two threads passing a baton; only one
+    # computes at a time), so the machine's speed drifting over seconds falls on both alike. Each repetition is
+    # one such pair of runs; a step's time runs from getting the baton to the end of the step.
+    runs: dict[str, list[float]] = {"sft": [], "t3s": []}
     per_step: dict[str, list[float]] = {"sft": [], "t3s": []}
-    runs: dict[str, list[float]] = {"sft": [statistics.median(first)], "t3s": []}
-    per_step["sft"] += first
-    # alternate the order (T S, S T, ...) so drift in the machine's speed falls on both modes alike
-    order = [("t3s", "sft") if r % 2 == 0 else ("sft", "t3s") for r in range(a["reps"])]
-    for pair_ in order:
-        for mode in pair_:
-            if mode == "sft" and len(runs["sft"]) > len(runs["t3s"]):
-                continue  # the first SFT run already counts for this repetition
-            steps, model = run(t3s if mode == "t3s" else sft)
-            del model
-            per_step[mode] += steps
-            runs[mode].append(statistics.median(steps))
+    for r in range(a["reps"]):
+        order = ("sft", "t3s") if r % 2 == 0 else ("t3s", "sft")
+        steps = interleaved({m: trainer_for(d, f"trainer-{m}") for m, d in (("sft", sft), ("t3s", t3s))}, order)
+        for mode in ("sft", "t3s"):
+            kept = steps[mode][a["warmup"]:]
+            per_step[mode] += kept
+            runs[mode].append(statistics.median(kept))
     tokens = sum(len(e.input_ids) for e in sft.examples) / len(sft.examples)
     return {
         "model": a["model_name"], "batch": a["batch"], "steps": a["steps"], "warmup": a["warmup"],
