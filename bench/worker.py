@@ -237,6 +237,7 @@ def interleaved(trainers: dict, order: tuple[str, str]) -> dict[str, list[float]
     baton = {k: threading.Semaphore(1 if k == order[0] else 0) for k in order}
     done = {k: False for k in order}
     times: dict[str, list[float]] = {k: [] for k in order}
+    sequence: list[str] = []  # which run ended each step, in order (the test checks they alternate)
     errors: list[BaseException] = []
 
     class Baton(TrainerCallback):
@@ -249,6 +250,7 @@ def interleaved(trainers: dict, order: tuple[str, str]) -> dict[str, list[float]
 
         def on_step_end(self, args, state, control, **kw):
             times[self.me].append(time.perf_counter() - self.t)
+            sequence.append(self.me)
             if not done[self.other]:  # hand over, and wait for the other run's step
                 baton[self.other].release()
                 baton[self.me].acquire()
@@ -272,7 +274,7 @@ def interleaved(trainers: dict, order: tuple[str, str]) -> dict[str, list[float]
         t.join()
     if errors:
         raise errors[0]
-    return times
+    return {**times, "sequence": sequence}
 
 
 def _bench_rows(n: int, seed: int = 0) -> list[dict]:
@@ -344,10 +346,12 @@ def train(a: dict) -> dict:
     # computes at a time), so the machine's speed drifting over seconds falls on both alike. Each repetition is
     # one such pair of runs; a step's time runs from getting the baton to the end of the step.
     runs: dict[str, list[float]] = {"sft": [], "t3s": []}
+    sequences: list[list[str]] = []
     per_step: dict[str, list[float]] = {"sft": [], "t3s": []}
     for r in range(a["reps"]):
         order = ("sft", "t3s") if r % 2 == 0 else ("t3s", "sft")
         steps = interleaved({m: trainer_for(d, f"trainer-{m}") for m, d in (("sft", sft), ("t3s", t3s))}, order)
+        sequences.append(steps["sequence"])
         for mode in ("sft", "t3s"):
             kept = steps[mode][a["warmup"]:]
             per_step[mode] += kept
@@ -357,7 +361,7 @@ def train(a: dict) -> dict:
         "model": a["model_name"], "batch": a["batch"], "steps": a["steps"], "warmup": a["warmup"],
         "mean_row_tokens": tokens, "precision": precision.name,
         "dropped_fraction": sel.meta["stats"]["dropped_fraction"],
-        "run_medians": runs, "step_median": {k: statistics.median(v) for k, v in per_step.items()},
+        "run_medians": runs, "step_sequences": sequences, "step_median": {k: statistics.median(v) for k, v in per_step.items()},
         "ratio": statistics.median(runs["t3s"]) / statistics.median(runs["sft"]),
     }
 

@@ -54,6 +54,9 @@ def test_every_ratio_is_computed_from_the_measurements(smoke):
     tr = res["training"][0]
     assert len(tr["run_medians"]["sft"]) == len(tr["run_medians"]["t3s"]) == res["sizes"]["train"][0].get("reps", res["sizes"]["reps"])
     assert 0 < tr["dropped_fraction"] < 1  # a real selection dropped some tokens, not all
+    for r, seq in enumerate(tr["step_sequences"]):  # the two runs took their steps in turn, starting alternately
+        first = ("sft", "t3s")[r % 2]
+        assert seq == [first, ("t3s" if first == "sft" else "sft")] * res["sizes"]["train"][0]["steps"]
     assert rows["2a"]["value"] == pytest.approx(
         statistics.median(tr["run_medians"]["t3s"]) / statistics.median(tr["run_medians"]["sft"]))
 
