@@ -1,7 +1,7 @@
 """`make bench`: what T3S costs over plain SFT, and how fast t3s's hot paths are. Prints one table and rewrites
 BENCHMARKS.md (atomically) with the machine, the versions and the date.
 
-    python -m bench.run            # the full suite (about 10 minutes on 2 CPU cores; `make bench`)
+    python -m bench.run            # the full suite (about 17 minutes on 2 CPU cores from a fresh clone; `make bench`)
     python -m bench.run --smoke    # tiny sizes, seconds (tests/test_bench.py); writes nothing unless --out
 
 Every figure is a ratio of two measurements taken side by side in this run (alternating where the order could
