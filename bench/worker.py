@@ -109,7 +109,7 @@ def matmul_peak(n: int, reps: int, dtypes: tuple[str, ...] = ("bfloat16", "float
 
 def score(a: dict) -> dict:
     """One scoring path on B rows of L tokens: 'naive' (the model's forward with full logits, fp32 log-softmax,
-    gather), 'chunked' (the backbone, then a plain chunked LM head + logsumexp: the issue's reference point) or
+    gather), 'chunked' (the backbone, then a plain chunked LM head + logsumexp: the targets' reference point) or
     't3s' (t3s.score.response_logprobs with `t3s score`'s default settings). Random token ids: the
     cost does not depend on the text."""
     import numpy as np
@@ -139,7 +139,7 @@ def score(a: dict) -> dict:
 
     @torch.no_grad()
     def chunked(x: torch.Tensor) -> np.ndarray:
-        # the issue's reference point: the backbone on the whole batch, then a plain chunked LM head + logsumexp
+        # the targets' reference point: the backbone on the whole batch, then a plain chunked LM head + logsumexp
         head = model.get_output_embeddings()
         with precision.context():
             h = model.base_model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).last_hidden_state

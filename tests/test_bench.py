@@ -92,3 +92,11 @@ def test_met_follows_the_measurements_not_the_other_way_round(smoke):
     assert rows["1a"]["met"] is False and rows["1b"]["met"] is False and rows["4b"]["met"] is False
     assert rows["3a"]["value"] == pytest.approx(5.0) and rows["3a"]["met"] is False
     assert "**no**" in bench.table(list(rows.values()))
+
+
+def test_render_rewrites_the_same_report_from_recorded_results(smoke, tmp_path):
+    res, md = smoke
+    raw, out = tmp_path / "results.json", tmp_path / "again.md"
+    raw.write_text(json.dumps(res))
+    assert bench.main(["--render", str(raw), "--out", str(out)]) == 0
+    assert out.read_text() == md
