@@ -22,6 +22,19 @@ def tok(tiny):
     return load_tokenizer(tiny / "model")
 
 
+@pytest.fixture(scope="session")
+def trained(tiny, tmp_path_factory):
+    """The tiny model after a little SFT (test_evaluate, test_vllm_backend): its greedy choices are not
+    near-ties, and it ends its answers with EOS."""
+    from t3s.config import load_config
+    from t3s.train import train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cfg = load_config(None, ["max_steps=30", "learning_rate=3e-3", "dtype=float32"])
+    train(str(tiny / "model"), str(tiny / "train.jsonl"), out, cfg.train, cfg.render, progress=False)
+    return out / "model"
+
+
 def write_jsonl(path, rows):
     with open(path, "w") as fh:
         for r in rows:

@@ -75,18 +75,6 @@ def test_metrics_avg_and_pass_at_k():
     assert (m["mean_tokens"], m["median_tokens"], m["no_answer_rate"], m["truncated_rate"]) == (25, 25, 0.25, 0.25)
 
 
-@pytest.fixture(scope="module")
-def trained(tiny, tmp_path_factory):
-    """The tiny model after a little SFT, so that its greedy choices are not near-ties."""
-    from t3s.config import load_config
-    from t3s.train import train
-
-    out = tmp_path_factory.mktemp("trained") / "run"
-    cfg = load_config(None, ["max_steps=30", "learning_rate=3e-3", "dtype=float32"])
-    train(str(tiny / "model"), str(tiny / "train.jsonl"), out, cfg.train, cfg.render, progress=False)
-    return out / "model"
-
-
 def test_batched_greedy_equals_one_prompt_at_a_time(tiny, tok, trained):
     rows = load_rows(tiny / "train.jsonl")[:6]
     rows[1].prompt = "Please tell me: " + rows[1].prompt  # prompts of different lengths: real left padding

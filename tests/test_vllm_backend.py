@@ -97,18 +97,6 @@ def fake_vllm():
     return types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
 
 
-@pytest.fixture(scope="module")
-def trained(tiny, tmp_path_factory):
-    """The tiny model after a little SFT, so that it ends its answers with EOS."""
-    from t3s.config import load_config
-    from t3s.train import train
-
-    out = tmp_path_factory.mktemp("trained") / "run"
-    cfg = load_config(None, ["max_steps=30", "learning_rate=3e-3", "dtype=float32"])
-    train(str(tiny / "model"), str(tiny / "train.jsonl"), out, cfg.train, cfg.render, progress=False)
-    return out / "model"
-
-
 def test_eval_through_the_vllm_glue_writes_what_hf_writes(tiny, trained, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm())
     data = write_jsonl(tmp_path / "eight.jsonl", [json.loads(r) for r in open(tiny / "train.jsonl")][:8])
