@@ -308,10 +308,10 @@ def train(a: dict) -> dict:
     import torch
 
     from t3s.config import load_config
-    from t3s.models import load_causal_lm, resolve_precision, training_precision
+    from t3s.models import load_causal_lm
     from t3s.score import ScoreSet, response_logprobs
     from t3s.select import select
-    from t3s.train import apply_selection, make_trainer, prepare
+    from t3s.train import apply_selection, make_trainer, plan_for, prepare
 
     _threads(a["threads"])
     work = Path(a["work"])
@@ -320,11 +320,11 @@ def train(a: dict) -> dict:
     cfg = load_config(None, [f"max_steps={a['steps']}", f"per_device_train_batch_size={a['batch']}",
                              f"dtype={a['dtype']}", "learning_rate=1e-5", "logging_steps=1"])
     tcfg = cfg.train
-    precision = resolve_precision(tcfg.dtype)
+    precision = plan_for(tcfg).inference()
     sft = prepare(a["model"], str(data_path), tcfg, cfg.render)
 
     def trainer_for(data, name: str = "trainer"):
-        model = load_causal_lm(a["model"], training_precision(precision))
+        model = load_causal_lm(a["model"], precision)
         return make_trainer(model, data, tcfg, work / name, progress=False)
 
     def scores(model) -> ScoreSet:
@@ -528,9 +528,79 @@ def _sft_baseline(cfg_path: Path, out: Path) -> None:
     (out / "timing.json").write_text(json.dumps(timing))
 
 
+# ----------------------------------------------------------------------------------------------- anchor flips
+
+
+def flips(a: dict) -> dict:
+    """How often the scoring precision decides the sign of Δc = c(θ_b) − c(θ_0), i.e. a token's anchor status.
+    θ_b: `steps` fp32 AdamW steps of plain SFT at lr `lr` on teacher-style traces (what a probe's first
+    evaluation points look like at the paper's lr). Reference: float64 forwards and log-softmax. Each precision
+    scores θ_0 and θ_b with t3s's scorer; a flip is a token whose Δc has the other sign than the reference's."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from t3s.config import load_config
+    from t3s.models import Precision, load_causal_lm
+    from t3s.score import response_logprobs
+    from t3s.train import make_trainer, prepare
+
+    _threads(a["threads"])
+    work = Path(a["work"])
+    work.mkdir(parents=True, exist_ok=True)
+    data_path = _write_jsonl(work / "flips.jsonl", _bench_rows(a["rows"], seed=1))
+    cfg = load_config(None, [f"max_steps={a['steps']}", f"per_device_train_batch_size={a['batch']}",
+                             "dtype=float32", f"learning_rate={a['lr']}", "lr_scheduler_type=constant",
+                             "logging_steps=1"])
+    data = prepare(a["model"], str(data_path), cfg.train, cfg.render)
+    fp32 = Precision(torch.float32, None, "cpu")
+    trainer = make_trainer(load_causal_lm(a["model"], fp32), data, cfg.train, work / "trainer", progress=False)
+    trainer.train()
+    theta_b = trainer.model
+    theta_0 = load_causal_lm(a["model"], fp32)
+    pad = data.tokenizer.pad_token_id
+
+    @torch.no_grad()
+    def reference(model) -> np.ndarray:  # float64, one row at a time, the model's own forward
+        m = model.to(torch.float64)
+        out = []
+        for e in data.examples:
+            logits = m(input_ids=torch.tensor([e.input_ids])).logits[0].double()
+            lp = torch.log_softmax(logits[e.prompt_len - 1:-1], -1)
+            out.append(lp.gather(1, torch.tensor(e.response_ids)[:, None])[:, 0].numpy())
+        model.to(torch.float32)
+        return np.concatenate(out)
+
+    precisions = {"float32": fp32, "bfloat16 autocast (fp32 weights)": Precision(torch.float32, torch.bfloat16, "cpu"),
+                  "bfloat16 weights": Precision(torch.bfloat16, None, "cpu")}
+    ref = reference(theta_b) - reference(theta_0)
+    out = {"tokens": int(ref.size), "rows": len(data.examples), "steps": a["steps"], "lr": a["lr"],
+           "reference_anchor_share": float((ref > 0).mean()),
+           "reference_abs_delta_median": float(np.median(np.abs(ref))), "precisions": {}}
+    for name, p in precisions.items():
+        secs = []
+        lps = {}
+        for which, model in (("init", theta_0), ("bottleneck", theta_b)):
+            m = model if p.weights == torch.float32 else copy.deepcopy(model).to(p.weights)  # keep the fp32 one
+            t = time.perf_counter()
+            lps[which] = np.concatenate(response_logprobs(m, data.examples, p, progress=False, pad_id=pad))
+            secs.append(time.perf_counter() - t)
+        d = lps["bottleneck"] - lps["init"]
+        flipped = (d > 0) != (ref > 0)
+        out["precisions"][name] = {
+            "flip_rate": float(flipped.mean()), "anchor_share": float((d > 0).mean()),
+            "max_abs_error": float(np.abs(d - ref).max()), "seconds": sum(secs),
+            # the flipped tokens are those whose true |Δc| is below this precision's noise
+            "flipped_abs_delta_max": float(np.abs(ref[flipped]).max()) if flipped.any() else 0.0,
+        }
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 
-WORKERS = {"peak": peak, "score": score, "train": train, "generate": generate, "pipeline": pipeline}
+WORKERS = {"peak": peak, "score": score, "train": train, "generate": generate, "pipeline": pipeline,
+           "flips": flips}
 
 
 def main(argv: list[str]) -> int:

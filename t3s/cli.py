@@ -82,11 +82,11 @@ def _projection(args, init):
     return projector(load_rows(args.data), stu, load_tokenizer(init.meta["model"]), rcfg)
 
 
-def _diffusion(model: str, cfg):
-    """The diffusion settings when `model` is a masked-diffusion student, else None."""
+def _diffusion(model: str, cfg, trust_remote_code: bool = False):
+    """The diffusion settings when `model` (a directory or a hub id) is a masked-diffusion student, else None."""
     from t3s.diffusion import is_mask_predictor
 
-    return cfg.diffusion if is_mask_predictor(model) else None
+    return cfg.diffusion if is_mask_predictor(model, trust_remote_code) else None
 
 
 def cmd_train(args) -> None:
@@ -95,7 +95,8 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, _overrides(args, "train"), flat=("train", "render", "diffusion"))
     s = train(args.model, args.data, args.out, cfg.train, cfg.render, args.selection, overwrite=args.overwrite,
-              resume=args.resume, progress=_progress(args), diffusion=_diffusion(args.model, cfg))
+              resume=args.resume, progress=_progress(args),
+              diffusion=_diffusion(args.model, cfg, cfg.train.trust_remote_code))
     what = (f"{s['kept_tokens']}/{s['response_tokens']} response tokens trained on" if s["forced_tokens"] is None
             else f"diffusion objective, {s['forced_tokens']}/{s['response_tokens']} response tokens always masked")
     print(f"wrote {args.out}/model: {s['global_step']} steps, mean train loss {s['train_loss']:.4f}, {what}, "
@@ -127,14 +128,15 @@ def cmd_eval(args) -> None:
         from t3s.artifacts import check_can_write
 
         check_can_write(out, args.overwrite)
+        diffusion, generator = _diffusion(args.model, cfg, args.trust_remote_code), None
+        if gcfg.backend == "vllm" and diffusion is not None:  # before any work
+            raise T3SError(f"the vllm backend generates with autoregressive models only; {args.model} is a "
+                           "masked-diffusion student (use --backend hf: the diffusion sampler)")
         rows = load_rows(args.data, args.split, need_response=False, need_answer=True)
         dist.state()  # several processes: join the group and pick this process's GPU before loading
         precision = resolve_precision(gcfg.dtype)
         tok = load_tokenizer(args.model, args.trust_remote_code)
-        diffusion, generator = _diffusion(args.model, cfg), None
         if gcfg.backend == "vllm":
-            if diffusion is not None:
-                raise T3SError("the vllm backend generates with autoregressive models only")
             from t3s.vllm_backend import Engine
 
             model, generator = None, Engine(args.model, tok, gcfg, args.trust_remote_code)
@@ -163,8 +165,12 @@ def cmd_probe(args) -> None:
     if not (model and data):
         raise T3SError("pass --model and --data (or a --config with student and train_data)")
     check_can_write(args.out, args.overwrite)
+    diffusion = _diffusion(model, cfg, cfg.train.trust_remote_code)
+    if diffusion is not None and cfg.probe.backend == "vllm":  # before any work
+        raise T3SError(f"probe.backend=vllm generates with autoregressive models only; {model} is a "
+                       "masked-diffusion student (use probe.backend=hf)")
     s = run_probe(model, data, args.out, cfg, heldout_path=args.eval_data or cfg.eval_data,
-                  overwrite=args.overwrite, progress=_progress(args), diffusion=_diffusion(model, cfg))
+                  overwrite=args.overwrite, progress=_progress(args), diffusion=diffusion)
     if s["dip_found"]:
         print(f"bottleneck at step {s['bottleneck_step']}: training accuracy {100 * s['start_accuracy']:.1f}% -> "
               f"{100 * s['bottleneck_accuracy']:.1f}% (dip of {100 * s['dip_depth']:.1f} points)")
@@ -190,7 +196,8 @@ def cmd_report(args) -> None:
 def cmd_testbed(args) -> None:
     from t3s.testbed import WorldConfig, build_world
 
-    build_world(args.out, WorldConfig(seed=args.seed), overwrite=args.overwrite, progress=_progress(args))
+    build_world(args.out, WorldConfig(seed=args.seed), overwrite=args.overwrite, progress=_progress(args),
+                rebuild=args.rebuild)
     print(f"run the method on it: t3s run {args.out}/run.yaml")
 
 
@@ -329,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = tb.add_parser("build", help="build (or reuse) the world: a pretrained tiny student and teacher traces")
     common(sp, "world directory (reused when it holds a world of the same settings)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--rebuild", action="store_true",
+                    help="pretrain the student here instead of using the one shipped with t3s (minutes)")
     sp.set_defaults(fn=cmd_testbed)
 
     sp = sub.add_parser("rrt", help="recovering residual transfer: θ_0 + (θ_T − θ_b)")

@@ -91,6 +91,13 @@ class RunConfig:
             if bad:
                 raise T3SError(f"a diffusion student trains the modes {', '.join(DIFFUSION_MODES)}; "
                                f"not {', '.join(bad)}")
+            # vLLM serves autoregressive models only: refuse before any stage runs
+            if self.eval.backend == "vllm":
+                raise T3SError("eval.backend=vllm cannot evaluate a diffusion student (vLLM has no masked-diffusion "
+                               "models); use eval.backend=hf (the diffusion sampler)")
+            if self.probe_student and self.probe.backend == "vllm":
+                raise T3SError("probe.backend=vllm cannot probe a diffusion student (probe_student: true); use "
+                               "probe.backend=hf, or probe_student: false (the AR selector's probe may use vllm)")
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in self.seeds):
             raise T3SError(f"seeds must be a list of integers, got {self.seeds!r}")
         bad = [m for m in self.modes if m not in MODES]

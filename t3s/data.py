@@ -202,8 +202,7 @@ def _messages(row: Row, cfg: RenderConfig) -> list[dict[str, str]]:
 def render_prompt(row: Row, tokenizer: Any, cfg: RenderConfig, template: bool) -> tuple[list[int], str]:
     """Token ids of the prompt as the model sees it before its answer, and the same as text."""
     if template:
-        msgs = _messages(row, cfg)
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **cfg.template_kwargs)
+        text = _apply_template(row, tokenizer, cfg, _messages(row, cfg), add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         if isinstance(row.prompt, list):
@@ -215,28 +214,127 @@ def render_prompt(row: Row, tokenizer: Any, cfg: RenderConfig, template: bool) -
     return list(ids), text
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_SENTINEL = "T3S_RESPONSE_SENTINEL_8c1f"
+
+
+def trace_parts(response: str) -> list[str]:
+    """The parts of a trace that must reach the model verbatim: the reasoning inside <think>…</think> and the
+    answer after it (or the whole response when it has no think block), whitespace-stripped, non-empty."""
+    if THINK_CLOSE in response:
+        reasoning, answer = response.split(THINK_CLOSE, 1)
+        reasoning = reasoning.split(THINK_OPEN, 1)[-1]
+        return [x.strip() for x in (reasoning, answer) if x.strip()]
+    return [response.strip()] if response.strip() else []
+
+
+def _apply_template(row: Row, tokenizer: Any, cfg: RenderConfig, msgs: list[dict[str, str]], **kw: Any) -> str:
+    try:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, **kw, **cfg.template_kwargs)
+    except Exception as e:  # jinja2 errors of templates written for other message shapes (images, tools)
+        raise T3SError(f"{row.where}: the chat template cannot render this row ({type(e).__name__}: {e}); "
+                       "render without it (chat_template=off) or give a text-only template") from None
+
+
+def _turn_end(row: Row, tokenizer: Any, cfg: RenderConfig, prefix: str) -> tuple[str, str]:
+    """(prefill, end): what the template's generation prompt adds after the assistant header, and the text it
+    puts after an assistant turn's content (e.g. `<|im_end|>\n`), read from a rendering of a sentinel turn."""
+    full = _apply_template(row, tokenizer, cfg, _messages(row, cfg) + [{"role": "assistant", "content": _SENTINEL}])
+    at = full.rfind(_SENTINEL)
+    if at < 0:
+        raise T3SError(f"{row.where}: the chat template drops the assistant's content; cannot find the response "
+                       "(a template for another message shape?); render without it (chat_template=off)")
+    head = full[:at]
+    common = 0
+    while common < min(len(head), len(prefix)) and head[common] == prefix[common]:
+        common += 1
+    return prefix[common:], full[at + len(_SENTINEL):]
+
+
+def _stop_text(tokenizer: Any) -> str:
+    """What ends a response whose template writes no end-of-turn marker: the tokenizer's EOS token."""
+    return tokenizer.eos_token or ""
+
+
+def think_prefill(prefix: str) -> str:
+    """The open think block a generation prompt ends with (`<think>\n` for DeepSeek-R1-distill, QwQ, Qwen3.5+
+    thinking mode), or ''."""
+    i = prefix.rfind(THINK_OPEN)
+    if i >= 0 and not prefix[i + len(THINK_OPEN):].strip():
+        return prefix[i:]
+    return ""
+
+
+def render_response(row: Row, tokenizer: Any, cfg: RenderConfig, prefix: str) -> tuple[str, str, bool]:
+    """(response text, the row's text it contains verbatim, rewritten): the text the model must produce after the
+    generation prompt `prefix`, i.e. what it generates at inference time, end-of-turn included.
+
+    The template's own rendering of the assistant turn is used when it renders the prompt as a prefix, keeps every
+    part of the trace (reasoning and answer) exactly once, and opens and closes as many think blocks as the row
+    does (counting an open `<think>` the prompt prefills): ChatML, Llama-3, Gemma, gpt-oss, Qwen3 with a <think>
+    block. Reasoning-model templates often rewrite the turn instead: DeepSeek-R1-distill and QwQ drop everything up
+    to </think> and end the generation prompt with `<think>\n`; some Qwen3 revisions put an empty think block
+    before a content that has its own. Then (`rewritten`) the response is the row's text after what the generation
+    prompt prefills (a leading `<think>` is in the prompt, not a label), followed by the template's end-of-turn
+    text. A template that ends the turn with no marker at all (GLM-4.5: the next turn's header stops generation)
+    gets the tokenizer's EOS token, so the student learns to stop. A template that would add a think block to a
+    trace without one (Qwen3 thinking mode renders it as a non-thinking answer after an empty think block) is
+    refused: the student would silently learn not to think."""
+    resp = row.response
+    msgs = _messages(row, cfg) + [{"role": "assistant", "content": resp}]
+    full = _apply_template(row, tokenizer, cfg, msgs)
+    pre = think_prefill(prefix)
+    want = (resp.count(THINK_OPEN) + (1 if pre and not resp.lstrip().startswith(THINK_OPEN) else 0),
+            resp.count(THINK_CLOSE))
+    common = 0
+    while common < min(len(full), len(prefix)) and full[common] == prefix[common]:
+        common += 1
+    if THINK_CLOSE not in resp and THINK_CLOSE in full[common:]:
+        raise T3SError(
+            f"{row.where}: the response has no <think>…</think> block, and the chat template renders it with one "
+            "(an empty think block before the trace: a non-thinking answer): the student would learn to stop "
+            "thinking. Wrap the reasoning in <think>…</think> (t3s traces does), or render in non-thinking mode "
+            "(render.template_kwargs: {enable_thinking: false}) if that is what you want")
+    if common == len(prefix):
+        text = full[len(prefix):]
+        seq = pre + text
+        parts = trace_parts(resp)
+        if all(text.count(x) == 1 for x in parts) and (seq.count(THINK_OPEN), seq.count(THINK_CLOSE)) == want:
+            if parts and not text[text.rfind(parts[-1]) + len(parts[-1]):].strip():
+                text += _stop_text(tokenizer)  # a template that closes no turn (GLM): the model must learn to stop
+            return text, resp if resp in text else text, False
+    prefill, end = _turn_end(row, tokenizer, cfg, prefix)
+    if not end.strip():
+        end += _stop_text(tokenizer)
+    prefill = pre or prefill
+    body = resp
+    if prefill and body.startswith(prefill):
+        body = body[len(prefill):]
+    elif prefill.strip() and body.lstrip().startswith(prefill.strip()):
+        body = body.lstrip()[len(prefill.strip()):].lstrip("\n")
+    return body + end, body, True
+
+
 def render_row(row: Row, tokenizer: Any, cfg: RenderConfig, template: bool) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids). The prompt and the response are tokenized separately at the boundary the
-    template gives, so the response tokens are exactly the assistant turn (including its end-of-turn tokens)."""
+    """(prompt ids, response ids). The prompt is exactly what generation sees (`add_generation_prompt=True`); the
+    response tokens are what the model produces after it (`render_response`), end-of-turn included. The two are
+    tokenized separately at that boundary."""
+    return _render(row, tokenizer, cfg, template)[:2]
+
+
+def _render(row: Row, tokenizer: Any, cfg: RenderConfig, template: bool) -> tuple[list[int], list[int], bool]:
     prompt_ids, prefix = render_prompt(row, tokenizer, cfg, template)
+    rewritten = False
     if template:
-        full = tokenizer.apply_chat_template(
-            _messages(row, cfg) + [{"role": "assistant", "content": row.response}], tokenize=False,
-            **cfg.template_kwargs,
-        )
-        if not full.startswith(prefix):
-            raise T3SError(
-                f"{row.where}: the chat template does not render the prompt as a prefix of prompt + response; "
-                "render without it (chat_template=off) or fix the template"
-            )
-        response_ids = tokenizer(full[len(prefix) :], add_special_tokens=False)["input_ids"]
+        text, _, rewritten = render_response(row, tokenizer, cfg, prefix)
+        response_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         response_ids = tokenizer(row.response, add_special_tokens=False)["input_ids"]
         if cfg.add_eos and tokenizer.eos_token_id is not None:
             response_ids = response_ids + [tokenizer.eos_token_id]
     if not response_ids:
         raise T3SError(f"{row.where}: the response renders to no tokens")
-    return prompt_ids, list(response_ids)
+    return prompt_ids, list(response_ids), rewritten
 
 
 @dataclass
@@ -247,14 +345,18 @@ class RenderReport:
     dropped: int = 0
     prompt_tokens: int = 0
     response_tokens: int = 0
+    rewritten: int = 0  # rows whose assistant turn the template rewrites (rendered after the generation prompt)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
     def __str__(self) -> str:
+        note = ("" if not self.rewritten else
+                f"; {self.rewritten} responses rendered after the generation prompt (the chat template rewrites "
+                "assistant turns)")
         return (
             f"{self.rows} rows: {self.kept} kept ({self.truncated} truncated), {self.dropped} dropped as over-long; "
-            f"{self.prompt_tokens} prompt + {self.response_tokens} response tokens"
+            f"{self.prompt_tokens} prompt + {self.response_tokens} response tokens{note}"
         )
 
 
@@ -262,7 +364,8 @@ def render_rows(rows: list[Row], tokenizer: Any, cfg: RenderConfig) -> tuple[lis
     template = uses_template(tokenizer, cfg)
     out, rep = [], RenderReport(rows=len(rows))
     for row in rows:
-        p, r = render_row(row, tokenizer, cfg, template)
+        p, r, rewritten = _render(row, tokenizer, cfg, template)
+        rep.rewritten += int(rewritten)
         truncated = False
         if cfg.max_length is not None and len(p) + len(r) > cfg.max_length:
             if cfg.overlong == "error":

@@ -8,13 +8,25 @@ drawn and every response position (padding included) is masked with probability 
 masked. **Joint masking**: the positions of the forced set Y_τ = {t : Δc_t < −τ} (from an autoregressive
 selector) are masked at every step as well, and the loss covers every masked position:
 
-    mask_schedule = llada (default):  t ~ U(ε, 1),  loss_row = Σ_masked CE / t / L_answer
-    mask_schedule = dfactory:         t ~ U(t_min, t_max) = U(0.3, 0.8),  loss_row = Σ_masked CE / L_answer
+    mask_schedule = llada (default):  t ~ U(ε, 1),
+        loss = mean over the rows of the global batch of  (Σ_random CE / t + Σ_forced w_f · CE) / L_answer
+    mask_schedule = dfactory:         t ~ U(t_min, t_max) = U(0.3, 0.8),
+        loss = (Σ_random CE + Σ_forced w_f · CE) / (number of masked positions in the global batch)
 
-L_answer counts the row's response positions including the EOS padding. The step loss is the mean of loss_row
-over the rows of the global batch (every micro-batch and process), exactly: the Trainer receives the global row
-count as `num_items_in_batch`. The noise of a row depends only on (seed, optimizer step, row index), so it does
-not change with the batch composition, the number of processes or a resume.
+L_answer counts the row's response positions including the EOS padding. "random" are the positions masked by
+the draw u < t, "forced" those of the forced set (masked at every step, whatever the draw). The 1/t weight is
+LLaDA's importance weight for positions masked with probability t; a forced position is masked with probability
+1, so it has its own weight w_f (`forced_weight`): `one` (default) gives it weight 1, the weight that makes its
+expected contribution equal to that of a randomly masked position (E[1{u<t}/t] = 1); `inverse_t` weights it by
+1/t like a random one, which multiplies the forced set's share of the loss by a random factor up to 1/ε (E[1/t]
+≈ 6.9 for ε = 1e-3) and confounds any τ sweep (measured in `bench/forced_weight.py`, docs/method.md). dFactory's
+own code divides each micro-batch's masked-token loss by that micro-batch's count of masked tokens and averages
+micro-batches; t3s divides by the count over the whole global batch, which is the same when micro-batches hold
+equal counts and exact under accumulation and data parallelism otherwise. Both normalisers are exact over the
+global batch: the Trainer receives the global row count (llada) or the global masked count (dfactory) as
+`num_items_in_batch`. The noise of a row depends only on (seed, optimizer step, row index), so it does not change
+with the batch composition, the number of processes or a resume; it is drawn on the CPU and moved to the batch's
+device.
 
 Sampling (`sample`): LLaDA's reverse process. A canvas of `gen_length` mask tokens follows the prompt and is
 filled block by block (`block_length`), `steps` denoising steps in all (split evenly over the blocks). At each
@@ -28,6 +40,7 @@ sampling stops early. The response is the canvas up to the first EOS; its length
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -42,6 +55,7 @@ import torch
 from t3s import T3SError, dist
 
 SCHEDULES = ("llada", "dfactory")
+FORCED_WEIGHTS = ("one", "inverse_t")
 REMASKING = ("low_confidence", "random")
 DIFFUSION_FORCED_MODES = ("t3s", "random")  # modes with a forced set; `sft` is the random mask only
 DIFFUSION_MODES = ("sft", *DIFFUSION_FORCED_MODES)
@@ -57,6 +71,9 @@ class DiffusionConfig:
     t_min: float = field(default=0.3, metadata={"help": "dfactory: noise level range, low end"})
     t_max: float = field(default=0.8, metadata={"help": "dfactory: noise level range, high end"})
     tau: float = field(default=0.2, metadata={"help": "forced set: Δc < −tau (always masked)"})
+    forced_weight: str = field(default="one", metadata={
+        "help": "loss weight of a forced position: one (it is masked with probability 1) | inverse_t (1/t like "
+                "a randomly masked one: up-weights the forced set by a random factor)"})
     mask_token_id: int | None = field(default=None, metadata={"help": "default: the tokenizer's or config's"})
     gen_length: int = field(default=0, metadata={"help": "sampler canvas length (0: eval.max_new_tokens)"})
     block_length: int = field(default=32, metadata={"help": "semi-autoregressive block length"})
@@ -66,6 +83,8 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         if self.mask_schedule not in SCHEDULES:
             raise T3SError(f"diffusion.mask_schedule must be one of {SCHEDULES}, got '{self.mask_schedule}'")
+        if self.forced_weight not in FORCED_WEIGHTS:
+            raise T3SError(f"diffusion.forced_weight must be one of {FORCED_WEIGHTS}, got '{self.forced_weight}'")
         if self.remasking not in REMASKING:
             raise T3SError(f"diffusion.remasking must be one of {REMASKING}, got '{self.remasking}'")
         if not 0 < self.eps < 1:
@@ -95,43 +114,101 @@ class DiffusionConfig:
 # ----------------------------------------------------------------------------------------------- models
 
 
-def is_mask_predictor(path: str | Path) -> bool:
-    """Whether a model directory holds a bidirectional mask predictor (a *ForMaskedLM or a LLaDA model)."""
-    from t3s.models import resolve_model_path
+DLLM_MARKERS = ("maskedlm", "llada", "dream")  # in a config's architectures / model_type / auto_map
 
-    cfg = Path(resolve_model_path(path)) / "config.json"
-    if not cfg.exists():
-        return False
-    c = json.loads(cfg.read_text())
+
+def read_config(path: str | Path, trust_remote_code: bool = False) -> dict[str, Any]:
+    """A model's config.json as a dict, for a local directory or a hub id (through transformers' own resolution:
+    the local cache, offline-aware; no remote code is run)."""
+    from transformers import PretrainedConfig
+
+    from t3s.models import _hub_kwargs, resolve_model_path
+
+    p = Path(resolve_model_path(path))
+    if p.is_dir():
+        try:
+            return json.loads((p / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise T3SError(f"{p / 'config.json'}: cannot read the model's config ({e})") from None
+    kw = _hub_kwargs(trust_remote_code)
+    try:
+        cfg, _ = PretrainedConfig.get_config_dict(str(path), local_files_only=kw["local_files_only"])
+    except (OSError, ValueError) as e:
+        raise T3SError(f"cannot read the config of '{path}' (a local directory or a hub id; offline, it must be in "
+                       f"the Hugging Face cache): {e}") from None
+    return cfg
+
+
+def is_mask_predictor(path: str | Path, trust_remote_code: bool = False) -> bool:
+    """Whether a model (directory or hub id) is a bidirectional mask predictor (a *ForMaskedLM, LLaDA, LLaDA-2,
+    Dream), from its config alone."""
+    c = read_config(path, trust_remote_code)
     names = [*(c.get("architectures") or []), c.get("model_type") or "", *(c.get("auto_map") or {}).values()]
-    return any("MaskedLM" in str(n) or "llada" in str(n).lower() for n in names)
+    return any(m in str(n).lower() for n in names for m in DLLM_MARKERS)
+
+
+# auto_map entries that hold a class with an LM head, in the order tried after the checkpoint's own architecture
+_HEAD_CLASSES = ("AutoModelForMaskedLM", "AutoModelForCausalLM")
+
+
+def mask_predictor_class(config: dict[str, Any]) -> str:
+    """Which Auto class loads a mask predictor *with its LM head* (pure). The checkpoint's own class
+    (`architectures[0]`, what was saved, head included) when an auto_map entry names it; else an auto_map
+    AutoModelForMaskedLM or AutoModelForCausalLM; else AutoModel only as a last resort (LLaDA registers its LM
+    there; LLaDA-2 maps AutoModel to the bare backbone and AutoModelForCausalLM to the LM); a model without
+    remote code loads through AutoModelForMaskedLM."""
+    auto_map = config.get("auto_map") or {}
+    arch = (config.get("architectures") or [None])[0]
+    if arch:
+        for key, ref in auto_map.items():
+            name = (ref[0] if isinstance(ref, (list, tuple)) else str(ref)).rsplit(".", 1)[-1]
+            if key.startswith("AutoModel") and name == arch:
+                return key
+    for key in _HEAD_CLASSES:
+        if key in auto_map:
+            return key
+    return "AutoModel" if "AutoModel" in auto_map else "AutoModelForMaskedLM"
+
+
+def _has_head(model: Any) -> bool:
+    """The model produces vocabulary logits: it exposes an output embedding, or a one-token forward returns
+    `logits` over the vocabulary (remote code that does not implement get_output_embeddings)."""
+    with contextlib.suppress(Exception):
+        if model.get_output_embeddings() is not None:
+            return True
+    p = next(model.parameters(), None)
+    if p is None or hasattr(p, "ds_id") or p.device.type == "meta":  # ZeRO-3 partitioned / not materialised
+        return True  # cannot run a forward here; trust the class that was chosen
+    with torch.no_grad():
+        out = model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=p.device))
+    logits = getattr(out, "logits", None)
+    vocab = getattr(model.config, "vocab_size", None)
+    return logits is not None and (vocab is None or logits.shape[-1] >= vocab)
 
 
 def load_mask_predictor(path: str | Path, precision: Any, trust_remote_code: bool = False) -> Any:
-    """Any AutoModelForMaskedLM, or a remote-code model (LLaDA / LLaDA-2) loaded with trust_remote_code."""
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+    """Any AutoModelForMaskedLM, or a remote-code model (LLaDA, LLaDA-2) through the class that has its LM head
+    (`mask_predictor_class`); a model without a head is refused."""
+    import transformers
 
     from t3s.models import _hub_kwargs, resolve_model_path
 
     path = resolve_model_path(path)
     kw = {"dtype": precision.weights, **_hub_kwargs(trust_remote_code)}
+    key = mask_predictor_class(read_config(path, trust_remote_code))
     try:
-        config = AutoConfig.from_pretrained(path, **_hub_kwargs(trust_remote_code))
-        auto_map = getattr(config, "auto_map", None) or {}
-        if trust_remote_code and "AutoModelForMaskedLM" not in auto_map and "AutoModel" in auto_map:
-            model = AutoModel.from_pretrained(path, **kw)  # LLaDA registers its LM under AutoModel
-        elif trust_remote_code and "AutoModelForMaskedLM" not in auto_map and "AutoModelForCausalLM" in auto_map:
-            from transformers import AutoModelForCausalLM  # remote code that registers only this name
-
-            model = AutoModelForCausalLM.from_pretrained(path, **kw)
-        else:
-            model = AutoModelForMaskedLM.from_pretrained(path, **kw)
+        model = getattr(transformers, key).from_pretrained(path, **kw)
     except ValueError as e:
         raise T3SError(f"'{path}' is not a mask predictor (AutoModelForMaskedLM; pass trust_remote_code for "
                        f"LLaDA-style models): {e}") from None
     except OSError as e:
         raise T3SError(f"cannot load a mask predictor from '{path}': {e}") from None
-    return model.to(precision.device)
+    model = model.to(precision.device)
+    if not _has_head(model):
+        raise T3SError(f"'{path}' loaded through {key} as {type(model).__name__}, which has no LM head (its forward "
+                       "returns no vocabulary logits): a mask predictor needs the class with the head; its config's "
+                       "auto_map should name it under AutoModelForMaskedLM or AutoModelForCausalLM")
+    return model
 
 
 def mask_token_id(model: Any, tok: Any, override: int | None = None) -> int:
@@ -181,75 +258,109 @@ def draw_noise(cfg: DiffusionConfig, seed: int, step: int, rows: list[int], answ
     return torch.tensor(ts, dtype=torch.float64), us
 
 
-def build_mask(batch: dict[str, torch.Tensor], cfg: DiffusionConfig, seed: int, step: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mask (B, L) bool, t (B,), answer length (B,)) for a collated batch: random mask ∪ forced set, response
-    positions only."""
-    ids, plen, forced = batch["input_ids"], batch["prompt_len"], batch["forced"]
+def build_mask(batch: dict[str, Any], cfg: DiffusionConfig, seed: int, step: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mask (B, L) bool, forced (B, L) bool, t (B,), answer length (B,)) for a collated batch, on the device of
+    its `input_ids`: the random mask ∪ the forced set, response positions only. The noise is drawn on the CPU
+    (its seeded stream does not depend on the device) and moved; the forced set stays where the Trainer put it."""
+    ids, forced_r = batch["input_ids"], batch["forced"]
+    plen, rows = [int(x) for x in batch["prompt_len"]], [int(x) for x in batch["row"]]
     B, L = ids.shape
-    answer = (L - plen).tolist()
-    t, us = draw_noise(cfg, seed, step, batch["row"].tolist(), answer)
-    mask = torch.zeros((B, L), dtype=torch.bool)
-    for i in range(B):
-        p = int(plen[i])
-        mask[i, p:] = (us[i] < t[i]) | forced[i, : L - p].bool()
-    return mask.to(ids.device), t.to(ids.device), torch.tensor(answer, device=ids.device)
+    answer = [L - p for p in plen]
+    t, us = draw_noise(cfg, seed, step, rows, answer)
+    rand = torch.zeros((B, L), dtype=torch.bool)
+    pos = torch.zeros((B, L), dtype=torch.bool)  # response positions
+    for i, p in enumerate(plen):
+        rand[i, p:] = us[i] < t[i]
+        pos[i, p:] = True
+    # the forced set is indexed from each row's response start: shift it into place on its own device
+    shift = torch.tensor(plen, device=forced_r.device)[:, None]
+    col = torch.arange(L, device=forced_r.device)[None, :] - shift
+    forced = torch.gather(forced_r.bool(), 1, col.clamp(0, L - 1)) & (col >= 0)
+    dev = ids.device
+    mask = (rand.to(dev) | forced.to(dev)) & pos.to(dev)
+    return mask, forced.to(dev) & pos.to(dev), t.to(dev), torch.tensor(answer, device=dev)
 
 
-def row_losses(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
-               answer: torch.Tensor, schedule: str) -> torch.Tensor:
-    """loss_row = Σ_masked CE (/ t for llada) / L_answer, one value per row."""
+def position_weights(mask: torch.Tensor, forced: torch.Tensor, t: torch.Tensor, answer: torch.Tensor,
+                     cfg: DiffusionConfig) -> torch.Tensor:
+    """(B, L) float64 loss weight of every position (0 where not masked); see the module docstring."""
+    one = torch.ones_like(t)
+    w_rand = (1.0 / t) / answer.double() if cfg.mask_schedule == "llada" else one
+    w_forced = (1.0 / t) if cfg.forced_weight == "inverse_t" else one
+    if cfg.mask_schedule == "llada":
+        w_forced = w_forced / answer.double()
+    w = torch.where(forced, w_forced[:, None], w_rand[:, None])
+    return torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+
+
+def weighted_loss_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
+                      ) -> torch.Tensor:
+    """Σ over masked positions of weight · CE (float64), in one sum over the batch."""
     ce = torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask], reduction="none")
-    rows = mask.nonzero()[:, 0]
-    w = 1.0 / answer.double()[rows]
-    if schedule == "llada":
-        w = w / t[rows]
-    return torch.zeros(mask.shape[0], dtype=torch.float64, device=ce.device).index_add(0, rows, ce.double() * w)
+    return (ce.double() * weights[mask]).sum()
+
+
+def row_losses(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, forced: torch.Tensor,
+               t: torch.Tensor, answer: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
+    """Per row: Σ over its masked positions of weight · CE (float64; before the global normaliser)."""
+    w = position_weights(mask, forced, t, answer, cfg)
+    ce = torch.zeros(mask.shape, dtype=torch.float64, device=logits.device)
+    ce[mask] = torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask], reduction="none").double()
+    return (ce * w).sum(1)
 
 
 class Collator:
-    """Right-pads each row's response with EOS to the longest row of the micro-batch (LLaDA's SFT padding)."""
+    """Right-pads each row's response with EOS to the longest row of the micro-batch (LLaDA's SFT padding).
+    `prompt_len` and `row` stay Python lists: the Trainer moves tensors to the device, and the mask needs them
+    on the host."""
 
     def __init__(self, eos_id: int):
         self.eos = eos_id
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         L = max(len(e["input_ids"]) for e in examples)
         ids = torch.full((len(examples), L), self.eos, dtype=torch.long)
         forced = torch.zeros((len(examples), L), dtype=torch.bool)  # indexed from each row's response start
         for i, e in enumerate(examples):
             ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
             forced[i, : len(e["forced"])] = torch.tensor(e["forced"], dtype=torch.bool)
-        return {"input_ids": ids, "prompt_len": torch.tensor([e["prompt_len"] for e in examples]),
-                "forced": forced, "row": torch.tensor([e["row"] for e in examples])}
+        return {"input_ids": ids, "prompt_len": [int(e["prompt_len"]) for e in examples], "forced": forced,
+                "row": [int(e["row"]) for e in examples]}
 
 
 def trainer_class():
     from transformers import Trainer
 
     class DiffusionTrainer(Trainer):
-        """transformers' Trainer with the masked-diffusion loss; the loss is the exact mean of the rows' losses
-        over the global batch (all micro-batches and processes)."""
+        """transformers' Trainer with the masked-diffusion loss; the loss is exact over the global batch (all
+        micro-batches and processes): normalised by the global row count (llada) or masked count (dfactory)."""
 
-        loss_is_scaled_for_ga = True  # compute_loss divides by the global row count itself
+        loss_is_scaled_for_ga = True  # compute_loss divides by the global normaliser itself
 
         def __init__(self, *args, diffusion: DiffusionConfig, mask_id: int, **kwargs):
             self.diffusion, self.mask_id = diffusion, mask_id
             super().__init__(*args, **kwargs)
 
         def _get_num_items_in_batch(self, batch_samples, device):
-            n = torch.tensor(sum(len(b["input_ids"]) for b in batch_samples), device=device)
+            if self.diffusion.mask_schedule == "dfactory":  # the masked positions of every micro-batch this step
+                n = sum(int(build_mask(b, self.diffusion, self.args.seed, self.state.global_step)[0].sum())
+                        for b in batch_samples)
+            else:
+                n = sum(len(b["input_ids"]) for b in batch_samples)
+            n = torch.tensor(max(n, 1), device=device)
             if self.args.world_size > 1:
                 n = self.accelerator.gather(n).sum()
             return n
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            mask, t, answer = build_mask(inputs, self.diffusion, self.args.seed, self.state.global_step)
+            mask, forced, t, answer = build_mask(inputs, self.diffusion, self.args.seed, self.state.global_step)
             ids = inputs["input_ids"]
             logits = _logits(model, ids.masked_fill(mask, self.mask_id), None)
-            total = row_losses(logits, ids, mask, t, answer, self.diffusion.mask_schedule).sum()
-            if num_items_in_batch is None:
-                loss = total / ids.shape[0]
+            total = weighted_loss_sum(logits, ids, mask, position_weights(mask, forced, t, answer, self.diffusion))
+            if num_items_in_batch is None:  # outside training (evaluation): this batch's own normaliser
+                n = ids.shape[0] if self.diffusion.mask_schedule == "llada" else mask.sum().clamp(min=1)
+                loss = total / n
             else:  # DDP averages gradients over processes: scale so the result is the global mean
                 loss = total / num_items_in_batch * self.accelerator.num_processes
             loss = loss.float()
@@ -292,16 +403,14 @@ def make_trainer(model: Any, data: Any, cfg: Any, dcfg: DiffusionConfig, output_
 def response_spans(row: Any, tokenizer: Any, rcfg: Any, n_tokens: int) -> list[tuple[int, int] | None]:
     """Character span of each response token within the row's response text (None: no characters of it, e.g.
     EOS or an end-of-turn marker)."""
-    from t3s.data import render_prompt, render_row, uses_template
+    from t3s.data import render_prompt, render_response, render_row, uses_template
 
     template = uses_template(tokenizer, rcfg)
     _, response_ids = render_row(row, tokenizer, rcfg, template)
+    body = row.response
     if template:
         _, prefix = render_prompt(row, tokenizer, rcfg, template)
-        full = tokenizer.apply_chat_template(
-            [*_msgs(row, rcfg), {"role": "assistant", "content": row.response}], tokenize=False,
-            **rcfg.template_kwargs)
-        text = full[len(prefix):]
+        text, body, _ = render_response(row, tokenizer, rcfg, prefix)
     else:
         text = row.response
     try:
@@ -311,21 +420,15 @@ def response_spans(row: Any, tokenizer: Any, rcfg: Any, n_tokens: int) -> list[t
                        "tokenizer needs a fast tokenizer on both sides") from None
     if list(enc["input_ids"]) != list(response_ids[: len(enc["input_ids"])]):
         raise T3SError(f"{row.where}: re-tokenizing the response with offsets gives other tokens; cannot project")
-    shift = text.find(row.response)
-    if shift < 0:
+    shift, origin = text.find(body), row.response.find(body)  # body: the row's text as it appears in `text`
+    if shift < 0 or origin < 0:
         raise T3SError(f"{row.where}: the rendered response does not contain the response text; cannot project")
     spans: list[tuple[int, int] | None] = []
-    for s, e in enc["offset_mapping"]:
-        s, e = max(s - shift, 0), min(e - shift, len(row.response))
+    for s, e in enc["offset_mapping"]:  # character spans within row.response
+        s, e = max(s - shift, 0) + origin, min(e - shift, len(body)) + origin
         spans.append((s, e) if e > s else None)
     spans += [None] * (len(response_ids) - len(spans))  # EOS appended without a template
     return spans[:n_tokens]
-
-
-def _msgs(row: Any, rcfg: Any) -> list[dict[str, str]]:
-    from t3s.data import _messages
-
-    return _messages(row, rcfg)
 
 
 def project_row(delta: np.ndarray, src: list[tuple[int, int] | None], dst: list[tuple[int, int] | None]
@@ -429,18 +532,7 @@ def sample(model: Any, tok: Any, prompts: list[list[int]], gcfg: Any, dcfg: Diff
                     continue
                 with precision.context():
                     logits = _logits(model, x, att)[:, lo:hi].float()
-                if gcfg.temperature > 0:  # Gumbel-max: a draw from softmax(logits / T)
-                    u = torch.rand(logits.shape, generator=g).clamp_(1e-10, 1 - 1e-10).to(device)
-                    pred = (logits - gcfg.temperature * torch.log(-torch.log(u))).argmax(-1)
-                else:
-                    pred = logits.argmax(-1)
-                if dcfg.remasking == "low_confidence":
-                    conf = torch.softmax(logits, -1).gather(-1, pred[..., None])[..., 0]
-                else:
-                    conf = torch.rand(masked.shape, generator=g).to(device)
-                conf = torch.where(masked, conf, torch.tensor(-np.inf, device=device))
-                take = torch.zeros_like(masked).scatter_(1, conf.topk(k, dim=-1).indices, True) & masked
-                x[:, lo:hi] = torch.where(take, pred, x[:, lo:hi])
+                x[:, lo:hi] = commit_step(logits, x[:, lo:hi], masked, k, gcfg.temperature, dcfg.remasking, g)
             if _finished(x[:, P:hi], eos):
                 x[:, hi:] = eos  # every row has ended: the rest of the canvas is EOS
                 break
@@ -459,6 +551,26 @@ def sample(model: Any, tok: Any, prompts: list[list[int]], gcfg: Any, dcfg: Diff
         out[i][j] = g
     model.train(was_training)
     return out
+
+
+def commit_step(logits: torch.Tensor, block: torch.Tensor, masked: torch.Tensor, k: int, temperature: float,
+                remasking: str, g: torch.Generator) -> torch.Tensor:
+    """One denoising step on the current block: predict every position, commit the `k` most confident masked
+    ones (per row). The noise comes from the CPU generator `g` (seeded, device-independent) and is moved to the
+    logits' device."""
+    device = logits.device
+    if temperature > 0:  # Gumbel-max: a draw from softmax(logits / T)
+        u = torch.rand(logits.shape, generator=g).clamp_(1e-10, 1 - 1e-10).to(device)
+        pred = (logits - temperature * torch.log(-torch.log(u))).argmax(-1)
+    else:
+        pred = logits.argmax(-1)
+    if remasking == "low_confidence":
+        conf = torch.softmax(logits, -1).gather(-1, pred[..., None])[..., 0]
+    else:
+        conf = torch.rand(masked.shape, generator=g).to(device)
+    conf = torch.where(masked, conf, torch.full((), -np.inf, device=device))
+    take = torch.zeros_like(masked).scatter_(1, conf.topk(k, dim=-1).indices, True) & masked
+    return torch.where(take, pred, block)
 
 
 def _finished(done: torch.Tensor, eos: int) -> bool:

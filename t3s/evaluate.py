@@ -7,6 +7,7 @@ so `\\dfrac{1}{2}`, `0.5`, `1/2`, `50\\%`, `1,000` and intervals compare as math
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -113,6 +114,10 @@ class GenConfig:
     fallback: str = field(default="last_number", metadata={"help": "answer fallback: last_number | none"})
     dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
     backend: str = field(default="hf", metadata={"help": "hf (transformers generate) | vllm (GPU, optional)"})
+    model_defaults: bool = field(default=False, metadata={
+        "help": "false: generate with exactly these settings on every backend (no top-k, min-p or repetition "
+                "penalty); true: also apply the top_k, min_p and repetition_penalty of the model's "
+                "generation_config.json"})
     vllm: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "vLLM engine arguments, e.g. {tensor_parallel_size: 8, gpu_memory_utilization: 0.9, max_model_len: 40000}"})
 
@@ -125,6 +130,53 @@ class GenConfig:
             raise T3SError("k, max_new_tokens and batch_size must be >= 1")
         if self.k > 1 and self.temperature == 0:
             raise T3SError("k > 1 samples need temperature > 0 (greedy samples would all be the same)")
+
+
+# Sampling settings a model's generation_config.json may carry that GenConfig does not set itself; applied only
+# with `model_defaults: true`, identically on every backend. Their neutral values:
+MODEL_SAMPLING_KEYS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+# generation_config keys that say which tokens stop and pad (kept from the model: they are not sampling settings)
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+def model_sampling_defaults(gen_config: Any) -> dict[str, Any]:
+    """The MODEL_SAMPLING_KEYS a model's GenerationConfig sets to a non-neutral value."""
+    out = {}
+    for key, neutral in MODEL_SAMPLING_KEYS.items():
+        v = None if gen_config is None else getattr(gen_config, key, None)
+        if v is not None and v != neutral:
+            out[key] = v
+    return out
+
+
+def sampling_settings(cfg: "GenConfig", gen_config: Any = None) -> dict[str, Any]:
+    """Every sampling setting a generation uses (pure): the GenConfig's temperature and top_p, neutral top_k,
+    min_p and repetition penalty unless `model_defaults` takes them from the model's GenerationConfig."""
+    sample = cfg.temperature > 0
+    out = {"do_sample": sample, "temperature": cfg.temperature if sample else 0.0,
+           "top_p": cfg.top_p if sample else 1.0, **MODEL_SAMPLING_KEYS}
+    if cfg.model_defaults:
+        out.update(model_sampling_defaults(gen_config))
+    return out
+
+
+@contextlib.contextmanager
+def own_generation_config(model: Any):
+    """Within: the model's generation_config holds only its token ids, so `generate` inherits no sampling setting
+    (repetition penalty, top-k, beams, ...) from the model's generation_config.json. Yields the original."""
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    original = getattr(target, "generation_config", None)
+    if original is None:
+        yield None
+        return
+    target.generation_config = GenerationConfig(
+        **{k: getattr(original, k) for k in TOKEN_ID_KEYS if getattr(original, k, None) is not None})
+    try:
+        yield original
+    finally:
+        target.generation_config = original
 
 
 @dataclass
@@ -179,11 +231,15 @@ def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, pre
     if row_seeds is not None and (cfg.k != 1 or len(row_seeds) != len(prompts)):
         raise T3SError("row_seeds needs k = 1 and one seed per prompt")
     per_row = row_seeds is not None and cfg.temperature > 0
-    sample = cfg.temperature > 0 and not per_row
+    settings = sampling_settings(cfg, getattr(model, "generation_config", None))
+    if per_row and cfg.model_defaults:
+        raise T3SError("per-row seeded sampling (t3s traces) does not take a model's sampling defaults")
+    sample = settings["do_sample"] and not per_row
     gcfg = GenerationConfig(
         max_new_tokens=cfg.max_new_tokens, do_sample=sample,
-        temperature=cfg.temperature if sample else None, top_p=cfg.top_p if sample else None,
-        top_k=0 if sample else None,  # exactly the settings given: no top-k from a model's defaults
+        temperature=settings["temperature"] if sample else None, top_p=settings["top_p"] if sample else None,
+        top_k=settings["top_k"] if sample else None, min_p=(settings["min_p"] or None) if sample else None,
+        repetition_penalty=settings["repetition_penalty"],
         num_return_sequences=cfg.k, eos_token_id=stops, pad_token_id=pad, use_cache=True,
     )
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -207,7 +263,8 @@ def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, pre
             ids[r, L - len(prompts[i]) :] = torch.tensor(prompts[i])
             att[r, L - len(prompts[i]) :] = 1
         # a private RNG stream: evaluating during training (the probe) must not move the trainer's random state
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), precision.context():
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), precision.context(), \
+                own_generation_config(model):  # exactly the settings above, nothing from the model's file
             torch.manual_seed(cfg.seed * 100_003 + b)
             extra = {"logits_processor": LogitsProcessorList(
                 [RowSampler([row_seeds[i] for i in idx], cfg.temperature, cfg.top_p, device)])} if per_row else {}
@@ -227,7 +284,7 @@ def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, pre
     bar.close()
     if batches and sync:
         for _ in range(-(-len(batches) // dist.world()) - len(mine)):
-            with precision.context():
+            with precision.context(), own_generation_config(model):
                 model.generate(input_ids=torch.tensor([prompts[order[0]]], device=device), generation_config=gcfg,
                                **sync)
     if dist.launched():

@@ -1,16 +1,28 @@
 """Loading students, selectors and teachers, and choosing their numeric precision.
 
-Precision is one of `auto`, `float32`, `bfloat16`, `float16`:
-- `auto`: on CUDA, bf16 weights where supported (else fp16); on CPU, fp32 weights with bf16 autocast (about 2x
-  faster than fp32 on recent CPUs).
-- `bfloat16` on CPU means bf16 autocast over fp32 weights; on CUDA, bf16 weights.
-- `float16` is refused on CPU: PyTorch's CPU fp16 kernels run at about 1 GFLOP/s.
+Every precision decision is made by the pure functions here (`resolve_precision` for inference, `training_plan`
+for training), so it can be tested on any machine.
+
+`dtype` is one of `auto`, `float32`, `bfloat16`, `float16`:
+- Inference (score, generation): on CUDA `auto` loads bf16 weights (fp16 where bf16 is unsupported). On a CPU,
+  `auto` means bf16 autocast over fp32 weights only where the CPU executes bf16 fast (AVX512-BF16 or AMX; see
+  `cpu_bf16_fast`), else plain fp32: on AVX2-only CPUs bf16 matmuls run at about 1 GFLOP/s against 70-100 for
+  fp32. `bfloat16` on a CPU always means bf16 autocast; `float16` is refused on a CPU (about 1 GFLOP/s).
+- Training (`training_plan`): the weights the optimizer updates are fp32 master weights, with bf16 (or fp16)
+  compute through autocast (the Trainer's `bf16=True` / `fp16=True` on fp32 weights; DeepSpeed and FSDP keep
+  their own fp32 masters the same way). A bf16 weight cannot hold an update smaller than its spacing (2^-8 of its
+  magnitude): at the paper's lr of 1e-5 most AdamW updates to bf16 weights are lost, which would change the
+  probe's trajectory, θ_b, every mode and RRT. Pure-bf16 training (bf16 weights updated in place) is an explicit
+  opt-in (`train.pure_bf16`). Under LoRA the frozen base weights may be bf16 (they are never updated); PEFT keeps
+  the adapters in fp32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +36,16 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class Precision:
+    """Inference precision: the dtype the weights are loaded in and the autocast dtype of forward passes."""
+
     weights: torch.dtype  # dtype the parameters are loaded in
     autocast: torch.dtype | None  # autocast dtype for forward passes, or None
     device: str
 
     @property
     def name(self) -> str:
-        a = f"+autocast-{str(self.autocast).removeprefix('torch.')}" if self.autocast else ""
-        return f"{str(self.weights).removeprefix('torch.')}{a}"
+        a = f"+autocast-{_dt(self.autocast)}" if self.autocast else ""
+        return f"{_dt(self.weights)}{a}"
 
     def context(self) -> contextlib.AbstractContextManager:
         if self.autocast is None:
@@ -39,23 +53,152 @@ class Precision:
         return torch.autocast(self.device, dtype=self.autocast)
 
 
-def training_precision(p: Precision) -> Precision:
-    """What to load for training: fp16 training keeps fp32 master weights (the Trainer's fp16 AMP then runs the
-    forward in fp16); loading fp16 weights would make the gradient scaler fail."""
-    return Precision(torch.float32, None, p.device) if p.weights == torch.float16 else p
+def _dt(d: torch.dtype | None) -> str:
+    return "none" if d is None else str(d).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Who holds which dtype during training (decided by `training_plan`, a pure function)."""
+
+    device: str
+    load: torch.dtype  # dtype the model is loaded in (what the Trainer wraps)
+    compute: torch.dtype  # dtype of the matmuls in forward and backward
+    master: torch.dtype  # dtype of the weights the optimizer updates
+    optimizer_state: torch.dtype  # dtype of AdamW's moments
+    trainer_bf16: bool  # TrainingArguments.bf16: autocast (or DeepSpeed/FSDP mixed precision) in bf16
+    trainer_fp16: bool  # TrainingArguments.fp16: fp16 autocast with a gradient scaler
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return (f"weights {_dt(self.master)}, compute {_dt(self.compute)}, optimizer state {_dt(self.optimizer_state)}"
+                + (f" ({self.note})" if self.note else ""))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "load": _dt(self.load), "compute": _dt(self.compute),
+                "master": _dt(self.master), "optimizer_state": _dt(self.optimizer_state),
+                "trainer_bf16": self.trainer_bf16, "trainer_fp16": self.trainer_fp16, "note": self.note}
+
+    def inference(self) -> Precision:
+        """How the model being trained is run for generation and scoring along the way (the probe)."""
+        auto = self.compute if self.compute != self.load else None
+        return Precision(self.load, auto, self.device)
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_precision(dtype: str = "auto", device: str | None = None) -> Precision:
+# ----------------------------------------------------------------------------------------------- CPU bf16
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def bf16_decision(flags: set[str] | None, capability: str, onednn_isa: str | None, env: str | None,
+                  measure: Any = None) -> tuple[bool, str]:
+    """Whether bf16 compute is fast on this CPU, and why (pure: every input is given).
+
+    flags: /proc/cpuinfo feature flags (None where unreadable); capability: torch's ATen CPU capability
+    (`ATEN_CPU_CAPABILITY` lowers it); onednn_isa: `ONEDNN_MAX_CPU_ISA` (caps oneDNN's matmul kernels); env:
+    `T3S_CPU_BF16` (1/0 forces the answer); measure: a function returning the fp32/bf16 matmul time ratio, used
+    only where the flags cannot be read (macOS, ARM)."""
+    if env is not None and env.strip().lower() in ("1", "true", "yes", "0", "false", "no"):
+        on = env.strip().lower() in ("1", "true", "yes")
+        return on, f"T3S_CPU_BF16={env.strip()}"
+    if flags is not None and ("avx2" in flags or "avx" in flags or "sse2" in flags):  # x86
+        hw = [f for f in BF16_FLAGS if f in flags]
+        if not hw:
+            return False, f"x86 CPU without AVX512-BF16 or AMX ({capability})"
+        if capability not in ("AVX512",):
+            return False, f"{'/'.join(hw)} present but PyTorch runs {capability} kernels"
+        isa = (onednn_isa or "ALL").upper()
+        if isa != "ALL" and not any(k in isa for k in ("BF16", "AMX", "AVX10")):
+            return False, f"{'/'.join(hw)} present but ONEDNN_MAX_CPU_ISA={isa}"
+        return True, "/".join(hw)
+    if measure is None:
+        return False, f"unknown CPU ({capability}); no measurement"
+    ratio = measure()
+    return ratio > 1.2, f"bf16 matmul {ratio:.2f}x the fp32 speed (measured)"
+
+
+def _measure_bf16_ratio() -> float:
+    """fp32 time / bf16 time of a small matmul (about 0.1 s on a CPU without bf16 hardware)."""
+    a, b = torch.randn(128, 256), torch.randn(256, 256)
+
+    def t(dtype: torch.dtype) -> float:
+        x, y = a.to(dtype), b.to(dtype)
+        x @ y
+        t0 = time.perf_counter()
+        for _ in range(3):
+            x @ y
+        return time.perf_counter() - t0
+
+    return t(torch.float32) / max(t(torch.bfloat16), 1e-9)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_bf16_cached(env: str | None, isa: str | None) -> tuple[bool, str]:
+    return bf16_decision(_cpu_flags(), torch.backends.cpu.get_cpu_capability(), isa, env, _measure_bf16_ratio)
+
+
+def cpu_bf16_fast() -> tuple[bool, str]:
+    """(fast, reason): whether this CPU executes bf16 matmuls fast (see `bf16_decision`)."""
+    return _cpu_bf16_cached(os.environ.get("T3S_CPU_BF16"), os.environ.get("ONEDNN_MAX_CPU_ISA"))
+
+
+def device_info(device: str | None = None) -> dict[str, Any]:
+    """What artifacts record next to their precision: the device and, on a CPU, its bf16 capability."""
+    device = device or default_device()
+    if device == "cpu":
+        fast, why = cpu_bf16_fast()
+        return {"device": "cpu", "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "cpu_bf16_fast": fast, "cpu_bf16_reason": why}
+    info: dict[str, Any] = {"device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+# ----------------------------------------------------------------------------------------------- decisions
+
+
+def resolve_precision(dtype: str = "auto", device: str | None = None, cpu_bf16: bool | None = None) -> Precision:
+    """Inference precision. `cpu_bf16`: whether bf16 is fast on this CPU (default: detected)."""
     device = device or default_device()
     if dtype not in PRECISIONS:
         raise T3SError(f"dtype must be one of {', '.join(PRECISIONS)}, got '{dtype}'")
     if device == "cpu":
         if dtype == "float16":
             raise T3SError("float16 is not supported on CPU (PyTorch runs it at ~1 GFLOP/s); use bfloat16 or float32")
+        if dtype == "auto":
+            dtype = "bfloat16" if (cpu_bf16_fast()[0] if cpu_bf16 is None else cpu_bf16) else "float32"
         if dtype == "float32":
             return Precision(torch.float32, None, device)
         return Precision(torch.float32, torch.bfloat16, device)
@@ -64,9 +207,53 @@ def resolve_precision(dtype: str = "auto", device: str | None = None) -> Precisi
     return Precision(getattr(torch, dtype), None, device)
 
 
+def training_plan(dtype: str = "auto", device: str | None = None, *, pure_bf16: bool = False, lora: bool = False,
+                  cpu_bf16: bool | None = None, gpu_bf16: bool | None = None) -> TrainingPlan:
+    """The precision plan of a training run (pure given `device`, `cpu_bf16` and `gpu_bf16`).
+
+    - fp32 master weights and fp32 optimizer state by default, with compute in bf16 (autocast) where the device
+      runs it fast, fp16 autocast on GPUs without bf16 (`dtype=float16`), else fp32.
+    - `pure_bf16`: bf16 weights updated in place, bf16 optimizer state (half the memory; loses most updates
+      smaller than 2^-8 of a weight, e.g. at lr 1e-5).
+    - `lora`: the frozen base weights are loaded in the compute dtype (they are never updated); the adapters
+      (created by PEFT in fp32) are the master weights.
+    """
+    device = device or default_device()
+    if dtype not in PRECISIONS:
+        raise T3SError(f"dtype must be one of {', '.join(PRECISIONS)}, got '{dtype}'")
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    if device == "cpu":
+        if dtype == "float16":
+            raise T3SError("float16 is not supported on CPU (PyTorch runs it at ~1 GFLOP/s); use bfloat16 or float32")
+        if dtype == "auto":
+            fast = cpu_bf16_fast()[0] if cpu_bf16 is None else cpu_bf16
+            dtype = "bfloat16" if fast else "float32"
+    elif dtype == "auto":
+        ok = torch.cuda.is_bf16_supported() if gpu_bf16 is None else gpu_bf16
+        dtype = "bfloat16" if ok else "float16"
+    if pure_bf16:
+        if dtype != "bfloat16":
+            raise T3SError(f"train.pure_bf16 needs bf16 compute (train.dtype bfloat16 or auto), not {dtype}")
+        if lora:
+            raise T3SError("train.pure_bf16 does not apply to LoRA: the adapters are kept in fp32 by PEFT")
+        return TrainingPlan(device, bf16, bf16, bf16, bf16, True, False,
+                            "pure bf16: updates below 2^-8 of a weight are lost")
+    compute = {"float32": f32, "bfloat16": bf16, "float16": f16}[dtype]
+    load = compute if (lora and compute != f16) else f32  # fp16 base weights under LoRA: the scaler needs fp32
+    return TrainingPlan(device, load, compute, f32, f32, compute == bf16, compute == f16,
+                        "LoRA: base weights frozen in " + _dt(load) if lora else "")
+
+
+def _looks_local(path: str) -> bool:
+    """A filesystem path rather than a hub id (`org/name`): absolute, relative with ./ or ../, or deeper."""
+    return path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
+
+
 def resolve_model_path(path: str | Path) -> str:
     """Accept a model directory, a `t3s train` output directory (its `model/`), or a hub id."""
     p = Path(path)
+    if not p.exists() and _looks_local(str(path)):
+        raise T3SError(f"{path}: no such model directory (a model is a local directory or a hub id like org/name)")
     if (p / "model" / "config.json").exists() and not (p / "config.json").exists():
         return str(p / "model")
     if p.exists() and not (p / "config.json").exists():

@@ -84,12 +84,12 @@ def _data_fp(path: str, need_response: bool) -> str:
 
 def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True) -> tuple[dict, int]:
     """Run (or resume) the pipeline. Returns (summary, exit code)."""
-    from t3s.models import model_fingerprint, resolve_model_path, resolve_precision
+    from t3s.models import model_fingerprint, resolve_model_path
     from t3s.probe import run_probe, tracking_callback
     from t3s.rrt import rrt
     from t3s.score import load_scores, run_score
     from t3s.select import select, select_forced, summary_line, write_selection
-    from t3s.train import prepare, train
+    from t3s.train import plan_for, prepare, train
 
     bad = set(force) - set(STAGE_KINDS)
     if bad:
@@ -240,7 +240,7 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
                 if cfg.probe.track_every > 0:  # accuracy along the way, like the probe's (on the training prompts)
                     tcfg = dataclasses.replace(cfg, train=train_cfg[s])
                     callbacks.append(tracking_callback(
-                        path, data, tcfg, resolve_precision(train_cfg[s].dtype), train_cfg[s].max_steps, progress,
+                        path, data, tcfg, plan_for(train_cfg[s]).inference(), train_cfg[s].max_steps, progress,
                         log=lambda m, mode=mode, s=s: p.log(f"seed {s} {mode}: {m}")))
                 return _slim(train(student, train_data, path, train_cfg[s], cfg.render, sel_path, overwrite=True,
                                    progress=progress, callbacks=callbacks, data=data, diffusion=diffusion))

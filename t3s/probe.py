@@ -7,8 +7,15 @@ mean teacher-forced confidence of the subset's response tokens, the mean generat
 generations containing a marker phrase (e.g. "Wait": has the student adopted the teacher's style?).
 
 Only θ_0 (the input) and the lowest-accuracy checkpoint so far are kept (ties go to the earliest);
-`keep_all` keeps every evaluated checkpoint. `online` stops once the minimum is confirmed: the last `patience`
-evaluations are all at least `margin` above the running minimum.
+`keep_all` keeps every evaluated checkpoint.
+
+A dip is real when the lowest accuracy is at least `margin` below the accuracy at step 0. `online` stops the
+probe only after a real dip: the running minimum is `margin` below step 0 and the last `patience` evaluations
+are all at least `margin` above that minimum; a rise or a flat run never stops early. The default margin is sized
+against the probe set's noise: 2 standard errors of the step-0 accuracy, 2·sqrt(p(1−p)/n) over n = prompts × k
+samples (p clamped to [0.05, 0.95]; at least one sample): ±3 points of standard error at n = 200 and p = 0.7 give
+a margin of 6.5 points. The minimum of some fifteen noisy evaluations falls 1.5 to 2 standard errors below their
+mean by chance alone, so a smaller margin finds dips in noise.
 """
 
 from __future__ import annotations
@@ -38,8 +45,10 @@ class ProbeConfig:
     subset_seed: int = field(default=0, metadata={"help": "seed of the subsets"})
     heldout_subset: int = field(default=0, metadata={"help": "held-out prompts evaluated (0: all, -1: none)"})
     k: int = field(default=1, metadata={"help": "samples per prompt: 1 = greedy, >1 = eval sampling, avg@k"})
-    online: bool = field(default=False, metadata={"help": "stop once the minimum is confirmed"})
-    margin: float = field(default=0.03, metadata={"help": "accuracy margin for a dip and for the online stop"})
+    online: bool = field(default=False, metadata={"help": "stop once a dip's minimum is confirmed"})
+    margin: float | None = field(default=None, metadata={
+        "help": "accuracy margin of a real dip and of the online stop (default: 2 standard errors of the step-0 "
+                "accuracy on the probe set)"})
     patience: int = field(default=2, metadata={"help": "evaluations above min + margin before an online stop"})
     markers: list[str] = field(default_factory=lambda: ["Wait"], metadata={"help": "style marker phrases"})
     keep_all: bool = field(default=False, metadata={"help": "keep every evaluated checkpoint"})
@@ -51,6 +60,8 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if self.patience < 1:
             raise T3SError("probe.patience must be >= 1")
+        if self.margin is not None and not 0 <= self.margin < 1:
+            raise T3SError(f"probe.margin must be in [0, 1) (a fraction of accuracy), got {self.margin}")
         if self.backend not in ("hf", "vllm"):
             raise T3SError(f"probe.backend must be hf or vllm, got '{self.backend}'")
         if not isinstance(self.markers, list) or not all(isinstance(m, str) for m in self.markers):
@@ -76,12 +87,26 @@ def find_bottleneck(points: list[dict[str, Any]], margin: float) -> dict[str, An
             "dip_found": depth >= margin - 1e-12, "dip_depth": depth}
 
 
+def standard_error(p: float, n: int) -> float:
+    """Standard error of an accuracy p measured on n samples (binomial)."""
+    return float(np.sqrt(p * (1 - p) / max(n, 1)))
+
+
+def auto_margin(p0: float, n: int) -> float:
+    """The default dip margin: 2 standard errors of the step-0 accuracy (p clamped to [0.05, 0.95]), and at least
+    one sample (1/n)."""
+    return max(2 * standard_error(min(max(p0, 0.05), 0.95), n), 1 / max(n, 1))
+
+
 def online_should_stop(accuracies: list[float], margin: float, patience: int) -> bool:
-    """accuracies[0] is θ_0. Stop when the last `patience` evaluations all come after the running minimum of the
-    trained checkpoints and are all at least `margin` above it."""
+    """accuracies[0] is θ_0. Stop only after a real dip: the running minimum of the trained checkpoints is at
+    least `margin` below θ_0, and the last `patience` evaluations come after it and are all at least `margin`
+    above it. A rise or a flat run never stops."""
     if len(accuracies) < 2 + patience:
         return False
     m = min(range(1, len(accuracies)), key=lambda i: (accuracies[i], i))
+    if accuracies[0] - accuracies[m] < margin - 1e-12:  # no dip (yet): keep going, a later shock may come
+        return False
     tail = accuracies[-patience:]
     return len(accuracies) - 1 - m >= patience and all(a >= accuracies[m] + margin - 1e-12 for a in tail)
 
@@ -164,6 +189,8 @@ class ProbeRunner:
         self.seconds = {"generation": 0.0, "confidence": 0.0, "checkpoints": 0.0}
         self.trainer = None  # set by run_probe: saving sharded (ZeRO-3 / FSDP) checkpoints goes through it
         self.generator = None  # set by run_probe for probe.backend=vllm (t3s.vllm_backend.ProbeGenerator)
+        self.margin = cfg.margin  # resolved at step 0 when auto (None)
+        self.noise: dict[str, Any] = {}
 
     def evaluate(self, model: Any, step: int, log_history: list[dict[str, Any]]) -> dict[str, Any]:
         from t3s.evaluate import evaluate_model, metrics
@@ -211,6 +238,16 @@ class ProbeRunner:
         }
         self.points.append(point)
         self.last_step = step
+        if step == 0 and not self.track:
+            n = len(train_s)  # prompts × k samples
+            se = standard_error(m["accuracy"], n)
+            auto = self.cfg.margin is None
+            self.margin = auto_margin(m["accuracy"], n) if auto else self.cfg.margin
+            self.noise = {"samples": n, "standard_error": se, "margin": self.margin, "margin_auto": auto}
+            self.log(f"probe: {len(self.train_rows)} prompts x k={self.gen.k}: accuracy at step 0 "
+                     f"{100 * m['accuracy']:.1f}% (standard error {100 * se:.1f} points); a dip must be "
+                     f"{100 * self.margin:.1f} points deep"
+                     + (" (auto: 2 standard errors; probe.margin sets it)" if auto else " (probe.margin)"))
         if dist.is_main():
             with (self.out / "trajectory.jsonl").open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(point) + "\n")
@@ -259,7 +296,7 @@ def _callback(runner: ProbeRunner):
             if (s % runner.every == 0 or s >= state.max_steps) and s > runner.last_step:
                 runner.evaluate(model, s, state.log_history)
                 accs = [p["train_accuracy"] for p in runner.points]
-                if runner.cfg.online and online_should_stop(accs, runner.cfg.margin, runner.cfg.patience):
+                if runner.cfg.online and online_should_stop(accs, runner.margin, runner.cfg.patience):
                     runner.stopped_early = True
                     control.should_training_stop = True
             return control
@@ -312,32 +349,34 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, hel
     are used. `diffusion` (a DiffusionConfig): the model is a masked-diffusion student, trained with the
     diffusion objective (random mask only: its SFT) and evaluated with the diffusion sampler."""
     from t3s.data import load_rows
-    from t3s.models import load_causal_lm, model_fingerprint, resolve_precision, training_precision
-    from t3s.train import make_trainer, prepare, training_arguments
+    from t3s.models import device_info, load_causal_lm, model_fingerprint
+    from t3s.train import make_trainer, plan_for, prepare, training_arguments
 
     pcfg, tcfg = cfg.probe, cfg.train
+    if diffusion is not None and pcfg.backend == "vllm":  # before any work: vLLM has no diffusion models
+        raise T3SError("probe.backend=vllm generates with autoregressive students only; a masked-diffusion student "
+                       "is probed with its own sampler (probe.backend=hf)")
     dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
-    precision = resolve_precision(tcfg.dtype)
+    plan = plan_for(tcfg)
+    precision = plan.inference()  # the live model is evaluated and scored as it trains
     data = prepare(model_path, data_path, tcfg, cfg.render, diffusion=diffusion)
     heldout = load_rows(heldout_path, need_response=False, need_answer=True) if heldout_path else None
     with dist.atomic_dir(out, overwrite) as tmp:  # several processes: the main one writes
         args = (data, dataclasses.replace(tcfg, save_steps=0))
         zero3 = dist.zero3_init_args(training_arguments(args[1], tmp / "trainer", progress))  # noqa: F841
         if diffusion is None:
-            model = load_causal_lm(model_path, training_precision(precision), tcfg.trust_remote_code,
+            model = load_causal_lm(model_path, precision, tcfg.trust_remote_code,
                                    place=not dist.launched())  # several processes: the Trainer places it
             trainer = make_trainer(model, *args, tmp / "trainer", progress=progress)
         else:
             from t3s import diffusion as dlm
 
-            model = dlm.load_mask_predictor(model_path, training_precision(precision), tcfg.trust_remote_code)
+            model = dlm.load_mask_predictor(model_path, precision, tcfg.trust_remote_code)
             trainer = dlm.make_trainer(model, *args, diffusion, tmp / "trainer", progress=progress)
         runner = ProbeRunner(tmp, data, heldout, pcfg, cfg.eval, cfg.render, precision,
                              tcfg.max_steps, progress, log, diffusion=diffusion)
         runner.trainer = trainer
         if pcfg.backend == "vllm":
-            if diffusion is not None:
-                raise T3SError("probe.backend=vllm generates with autoregressive students only")
             from t3s.vllm_backend import ProbeGenerator
 
             runner.generator = ProbeGenerator(trainer, data.tokenizer, cfg.eval, tcfg.trust_remote_code)
@@ -347,7 +386,7 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, hel
         t_train = time.perf_counter() - t_train
         dist.barrier()  # several processes: all are done with the Trainer's folder before it goes
         dist.on_main(lambda: shutil.rmtree(tmp / "trainer", ignore_errors=True))
-        b = find_bottleneck(runner.points, pcfg.margin)
+        b = find_bottleneck(runner.points, runner.margin)
         completed = trainer.state.global_step >= trainer.state.max_steps
         if completed:  # the probe is a full SFT run: keep its end point (the pipeline reuses it as `sft`)
             _save_model(trainer.model, data.tokenizer, tmp / "final", trainer.state.global_step, trainer)
@@ -367,10 +406,11 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, hel
             "data": str(data_path),
             "fingerprints": data.fingerprints,
             **b,
-            "margin": pcfg.margin,
+            "margin": runner.margin,
+            "noise": runner.noise,
             "bottleneck": "bottleneck" if usable else None,
             "usable": usable,
-            "message": None if b["dip_found"] else no_dip_message(b, pcfg.margin),
+            "message": None if b["dip_found"] else no_dip_message(b, runner.margin),
             "stopped_early": runner.stopped_early,
             "completed": completed,
             "steps_run": trainer.state.global_step,
@@ -380,6 +420,9 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, hel
             "seconds": {"run": t_train, **runner.seconds,
                         "training": t_train - sum(runner.seconds.values())},
             "objective": "ar" if diffusion is None else "diffusion",
+            "precision": plan.name,
+            "precision_plan": plan.as_dict(),
+            "device": device_info(plan.device),
             "probe_config": dataclasses.asdict(pcfg),
             "train_config": dataclasses.asdict(tcfg),
         }

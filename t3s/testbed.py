@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from t3s import T3SError
 from t3s.tiny import build_tokenizer
@@ -92,7 +93,8 @@ class WorldConfig:
     vocab_size: int = 400
     pretrain_lr: float = 1e-3
     pretrain_batch: int = 64
-    pretrain_dtype: str = "auto"  # bf16 autocast: about 20% faster than float32 at batch 64 on a CPU
+    # float32, not auto: the student must not depend on the CPU it is built on (bf16 is fast only on some CPUs)
+    pretrain_dtype: str = "float32"
     pretrain_max_steps: int = 700
     pretrain_eval_every: int = 25
     band: tuple[float, float] = (0.65, 0.90)
@@ -179,16 +181,52 @@ def _write_run_config(world) -> None:
     tmp.replace(path)
 
 
-def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False, progress: bool = True,
-                log=print) -> dict:
-    """Build (or reuse, when `out` holds a world of the same config) the testbed world."""
+# The pretrained student of the default world, shipped with t3s so that `make demo` does not spend minutes (on a
+# CPU without fast bf16, over ten) pretraining it; `t3s testbed build --rebuild` pretrains it again.
+SHIPPED = Path(__file__).parent / "worlds" / "arithmetic"
+
+
+def world_fingerprint(cfg: WorldConfig) -> str:
     import dataclasses
-    from pathlib import Path
+
+    from t3s.artifacts import sha256_json
+
+    return sha256_json({"world": dataclasses.asdict(cfg), "version": 2})
+
+
+def rows_fingerprint(rows: dict[str, list[dict]]) -> str:
+    from t3s.artifacts import sha256_json
+
+    return sha256_json(rows)
+
+
+def shipped_world(cfg: WorldConfig, rows: dict[str, list[dict]]) -> dict | None:
+    """The shipped world's record when it was built from exactly these settings and rows, else None."""
+    import json
+
+    try:
+        info = json.loads((SHIPPED / "world.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if info.get("fingerprint") != world_fingerprint(cfg) or info.get("rows_fingerprint") != rows_fingerprint(rows):
+        return None
+    if not (SHIPPED / "student" / "config.json").exists():
+        return None
+    return info
+
+
+def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False, progress: bool = True,
+                log=print, rebuild: bool = False) -> dict:
+    """Build (or reuse, when `out` holds a world of the same config) the testbed world. The student is the one
+    shipped with t3s when it was built from the same settings (its fingerprint and that of the data rows match),
+    unless `rebuild`; otherwise it is pretrained here."""
+    import dataclasses
+    import shutil
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-    from t3s.artifacts import atomic_dir, read_json, sha256_json, write_json
+    from t3s.artifacts import atomic_dir, read_json, write_json
     from t3s.config import load_config
     from t3s.data import load_rows
     from t3s.evaluate import GenConfig, evaluate_model, metrics
@@ -197,17 +235,34 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
 
     cfg = cfg or WorldConfig()
     out = Path(out)
-    fp = sha256_json({"world": dataclasses.asdict(cfg), "version": 1})
+    fp = world_fingerprint(cfg)
     if (out / "world.json").exists() and not overwrite:
         info = read_json(out / "world.json")
-        if info.get("fingerprint") == fp:
+        if info.get("fingerprint") == fp and not rebuild:
             log(f"testbed world in {out} is up to date (cached)")
             _write_run_config(out)
             return info
-        raise T3SError(f"{out} holds a testbed world built with other settings; pass --overwrite to rebuild")
+        raise T3SError(f"{out} holds a testbed world built with other settings (or --rebuild was asked for); pass "
+                       "--overwrite to replace it")
 
     rows = make_rows(cfg)
     t0 = time.perf_counter()
+    shipped = None if rebuild else shipped_world(cfg, rows)
+    if shipped is not None:
+        with atomic_dir(out, overwrite=True) as tmp:
+            for name in ("train", "heldout", "dev", "dev_other", "pretrain"):
+                _write_jsonl(tmp / f"{name}.jsonl", rows[name])
+            shutil.copytree(SHIPPED / "student", tmp / "student")
+            info = {**shipped, "source": "shipped with t3s (t3s/worlds/arithmetic; --rebuild pretrains it here)",
+                    "seconds": time.perf_counter() - t0}
+            write_json(tmp / "world.json", info)
+        _write_run_config(out)
+        c = shipped["student"]
+        log(f"testbed world written to {out} with the student shipped with t3s (pretrained with these settings: "
+            f"step {c['step']}, dev accuracy {100 * c['dev_accuracy']:.1f}% in style S, "
+            f"{100 * c['dev_other_accuracy']:.1f}% in style T under the other prompt); --rebuild pretrains it here")
+        return info
+
     with atomic_dir(out, overwrite=True) as tmp:
         for name in ("train", "heldout", "dev", "dev_other", "pretrain"):
             _write_jsonl(tmp / f"{name}.jsonl", rows[name])
@@ -260,16 +315,17 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
 
         trainer = make_trainer(model, data, rc.train, tmp / "pretrain-trainer", progress=progress, callbacks=[Pick()])
         trainer.train()
-        import shutil
-
         shutil.rmtree(tmp / "pretrain-trainer", ignore_errors=True)
         if not chosen:
             raise T3SError(f"the student never reached a dev accuracy in {cfg.band} with at least "
                            f"{cfg.min_other_accuracy:.0%} in the teacher's style within {cfg.pretrain_max_steps} steps "
                            f"(last: {history[-1] if history else None}); change the world settings")
         tok.save_pretrained(tmp / "student")
-        info = {"kind": "t3s-testbed", "fingerprint": fp, "config": dataclasses.asdict(cfg), "student": chosen,
-                "pretraining": history, "seconds": time.perf_counter() - t0,
+        from t3s.models import device_info
+
+        info = {"kind": "t3s-testbed", "fingerprint": fp, "rows_fingerprint": rows_fingerprint(rows),
+                "config": dataclasses.asdict(cfg), "student": chosen, "source": "pretrained here",
+                "pretraining": history, "seconds": time.perf_counter() - t0, "built_on": device_info("cpu"),
                 "files": ["student/", "init/", "train.jsonl", "heldout.jsonl", "dev.jsonl", "dev_other.jsonl", "pretrain.jsonl",
                           "run.yaml"]}
         write_json(tmp / "world.json", info)

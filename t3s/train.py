@@ -22,7 +22,7 @@ from typing import Any
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import read_json, sha256_json, write_json
 from t3s.data import Example, RenderConfig, fingerprints, load_rows, render_rows
-from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision, training_precision
+from t3s.models import TrainingPlan, device_info, load_causal_lm, load_tokenizer, model_fingerprint, training_plan
 from t3s.select import MATCH_KEYS, Selection, load_selection
 
 NORMALIZE = ("kept", "response")
@@ -45,7 +45,11 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 disables)"})
     seed: int = field(default=42, metadata={"help": "data order and initialisation seed"})
     normalize: str = field(default="kept", metadata={"help": "kept | response: loss denominator"})
-    dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
+    dtype: str = field(default="auto", metadata={
+        "help": "compute dtype: auto | float32 | bfloat16 | float16 (GPU only); weights stay fp32 (t3s.models)"})
+    pure_bf16: bool = field(default=False, metadata={
+        "help": "bf16 weights updated in place, no fp32 master copy: half the memory, but most updates below "
+                "2^-8 of a weight are lost (at lr 1e-5: most of them)"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (GPU)"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep Trainer checkpoints after success"})
@@ -105,17 +109,32 @@ def _trainer_class():
             return out
 
     class T3STrainer(SFTTrainer):
-        """SFTTrainer whose loss denominator can be the number of response tokens instead of kept tokens."""
+        """SFTTrainer whose loss is Σ CE over the kept tokens / N, exactly over the global batch (every
+        micro-batch and process), for every model class: N = the kept tokens (normalize=kept) or the response
+        tokens (normalize=response) of the global batch.
+
+        TRL's compute_loss divides the summed token losses by `num_items_in_batch` when it is given, and by the
+        micro-batch's own count otherwise. transformers computes `num_items_in_batch` only for models that accept
+        loss kwargs (`accepts_loss_kwargs`); for the others (several multimodal and newer classes) the loss would
+        silently become a mean of per-micro-batch means. This trainer always counts N itself and says that the
+        loss is already scaled for gradient accumulation."""
+
+        loss_is_scaled_for_ga = True  # the loss is divided by the global N, never again by the accumulation steps
 
         def __init__(self, *args, normalize: str = "kept", **kwargs):
             self.normalize = normalize
             super().__init__(*args, **kwargs)
 
         def _get_num_items_in_batch(self, batch_samples, device):
-            if self.normalize == "response":
-                # Count response positions with the Trainer's own rule (shift, gather across processes).
-                batch_samples = [{"labels": b["response_labels"]} for b in batch_samples]
-            return super()._get_num_items_in_batch(batch_samples, device)
+            import torch
+
+            key = "response_labels" if self.normalize == "response" else "labels"
+            # causal LM: position p predicts token p + 1, so the first label never counts (the Trainer's own rule)
+            n = sum(int((b[key][..., 1:] != -100).sum()) for b in batch_samples)
+            n = torch.tensor(n, device=device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                n = self.accelerator.gather(n).sum()  # TRL multiplies the loss by the process count to match
+            return n
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs.pop("response_labels", None)
@@ -193,11 +212,16 @@ def prepare(model_path: str, data_path: str, cfg: TrainConfig, rcfg: RenderConfi
     return Prepared(tok, rows, examples, report, fps, sel, datasets.Dataset.from_dict(columns))
 
 
-def training_arguments(cfg: TrainConfig, output_dir: str | Path, progress: bool) -> dict[str, Any]:
-    """transformers TrainingArguments from a TrainConfig (shared by the AR and the diffusion trainers)."""
-    import torch
+def plan_for(cfg: TrainConfig) -> TrainingPlan:
+    """The precision plan of a training run with these settings on this machine."""
+    return training_plan(cfg.dtype, pure_bf16=cfg.pure_bf16, lora=cfg.lora_r > 0)
 
-    precision = resolve_precision(cfg.dtype)
+
+def training_arguments(cfg: TrainConfig, output_dir: str | Path, progress: bool,
+                       plan: TrainingPlan | None = None) -> dict[str, Any]:
+    """transformers TrainingArguments from a TrainConfig (shared by the AR and the diffusion trainers); `plan`:
+    the precision plan (default: this machine's, `plan_for`)."""
+    plan = plan or plan_for(cfg)
     return dict(
         output_dir=str(output_dir),
         learning_rate=cfg.learning_rate,
@@ -211,9 +235,9 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, progress: bool)
         optim=cfg.optim,
         max_grad_norm=cfg.max_grad_norm,
         seed=cfg.seed,
-        use_cpu=precision.device == "cpu",
-        bf16=precision.autocast == torch.bfloat16 or precision.weights == torch.bfloat16,
-        fp16=precision.weights == torch.float16,
+        use_cpu=plan.device == "cpu",
+        bf16=plan.trainer_bf16,
+        fp16=plan.trainer_fp16,
         activation_checkpointing=cfg.activation_checkpointing,
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
@@ -287,7 +311,7 @@ def train(
         raise T3SError(f"{ckpt_dir} holds checkpoints of an unfinished run; pass --resume to continue or --overwrite")
 
     dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
-    precision = resolve_precision(cfg.dtype)
+    plan = plan_for(cfg)
     data = data or prepare(model_path, data_path, cfg, rcfg, selection_path, diffusion)
     sel = data.selection
     run = {
@@ -316,13 +340,13 @@ def train(
     zero3 = dist.zero3_init_args(training_arguments(cfg, ckpt_dir, progress))  # noqa: F841 -- held while loading
 
     if diffusion is None:
-        model = load_causal_lm(model_path, training_precision(precision), cfg.trust_remote_code,
+        model = load_causal_lm(model_path, plan.inference(), cfg.trust_remote_code,
                                place=not dist.launched())  # several processes: the Trainer places it
         trainer = make_trainer(model, data, cfg, ckpt_dir, progress=progress, callbacks=callbacks)
     else:
         from t3s import diffusion as dlm
 
-        model = dlm.load_mask_predictor(model_path, training_precision(precision), cfg.trust_remote_code)
+        model = dlm.load_mask_predictor(model_path, plan.inference(), cfg.trust_remote_code)
         trainer = dlm.make_trainer(model, data, cfg, diffusion, ckpt_dir, progress=progress, callbacks=callbacks)
     tok, report, kept = data.tokenizer, data.report, data.kept_tokens
     t0 = time.perf_counter()
@@ -338,7 +362,9 @@ def train(
         "kept_tokens": kept,
         "forced_tokens": data.forced_tokens,
         "response_tokens": report.response_tokens,
-        "precision": precision.name,
+        "precision": plan.name,
+        "precision_plan": plan.as_dict(),
+        "device": device_info(plan.device),
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
         "train_seconds": seconds,

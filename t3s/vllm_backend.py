@@ -35,20 +35,26 @@ def require_vllm() -> Any:
     return vllm
 
 
-def sampling_kwargs(cfg: Any, stops: list[int], index: int) -> dict[str, Any]:
+def sampling_kwargs(cfg: Any, stops: list[int], index: int, gen_config: Any = None) -> dict[str, Any]:
     """vLLM SamplingParams arguments for prompt number `index` under a GenConfig: k samples, temperature 0 =
-    greedy, nucleus sampling with no top-k (as the HF backend), the prompt's own seed, stop at any EOS id; text is
-    decoded by t3s, not by vLLM."""
-    sample = cfg.temperature > 0
-    return {
+    greedy, exactly the sampling settings of the HF backend (`t3s.evaluate.sampling_settings`: no top-k, min-p or
+    repetition penalty unless `model_defaults` takes them from the model's `gen_config`), the prompt's own seed,
+    stop at any EOS id; text is decoded by t3s, not by vLLM. A neutral setting is left out (vLLM's own default
+    is the same neutral value, whatever its version spells it as)."""
+    from t3s.evaluate import MODEL_SAMPLING_KEYS, sampling_settings
+
+    st = sampling_settings(cfg, gen_config)
+    out = {
         "n": cfg.k,
-        "temperature": cfg.temperature if sample else 0.0,
-        "top_p": cfg.top_p if sample else 1.0,
+        "temperature": st["temperature"],
+        "top_p": st["top_p"],
         "max_tokens": cfg.max_new_tokens,
         "seed": cfg.seed * SEED_STRIDE + index,
         "stop_token_ids": list(stops),
         "detokenize": False,
     }
+    out.update({k: st[k] for k, neutral in MODEL_SAMPLING_KEYS.items() if st[k] != neutral})
+    return out
 
 
 def to_generations(completions: list[tuple[list[int], str | None]], stops: list[int],
@@ -67,18 +73,21 @@ def to_generations(completions: list[tuple[list[int], str | None]], stops: list[
 
 
 def engine_kwargs(model_path: str, cfg: Any, trust_remote_code: bool = False) -> dict[str, Any]:
-    """vllm.LLM arguments: the model and its tokenizer, t3s's dtype names, then `eval.vllm` as given."""
+    """vllm.LLM arguments: the model and its tokenizer, t3s's dtype names, vLLM's neutral sampling defaults
+    (`generation_config="vllm"`: t3s passes every sampling setting itself), then `eval.vllm` as given."""
     dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[cfg.dtype]
     return {"model": model_path, "tokenizer": model_path, "dtype": dtype, "seed": cfg.seed,
-            "trust_remote_code": trust_remote_code, **cfg.vllm}
+            "trust_remote_code": trust_remote_code, "generation_config": "vllm", **cfg.vllm}
 
 
 def generate_with(llm: Any, tok: Any, prompts: list[list[int]], cfg: Any, stops: list[int],
-                  indices: list[int] | None = None, progress: bool = False) -> list[list[Any]]:
-    """k generations per prompt from a vLLM engine; `indices`: the prompts' numbers in the whole set (seeds)."""
+                  indices: list[int] | None = None, progress: bool = False, gen_config: Any = None
+                  ) -> list[list[Any]]:
+    """k generations per prompt from a vLLM engine; `indices`: the prompts' numbers in the whole set (seeds);
+    `gen_config`: the model's GenerationConfig (read only with `model_defaults`)."""
     vllm = require_vllm()
     indices = list(range(len(prompts))) if indices is None else indices
-    params = [vllm.SamplingParams(**sampling_kwargs(cfg, stops, i)) for i in indices]
+    params = [vllm.SamplingParams(**sampling_kwargs(cfg, stops, i, gen_config)) for i in indices]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=progress)
     decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
     return [to_generations([(o.token_ids, o.finish_reason) for o in r.outputs], stops, decode) for r in outs]
@@ -105,10 +114,11 @@ class Engine:
         except OSError:
             gen = None
         self.tok, self.stops = tok, eos_ids(SimpleNamespace(generation_config=gen), tok)  # as the HF backend
+        self.gen = gen
         self.llm = vllm.LLM(**engine_kwargs(path, cfg, trust_remote_code))
 
     def __call__(self, prompts: list[list[int]], cfg: Any, progress: bool = True, desc: str = "") -> list[list[Any]]:
-        return generate_with(self.llm, self.tok, prompts, cfg, self.stops, progress=progress)
+        return generate_with(self.llm, self.tok, prompts, cfg, self.stops, progress=progress, gen_config=self.gen)
 
 
 class ProbeGenerator:
@@ -147,5 +157,6 @@ class ProbeGenerator:
         stops = eos_ids(model, self.tok)
         # engines are per tensor-parallel group: the members of a group generate the same prompts
         return dist.map_rows(
-            lambda part: generate_with(self.vg.llm, self.tok, [p for _, p in part], cfg, stops, [i for i, _ in part]),
+            lambda part: generate_with(self.vg.llm, self.tok, [p for _, p in part], cfg, stops, [i for i, _ in part],
+                                       gen_config=getattr(model, "generation_config", None)),
             list(enumerate(prompts)), [len(p) for p in prompts], part=dist.rank() // tp, parts=dist.world() // tp)

@@ -39,7 +39,7 @@ def test_train_and_rrt_bad_input(tiny, tmp_path):
     r = t3s("train", "--model", tiny / "model", "--data", tiny / "train.jsonl", "--out", tmp_path / "t", "lr=1")
     assert r.returncode == 2 and "unknown config key 'lr'" in r.stderr and not (tmp_path / "t").exists()
     r = t3s("train", "--model", tmp_path / "nope", "--data", tiny / "train.jsonl", "--out", tmp_path / "t")
-    assert r.returncode == 2 and "cannot load a tokenizer" in r.stderr and not (tmp_path / "t").exists()
+    assert r.returncode == 2 and "nope: no such model directory" in r.stderr and not (tmp_path / "t").exists()
     r = t3s("rrt", "--init", tiny / "model", "--bottleneck", tiny / "model", "--final", tmp_path / "nope",
             "--out", tmp_path / "r")
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "r").exists()

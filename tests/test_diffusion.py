@@ -42,7 +42,7 @@ def test_forced_positions_always_masked_and_prompt_never(dtiny):
         cfg = DiffusionConfig(mask_schedule=schedule)
         fractions = []
         for step in range(150):
-            mask, t, answer = build_mask(batch, cfg, seed=3, step=step)
+            mask, forced_pos, t, answer = build_mask(batch, cfg, seed=3, step=step)
             for i, it in enumerate(items):
                 p = it["prompt_len"]
                 assert not mask[i, :p].any()
@@ -96,10 +96,13 @@ def _forced_selection(path, tok, data_path, pattern):
     return examples, forced
 
 
-@pytest.mark.parametrize("schedule", ["llada", "dfactory"])
-def test_one_sgd_step_equals_the_documented_loss(dtiny, tmp_path, schedule):
-    """2 rows x 2 accumulation steps, one SGD step: θ − lr·∇L with L = mean over rows of
-    Σ_masked CE (/t for llada) / L_answer, computed row by row with its own log-softmax."""
+@pytest.mark.parametrize("schedule, forced_weight",
+                         [("llada", "one"), ("llada", "inverse_t"), ("dfactory", "one"), ("dfactory", "inverse_t")])
+def test_one_sgd_step_equals_the_documented_loss(dtiny, tmp_path, schedule, forced_weight):
+    """2 rows x 2 accumulation steps, one SGD step: θ − lr·∇L, computed row by row with its own log-softmax:
+    llada:    L = mean over rows of (Σ_random CE / t + Σ_forced w_f·CE) / L_answer
+    dfactory: L = (Σ_random CE + Σ_forced w_f·CE) / (masked positions of the whole batch)
+    with w_f = 1 (forced_weight=one) or 1/t (inverse_t)."""
     from t3s.train import train
 
     tok = load_tokenizer(dtiny / "dllm")
@@ -108,25 +111,31 @@ def test_one_sgd_step_equals_the_documented_loss(dtiny, tmp_path, schedule):
     lr = 0.5
     cfg = load_config(None, ["optim=sgd", f"learning_rate={lr}", "max_steps=1", "per_device_train_batch_size=2",
                              "gradient_accumulation_steps=2", "max_grad_norm=0", "dtype=float32",
-                             f"diffusion.mask_schedule={schedule}"])
+                             f"diffusion.mask_schedule={schedule}", f"diffusion.forced_weight={forced_weight}"])
     s = train(str(dtiny / "dllm"), str(data), tmp_path / "run", cfg.train, cfg.render, str(tmp_path / "sel"),
               progress=False, diffusion=cfg.diffusion)
     assert s["forced_tokens"] == sum(int(f.sum()) for f in forced) > 0
 
     model = load_mask_predictor(dtiny / "dllm", FP32)
     mask_id = tok.mask_token_id
-    total = 0.0
+    total, n_masked = 0.0, 0
     for i, (e, f) in enumerate(zip(examples, forced)):
         n = len(e.response_ids)
         t, (u,) = draw_noise(cfg.diffusion, cfg.train.seed, 0, [i], [n])
+        t = float(t[0])
+        f = torch.tensor(f, dtype=torch.bool)
+        rand = (u < t) & ~f
         masked = torch.zeros(len(e.input_ids), dtype=torch.bool)
-        masked[e.prompt_len:] = (u < t[0]) | torch.tensor(f)
+        masked[e.prompt_len:] = rand | f
         x = torch.tensor(e.input_ids).masked_fill(masked, mask_id)
         logp = model(input_ids=x[None]).logits[0].log_softmax(-1)
-        ce = -logp[masked.nonzero()[:, 0], torch.tensor(e.input_ids)[masked]]
-        w = 1.0 / n / (float(t[0]) if schedule == "llada" else 1.0)
-        total = total + ce.sum() * w
-    loss = total / len(examples)
+        ce = -logp[e.prompt_len:].gather(1, torch.tensor(e.response_ids)[:, None])[:, 0]
+        w_rand = 1.0 / t if schedule == "llada" else 1.0
+        w_forced = 1.0 / t if forced_weight == "inverse_t" else 1.0
+        row = (ce * rand).sum() * w_rand + (ce * f).sum() * w_forced
+        total = total + (row / n if schedule == "llada" else row)
+        n_masked += int((rand | f).sum())
+    loss = total / (len(examples) if schedule == "llada" else n_masked)
     loss.backward()
     got = dict(load_mask_predictor(tmp_path / "run" / "model", FP32).named_parameters())
     moved = 0
@@ -139,6 +148,87 @@ def test_one_sgd_step_equals_the_documented_loss(dtiny, tmp_path, schedule):
     assert moved > 0
     first = next(h for h in s["log_history"] if "loss" in h)
     assert first["loss"] == pytest.approx(loss.item(), rel=1e-4)
+
+
+def test_forced_weight_one_keeps_the_forced_share_of_the_loss_bounded(dtiny):
+    """With w_f = 1/t the forced set's share of the loss follows 1/t (a random factor up to 1/ε); with w_f = 1
+    a forced position weighs what a randomly masked one weighs in expectation (E[1{u<t}/t] = 1)."""
+    from t3s.diffusion import position_weights
+
+    tok = load_tokenizer(dtiny / "dllm")
+    examples, _ = render_rows(load_rows(dtiny / "train.jsonl"), tok, RenderConfig())
+    items = [{"input_ids": e.input_ids, "prompt_len": e.prompt_len, "row": i,
+              "forced": [j % 20 == 0 for j in range(len(e.response_ids))]} for i, e in enumerate(examples[:8])]
+    batch = Collator(tok.eos_token_id)(items)
+    shares = {}
+    for fw in ("one", "inverse_t"):
+        cfg = DiffusionConfig(forced_weight=fw)
+        per_step = []
+        for step in range(400):
+            mask, forced, t, answer = build_mask(batch, cfg, seed=1, step=step)
+            w = position_weights(mask, forced, t, answer, cfg)
+            per_step.append(float(w[forced].sum() / w.sum()))  # the forced set's share of the weight
+        shares[fw] = np.array(per_step)
+    # the forced set is 5% of the response positions: with w_f = 1 its share stays near 5% on average...
+    assert 0.02 < shares["one"].mean() < 0.1
+    # ...with w_f = 1/t it is larger and swings far more from step to step
+    assert shares["inverse_t"].mean() > 1.5 * shares["one"].mean()
+    assert shares["inverse_t"].std() > 2 * shares["one"].std()
+
+
+# ----------------------------------------------------------------------------------------------- devices
+
+
+def test_diffusion_loss_runs_with_the_batch_on_another_device(dtiny):
+    """The Trainer moves the batch to the training device; the noise is drawn on the CPU. On the `meta` device
+    any op that mixes a CPU tensor with a meta tensor raises, as a GPU would (the old mask did)."""
+    import torch.fx.experimental._config as fxc
+
+    from t3s.diffusion import position_weights, weighted_loss_sum
+
+    tok = load_tokenizer(dtiny / "dllm")
+    examples, _ = render_rows(load_rows(dtiny / "train.jsonl"), tok, RenderConfig())
+    items = [{"input_ids": e.input_ids, "prompt_len": e.prompt_len, "row": i,
+              "forced": [j % 3 == 0 for j in range(len(e.response_ids))]} for i, e in enumerate(examples[:4])]
+    batch = Collator(tok.eos_token_id)(items)
+    on_meta = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}  # what the Trainer does
+    cfg = DiffusionConfig()
+    mask, forced, t, answer = build_mask(on_meta, cfg, seed=0, step=0)
+    assert {x.device.type for x in (mask, forced, t, answer)} == {"meta"}
+    logits = torch.zeros((*on_meta["input_ids"].shape, len(tok)), device="meta")
+    old = fxc.meta_nonzero_assume_all_nonzero
+    fxc.meta_nonzero_assume_all_nonzero = True  # boolean indexing on meta needs a shape guess
+    try:
+        loss = weighted_loss_sum(logits, on_meta["input_ids"], mask, position_weights(mask, forced, t, answer, cfg))
+    finally:
+        fxc.meta_nonzero_assume_all_nonzero = old
+    assert loss.device.type == "meta"
+    # the same batch on the CPU gives a mask equal to the one the CPU path computes, forced positions included
+    m_cpu, f_cpu, _, _ = build_mask(batch, cfg, seed=0, step=0)
+    for i, it in enumerate(items):
+        p = it["prompt_len"]
+        assert f_cpu[i, p:p + len(it["forced"])].tolist() == it["forced"] and not m_cpu[i, :p].any()
+
+
+def test_sampler_step_runs_with_logits_on_another_device():
+    """One denoising step with the model's logits on another device than the CPU generator (meta here)."""
+    from t3s.diffusion import commit_step
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.zeros((2, 4, 11), device="meta")
+    block = torch.full((2, 4), 10, dtype=torch.long, device="meta")
+    masked = torch.ones((2, 4), dtype=torch.bool, device="meta")
+    for temperature, remasking in ((0.0, "low_confidence"), (0.7, "low_confidence"), (0.7, "random")):
+        out = commit_step(logits, block, masked, 2, temperature, remasking, g)
+        assert out.device.type == "meta" and out.shape == (2, 4)
+    # on the CPU it commits exactly k positions per row, the most confident ones
+    logits = torch.randn((2, 4, 11), generator=torch.Generator().manual_seed(1))
+    out = commit_step(logits, torch.full((2, 4), 99), torch.ones((2, 4), dtype=torch.bool), 2, 0.0,
+                      "low_confidence", g)  # 99: the mask id, outside the 11-token vocabulary
+    assert ((out != 99).sum(1) == 2).all()
+    conf = logits.softmax(-1).max(-1).values
+    assert ((out != 99) == (conf >= conf.topk(2, dim=-1).values[:, -1:])).all()
+    assert (out[out != 99] == logits.argmax(-1)[out != 99]).all()
 
 
 def test_ar_and_diffusion_selections_are_not_interchangeable(dtiny, tmp_path):
@@ -474,3 +564,180 @@ def test_remote_code_student_like_llada(dtiny, tmp_path):
     s = train(str(d), str(dtiny / "train.jsonl"), tmp_path / "run", cfg.train, cfg.render, progress=False,
               diffusion=cfg.diffusion)
     assert s["global_step"] == 2 and np.isfinite(s["train_loss"])
+
+
+# ----------------------------------------------------------------------------------------------- LLaDA-2 layout
+
+LLADA2_CONFIG = '''
+from transformers import PretrainedConfig
+
+
+class TinyLlada2Config(PretrainedConfig):
+    model_type = "tinyllada2_moe"
+
+    def __init__(self, vocab_size=8, hidden=32, mask_token_id=None, **kw):
+        self.vocab_size, self.hidden, self.mask_token_id = vocab_size, hidden, mask_token_id
+        super().__init__(**kw)
+'''
+
+LLADA2_MODEL = '''
+import torch
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+
+from .configuration_tinyllada2 import TinyLlada2Config
+
+
+class TinyLlada2Model(PreTrainedModel):
+    """The bare backbone: what LLaDA2.0-mini's auto_map names under AutoModel. No head, no logits."""
+    config_class = TinyLlada2Config
+    base_model_prefix = "model"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.emb = torch.nn.Embedding(config.vocab_size, config.hidden)
+        self.mix = torch.nn.TransformerEncoderLayer(config.hidden, 2, 2 * config.hidden, dropout=0.0, batch_first=True)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kw):
+        return BaseModelOutput(last_hidden_state=self.mix(self.emb(input_ids)))
+
+
+class TinyLlada2ModelLM(PreTrainedModel):
+    """The LM (backbone + head): what its auto_map names under AutoModelForCausalLM, and its architectures."""
+    config_class = TinyLlada2Config
+    base_model_prefix = "model"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = TinyLlada2Model(config)
+        self.lm_head = torch.nn.Linear(config.hidden, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, attention_mask=None, **kw):
+        return CausalLMOutput(logits=self.lm_head(self.model(input_ids).last_hidden_state))
+'''
+
+
+def _llada2_dir(tmp_path, tok, auto_map_keys=("AutoModel", "AutoModelForCausalLM")):
+    """A local remote-code model directory with LLaDA2.0-mini's config layout: AutoModel -> the bare backbone,
+    AutoModelForCausalLM -> the LM, architectures = the LM."""
+    import shutil
+    import sys
+
+    src = tmp_path / "src2"
+    src.mkdir(exist_ok=True)
+    (src / "configuration_tinyllada2.py").write_text(LLADA2_CONFIG)
+    (src / "modeling_tinyllada2.py").write_text(LLADA2_MODEL)
+    (src / "__init__.py").write_text("")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from src2.modeling_tinyllada2 import TinyLlada2Config, TinyLlada2ModelLM
+    finally:
+        sys.path.remove(str(tmp_path))
+    d = tmp_path / "llada2"
+    torch.manual_seed(0)
+    TinyLlada2ModelLM(TinyLlada2Config(vocab_size=len(tok), mask_token_id=tok.mask_token_id)).save_pretrained(d)
+    for f in ("configuration_tinyllada2.py", "modeling_tinyllada2.py"):
+        shutil.copy(src / f, d / f)
+    cfg = json.loads((d / "config.json").read_text())
+    full = {"AutoConfig": "configuration_tinyllada2.TinyLlada2Config",
+            "AutoModel": "modeling_tinyllada2.TinyLlada2Model",
+            "AutoModelForCausalLM": "modeling_tinyllada2.TinyLlada2ModelLM"}
+    cfg["auto_map"] = {k: v for k, v in full.items() if k == "AutoConfig" or k in auto_map_keys}
+    if "AutoModelForCausalLM" not in auto_map_keys:
+        cfg["architectures"] = ["TinyLlada2Model"]  # a checkpoint of the bare backbone
+    (d / "config.json").write_text(json.dumps(cfg))
+    tok.save_pretrained(d)
+    return d
+
+
+def test_llada2_layout_loads_with_its_head(dtiny, tmp_path):
+    """LLaDA2.0-mini maps AutoModel to the headless backbone; the loader must take the class with the head."""
+    from t3s.diffusion import is_mask_predictor, mask_predictor_class, read_config
+
+    tok = load_tokenizer(dtiny / "dllm")
+    d = _llada2_dir(tmp_path, tok)
+    assert is_mask_predictor(d)
+    assert mask_predictor_class(read_config(d)) == "AutoModelForCausalLM"
+    model = load_mask_predictor(d, FP32, trust_remote_code=True)
+    assert type(model).__name__ == "TinyLlada2ModelLM"
+    ids = torch.tensor([[5, 6, tok.mask_token_id]])
+    assert model(input_ids=ids).logits.shape == (1, 3, len(tok))
+    out = sample(model, tok, [[5, 6, 7]], GenConfig(max_new_tokens=8, batch_size=1), DiffusionConfig(block_length=4),
+                 FP32, progress=False)
+    assert len(out[0][0].token_ids) <= 8
+
+
+def test_a_headless_mask_predictor_is_refused(dtiny, tmp_path):
+    tok = load_tokenizer(dtiny / "dllm")
+    d = _llada2_dir(tmp_path, tok, auto_map_keys=("AutoModel",))
+    with pytest.raises(T3SError, match="no LM head"):
+        load_mask_predictor(d, FP32, trust_remote_code=True)
+
+
+def test_mask_predictor_class_choice():
+    from t3s.diffusion import mask_predictor_class
+
+    llada2 = {"architectures": ["LLaDA2MoeModelLM"],
+              "auto_map": {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+                           "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+                           "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"}}
+    llada = {"architectures": ["LLaDAModelLM"],
+             "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
+                          "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"}}
+    assert mask_predictor_class(llada2) == "AutoModelForCausalLM"
+    assert mask_predictor_class(llada) in ("AutoModel", "AutoModelForCausalLM")  # both name the LM
+    assert mask_predictor_class({"architectures": ["ModernBertForMaskedLM"]}) == "AutoModelForMaskedLM"
+    assert mask_predictor_class({"auto_map": {"AutoModel": "m.X"}}) == "AutoModel"  # last resort, then checked
+
+
+def test_is_mask_predictor_reads_a_hub_id_from_the_offline_cache(dtiny, tmp_path):
+    """`t3s train --model inclusionAI/LLaDA2.0-mini ...` must be recognised as a diffusion student from the hub
+    cache (offline), not only from a local directory; and an AR hub id must not."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hub"
+    for repo, cfg in (("inclusionAI/LLaDA2.0-mini", {"architectures": ["LLaDA2MoeModelLM"],
+                                                      "model_type": "llada2_moe",
+                                                      "auto_map": {"AutoModel": "modeling_llada2_moe.LLaDA2MoeModel"}}),
+                      ("Qwen/Qwen3-8B", {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"})):
+        snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / "abc123"
+        snap.mkdir(parents=True)
+        (snap / "config.json").write_text(json.dumps(cfg))
+        (snap.parent.parent / "refs").mkdir()
+        (snap.parent.parent / "refs" / "main").write_text("abc123")
+    code = ("from t3s.diffusion import is_mask_predictor as m; "
+            "print(m('inclusionAI/LLaDA2.0-mini'), m('Qwen/Qwen3-8B'))")
+    env = {**__import__("os").environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "False"]
+    # a hub id that is not in the cache (offline): one clear error
+    r = subprocess.run([sys.executable, "-m", "t3s", "eval", "--model", "nobody/nothing", "--data",
+                        str(dtiny / "train.jsonl"), "--out", str(tmp_path / "e")], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "cannot read the config of 'nobody/nothing'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_vllm_with_a_diffusion_student_is_refused_before_any_work(dtiny, tmp_path):
+    from t3s.cli import main
+
+    with pytest.raises(T3SError, match="diffusion student"):
+        load_config(None, ["objective=diffusion", "modes=[sft,t3s]", "eval.backend=vllm"], flat=())
+    with pytest.raises(T3SError, match="probe_student"):
+        load_config(None, ["objective=diffusion", "modes=[sft]", "probe_student=true", "probe.backend=vllm"],
+                    flat=())
+    load_config(None, ["objective=diffusion", "modes=[sft]", "probe.backend=vllm"], flat=())  # the AR selector's
+    out = tmp_path / "e"
+    assert main(["eval", "--model", str(dtiny / "dllm"), "--data", str(dtiny / "train.jsonl"), "--out", str(out),
+                 "--backend", "vllm", "--quiet"]) == 2
+    assert not out.exists()
+    assert main(["probe", "--model", str(dtiny / "dllm"), "--data", str(dtiny / "train.jsonl"), "--out",
+                 str(tmp_path / "p"), "--quiet", "probe.backend=vllm"]) == 2
+    assert not (tmp_path / "p").exists()

@@ -131,3 +131,69 @@ def test_eval_cli_model_and_responses(tiny, trained, tmp_path):
     assert r.returncode == 2 and "bad.jsonl:1: missing field 'answer'" in r.stderr and not (tmp_path / "g2").exists()
     r = t3s("eval", "--model", trained, "--data", tiny / "train.jsonl", "--out", tmp_path / "g3", "k=2")
     assert r.returncode == 2 and "need temperature > 0" in r.stderr
+
+
+def _manual_greedy(model, prompt, n, eos, penalty=1.0):
+    """Greedy decoding written out: the full forward at every step, argmax, optional repetition penalty (CTRL's
+    rule: positive logits of seen tokens divided by it, negative ones multiplied)."""
+    ids = list(prompt)
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].clone()
+            if penalty != 1.0:
+                seen = torch.tensor(sorted(set(ids)))
+                v = logits[seen]
+                logits[seen] = torch.where(v > 0, v / penalty, v * penalty)
+            t = int(logits.argmax())
+            if t == eos:
+                break
+            out.append(t)
+            ids.append(t)
+    return out
+
+
+def test_generation_uses_exactly_the_configured_settings(tiny, tok, trained, tmp_path):
+    """A model whose generation_config.json asks for sampling, top-k, a repetition penalty and beam search:
+    greedy evaluation must still be plain greedy decoding (transformers would inherit every one of them);
+    `model_defaults: true` applies the model's top_k / min_p / repetition_penalty, and only those."""
+    from transformers import GenerationConfig
+
+    from t3s.evaluate import sampling_settings
+
+    model = load_causal_lm(trained, FP32)
+    d = tmp_path / "vendor"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    GenerationConfig(do_sample=True, temperature=0.7, top_k=3, repetition_penalty=5.0, num_beams=2,
+                     no_repeat_ngram_size=2, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+                     ).save_pretrained(d)
+    vendor = load_causal_lm(d, FP32)
+    assert vendor.generation_config.repetition_penalty == 5.0
+    rows = load_rows(tiny / "train.jsonl")[:4]
+    prompts = [render_prompt(r, tok, RenderConfig(), True)[0] for r in rows]
+    got = generate(vendor, tok, prompts, GenConfig(max_new_tokens=20, batch_size=4), FP32, progress=False)
+    want = [_manual_greedy(model, p, 20, tok.eos_token_id) for p in prompts]
+    assert [g[0].token_ids for g in got] == want
+    assert vendor.generation_config.repetition_penalty == 5.0  # the model's own config is left as it was
+    # the model's settings, on request: the repetition penalty applies (greedy: top-k does not)
+    cfg = GenConfig(max_new_tokens=20, batch_size=4, model_defaults=True)
+    assert sampling_settings(cfg, vendor.generation_config)["repetition_penalty"] == 5.0
+    got = generate(vendor, tok, prompts, cfg, FP32, progress=False)
+    want_pen = [_manual_greedy(model, p, 20, tok.eos_token_id, penalty=5.0) for p in prompts]
+    assert [g[0].token_ids for g in got] == want_pen != want
+
+
+def test_sampling_settings_are_the_same_for_every_backend():
+    from types import SimpleNamespace
+
+    from t3s.evaluate import sampling_settings
+    from t3s.vllm_backend import sampling_kwargs
+
+    vendor = SimpleNamespace(top_k=20, min_p=0.05, repetition_penalty=1.05)
+    plain = sampling_settings(GenConfig(temperature=0.6, top_p=0.95), vendor)
+    assert (plain["top_k"], plain["min_p"], plain["repetition_penalty"]) == (0, 0.0, 1.0)
+    kw = sampling_kwargs(GenConfig(temperature=0.6, top_p=0.95), [1], 0, vendor)
+    assert not {"top_k", "min_p", "repetition_penalty"} & set(kw)  # neutral: vLLM's own defaults
+    kw = sampling_kwargs(GenConfig(temperature=0.6, top_p=0.95, model_defaults=True), [1], 0, vendor)
+    assert (kw["top_k"], kw["min_p"], kw["repetition_penalty"]) == (20, 0.05, 1.05)

@@ -43,11 +43,31 @@ def test_find_bottleneck_needs_step_zero():
         ([0.7, 0.5, 0.6, 0.65, 0.45], False),  # a new minimum resets the count
         ([0.7, 0.5, 0.6, 0.65, 0.45, 0.55, 0.56], True),
         ([0.7, 0.6, 0.5, 0.4], False),  # still falling
-        ([0.2, 0.3, 0.4, 0.5], True),  # rising from the first trained point: no dip, stop and say so
+        ([0.2, 0.3, 0.4, 0.5], False),  # a monotone rise is no dip: never stop (a later shock may come)
+        ([0.2, 0.18, 0.3, 0.4], False),  # a wobble less than the margin below θ_0 is no dip either
+        ([0.7, 0.65, 0.72, 0.73], True),  # exactly the margin below θ_0 counts as a dip
+        ([0.7, 0.75, 0.8, 0.6, 0.7, 0.7], True),  # a dip after a rise is found
     ],
 )
 def test_online_stop_rule(accs, stop):
     assert online_should_stop(accs, margin=0.05, patience=2) is stop
+
+
+def test_online_stop_needs_a_dip_the_issue_examples():
+    # from the report: neither a 2-point wobble nor a monotone rise confirms a minimum
+    assert not online_should_stop([0.71, 0.69, 0.72, 0.73], 0.03, 2)
+    assert not online_should_stop([0.71, 0.74, 0.78, 0.80], 0.03, 2)
+    assert online_should_stop([0.71, 0.60, 0.66, 0.70], 0.03, 2)
+
+
+def test_auto_margin_is_two_standard_errors_of_the_probe_set():
+    from t3s.probe import auto_margin, standard_error
+
+    assert standard_error(0.7, 200) == pytest.approx(0.0324, abs=1e-4)  # the ±3 points of n = 200
+    assert auto_margin(0.7, 200) == pytest.approx(2 * np.sqrt(0.7 * 0.3 / 200))
+    assert auto_margin(1.0, 200) == pytest.approx(2 * np.sqrt(0.95 * 0.05 / 200))  # clamped, never 0
+    assert auto_margin(0.5, 4) == pytest.approx(0.5)  # 4 prompts: only a deep dip is a dip
+    assert auto_margin(0.5, 10**6) == pytest.approx(1e-3)  # ...and never below 2 SE even for huge sets
 
 
 def test_probe_run_writes_trajectory_plot_and_keeps_only_the_bottleneck(tiny, tmp_path):
@@ -91,7 +111,23 @@ def test_online_probe_stops_early_and_keeps_no_final_model(tiny, tmp_path):
     assert s["stopped_early"] and not s["completed"] and s["steps_run"] == pts[-1]["step"] < 20
     assert online_should_stop([p["train_accuracy"] for p in pts], 0.0, 2)
     assert not online_should_stop([p["train_accuracy"] for p in pts[:-1]], 0.0, 2)  # it stopped at the first chance
+    assert s["margin"] == 0.0 and s["noise"]["samples"] == 4 and not s["noise"]["margin_auto"]
     assert not (tmp_path / "p" / "final").exists() and (tmp_path / "p" / "bottleneck").exists()
+
+
+def test_probe_reports_its_noise_and_auto_margin(tiny, tmp_path):
+    from t3s.config import load_config
+    from t3s.probe import auto_margin, run_probe
+
+    cfg = load_config(None, ["max_steps=2", "learning_rate=3e-3", "eval_every=1", "eval.max_new_tokens=4",
+                             "subset=8", "per_device_train_batch_size=4"], flat=("probe", "train"))
+    lines = []
+    s = run_probe(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "p", cfg, progress=False,
+                  log=lines.append)
+    p0 = s["start_accuracy"]
+    assert s["noise"]["margin_auto"] and s["noise"]["samples"] == 8
+    assert s["margin"] == pytest.approx(auto_margin(p0, 8))
+    assert any("standard error" in x and "auto: 2 standard errors" in x for x in lines)
 
 
 def test_probe_with_lora_scores_and_saves_merged_checkpoints(tiny, tmp_path):

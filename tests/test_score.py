@@ -95,9 +95,12 @@ def test_write_and_load_round_trip(tiny, examples, tmp_path):
 def test_precision_rules():
     with pytest.raises(T3SError, match="float16 is not supported on CPU"):
         resolve_precision("float16", "cpu")
-    p = resolve_precision("auto", "cpu")
+    # auto is bf16 autocast only on a CPU that executes bf16 fast (t3s.models.cpu_bf16_fast)
+    p = resolve_precision("auto", "cpu", cpu_bf16=True)
     assert p.weights == torch.float32 and p.autocast == torch.bfloat16
+    assert resolve_precision("auto", "cpu", cpu_bf16=False).autocast is None
     assert resolve_precision("float32", "cpu").autocast is None
+    assert resolve_precision("bfloat16", "cpu", cpu_bf16=False).autocast == torch.bfloat16  # asked for: given
 
 
 def test_auto_sizes_on_cpu_and_gpu():

@@ -58,9 +58,18 @@ def expected_sgd_step(model_dir, examples, keep, lr, normalize):
     return {n: (p - lr * p.grad).detach() for n, p in model.named_parameters()}, float(loss)
 
 
-@pytest.mark.parametrize("normalize", ["kept", "response"])
-def test_one_step_equals_masked_cross_entropy(tiny, tok, four, tmp_path, normalize):
+@pytest.mark.parametrize("normalize, loss_kwargs", [("kept", True), ("response", True), ("kept", False),
+                                                    ("response", False)])
+def test_one_step_equals_masked_cross_entropy(tiny, tok, four, tmp_path, monkeypatch, normalize, loss_kwargs):
+    """loss_kwargs=False: a model class that declares `accepts_loss_kwargs = False` (several multimodal and newer
+    classes), for which transformers computes no `num_items_in_batch`: the mean must still be exact."""
+    if not loss_kwargs:
+        from transformers import LlamaForCausalLM
+
+        monkeypatch.setattr(LlamaForCausalLM, "accepts_loss_kwargs", False, raising=False)
     examples, keep = crafted_selection(tmp_path / "sel", tok, four, lambda i, j: (i + j) % 3 != 0)
+    kept_per_micro_batch = [int(keep[0].sum() + keep[1].sum()), int(keep[2].sum() + keep[3].sum())]
+    assert kept_per_micro_batch[0] != kept_per_micro_batch[1]  # a mean of means would differ from the mean
     cfg, rcfg = _tr(load_config(None, [f"{k}={v}" for k, v in SGD.items()] + [f"normalize={normalize}"]))
     s = train(str(tiny / "model"), str(four), tmp_path / "run", cfg, rcfg, str(tmp_path / "sel"), progress=False)
     assert s["kept_tokens"] == sum(int(k.sum()) for k in keep) < s["response_tokens"]

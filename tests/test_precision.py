@@ -1,0 +1,135 @@
+"""Every precision decision is a pure function (t3s.models): the inference precision, the training plan, and
+whether a CPU runs bf16 fast. These tests pin them for GPUs and both kinds of CPU on any machine, and show on
+the CPU what the GPU default protects against: a 1e-5 AdamW update that bf16 weights cannot hold."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from t3s import T3SError
+from t3s.models import bf16_decision, resolve_precision, training_plan
+
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+AVX512_BF16 = {"sse2", "avx", "avx2", "avx512f", "avx512_bf16"}
+AVX2_ONLY = {"sse2", "avx", "avx2", "fma"}
+
+
+@pytest.mark.parametrize("flags, cap, isa, env, want", [
+    (AVX512_BF16, "AVX512", None, None, True),
+    ({"sse2", "avx2", "avx512f", "amx_bf16", "amx_tile"}, "AVX512", None, None, True),
+    (AVX2_ONLY, "AVX2", None, None, False),  # e.g. AMD EPYC (Zen 2/3), most laptops: bf16 at ~1 GFLOP/s
+    ({"sse2", "avx2", "avx512f"}, "AVX512", None, None, False),  # AVX-512 without BF16 (Skylake, Cascade Lake)
+    (AVX512_BF16, "AVX2", None, None, False),  # ATEN_CPU_CAPABILITY=avx2 lowers PyTorch's kernels
+    (AVX512_BF16, "AVX512", "AVX2", None, False),  # ONEDNN_MAX_CPU_ISA caps the matmuls
+    (AVX512_BF16, "AVX512", "AVX512_CORE_BF16", None, True),
+    (AVX2_ONLY, "AVX2", None, "1", True),  # T3S_CPU_BF16 forces the answer
+    (AVX512_BF16, "AVX512", None, "0", False),
+])
+def test_bf16_decision_on_x86(flags, cap, isa, env, want):
+    assert bf16_decision(flags, cap, isa, env)[0] is want
+
+
+def test_bf16_decision_elsewhere_measures():
+    assert bf16_decision(None, "DEFAULT", None, None, measure=lambda: 3.0)[0] is True  # e.g. Apple M2 and later
+    assert bf16_decision({"fp", "asimd"}, "DEFAULT", None, None, measure=lambda: 0.05)[0] is False  # ARM w/o bf16
+    assert bf16_decision(None, "DEFAULT", None, None)[0] is False  # nothing known: fp32
+
+
+def test_training_plan_on_a_gpu_keeps_fp32_master_weights():
+    p = training_plan("auto", "cuda", gpu_bf16=True)
+    assert (p.load, p.compute, p.master, p.optimizer_state) == (F32, BF16, F32, F32)
+    assert p.trainer_bf16 and not p.trainer_fp16
+    p = training_plan("auto", "cuda", gpu_bf16=False)  # e.g. V100: fp16 autocast with a gradient scaler
+    assert (p.load, p.compute, p.master, p.trainer_fp16, p.trainer_bf16) == (F32, F16, F32, True, False)
+    p = training_plan("float32", "cuda", gpu_bf16=True)
+    assert (p.load, p.compute, p.trainer_bf16, p.trainer_fp16) == (F32, F32, False, False)
+    p = training_plan("auto", "cuda", pure_bf16=True, gpu_bf16=True)  # opt-in, says what it costs
+    assert (p.load, p.compute, p.master, p.optimizer_state) == (BF16, BF16, BF16, BF16) and "lost" in p.note
+    p = training_plan("auto", "cuda", lora=True, gpu_bf16=True)  # frozen base in bf16, adapters fp32 (PEFT)
+    assert (p.load, p.compute, p.master) == (BF16, BF16, F32)
+    with pytest.raises(T3SError, match="pure_bf16 needs bf16"):
+        training_plan("float32", "cuda", pure_bf16=True)
+
+
+def test_training_plan_on_each_kind_of_cpu():
+    fast = training_plan("auto", "cpu", cpu_bf16=True)
+    assert (fast.load, fast.compute, fast.master, fast.trainer_bf16) == (F32, BF16, F32, True)
+    slow = training_plan("auto", "cpu", cpu_bf16=False)
+    assert (slow.load, slow.compute, slow.master, slow.trainer_bf16) == (F32, F32, F32, False)
+    with pytest.raises(T3SError, match="float16 is not supported on CPU"):
+        training_plan("float16", "cpu")
+    assert resolve_precision("auto", "cpu", cpu_bf16=False).name == "float32"
+    assert resolve_precision("auto", "cpu", cpu_bf16=True).name == "float32+autocast-bfloat16"
+    assert resolve_precision("auto", "cuda").weights in (BF16, F16)  # inference on a GPU: half-precision weights
+
+
+def test_trainer_arguments_follow_the_plan():
+    from t3s.train import TrainConfig, training_arguments
+
+    args = training_arguments(TrainConfig(), "x", False, plan=training_plan("auto", "cuda", gpu_bf16=True))
+    assert args["bf16"] and not args["fp16"] and not args["use_cpu"]
+    args = training_arguments(TrainConfig(), "x", False, plan=training_plan("auto", "cpu", cpu_bf16=False))
+    assert not args["bf16"] and not args["fp16"] and args["use_cpu"]
+
+
+def _resolved_in(env: dict) -> str:
+    code = ("from t3s.models import resolve_precision, training_plan, cpu_bf16_fast; "
+            "print(resolve_precision('auto', 'cpu').name, training_plan('auto', 'cpu').compute, cpu_bf16_fast()[1])")
+    e = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                            "T3S_CPU_BF16")}
+    r = subprocess.run([sys.executable, "-c", code], env={**e, **env}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_auto_on_an_avx2_only_cpu_is_fp32():
+    """ATEN_CPU_CAPABILITY=avx2 + ONEDNN_MAX_CPU_ISA=AVX2 make this machine compute like an AVX2-only one (bf16
+    matmuls then run at a few GFLOP/s here): `auto` must choose fp32 there, and T3S_CPU_BF16 overrides."""
+    out = _resolved_in({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert out.startswith("float32 torch.float32 ")
+    out = _resolved_in({"T3S_CPU_BF16": "1"})
+    assert out.startswith("float32+autocast-bfloat16 torch.bfloat16 T3S_CPU_BF16=1")
+    out = _resolved_in({"T3S_CPU_BF16": "0"})
+    assert out.startswith("float32 torch.float32 T3S_CPU_BF16=0")
+
+
+def _lost(before: dict, kept: dict, pure: dict, norm: bool) -> float:
+    """Among the weights the fp32-master step moved, the fraction the pure-bf16 step left at their value."""
+    names = [n for n in before if ("norm" in n) == norm and before[n].dim() == (1 if norm else 2)]
+    moved = lost = 0
+    for n in names:
+        m = kept[n] != before[n]
+        moved += int(m.sum())
+        lost += int((m & (pure[n] == before[n].to(BF16))).sum())
+    assert moved > 0
+    return lost / moved
+
+
+def test_pure_bf16_weights_lose_a_1e5_adamw_update_that_the_default_keeps(tiny, tmp_path):
+    """One AdamW step at the paper's lr (1e-5) through `t3s train`: with the default plan (fp32 master weights)
+    every weight with a gradient moves; with pure-bf16 weights most matrix weights and every norm weight keep
+    their value (the update is below half of bf16's spacing)."""
+    from t3s.config import load_config
+    from t3s.train import train
+
+    before = load_file(str(tiny / "model" / "model.safetensors"))
+    common = ["max_steps=1", "learning_rate=1e-5", "per_device_train_batch_size=8", "max_grad_norm=0"]
+    cfg = load_config(None, common + ["dtype=bfloat16"])
+    s = train(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "default", cfg.train, cfg.render,
+              progress=False)
+    assert s["precision_plan"]["master"] == "float32"
+    cfg = load_config(None, common + ["dtype=bfloat16", "pure_bf16=true"])
+    s = train(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "pure", cfg.train, cfg.render,
+              progress=False)
+    assert s["precision_plan"]["master"] == "bfloat16"
+    kept = load_file(str(tmp_path / "default" / "model" / "model.safetensors"))
+    pure = load_file(str(tmp_path / "pure" / "model" / "model.safetensors"))
+    assert all(v.dtype == F32 for v in kept.values()) and all(v.dtype == BF16 for v in pure.values())
+    # the default moves every weight that has a gradient (embedding rows of unseen tokens have none)
+    assert all(bool((kept[n] != before[n]).any()) for n in before)
+    assert _lost(before, kept, pure, norm=False) > 0.5  # most matrix updates are lost...
+    assert _lost(before, kept, pure, norm=True) == 1.0  # ...and every norm update (weights near 1, spacing 2^-7)
