@@ -11,7 +11,8 @@ its own. Benchmarks:
    gather), on SmolLM2-135M-Instruct (49k vocabulary) and the tiny model, 512 and 2048 tokens per row;
 2. masked training: step time with a T3S selection / with none (SFT), same model, data and batch;
 3. generation: `t3s eval`'s batched greedy generation vs a one-prompt-at-a-time `generate` loop;
-4. pipeline: `t3s run` (offline and online probe) / plain SFT with the same evaluation schedule.
+4. pipeline: `t3s run` (offline and online probe) / plain SFT with the same evaluation schedule;
+5. anchor flips: how often the scoring precision decides the sign of Δc (float64 reference).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ TARGETS = {
     "train_ratio": 1.03,  # step time, T3S / SFT: at most
     "gen_ratio": 4.0,  # tokens/s, batched / one prompt at a time, batch >= 16: at least
     "pipeline_online": 1.6,  # wall time, t3s run with the online probe / plain SFT: at most
+    "anchor_flips": 0.01,  # tokens whose anchor status differs from float64 at t3s score's default: at most
 }
 
 
@@ -55,6 +57,7 @@ class Sizes:
     pipeline: str  # "testbed" (the CPU testbed world) or "tiny"
     pipeline_reps: int
     headline_model: str  # the model whose largest scoring size carries the targets
+    flips: dict = field(default_factory=dict)  # anchor flips: model, rows, batch, steps, lr
     threads: int = 2
     notes: list[str] = field(default_factory=list)
 
@@ -71,6 +74,7 @@ FULL = Sizes(
          {"model": "smollm2", "prompts": 16, "batch": 16, "max_new_tokens": 24, "dtype": "auto", "target": False},
          {"model": "tiny", "prompts": 32, "batch": 32, "max_new_tokens": 48, "dtype": "float32", "target": True}],
     pipeline="testbed", pipeline_reps=3, headline_model="smollm2",
+    flips={"model": "smollm2", "rows": 64, "batch": 16, "steps": 4, "lr": 1e-5},
 )
 SMOKE = Sizes(
     reps=2, peak_n=256,
@@ -78,6 +82,7 @@ SMOKE = Sizes(
     train=[{"model": "tiny", "rows": 8, "batch": 4, "steps": 3, "warmup": 1}],
     gen=[{"model": "tiny", "prompts": 4, "batch": 4, "max_new_tokens": 6, "dtype": "float32", "target": True}],
     pipeline="tiny", pipeline_reps=1, headline_model="tiny",
+    flips={"model": "tiny", "rows": 8, "batch": 4, "steps": 2, "lr": 1e-3},
     threads=1,  # timings mean nothing at these sizes; one thread is fastest on a busy machine
 )
 
@@ -132,7 +137,8 @@ def _models(work: Path, sizes: Sizes, runner: Runner) -> dict[str, Path]:
     if not (tiny / "model" / "config.json").exists():
         build(tiny, rows=16, overwrite=True)
     out["tiny"] = tiny / "model"
-    names = {m for m, _ in sizes.score} | {t["model"] for t in sizes.train} | {g["model"] for g in sizes.gen}
+    names = ({m for m, _ in sizes.score} | {t["model"] for t in sizes.train} | {g["model"] for g in sizes.gen}
+             | ({sizes.flips["model"]} if sizes.flips else set()))
     if "smollm2" in names:
         from bench.smollm import build as build_smollm
 
@@ -198,6 +204,14 @@ def bench_generation(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> l
                                        "reps": sizes.reps})
         out.append({**res, "target": g["target"]})
     return out
+
+
+def bench_flips(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> dict:
+    f = sizes.flips
+    runner.say(f"anchor flips: {f['model']}, θ_b after {f['steps']} steps at lr {f['lr']:g}, scored in float64, "
+               "float32 and bf16")
+    return runner.call("flips", {**f, "model": str(models[f["model"]]), "model_name": f["model"],
+                                 "work": str(runner.work / f"flips-{f['model']}")}, isolate=True)
 
 
 def pipeline_config(sizes: Sizes, work: Path, models: dict[str, Path]) -> dict:
@@ -339,6 +353,20 @@ def summarize(results: dict) -> list[dict]:
         rows.append({"id": "4b", "what": f"pipeline wall time, t3s run (online probe) / plain SFT ({p['world']})",
                      "value": w["online"] / w["sft"], "unit": "x", "target": TARGETS["pipeline_online"], "op": "<=",
                      "measured_from": [w["online"], w["sft"]]})
+    f = results.get("flips")
+    if f:
+        from t3s.score import scoring_precision
+
+        default = scoring_precision("auto", "cpu").name
+        names = {"float32": "float32", "float32+autocast-bfloat16": "bfloat16 autocast (fp32 weights)",
+                 "bfloat16": "bfloat16 weights"}
+        where = f"{f['model']}, {f['tokens']} tokens, θ_b after {f['steps']} steps at lr {f['lr']:g}"
+        for i, (key, v) in enumerate(f["precisions"].items()):
+            is_default = names.get(default) == key
+            rows.append({"id": f"5{'abc'[i]}", "what": f"anchor-status flips vs float64, scoring in {key}"
+                         + (" (t3s score's default)" if is_default else "") + f" ({where})",
+                         "value": v["flip_rate"], "unit": "%", "target": TARGETS["anchor_flips"] if is_default else None,
+                         "op": "<=", "measured_from": [v["flip_rate"], f["tokens"]]})
     for r in rows:
         if r["target"] is None:
             r["met"] = None
@@ -353,7 +381,9 @@ def _precision(name: str) -> str:
 
 
 def _fmt(v: float, unit: str) -> str:
-    return f"{100 * v:.0f}%" if unit == "%" else f"{v:.2f}x"
+    if unit == "%":
+        return f"{100 * v:.2f}%" if v < 0.1 else f"{100 * v:.0f}%"
+    return f"{v:.2f}x"
 
 
 def table(rows: list[dict]) -> str:
@@ -402,8 +432,13 @@ def machine() -> dict:
             commit += " (with uncommitted changes)"
     except (OSError, subprocess.SubprocessError):
         pass
+    from t3s.models import device_info
+
+    dev = device_info("cpu")
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "os": platform.platform(), "versions": versions,
-            "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cpu_capability": dev["cpu_capability"], "cpu_bf16_fast": dev["cpu_bf16_fast"],
+            "cpu_bf16_reason": dev["cpu_bf16_reason"]}
 
 
 def _load() -> float | None:
@@ -446,6 +481,10 @@ def report(results: dict, rows: list[dict]) -> str:
           "do not edit by hand: rerun it.", "",
           f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB RAM, no GPU; {m['os']}; "
           f"torch threads {pk['threads']}; 1-minute load average {_loadavg(m, pk['threads'])}.  ",
+          f"**CPU capability**: PyTorch kernels {m.get('cpu_capability', '?')}; bf16 "
+          + ("fast" if m.get("cpu_bf16_fast") else "**slow**") + f" here ({m.get('cpu_bf16_reason', '?')}), so "
+          "`auto` precision means " + ("bf16 autocast over fp32 weights" if m.get("cpu_bf16_fast") else "float32")
+          + " on this machine (t3s.models.cpu_bf16_fast).  ",
           f"**Versions**: t3s {v['t3s']} (commit {m['commit']}), Python {v['python']}, torch {v['torch']}, "
           f"transformers {v['transformers']}, TRL {v['trl']}, datasets {v['datasets']}, accelerate {v['accelerate']}, "
           f"PEFT {v['peft']}.  ",
@@ -548,6 +587,23 @@ def report(results: dict, rows: list[dict]) -> str:
         L += ["", "Columns after the ratio: seconds. *evaluation schedule*: generation at the probe's evaluation "
               "points; *probe extras*: the probe's token-confidence scoring, bottleneck checkpoints, loading and "
               "saving its end point; *other*: start-up, loading, data preparation, writing.", ""]
+
+    f = results.get("flips")
+    if f:
+        L += ["## 5. Anchor flips: does the scoring precision decide Δc's sign?", "",
+              f"θ_0 = {f['model']}; θ_b = θ_0 after {f['steps']} AdamW steps of plain SFT at lr {f['lr']:g} (fp32 "
+              f"master weights) on {f['rows']} teacher-style traces ({f['tokens']} response tokens), i.e. a probe's "
+              "early checkpoint at the paper's learning rate. Both are scored with t3s's scorer in each precision "
+              "and once in float64 (the model's own forward and log-softmax, one row at a time) as the reference. "
+              "A flip is a token that is an anchor (Δc > 0) in one and not in the other. Under the reference, "
+              f"{100 * f['reference_anchor_share']:.1f}% of the tokens are anchors and the median |Δc| is "
+              f"{f['reference_abs_delta_median']:.1e} nats: most tokens move less than bf16 can resolve.", "",
+              "| scoring precision | flips vs float64 | anchors | max abs error of Δc | largest true abs Δc flipped "
+              "| seconds (θ_0 + θ_b) |", "|---|---|---|---|---|---|"]
+        for k, v in f["precisions"].items():
+            L.append(f"| {k} | {100 * v['flip_rate']:.2f}% | {100 * v['anchor_share']:.1f}% | "
+                     f"{v['max_abs_error']:.1e} | {v['flipped_abs_delta_max']:.1e} | {v['seconds']:.1f} |")
+        L += [""]
 
     L += ["## What limits the rest", ""] + limits(results, rows) + [""]
     L += ["## Re-running", "", "`make bench` (builds `.venv`, installs the `bench` extra, converts SmolLM2 once into "
@@ -657,12 +713,13 @@ def run_suite(sizes: Sizes, work: Path, *, smoke: bool, only: set[str] | None = 
     results["training"] = bench_training(runner, sizes, models) if want("training") else []
     results["generation"] = bench_generation(runner, sizes, models) if want("generation") else []
     results["pipeline"] = bench_pipeline(runner, sizes, models) if want("pipeline") else None
+    results["flips"] = bench_flips(runner, sizes, models) if want("flips") and sizes.flips else None
     results["seconds"] = time.perf_counter() - t0
     results["machine"]["load"] = [x for x in runner.loads if x is not None]
     return results
 
 
-PARTS = {"scoring", "training", "generation", "pipeline"}
+PARTS = {"scoring", "training", "generation", "pipeline", "flips"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -671,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="Markdown report (default: BENCHMARKS.md for the full suite)")
     ap.add_argument("--json", help="raw results (default: WORK/results.json)")
     ap.add_argument("--work", help="scratch directory (default: runs/bench, or runs/bench-smoke)")
-    ap.add_argument("--only", help="comma-separated subset: scoring,training,generation,pipeline")
+    ap.add_argument("--only", help="comma-separated subset: scoring,training,generation,pipeline,flips")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="measure nothing: rewrite the report (--out, default BENCHMARKS.md) from a results.json")

@@ -575,7 +575,8 @@ def flips(a: dict) -> dict:
     precisions = {"float32": fp32, "bfloat16 autocast (fp32 weights)": Precision(torch.float32, torch.bfloat16, "cpu"),
                   "bfloat16 weights": Precision(torch.bfloat16, None, "cpu")}
     ref = reference(theta_b) - reference(theta_0)
-    out = {"tokens": int(ref.size), "rows": len(data.examples), "steps": a["steps"], "lr": a["lr"],
+    out = {"model": a["model_name"], "tokens": int(ref.size), "rows": len(data.examples), "steps": a["steps"],
+           "lr": a["lr"],
            "reference_anchor_share": float((ref > 0).mean()),
            "reference_abs_delta_median": float(np.median(np.abs(ref))), "precisions": {}}
     for name, p in precisions.items():

@@ -5,7 +5,7 @@ data -> score -> select -> train -> rrt, with `artifacts` for fingerprints and a
 `models` for loading and precision, and `tiny` for the built-in test model.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class T3SError(Exception):

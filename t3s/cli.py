@@ -122,7 +122,8 @@ def cmd_eval(args) -> None:
             raise T3SError("pass --model and --data (or --responses FILE to grade pre-generated responses)")
         from t3s.data import load_rows
         from t3s.evaluate import evaluate_model
-        from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision
+        from t3s.models import describe, device_info, load_causal_lm, load_tokenizer, model_fingerprint, \
+            resolve_precision
 
         out = args.out or f"runs/eval/{Path(args.model).name}-{Path(args.data).stem}"
         from t3s.artifacts import check_can_write
@@ -135,6 +136,8 @@ def cmd_eval(args) -> None:
         rows = load_rows(args.data, args.split, need_response=False, need_answer=True)
         dist.state()  # several processes: join the group and pick this process's GPU before loading
         precision = resolve_precision(gcfg.dtype)
+        if _progress(args) and gcfg.backend == "hf":
+            print(describe(precision), file=sys.stderr)
         tok = load_tokenizer(args.model, args.trust_remote_code)
         if gcfg.backend == "vllm":
             from t3s.vllm_backend import Engine
@@ -150,6 +153,7 @@ def cmd_eval(args) -> None:
                                  generator=generator)
         meta = {"model": str(args.model), "model_fingerprint": model_fingerprint(args.model), "data": str(args.data),
                 "generation": dataclasses.asdict(gcfg), "precision": precision.name,
+                "device": device_info(precision.device),
                 "diffusion": None if diffusion is None else dataclasses.asdict(diffusion)}
     m = dist.on_main(lambda: write_eval(out, samples, meta, args.overwrite))  # the others wait for it
     print(f"{format_metrics(m['metrics'])}\nwrote {out}/samples.jsonl and {out}/metrics.json")
@@ -196,8 +200,8 @@ def cmd_report(args) -> None:
 def cmd_testbed(args) -> None:
     from t3s.testbed import WorldConfig, build_world
 
-    build_world(args.out, WorldConfig(seed=args.seed), overwrite=args.overwrite, progress=_progress(args),
-                rebuild=args.rebuild)
+    build_world(args.out, WorldConfig(seed=args.seed, pretrain_dtype=args.pretrain_dtype), overwrite=args.overwrite,
+                progress=_progress(args), rebuild=args.rebuild)
     print(f"run the method on it: t3s run {args.out}/run.yaml")
 
 
@@ -338,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--rebuild", action="store_true",
                     help="pretrain the student here instead of using the one shipped with t3s (minutes)")
+    sp.add_argument("--pretrain-dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                    help="precision of the student's pretraining (bfloat16: the shipped world; float32 builds "
+                         "another world, see docs/testbed.md)")
     sp.set_defaults(fn=cmd_testbed)
 
     sp = sub.add_parser("rrt", help="recovering residual transfer: θ_0 + (θ_T − θ_b)")

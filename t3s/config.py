@@ -41,7 +41,9 @@ MODES = ("sft", "t3s", "reverse", "static-high", "static-low", "random")
 class ScoreConfig:
     """Settings of `t3s score` (and the pipeline's scoring stage)."""
 
-    dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
+    dtype: str = field(default="auto", metadata={
+        "help": "auto (= float32: bf16 rounding would decide the sign of small Δc) | float32 | bfloat16 | "
+                "float16 (GPU only)"})
     batch_tokens: int = field(default=0, metadata={
         "help": "padded tokens per backbone batch (0: auto, 2048 on CPU, 16384 on GPU)"})
     max_batch: int = field(default=64, metadata={"help": "rows per batch at most"})

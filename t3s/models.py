@@ -186,6 +186,15 @@ def device_info(device: str | None = None) -> dict[str, Any]:
     return info
 
 
+def describe(precision: "Precision | TrainingPlan") -> str:
+    """One line for the logs: the precision chosen and, on a CPU, why bf16 was or was not used."""
+    where = ""
+    if precision.device == "cpu":
+        fast, why = cpu_bf16_fast()
+        where = f" (CPU {torch.backends.cpu.get_cpu_capability()}: bf16 {'fast' if fast else 'slow'}, {why})"
+    return f"precision: {precision.name}{where}"
+
+
 # ----------------------------------------------------------------------------------------------- decisions
 
 

@@ -288,9 +288,10 @@ def _evaluator(cfg: Any, p: Pipeline, eval_data: str, progress: bool) -> Callabl
     """evaluator(model_path, name) -> a stage function that evaluates the model on `eval_data` into its path."""
     from t3s.data import load_rows
     from t3s.evaluate import evaluate_model, format_metrics, write_eval
-    from t3s.models import load_causal_lm, load_tokenizer, resolve_precision
+    from t3s.models import describe, device_info, load_causal_lm, load_tokenizer, resolve_precision
 
     precision = resolve_precision(cfg.eval.dtype)
+    p.log(f"evaluation {describe(precision)}")
     eval_rows = load_rows(eval_data, need_response=False, need_answer=True)
     diffusion = cfg.diffusion if cfg.objective == "diffusion" else None
 
@@ -306,7 +307,8 @@ def _evaluator(cfg: Any, p: Pipeline, eval_data: str, progress: bool) -> Callabl
             samples = evaluate_model(model, tok, eval_rows, cfg.render, cfg.eval, precision, progress,
                                      desc=f"eval {name}", diffusion=diffusion)
             m = write_eval(path, samples, {"model": model_path, "data": eval_data,
-                                           "generation": dataclasses.asdict(cfg.eval), "precision": precision.name},
+                                           "generation": dataclasses.asdict(cfg.eval), "precision": precision.name,
+                                           "device": device_info(precision.device)},
                            overwrite=True)
             p.log(f"{name}: {format_metrics(m['metrics'])}")
             return m["metrics"]

@@ -349,7 +349,7 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, hel
     are used. `diffusion` (a DiffusionConfig): the model is a masked-diffusion student, trained with the
     diffusion objective (random mask only: its SFT) and evaluated with the diffusion sampler."""
     from t3s.data import load_rows
-    from t3s.models import device_info, load_causal_lm, model_fingerprint
+    from t3s.models import describe, device_info, load_causal_lm, model_fingerprint
     from t3s.train import make_trainer, plan_for, prepare, training_arguments
 
     pcfg, tcfg = cfg.probe, cfg.train
@@ -359,6 +359,8 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, hel
     dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
     plan = plan_for(tcfg)
     precision = plan.inference()  # the live model is evaluated and scored as it trains
+    if dist.is_main():
+        log(f"probe training {describe(plan)}")
     data = prepare(model_path, data_path, tcfg, cfg.render, diffusion=diffusion)
     heldout = load_rows(heldout_path, need_response=False, need_answer=True) if heldout_path else None
     with dist.atomic_dir(out, overwrite) as tmp:  # several processes: the main one writes

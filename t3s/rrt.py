@@ -3,7 +3,10 @@ bottleneck.
 
 Streams tensor by tensor from the three safetensors checkpoints (memory-mapped) and writes output shards of at
 most `max_shard_bytes`, so peak memory is about one shard, not three models. Each tensor is computed in float32
-(float64 for float64 tensors) and rounded once to θ_0's dtype.
+(float64 for float64 tensors) and rounded once to the widest dtype of the three: θ_0's, unless the probe's
+checkpoints are wider (t3s trains fp32 master weights, so a bf16 student's θ_b and θ_T are fp32; rounding
+θ_0 + (θ_T − θ_b) to bf16 would lose the small updates again, every update of a norm weight near 1 among them).
+The copied config.json then names the result's dtype.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def rrt(init: str, bottleneck: str, final: str, out: str | Path, *, overwrite: b
         if sorted(readers[k].wmap) != names:
             missing = set(names) ^ set(readers[k].wmap)
             raise T3SError(f"--{k} {dirs[k]} has other tensors than --init: {', '.join(sorted(missing)[:5])}")
-    for name in names:  # dtypes may differ (a bf16 student trained in fp32): the result takes θ_0's dtype
+    for name in names:  # dtypes may differ (a bf16 student trained in fp32): the result takes the widest
         shapes = {k: r.meta(name)[0] for k, r in readers.items()}
         if len({json.dumps(m) for m in shapes.values()}) != 1:
             raise T3SError(f"tensor '{name}' differs in shape: {shapes}")
@@ -104,11 +107,17 @@ def rrt(init: str, bottleneck: str, final: str, out: str | Path, *, overwrite: b
                 shards[-1] = {}
                 size = 0
 
+        widened = set()
         for name in tqdm(names, desc="rrt", unit="tensor", disable=not progress):
-            t0 = readers["init"].get(name)
-            acc = torch.float64 if t0.dtype == torch.float64 else torch.float32
-            res = t0.to(acc) + (readers["final"].get(name).to(acc) - readers["bottleneck"].get(name).to(acc))
-            res = res.to(t0.dtype).contiguous()
+            t0, tf, tb = readers["init"].get(name), readers["final"].get(name), readers["bottleneck"].get(name)
+            if not t0.is_floating_point():
+                res = t0.contiguous()  # integer buffers are copied from θ_0
+            else:
+                acc = torch.float64 if torch.float64 in (t0.dtype, tf.dtype, tb.dtype) else torch.float32
+                dtype = max((t0.dtype, tf.dtype, tb.dtype), key=lambda d: torch.finfo(d).bits)
+                if dtype != t0.dtype:
+                    widened.add(str(dtype).removeprefix("torch."))
+                res = (t0.to(acc) + (tf.to(acc) - tb.to(acc))).to(dtype).contiguous()
             nbytes = res.numel() * res.element_size()
             if size and size + nbytes > max_shard_bytes:
                 flush()
@@ -123,7 +132,14 @@ def rrt(init: str, bottleneck: str, final: str, out: str | Path, *, overwrite: b
         for f in _COPY:
             if (dirs["init"] / f).exists():
                 shutil.copy2(dirs["init"] / f, tmp / f)
+        if len(widened) == 1:  # the result is wider than θ_0: say so in its config, for dtype="auto" loaders
+            cfg = json.loads((tmp / "config.json").read_text())
+            for key in ("torch_dtype", "dtype"):
+                if key in cfg:
+                    cfg[key] = next(iter(widened))
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         info = {"kind": "t3s-rrt", "formula": "init + (final - bottleneck)",
-                **{k: str(d) for k, d in dirs.items()}, "tensors": len(names), "bytes": total}
+                **{k: str(d) for k, d in dirs.items()}, "tensors": len(names), "bytes": total,
+                "widened_to": sorted(widened)}
         write_json(tmp / "t3s_rrt.json", info)
     return info

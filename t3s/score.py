@@ -257,6 +257,18 @@ def load_scores(path: str | Path) -> ScoreSet:
     )
 
 
+def scoring_precision(dtype: str = "auto", device: str | None = None) -> Any:
+    """The precision of `t3s score` (pure given the device). `auto` is float32 on every device: a token's anchor
+    status is the sign of Δc = c(θ_b) − c(θ_0), and bf16 rounding moves a log-probability by more than many Δc.
+    Measured on SmolLM2-135M with θ_b four steps at lr 1e-5 (BENCHMARKS.md, section 5): against a float64
+    reference, bf16 autocast scoring gives 4.7% of the tokens the other anchor status (bf16 weights 5.5%), float32
+    0.01%. `bfloat16` (2.7x faster there on a CPU with bf16 hardware, and faster on GPUs) stays available where
+    that noise is acceptable."""
+    from t3s.models import resolve_precision
+
+    return resolve_precision("float32" if dtype == "auto" else dtype, device)
+
+
 # Max |fast scorer − model's own forward| accepted by the self-check, by precision.
 CHECK_TOL = {"float32": 1e-3, "other": 0.25}
 
@@ -268,17 +280,19 @@ def run_score(model_path: str, data_path: str, out: str | Path, rcfg: Any, scfg:
 
     from t3s.artifacts import check_can_write
     from t3s.data import fingerprints, load_rows, render_rows
-    from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, model_step, resolve_precision
+    from t3s.models import describe, device_info, load_causal_lm, load_tokenizer, model_fingerprint, model_step
 
     check_can_write(out, overwrite)
     dist.state()  # under torchrun / accelerate launch: join the process group, pick this process's GPU
     progress = progress and dist.is_main()
-    precision = resolve_precision(scfg.dtype)
+    precision = scoring_precision(scfg.dtype)
     tok = load_tokenizer(model_path, trust_remote_code)
     rows = load_rows(data_path, split)
     examples, report = render_rows(rows, tok, rcfg)
     if progress:
         print(f"data: {report}", file=sys.stderr)
+        print(f"scoring {describe(precision)}" + ("" if scfg.dtype != "auto" else "; score.dtype=auto is float32, "
+              "so that rounding does not decide the sign of small Δc"), file=sys.stderr)
     model = load_causal_lm(model_path, precision, trust_remote_code)
     # several processes: each scores a share of the rows (balanced by length), gathered back in file order
     lps = dist.map_rows(
@@ -306,6 +320,7 @@ def run_score(model_path: str, data_path: str, out: str | Path, rcfg: Any, scfg:
             "fingerprints": fingerprints(rows, tok, rcfg),
             "render_report": report.as_dict(),
             "precision": precision.name,
+            "device": device_info(precision.device),
             "self_check_max_abs_diff": check,
         },
         overwrite,

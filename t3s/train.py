@@ -22,7 +22,8 @@ from typing import Any
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import read_json, sha256_json, write_json
 from t3s.data import Example, RenderConfig, fingerprints, load_rows, render_rows
-from t3s.models import TrainingPlan, device_info, load_causal_lm, load_tokenizer, model_fingerprint, training_plan
+from t3s.models import (TrainingPlan, describe, device_info, load_causal_lm, load_tokenizer, model_fingerprint,
+                        training_plan)
 from t3s.select import MATCH_KEYS, Selection, load_selection
 
 NORMALIZE = ("kept", "response")
@@ -312,6 +313,10 @@ def train(
 
     dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
     plan = plan_for(cfg)
+    if progress and dist.is_main():
+        import sys
+
+        print(f"training {describe(plan)}", file=sys.stderr)
     data = data or prepare(model_path, data_path, cfg, rcfg, selection_path, diffusion)
     sel = data.selection
     run = {

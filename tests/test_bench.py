@@ -22,12 +22,13 @@ def smoke(tmp_path_factory):
 def test_table_has_a_row_per_target_and_the_report_names_the_machine(smoke):
     res, md = smoke
     ids = [r["id"] for r in res["table"]]
-    assert ids == ["1a", "1b", "1c", "1d", "1e", "1f", "2a", "3a", "4a", "4b"]
+    assert ids == ["1a", "1b", "1c", "1d", "1e", "1f", "2a", "3a", "4a", "4b", "5a", "5b", "5c"]
     assert "| # | measurement | measured | target | met |" in md
     for r in res["table"]:
         assert f"| {r['id']} | {r['what']} |" in md
-    for key in ("**Machine**", "**Versions**", "**Measured matmul peak**", "## What limits the rest",
-                res["machine"]["versions"]["torch"], res["machine"]["date"]):
+    for key in ("**Machine**", "**CPU capability**", "**Versions**", "**Measured matmul peak**",
+                "## 5. Anchor flips", "## What limits the rest", res["machine"]["versions"]["torch"],
+                res["machine"]["date"], res["machine"]["cpu_capability"]):
         assert key in md
 
 
@@ -44,8 +45,10 @@ def test_every_ratio_is_computed_from_the_measurements(smoke):
     assert rows["1a"]["value"] == pytest.approx(t["peak_rss_mib"] / n["peak_rss_mib"])
     assert rows["1b"]["value"] == pytest.approx(t["tokens_per_s"] / n["tokens_per_s"])
     assert len(t["peak_samples"]) == res["sizes"]["reps"] + 1  # the peak, around every timed repetition
-    assert t["peak_gflops"]["bfloat16"] == pytest.approx(statistics.median(x["bfloat16"] for x in t["peak_samples"]))
-    assert rows["1c"]["value"] == pytest.approx(t["gflops"] / t["peak_gflops"]["bfloat16"])
+    dt = sc["peak_dtype"]  # bf16 on a CPU with fast bf16 (auto), float32 elsewhere
+    assert dt == ("bfloat16" if "bfloat16" in t["precision"] else "float32")
+    assert t["peak_gflops"][dt] == pytest.approx(statistics.median(x[dt] for x in t["peak_samples"]))
+    assert rows["1c"]["value"] == pytest.approx(t["gflops"] / t["peak_gflops"][dt])
     assert rows["1d"]["value"] == pytest.approx(c["tokens_per_s"] / n["tokens_per_s"])
     assert rows["1e"]["value"] == pytest.approx(c["peak_rss_mib"] / n["peak_rss_mib"])
     assert rows["1f"]["value"] == pytest.approx(n["seconds"] / statistics.median(n["backbone_times"]))
@@ -64,6 +67,13 @@ def test_every_ratio_is_computed_from_the_measurements(smoke):
     assert g["identical_outputs"] == g["prompts"]
     assert rows["3a"]["value"] == pytest.approx(
         statistics.median(g["times"]["loop"]) / statistics.median(g["times"]["batched"]))
+
+    f = res["flips"]
+    assert set(f["precisions"]) == {"float32", "bfloat16 autocast (fp32 weights)", "bfloat16 weights"}
+    assert rows["5a"]["value"] == f["precisions"]["float32"]["flip_rate"] and rows["5a"]["target"] == 0.01
+    assert rows["5b"]["target"] is None and rows["5c"]["target"] is None  # only the default has a target
+    assert all(0 <= v["flip_rate"] <= 1 and v["seconds"] > 0 for v in f["precisions"].values())
+    assert f["tokens"] > 0 and 0 <= f["reference_anchor_share"] <= 1
 
     p = res["pipeline"]
     for kind in ("sft", "offline", "online"):
@@ -88,7 +98,9 @@ def test_met_follows_the_measurements_not_the_other_way_round(smoke):
     res["generation"][0]["batch"] = 16  # the batch >= 16 target applies ...
     res["generation"][0]["tokens_per_s"] = {"batched": 5.0, "loop": 1.0}
     res["generation"][0]["identical_outputs"] -= 1  # ... and different outputs fail it whatever the speed
+    res["flips"]["precisions"]["float32"]["flip_rate"] = 0.02  # the default flipping 2% misses its target
     rows = {r["id"]: r for r in bench.summarize(res)}
+    assert rows["5a"]["met"] is False
     assert rows["1a"]["met"] is False and rows["1b"]["met"] is False and rows["4b"]["met"] is False
     assert rows["3a"]["value"] == pytest.approx(5.0) and rows["3a"]["met"] is False
     assert "**no**" in bench.table(list(rows.values()))

@@ -53,15 +53,25 @@ def test_rrt_sharded_output_and_bf16_rounding(tmp_path):
     load_causal_lm(tmp_path / "out", resolve_precision("float32"))  # the sharded result loads
 
 
-def test_rrt_across_dtypes_takes_the_students_dtype(tmp_path):
-    # a bf16 student whose probe and SFT run were saved in fp32 (training keeps fp32 weights on a CPU)
+def test_rrt_across_dtypes_keeps_the_fp32_updates(tmp_path):
+    """A bf16 student whose probe and SFT run were saved in fp32 (t3s trains fp32 master weights): the result is
+    fp32, so a difference θ_T − θ_b smaller than bf16's spacing survives (rounding to bf16 would lose it)."""
     i = save(tmp_path, "i", 0, torch.bfloat16)
-    b, f = save(tmp_path, "b", 1), save(tmp_path, "f", 2)
-    rrt(i, b, f, tmp_path / "out", progress=False)
-    got, t0, tb, tf = tensors(tmp_path / "out"), tensors(i), tensors(b), tensors(f)
+    b = save(tmp_path, "b", 1)
+    fm = build_model(64, seed=1)
+    with torch.no_grad():
+        for p in fm.parameters():
+            p.add_(1e-5)  # θ_T = θ_b + 1e-5: an update bf16 cannot hold next to a weight near 1
+    fm.save_pretrained(tmp_path / "f")
+    rrt(i, b, str(tmp_path / "f"), tmp_path / "out", progress=False)
+    got, t0, tb, tf = tensors(tmp_path / "out"), tensors(i), tensors(b), tensors(tmp_path / "f")
     for name in t0:
-        want = (t0[name].float() + (tf[name] - tb[name])).to(torch.bfloat16)
-        assert got[name].dtype == torch.bfloat16 and torch.equal(got[name], want), name
+        want = t0[name].float() + (tf[name] - tb[name])
+        assert got[name].dtype == torch.float32 and torch.equal(got[name], want), name
+    norm = next(n for n in t0 if "norm" in n)
+    assert not torch.equal(got[norm].to(torch.bfloat16).float(), got[norm])  # bf16 would have lost it
+    assert json.loads((tmp_path / "out" / "config.json").read_text()).get("dtype", "float32") == "float32"
+    assert json.loads((tmp_path / "out" / "t3s_rrt.json").read_text())["widened_to"] == ["float32"]
 
 
 def test_rrt_refuses_mismatches_and_leaves_nothing(tmp_path):

@@ -50,3 +50,35 @@ def test_build_caches_and_refuses_other_settings(tmp_path):
         build_world(tmp_path / "w", WorldConfig(seed=1), progress=False, log=lambda *a: None)
     rows = [json.loads(x) for x in open(tmp_path / "w" / "train.jsonl")]
     assert len(rows) == 16 and all(set(r) == {"id", "prompt", "response", "answer"} for r in rows)
+
+
+def test_the_shipped_student_belongs_to_the_default_world():
+    """t3s ships the default world's pretrained student (make demo must not pretrain for minutes); it is used only
+    for exactly the settings and data rows it was built from. Changing WorldConfig's defaults or the row generator
+    without re-shipping fails here: rebuild with `t3s testbed build --out DIR --rebuild` and copy DIR/student and
+    DIR/world.json into t3s/worlds/arithmetic/ (docs/testbed.md)."""
+    from t3s.testbed import SHIPPED, shipped_world
+
+    assert (SHIPPED / "student" / "model.safetensors").exists()
+    cfg = WorldConfig()
+    info = shipped_world(cfg, make_rows(cfg))
+    assert info is not None, "the shipped student does not match the default world: re-ship it (see docstring)"
+    assert info["config"]["pretrain_dtype"] == "bfloat16"  # fixed, not auto: one world whatever the CPU
+    for other in (WorldConfig(seed=1), WorldConfig(pretrain_dtype="float32")):  # another world: not shipped
+        assert shipped_world(other, make_rows(other)) is None
+
+
+def test_default_build_copies_the_shipped_student_without_pretraining(tmp_path):
+    import filecmp
+
+    from t3s.testbed import SHIPPED
+
+    msgs = []
+    info = build_world(tmp_path / "w", progress=False, log=msgs.append)
+    assert info["source"].startswith("shipped") and "shipped with t3s" in msgs[0]
+    assert filecmp.cmp(tmp_path / "w" / "student" / "model.safetensors", SHIPPED / "student" / "model.safetensors",
+                       shallow=False)
+    for f in ("train.jsonl", "heldout.jsonl", "run.yaml", "world.json"):
+        assert (tmp_path / "w" / f).exists(), f
+    with pytest.raises(T3SError, match="--overwrite"):  # --rebuild over an existing world needs --overwrite
+        build_world(tmp_path / "w", progress=False, log=lambda *a: None, rebuild=True)
