@@ -500,7 +500,10 @@ def report(results: dict, rows: list[dict]) -> str:
     # 1. scoring
     L += ["## 1. Scoring: `t3s score` vs the naive path", "",
           "All paths score the response tokens of the same rows (random token ids; a 64-token prompt, the rest "
-          "response) at `t3s score`'s default precision on CPU, bf16 autocast over fp32 weights. **naive**: the "
+          "response) at this machine's `auto` inference precision ("
+          + (_precision(results["scoring"][0]["t3s"]["precision"]) if results["scoring"] else "?")
+          + "; the figures hold for `t3s score --dtype` set to it: `t3s score` itself now defaults to float32, "
+          "section 5 says why). **naive**: the "
           "model's forward on the whole batch returning full logits, fp32 log-softmax, gather. **chunked** (the "
           "reference the targets were set against): the backbone on the whole batch, then a plain chunked LM head (1024 positions "
           "at a time) and logit − logsumexp. **t3s**: "
@@ -597,7 +600,9 @@ def report(results: dict, rows: list[dict]) -> str:
               "and once in float64 (the model's own forward and log-softmax, one row at a time) as the reference. "
               "A flip is a token that is an anchor (Δc > 0) in one and not in the other. Under the reference, "
               f"{100 * f['reference_anchor_share']:.1f}% of the tokens are anchors and the median |Δc| is "
-              f"{f['reference_abs_delta_median']:.1e} nats: most tokens move less than bf16 can resolve.", "",
+              f"{f['reference_abs_delta_median']:.1e} nats. A token can flip only where a precision's error of Δc "
+              "exceeds the token's true |Δc|; the table gives each precision's largest error and the largest true "
+              "|Δc| among the tokens it flipped.", "",
               "| scoring precision | flips vs float64 | anchors | max abs error of Δc | largest true abs Δc flipped "
               "| seconds (θ_0 + θ_b) |", "|---|---|---|---|---|---|"]
         for k, v in f["precisions"].items():

@@ -130,7 +130,7 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
     probe_cfg = {s: dataclasses.replace(cfg.selector_train_config() if diffusion else cfg.train, seed=s)
                  for s in cfg.seeds}
     # the generation settings the probe (and the tracking of every mode) reads: greedy unless probe.k > 1
-    probe_gen = {k: getattr(cfg.eval, k) for k in ("max_new_tokens", "batch_size", "fallback")}
+    probe_gen = {k: getattr(cfg.eval, k) for k in ("max_new_tokens", "batch_size", "fallback", "model_defaults")}
     if cfg.probe.k > 1:
         probe_gen.update(temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.eval.seed)
     probe_keys = {k: v for k, v in dataclasses.asdict(cfg.probe).items() if not k.startswith("track_")}

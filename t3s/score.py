@@ -262,7 +262,7 @@ def scoring_precision(dtype: str = "auto", device: str | None = None) -> Any:
     status is the sign of Δc = c(θ_b) − c(θ_0), and bf16 rounding moves a log-probability by more than many Δc.
     Measured on SmolLM2-135M with θ_b four steps at lr 1e-5 (BENCHMARKS.md, section 5): against a float64
     reference, bf16 autocast scoring gives 4.7% of the tokens the other anchor status (bf16 weights 5.5%), float32
-    0.01%. `bfloat16` (2.7x faster there on a CPU with bf16 hardware, and faster on GPUs) stays available where
+    0.01%. `bfloat16` (2.9x faster there on a CPU with bf16 hardware, and faster on GPUs) stays available where
     that noise is acceptable."""
     from t3s.models import resolve_precision
 
