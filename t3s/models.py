@@ -10,11 +10,11 @@ for training), so it can be tested on any machine.
   fp32. `bfloat16` on a CPU always means bf16 autocast; `float16` is refused on a CPU (about 1 GFLOP/s).
 - Training (`training_plan`): the weights the optimizer updates are fp32 master weights, with bf16 (or fp16)
   compute through autocast (the Trainer's `bf16=True` / `fp16=True` on fp32 weights; DeepSpeed and FSDP keep
-  their own fp32 masters the same way). A bf16 weight cannot hold an update smaller than its spacing (2^-8 of its
+  their own fp32 masters the same way). A bf16 weight cannot hold an update smaller than half its spacing (2^-9 to 2^-8 of its
   magnitude): at the paper's lr of 1e-5 most AdamW updates to bf16 weights are lost, which would change the
   probe's trajectory, θ_b, every mode and RRT. Pure-bf16 training (bf16 weights updated in place) is an explicit
-  opt-in (`train.pure_bf16`). Under LoRA the frozen base weights may be bf16 (they are never updated); PEFT keeps
-  the adapters in fp32.
+  opt-in (`train.pure_bf16`). Under LoRA the adapters and the frozen base are fp32 too, so that merging the
+  adapters into the base (the probe's checkpoints, the trained model) keeps the small updates.
 """
 
 from __future__ import annotations
@@ -223,9 +223,10 @@ def training_plan(dtype: str = "auto", device: str | None = None, *, pure_bf16: 
     - fp32 master weights and fp32 optimizer state by default, with compute in bf16 (autocast) where the device
       runs it fast, fp16 autocast on GPUs without bf16 (`dtype=float16`), else fp32.
     - `pure_bf16`: bf16 weights updated in place, bf16 optimizer state (half the memory; loses most updates
-      smaller than 2^-8 of a weight, e.g. at lr 1e-5).
-    - `lora`: the frozen base weights are loaded in the compute dtype (they are never updated); the adapters
-      (created by PEFT in fp32) are the master weights.
+      smaller than about 2^-9 of a weight, e.g. at lr 1e-5).
+    - `lora`: the adapters (created by PEFT in fp32) are the master weights; the frozen base is loaded in fp32 as
+      well, because the probe's checkpoints and the trained model are the base with the adapters merged in, and a
+      merge into bf16 weights would lose the small updates again (at twice the base's memory of a bf16 load).
     """
     device = device or default_device()
     if dtype not in PRECISIONS:
@@ -246,11 +247,10 @@ def training_plan(dtype: str = "auto", device: str | None = None, *, pure_bf16: 
         if lora:
             raise T3SError("train.pure_bf16 does not apply to LoRA: the adapters are kept in fp32 by PEFT")
         return TrainingPlan(device, bf16, bf16, bf16, bf16, True, False,
-                            "pure bf16: updates below 2^-8 of a weight are lost")
+                            "pure bf16: updates below about 2^-9 of a weight are lost")
     compute = {"float32": f32, "bfloat16": bf16, "float16": f16}[dtype]
-    load = compute if (lora and compute != f16) else f32  # fp16 base weights under LoRA: the scaler needs fp32
-    return TrainingPlan(device, load, compute, f32, f32, compute == bf16, compute == f16,
-                        "LoRA: base weights frozen in " + _dt(load) if lora else "")
+    return TrainingPlan(device, f32, compute, f32, f32, compute == bf16, compute == f16,
+                        "LoRA: adapters and the frozen base in fp32, merged exactly" if lora else "")
 
 
 def _looks_local(path: str) -> bool:

@@ -50,7 +50,7 @@ class TrainConfig:
         "help": "compute dtype: auto | float32 | bfloat16 | float16 (GPU only); weights stay fp32 (t3s.models)"})
     pure_bf16: bool = field(default=False, metadata={
         "help": "bf16 weights updated in place, no fp32 master copy: half the memory, but most updates below "
-                "2^-8 of a weight are lost (at lr 1e-5: most of them)"})
+                "about 2^-9 of a weight are lost (at lr 1e-5: most of them)"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (GPU)"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep Trainer checkpoints after success"})

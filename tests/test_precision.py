@@ -49,8 +49,8 @@ def test_training_plan_on_a_gpu_keeps_fp32_master_weights():
     assert (p.load, p.compute, p.trainer_bf16, p.trainer_fp16) == (F32, F32, False, False)
     p = training_plan("auto", "cuda", pure_bf16=True, gpu_bf16=True)  # opt-in, says what it costs
     assert (p.load, p.compute, p.master, p.optimizer_state) == (BF16, BF16, BF16, BF16) and "lost" in p.note
-    p = training_plan("auto", "cuda", lora=True, gpu_bf16=True)  # frozen base in bf16, adapters fp32 (PEFT)
-    assert (p.load, p.compute, p.master) == (BF16, BF16, F32)
+    p = training_plan("auto", "cuda", lora=True, gpu_bf16=True)  # fp32 base: adapters merge into it exactly
+    assert (p.load, p.compute, p.master) == (F32, BF16, F32)
     with pytest.raises(T3SError, match="pure_bf16 needs bf16"):
         training_plan("float32", "cuda", pure_bf16=True)
 
