@@ -127,12 +127,10 @@ def _trainer_class():
             super().__init__(*args, **kwargs)
 
         def _get_num_items_in_batch(self, batch_samples, device):
-            import torch
-
             key = "response_labels" if self.normalize == "response" else "labels"
-            # causal LM: position p predicts token p + 1, so the first label never counts (the Trainer's own rule)
-            n = sum(int((b[key][..., 1:] != -100).sum()) for b in batch_samples)
-            n = torch.tensor(n, device=device)
+            # causal LM: position p predicts token p + 1, so the first label never counts (the Trainer's own rule);
+            # counted where the batches are (the training device), no host round trip
+            n = sum((b[key][..., 1:] != -100).sum().to(device) for b in batch_samples)
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 n = self.accelerator.gather(n).sum()  # TRL multiplies the loss by the process count to match
             return n

@@ -181,3 +181,21 @@ def test_config_file_and_errors(tmp_path):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(T3SError, match="modes must be"):
         load_config(None, ["modes=[sft, best]"])
+
+
+@pytest.mark.parametrize("normalize", ["kept", "response"])
+def test_token_count_runs_on_the_batch_device(tiny, tok, four, tmp_path, normalize):
+    """The global token count of the loss is taken where the Trainer put the batch (the training device); on the
+    `meta` device an op mixing a CPU tensor with the batch raises, as a GPU would. On the CPU it is the exact count
+    of kept (or response) tokens after the causal shift."""
+    crafted_selection(tmp_path / "sel", tok, four, lambda i, j: j % 2 == 0)
+    cfg = TrainConfig(**{**SGD, "normalize": normalize})
+    data = prepare(str(tiny / "model"), str(four), cfg, RenderConfig(), str(tmp_path / "sel"))
+    trainer = make_trainer(load_causal_lm(tiny / "model", FP32), data, cfg, tmp_path / "ck", progress=False)
+    batches = [trainer.data_collator([data.dataset[i] for i in (0, 1)]),
+               trainer.data_collator([data.dataset[i] for i in (2, 3)])]
+    on_meta = [{k: v.to("meta") if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+    assert trainer._get_num_items_in_batch(on_meta, torch.device("meta")).device.type == "meta"
+    key = "labels" if normalize == "kept" else "response_labels"
+    want = sum(sum(1 for x in data.dataset[i][key] if x != -100) for i in range(4))  # each row starts with the prompt
+    assert int(trainer._get_num_items_in_batch(batches, torch.device("cpu"))) == want
