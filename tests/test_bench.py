@@ -112,3 +112,21 @@ def test_render_rewrites_the_same_report_from_recorded_results(smoke, tmp_path):
     raw.write_text(json.dumps(res))
     assert bench.main(["--render", str(raw), "--out", str(out)]) == 0
     assert out.read_text() == md
+
+
+def test_forced_weight_measurement_smoke(tmp_path, capsys):
+    """bench/forced_weight.py end to end at tiny sizes: forced sets from a real (tiny) selector probe, and the
+    measurement its docs table comes from."""
+    import json as _json
+
+    from bench import forced_weight
+
+    assert forced_weight.main(["--smoke", "--work", str(tmp_path)]) == 0
+    res = _json.loads((tmp_path / "results.json").read_text())
+    assert set(res) >= {"none/one", "tau=0.2/one", "tau=0.2/inverse_t", "tau=0/one", "tau=0/inverse_t"}
+    assert res["none/one"]["forced_share_of_loss"] == 0 and res["none/one"]["row_cv_vs_none"] == 1
+    assert res["tau=0/one"]["forced_fraction"] > 0  # the probe's Δc gives a forced set even at these sizes
+    for tau in ("tau=0.2", "tau=0"):
+        if res[f"{tau}/one"]["forced_fraction"] > 0:  # 1/t up-weights the forced set
+            assert res[f"{tau}/inverse_t"]["forced_share_of_loss"] > res[f"{tau}/one"]["forced_share_of_loss"]
+    assert "| forced set | forced tokens |" in capsys.readouterr().out
