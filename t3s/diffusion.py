@@ -301,15 +301,6 @@ def weighted_loss_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
     return (ce.double() * weights[mask]).sum()
 
 
-def row_losses(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, forced: torch.Tensor,
-               t: torch.Tensor, answer: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
-    """Per row: Σ over its masked positions of weight · CE (float64; before the global normaliser)."""
-    w = position_weights(mask, forced, t, answer, cfg)
-    ce = torch.zeros(mask.shape, dtype=torch.float64, device=logits.device)
-    ce[mask] = torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask], reduction="none").double()
-    return (ce * w).sum(1)
-
-
 class Collator:
     """Right-pads each row's response with EOS to the longest row of the micro-batch (LLaDA's SFT padding).
     `prompt_len` and `row` stay Python lists: the Trainer moves tensors to the device, and the mask needs them

@@ -183,8 +183,9 @@ def _write_run_config(world) -> None:
     tmp.replace(path)
 
 
-# The pretrained student of the default world, shipped with t3s so that `make demo` does not spend minutes (on a
-# CPU without fast bf16, over ten) pretraining it; `t3s testbed build --rebuild` pretrains it again.
+# The pretrained student of the default world, shipped with t3s so that `make demo` does not spend minutes
+# pretraining it (about four in bf16 on a CPU with bf16 hardware, hours on one without); `t3s testbed build
+# --rebuild` pretrains it again.
 SHIPPED = Path(__file__).parent / "worlds" / "arithmetic"
 
 
