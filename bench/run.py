@@ -401,14 +401,9 @@ def table(rows: list[dict]) -> str:
 def machine() -> dict:
     import importlib.metadata as md
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from t3s.models import cpu_model, device_info
+
+    cpu = cpu_model()
     mem = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -432,8 +427,6 @@ def machine() -> dict:
             commit += " (with uncommitted changes)"
     except (OSError, subprocess.SubprocessError):
         pass
-    from t3s.models import device_info
-
     dev = device_info("cpu")
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "os": platform.platform(), "versions": versions,
             "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -9,6 +9,7 @@ plain concatenation; labels cover the response tokens only.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,10 +245,7 @@ def _turn_end(row: Row, tokenizer: Any, cfg: RenderConfig, prefix: str) -> tuple
     if at < 0:
         raise T3SError(f"{row.where}: the chat template drops the assistant's content; cannot find the response "
                        "(a template for another message shape?); render without it (chat_template=off)")
-    head = full[:at]
-    common = 0
-    while common < min(len(head), len(prefix)) and head[common] == prefix[common]:
-        common += 1
+    common = len(os.path.commonprefix([full[:at], prefix]))
     return prefix[common:], full[at + len(_SENTINEL):]
 
 
@@ -286,9 +284,7 @@ def render_response(row: Row, tokenizer: Any, cfg: RenderConfig, prefix: str) ->
     pre = think_prefill(prefix)
     want = (resp.count(THINK_OPEN) + (1 if pre and not resp.lstrip().startswith(THINK_OPEN) else 0),
             resp.count(THINK_CLOSE))
-    common = 0
-    while common < min(len(full), len(prefix)) and full[common] == prefix[common]:
-        common += 1
+    common = len(os.path.commonprefix([full, prefix]))
     if THINK_CLOSE not in resp and THINK_CLOSE in full[common:]:
         raise T3SError(
             f"{row.where}: the response has no <think>…</think> block, and the chat template renders it with one "
