@@ -568,17 +568,7 @@ def test_remote_code_student_like_llada(dtiny, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- LLaDA-2 layout
 
-LLADA2_CONFIG = '''
-from transformers import PretrainedConfig
-
-
-class TinyLlada2Config(PretrainedConfig):
-    model_type = "tinyllada2_moe"
-
-    def __init__(self, vocab_size=8, hidden=32, mask_token_id=None, **kw):
-        self.vocab_size, self.hidden, self.mask_token_id = vocab_size, hidden, mask_token_id
-        super().__init__(**kw)
-'''
+LLADA2_CONFIG = REMOTE_CONFIG.replace("TinyLladaConfig", "TinyLlada2Config").replace('"tinyllada"', '"tinyllada2_moe"')
 
 LLADA2_MODEL = '''
 import torch
