@@ -483,6 +483,24 @@ def test_command_line_diffusion_chain(dtiny, tmp_path):
     assert not (tmp_path / "bad" / "model").exists()
 
 
+def _import_remote_code(src, files: dict):
+    """Write a model's remote-code files into the package directory `src` and import its modeling module, as
+    transformers would from a model directory."""
+    import importlib
+    import sys
+
+    src.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (src / name).write_text(text)
+    (src / "__init__.py").write_text("")
+    sys.path.insert(0, str(src.parent))
+    try:
+        modeling = next(n for n in files if n.startswith("modeling_"))
+        return importlib.import_module(f"{src.name}.{modeling[:-3]}")
+    finally:
+        sys.path.remove(str(src.parent))
+
+
 REMOTE_CONFIG = '''
 from transformers import PretrainedConfig
 
@@ -523,24 +541,15 @@ def test_remote_code_student_like_llada(dtiny, tmp_path):
     """A trust_remote_code model registered under AutoModel (as LLaDA is), mask token id from its config, no
     attention_mask argument: it loads, trains with the diffusion objective and samples."""
     import shutil
-    import sys
 
     from t3s.train import train
 
     tok = load_tokenizer(dtiny / "dllm")
     tok.mask_token = None  # the mask token id must come from the model's config
     src = tmp_path / "src"
-    src.mkdir()
-    (src / "configuration_tinyllada.py").write_text(REMOTE_CONFIG)
-    (src / "modeling_tinyllada.py").write_text(REMOTE_MODEL)
-    (src / "__init__.py").write_text("")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        from src.modeling_tinyllada import TinyLladaConfig, TinyLladaModelLM
-    finally:
-        sys.path.remove(str(tmp_path))
+    mod = _import_remote_code(src, {"configuration_tinyllada.py": REMOTE_CONFIG, "modeling_tinyllada.py": REMOTE_MODEL})
     d = tmp_path / "model"
-    TinyLladaModelLM(TinyLladaConfig(vocab_size=len(tok), mask_token_id=384)).save_pretrained(d)
+    mod.TinyLladaModelLM(mod.TinyLladaConfig(vocab_size=len(tok), mask_token_id=384)).save_pretrained(d)
     for f in ("configuration_tinyllada.py", "modeling_tinyllada.py"):
         shutil.copy(src / f, d / f)
     cfg = json.loads((d / "config.json").read_text())
@@ -616,21 +625,13 @@ def _llada2_dir(tmp_path, tok, auto_map_keys=("AutoModel", "AutoModelForCausalLM
     """A local remote-code model directory with LLaDA2.0-mini's config layout: AutoModel -> the bare backbone,
     AutoModelForCausalLM -> the LM, architectures = the LM."""
     import shutil
-    import sys
 
     src = tmp_path / "src2"
-    src.mkdir(exist_ok=True)
-    (src / "configuration_tinyllada2.py").write_text(LLADA2_CONFIG)
-    (src / "modeling_tinyllada2.py").write_text(LLADA2_MODEL)
-    (src / "__init__.py").write_text("")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        from src2.modeling_tinyllada2 import TinyLlada2Config, TinyLlada2ModelLM
-    finally:
-        sys.path.remove(str(tmp_path))
+    mod = _import_remote_code(src, {"configuration_tinyllada2.py": LLADA2_CONFIG,
+                                    "modeling_tinyllada2.py": LLADA2_MODEL})
     d = tmp_path / "llada2"
     torch.manual_seed(0)
-    TinyLlada2ModelLM(TinyLlada2Config(vocab_size=len(tok), mask_token_id=tok.mask_token_id)).save_pretrained(d)
+    mod.TinyLlada2ModelLM(mod.TinyLlada2Config(vocab_size=len(tok), mask_token_id=tok.mask_token_id)).save_pretrained(d)
     for f in ("configuration_tinyllada2.py", "modeling_tinyllada2.py"):
         shutil.copy(src / f, d / f)
     cfg = json.loads((d / "config.json").read_text())
