@@ -198,21 +198,28 @@ def describe(precision: "Precision | TrainingPlan") -> str:
 # ----------------------------------------------------------------------------------------------- decisions
 
 
-def resolve_precision(dtype: str = "auto", device: str | None = None, cpu_bf16: bool | None = None) -> Precision:
-    """Inference precision. `cpu_bf16`: whether bf16 is fast on this CPU (default: detected)."""
-    device = device or default_device()
+def compute_dtype(dtype: str, device: str, cpu_bf16: bool | None = None, gpu_bf16: bool | None = None) -> str:
+    """The dtype a setting computes in on a device (pure given `cpu_bf16` / `gpu_bf16`, else detected): `auto` is
+    bf16 where the device runs it fast (a CPU with AVX512-BF16 / AMX, a GPU with bf16), else float32 on a CPU and
+    float16 on a GPU; float16 is refused on a CPU."""
     if dtype not in PRECISIONS:
         raise T3SError(f"dtype must be one of {', '.join(PRECISIONS)}, got '{dtype}'")
     if device == "cpu":
         if dtype == "float16":
             raise T3SError("float16 is not supported on CPU (PyTorch runs it at ~1 GFLOP/s); use bfloat16 or float32")
         if dtype == "auto":
-            dtype = "bfloat16" if (cpu_bf16_fast()[0] if cpu_bf16 is None else cpu_bf16) else "float32"
-        if dtype == "float32":
-            return Precision(torch.float32, None, device)
-        return Precision(torch.float32, torch.bfloat16, device)
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            return "bfloat16" if (cpu_bf16_fast()[0] if cpu_bf16 is None else cpu_bf16) else "float32"
+    elif dtype == "auto":
+        return "bfloat16" if (torch.cuda.is_bf16_supported() if gpu_bf16 is None else gpu_bf16) else "float16"
+    return dtype
+
+
+def resolve_precision(dtype: str = "auto", device: str | None = None, cpu_bf16: bool | None = None) -> Precision:
+    """Inference precision: on a CPU fp32 weights with bf16 autocast or none; on a GPU weights in the dtype."""
+    device = device or default_device()
+    dtype = compute_dtype(dtype, device, cpu_bf16)
+    if device == "cpu":
+        return Precision(torch.float32, None if dtype == "float32" else torch.bfloat16, device)
     return Precision(getattr(torch, dtype), None, device)
 
 
@@ -229,18 +236,8 @@ def training_plan(dtype: str = "auto", device: str | None = None, *, pure_bf16: 
       merge into bf16 weights would lose the small updates again (at twice the base's memory of a bf16 load).
     """
     device = device or default_device()
-    if dtype not in PRECISIONS:
-        raise T3SError(f"dtype must be one of {', '.join(PRECISIONS)}, got '{dtype}'")
+    dtype = compute_dtype(dtype, device, cpu_bf16, gpu_bf16)
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
-    if device == "cpu":
-        if dtype == "float16":
-            raise T3SError("float16 is not supported on CPU (PyTorch runs it at ~1 GFLOP/s); use bfloat16 or float32")
-        if dtype == "auto":
-            fast = cpu_bf16_fast()[0] if cpu_bf16 is None else cpu_bf16
-            dtype = "bfloat16" if fast else "float32"
-    elif dtype == "auto":
-        ok = torch.cuda.is_bf16_supported() if gpu_bf16 is None else gpu_bf16
-        dtype = "bfloat16" if ok else "float16"
     if pure_bf16:
         if dtype != "bfloat16":
             raise T3SError(f"train.pure_bf16 needs bf16 compute (train.dtype bfloat16 or auto), not {dtype}")
