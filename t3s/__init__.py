@@ -10,3 +10,12 @@ __version__ = "0.2.0"
 
 class T3SError(Exception):
     """A user-facing error: the CLI prints the message and exits non-zero, without a traceback."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM: a scheduler's pre-emption) raised as an exception, so that it unwinds like
+    Ctrl-C: temporary directories are removed and the command says what it left."""
+
+    def __init__(self, signal: str):
+        super().__init__(signal)
+        self.signal = signal

@@ -67,9 +67,37 @@ def write_json(path: str | Path, obj: Any) -> None:
         raise
 
 
+def not_utf8(path: str | Path, data: bytes, err: UnicodeDecodeError, lineno: int | None = None) -> T3SError:
+    """The error for bytes that are not UTF-8: the file, line and column, and a hint for binary files."""
+    if lineno is None:
+        lineno = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    else:
+        col = err.start + 1
+    binary = b"\0" in data[:8192]
+    return T3SError(f"{path}:{lineno}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {col})"
+                    + ("; this looks like a binary file" if binary else "; save the file as UTF-8"))
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file, with one clear error naming the file (and line) when it is missing or not UTF-8."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise T3SError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, data, e) from None
+
+
 def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """A JSON file, with one clear error naming the file, line and column when it is not valid JSON."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise T3SError(f"{path}:{e.lineno}: bad JSON ({e.msg} at column {e.colno}); is the file truncated or "
+                       "corrupt?") from None
 
 
 def check_can_write(out: str | Path, overwrite: bool) -> Path:
@@ -91,6 +119,14 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    swap_in(tmp, out)
+
+
+def swap_in(tmp: str | Path, out: str | Path) -> None:
+    """Move the complete directory `tmp` to `out`, replacing what is there, by two renames: `out` holds the old
+    result until the first and the new one from the second (a kill in the instant between them leaves the old
+    result under a hidden `.old` name next to `out`)."""
+    tmp, out = Path(tmp), Path(out)
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
         os.replace(out, old / "x")
@@ -98,3 +134,22 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_outside(out: str | Path, **inputs: str | Path | None) -> None:
+    """Refuse an output directory that is, or contains, one of the command's inputs (`--out` set to the input
+    model's run directory would write over the model). Inputs that are not local paths (hub ids) are skipped."""
+    root = Path(out).resolve()
+    for name, value in inputs.items():
+        if value is None or value in ("none", ""):
+            continue
+        p = Path(value)
+        if not p.exists():
+            continue
+        if _inside(p.resolve(), root):
+            raise T3SError(f"--out {out} contains the input {name} {value}: writing there would destroy it; "
+                           "choose another --out")

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
+import re
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-from t3s import T3SError, __version__, dist
+from t3s import Interrupted, T3SError, __version__, dist
+from t3s.artifacts import check_can_write, check_outside
 
 # Commands that split their work across processes under torchrun / accelerate launch; the others run on the
 # main process while the rest wait.
@@ -38,6 +43,7 @@ def cmd_score(args) -> None:
     from t3s.config import load_config
     from t3s.score import run_score
 
+    check_outside(args.out, model=args.model, data=args.data)
     cfg = load_config(args.config, _overrides(args, "score"), flat=("score", "render"))
     meta = run_score(args.model, args.data, args.out, cfg.render, cfg.score, split=args.split,
                      trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=_progress(args))
@@ -46,11 +52,11 @@ def cmd_score(args) -> None:
 
 
 def cmd_select(args) -> None:
-    from t3s.artifacts import check_can_write
     from t3s.score import load_scores
     from t3s.select import select, summary_line, write_selection
 
     check_can_write(args.out, args.overwrite)
+    check_outside(args.out, init=args.init, bottleneck=args.bottleneck, data=args.data, student=args.student)
     init, bottleneck = load_scores(args.init), load_scores(args.bottleneck)
     if args.forced:  # a masked-diffusion student's forced set
         from t3s.select import select_forced
@@ -117,6 +123,7 @@ def cmd_eval(args) -> None:
         samples = grade([r[:5] for r in rows], gcfg.fallback, [r[5] for r in rows])
         meta = {"responses": str(args.responses), "fallback": gcfg.fallback}
         out = args.out or f"runs/eval/{Path(args.responses).stem}-graded"
+        check_outside(out, responses=args.responses)
     else:
         if not (args.model and args.data):
             raise T3SError("pass --model and --data (or --responses FILE to grade pre-generated responses)")
@@ -126,9 +133,8 @@ def cmd_eval(args) -> None:
             resolve_precision
 
         out = args.out or f"runs/eval/{Path(args.model).name}-{Path(args.data).stem}"
-        from t3s.artifacts import check_can_write
-
         check_can_write(out, args.overwrite)
+        check_outside(out, model=args.model, data=args.data)
         diffusion, generator = _diffusion(args.model, cfg, args.trust_remote_code), None
         if gcfg.backend == "vllm" and diffusion is not None:  # before any work
             raise T3SError(f"the vllm backend generates with autoregressive models only; {args.model} is a "
@@ -160,7 +166,6 @@ def cmd_eval(args) -> None:
 
 
 def cmd_probe(args) -> None:
-    from t3s.artifacts import check_can_write
     from t3s.config import load_config
     from t3s.probe import run_probe
 
@@ -169,6 +174,7 @@ def cmd_probe(args) -> None:
     if not (model and data):
         raise T3SError("pass --model and --data (or a --config with student and train_data)")
     check_can_write(args.out, args.overwrite)
+    check_outside(args.out, model=model, data=data, eval_data=args.eval_data or cfg.eval_data)
     diffusion = _diffusion(model, cfg, cfg.train.trust_remote_code)
     if diffusion is not None and cfg.probe.backend == "vllm":  # before any work
         raise T3SError(f"probe.backend=vllm generates with autoregressive models only; {model} is a "
@@ -208,6 +214,7 @@ def cmd_testbed(args) -> None:
 def cmd_rrt(args) -> None:
     from t3s.rrt import rrt
 
+    check_outside(args.out, init=args.init, bottleneck=args.bottleneck, final=args.final)
     info = rrt(args.init, args.bottleneck, args.final, args.out, overwrite=args.overwrite,
                max_shard_bytes=int(args.max_shard_gb * 1024**3), progress=_progress(args))
     print(f"wrote {args.out}: init + (final - bottleneck) over {info['tensors']} tensors")
@@ -216,6 +223,7 @@ def cmd_rrt(args) -> None:
 def cmd_traces(args) -> int:
     from t3s.traces import format_summary, load_traces_config, run_traces
 
+    check_outside(args.out, model=args.model, data=args.data)
     cfg, rcfg = load_traces_config(args.config, _overrides(args, "traces"))
     if args.base_url:
         cfg = dataclasses.replace(cfg, base_url=args.base_url)
@@ -392,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
+    previous = _handle_sigterm()
     try:
         if dist.launched() and args.command in ("run", "testbed"):  # they drive Trainers of their own
             raise T3SError(f"`t3s {args.command}` runs as one process; under torchrun / accelerate launch run the "
@@ -400,14 +409,71 @@ def main(argv: list[str] | None = None) -> int:
             code = dist.on_main(lambda: args.fn(args))  # one process does it, the others wait
         else:
             code = args.fn(args)
-    except T3SError as e:
+    except Exception as e:
+        # T3SError: a user-facing error; OSError (or a library's wrapped I/O error, such as a full disk while
+        # safetensors writes): one line naming the path. Anything else is a bug: the traceback is shown.
+        if os.environ.get("T3S_DEBUG") or not (isinstance(e, (T3SError, OSError)) or _os_errno(e)):
+            raise
         rank = f"[rank {dist.rank()}] " if dist.launched() and not dist.is_main() else ""
-        print(f"{rank}t3s {args.command}: error: {e}", file=sys.stderr)
+        print(f"{rank}t3s {args.command}: error: {_message(e, args.command)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"t3s {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        sig = e.signal if isinstance(e, Interrupted) else "Ctrl-C"
+        notes = getattr(e, "__notes__", None) or [RERUN.get(args.command, RERUN[None])]
+        print(f"t3s {args.command}: interrupted ({sig}); " + "; ".join(notes), file=sys.stderr)
+        return 143 if sig == "SIGTERM" else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return code or 0
+
+
+# What an interrupted command left, when the command itself added no note.
+RERUN = {
+    None: "nothing partial was written: rerun the command",
+    "run": "finished stages are kept: rerun the same `t3s run` to resume",
+    "traces": "finished samples are kept: rerun the same command to resume",
+    "probe": "nothing was written: rerun the command (the probe starts again from step 0)",
+}
+
+
+def _handle_sigterm() -> Any:
+    """A scheduler's pre-emption (SIGTERM) unwinds like Ctrl-C, so temporary directories are removed and the
+    command says what it left. Returns the previous handler (None when not on the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Interrupted("SIGTERM")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _os_errno(e: BaseException) -> int | None:
+    """The OS error number of an OSError, or of a library's wrapped one (safetensors writes from Rust: 'I/O
+    error: No space left on device (os error 28)')."""
+    if isinstance(e, OSError):
+        return e.errno
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return int(m.group(1)) if m else None
+
+
+def _message(e: BaseException, command: str) -> str:
+    """One line for a user-facing error; file-system errors name the path (a full disk says so)."""
+    if isinstance(e, T3SError):
+        return str(e) + "".join(f"; {n}" for n in getattr(e, "__notes__", []))
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    code = _os_errno(e)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        text = "no space left on device"
+    elif code == errno.EFBIG:
+        text = "file too large (a file-size limit of this machine or job)"
+    else:
+        text = getattr(e, "strerror", None) or " ".join(str(e).split())
+    notes = getattr(e, "__notes__", None) or [RERUN.get(command, RERUN[None])]
+    return f"{text}{where}; " + "; ".join(notes)
 
 
 if __name__ == "__main__":

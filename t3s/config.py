@@ -20,6 +20,7 @@ command also accepts bare keys of its own sections (`t3s train ... learning_rate
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from typing import Any
 import yaml
 
 from t3s import T3SError
+from t3s.artifacts import read_text
+from t3s.fields import check_fields
 from t3s.data import RenderConfig
 from t3s.diffusion import DIFFUSION_MODES, DiffusionConfig
 from t3s.evaluate import GenConfig
@@ -45,11 +48,14 @@ class ScoreConfig:
         "help": "auto (= float32: bf16 rounding would decide the sign of small Δc) | float32 | bfloat16 | "
                 "float16 (GPU only)"})
     batch_tokens: int = field(default=0, metadata={
-        "help": "padded tokens per backbone batch (0: auto, 2048 on CPU, 16384 on GPU)"})
-    max_batch: int = field(default=64, metadata={"help": "rows per batch at most"})
+        "help": "padded tokens per backbone batch (0: auto, 2048 on CPU, 16384 on GPU)", "ge": 0})
+    max_batch: int = field(default=64, metadata={"help": "rows per batch at most", "ge": 1})
     chunk_tokens: int = field(default=0, metadata={
-        "help": "positions per LM-head / log-softmax chunk (0: auto, cache-sized on CPU, 1024 on GPU)"})
+        "help": "positions per LM-head / log-softmax chunk (0: auto, cache-sized on CPU, 1024 on GPU)", "ge": 0})
     check: bool = field(default=True, metadata={"help": "compare one row with the model's own forward"})
+
+    def __post_init__(self) -> None:
+        check_fields(self, "score")
 
 
 SECTIONS: dict[str, type] = {
@@ -77,7 +83,8 @@ class RunConfig:
     teachers: dict[str, Any] = field(default_factory=dict, metadata={"help": "teacher mixture: name -> training "
                                                                               "set (instead of train_data)"})
     mixture_budget: float = field(default=0.0, metadata={"help": "mixture steps = train.max_steps × this "
-                                                                 "(0: the number of teachers)"})
+                                                                 "(0: the number of teachers)",
+                                                                 "ge": 0})
     render: RenderConfig = field(default_factory=RenderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -86,6 +93,7 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     def __post_init__(self) -> None:
+        check_fields(self, "")
         if self.objective not in OBJECTIVES:
             raise T3SError(f"objective must be one of {OBJECTIVES}, got '{self.objective}'")
         if self.objective == "diffusion":
@@ -138,6 +146,7 @@ def parse_value(text: str) -> Any:
 def coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Check keys against a config dataclass and convert values to its field types."""
     types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    switches = {f.name for f in dataclasses.fields(cls) if f.metadata.get("switch")}
     unknown = sorted(set(raw) - set(types))
     if unknown:
         raise T3SError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(types))})")
@@ -147,6 +156,8 @@ def coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
         if value is None:
             out[key] = value
             continue
+        if key in switches and isinstance(value, bool):  # YAML 1.1 reads the documented `off` / `on` as booleans
+            value = "on" if value else "off"
         expect = {"str": str, "dict": dict, "list": list, "tuple": (list, tuple)}.get(base.split("[")[0])
         if expect is not None:
             if not isinstance(value, expect):
@@ -165,6 +176,8 @@ def coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
                 raise ValueError("expected a number")
             elif base == "float":
                 out[key] = float(value)
+                if not math.isfinite(out[key]):
+                    raise ValueError("expected a finite number")
             else:
                 f = float(value)
                 if not f.is_integer():
@@ -191,8 +204,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         where = str(path)
         try:
-            raw = _numbers(yaml.safe_load(Path(path).read_text()) or {})
-        except (OSError, yaml.YAMLError) as e:
+            raw = _numbers(yaml.safe_load(read_text(path)) or {})
+        except yaml.YAMLError as e:
             raise T3SError(f"{path}: cannot read config ({e})") from None
         if not isinstance(raw, dict):
             raise T3SError(f"{path}: a config must be a mapping of keys to values")
@@ -218,10 +231,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         body = raw.get(name) or {}
         if not isinstance(body, dict):
             raise T3SError(f"{where}: section '{name}' must be a mapping")
+        values = coerce(cls, body, f"{where} [{name}]")
         try:
-            sections[name] = cls(**coerce(cls, body, f"{where} [{name}]"))
+            sections[name] = cls(**values)
         except TypeError as e:
             raise T3SError(f"{where} [{name}]: {e}") from None
+        except T3SError as e:
+            raise T3SError(f"{where}: {e}") from None
     top = {k: raw[k] for k in _TOP if k in raw}
     top = coerce(RunConfig, top, where)
-    return RunConfig(**top, **sections)
+    try:
+        return RunConfig(**top, **sections)
+    except T3SError as e:
+        raise T3SError(f"{where}: {e}") from None

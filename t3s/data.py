@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from t3s import T3SError
-from t3s.artifacts import sha256_json
+from t3s.artifacts import not_utf8, sha256_json
+from t3s.fields import check_fields
 
 OVERLONG_POLICIES = ("error", "truncate", "drop")
 
@@ -114,8 +115,12 @@ def raw_rows(path: Path, split: str | None) -> list[tuple[str, Any]]:
         return [(f"{path} row {i + 1}", r) for i, r in enumerate(table.to_pylist())]
     if path.suffix in (".jsonl", ".json"):
         out = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise not_utf8(path, raw, e, lineno) from None
                 if not line.strip():
                     continue
                 try:
@@ -154,15 +159,20 @@ def data_fingerprint(rows: list[Row]) -> str:
 class RenderConfig:
     """How rows become token ids. Part of every score/selection fingerprint."""
 
-    chat_template: str = field(default="auto", metadata={"help": "auto | on | off: use the tokenizer's chat template"})
+    chat_template: str = field(default="auto", metadata={"help": "auto | on | off: use the tokenizer's chat template",
+                                                         "switch": True})
     system_prompt: str | None = field(default=None, metadata={"help": "system turn prepended to string prompts"})
     separator: str = field(default="\n", metadata={"help": "between prompt and response without a template"})
     add_eos: bool = field(default=True, metadata={"help": "append EOS to the response without a template"})
     template_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra chat-template variables"})
-    max_length: int | None = field(default=None, metadata={"help": "max tokens per row (prompt + response)"})
+    max_length: int | None = field(default=None, metadata={"help": "max tokens per row (prompt + response)",
+                                                           "ge": 2})
     overlong: str = field(default="error", metadata={"help": "error | truncate | drop for rows over max_length"})
 
     def __post_init__(self) -> None:
+        check_fields(self, "render")
+        if isinstance(self.chat_template, bool):  # YAML 1.1: `off` and `on` are booleans
+            self.chat_template = "on" if self.chat_template else "off"
         if self.overlong not in OVERLONG_POLICIES:
             raise T3SError(f"overlong must be one of {OVERLONG_POLICIES}, got '{self.overlong}'")
         if self.chat_template not in ("auto", "on", "off"):

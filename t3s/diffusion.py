@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from t3s import T3SError, dist
+from t3s.fields import check_fields
 
 SCHEDULES = ("llada", "dfactory")
 FORCED_WEIGHTS = ("one", "inverse_t")
@@ -81,6 +82,7 @@ class DiffusionConfig:
     remasking: str = field(default="low_confidence", metadata={"help": "low_confidence | random"})
 
     def __post_init__(self) -> None:
+        check_fields(self, "diffusion")
         if self.mask_schedule not in SCHEDULES:
             raise T3SError(f"diffusion.mask_schedule must be one of {SCHEDULES}, got '{self.mask_schedule}'")
         if self.forced_weight not in FORCED_WEIGHTS:
@@ -191,7 +193,7 @@ def load_mask_predictor(path: str | Path, precision: Any, trust_remote_code: boo
     (`mask_predictor_class`); a model without a head is refused."""
     import transformers
 
-    from t3s.models import _hub_kwargs, resolve_model_path
+    from t3s.models import _hub_kwargs, load_error, resolve_model_path
 
     path = resolve_model_path(path)
     kw = {"dtype": precision.weights, **_hub_kwargs(trust_remote_code)}
@@ -201,8 +203,8 @@ def load_mask_predictor(path: str | Path, precision: Any, trust_remote_code: boo
     except ValueError as e:
         raise T3SError(f"'{path}' is not a mask predictor (AutoModelForMaskedLM; pass trust_remote_code for "
                        f"LLaDA-style models): {e}") from None
-    except OSError as e:
-        raise T3SError(f"cannot load a mask predictor from '{path}': {e}") from None
+    except Exception as e:  # noqa: BLE001 -- a user's files: any failure is one line naming them
+        raise load_error("a mask predictor", path, e) from e
     model = model.to(precision.device)
     if not _has_head(model):
         raise T3SError(f"'{path}' loaded through {key} as {type(model).__name__}, which has no LM head (its forward "
@@ -365,7 +367,7 @@ def make_trainer(model: Any, data: Any, cfg: Any, dcfg: DiffusionConfig, output_
     """The diffusion counterpart of `t3s.train.make_trainer` (same TrainConfig, same precision rules)."""
     from transformers import TrainingArguments
 
-    from t3s.train import training_arguments
+    from t3s.train import finite_loss_callback, training_arguments
 
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
@@ -378,7 +380,8 @@ def make_trainer(model: Any, data: Any, cfg: Any, dcfg: DiffusionConfig, output_
     tok = data.tokenizer
     trainer = DiffusionTrainer(
         model=model, args=args, train_dataset=data.dataset, processing_class=tok,
-        data_collator=Collator(tok.eos_token_id), callbacks=callbacks, diffusion=dcfg,
+        data_collator=Collator(tok.eos_token_id), callbacks=[*(callbacks or []), finite_loss_callback()],
+        diffusion=dcfg,
         mask_id=mask_token_id(model, tok, dcfg.mask_token_id),
     )
     if not progress:

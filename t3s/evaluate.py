@@ -22,6 +22,7 @@ import torch
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import atomic_dir, write_json
+from t3s.fields import check_fields
 
 FALLBACKS = ("last_number", "none")
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*")
@@ -105,8 +106,8 @@ def is_correct(pred: str | None, gold: str) -> bool:
 class GenConfig:
     """Sampling settings for evaluation and the probe."""
 
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy", "ge": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling", "gt": 0, "le": 1})
     max_new_tokens: int = field(default=512, metadata={"help": "generation budget per response"})
     k: int = field(default=1, metadata={"help": "samples per prompt (avg@k, pass@k)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
@@ -122,6 +123,7 @@ class GenConfig:
         "help": "vLLM engine arguments, e.g. {tensor_parallel_size: 8, gpu_memory_utilization: 0.9, max_model_len: 40000}"})
 
     def __post_init__(self) -> None:
+        check_fields(self, "eval")
         if self.fallback not in FALLBACKS:
             raise T3SError(f"fallback must be one of {FALLBACKS}, got '{self.fallback}'")
         if self.backend not in ("hf", "vllm"):
@@ -344,6 +346,10 @@ def evaluate_model(model: Any, tok: Any, rows: list, rcfg: Any, gcfg: GenConfig,
     backend with `generate`'s outputs (t3s.vllm_backend), called as generator(prompts, gcfg, progress, desc)."""
     from t3s.data import render_prompt, uses_template
 
+    if model is not None:  # NaN weights would generate garbage that grades as a plain 0%
+        from t3s.models import check_finite_weights
+
+        check_finite_weights(model, f"{desc}: the model", "its outputs would be garbage (a diverged training run?)")
     template = uses_template(tok, rcfg)
     prompts = [render_prompt(r, tok, rcfg, template)[0] for r in rows]
     if generator is not None:

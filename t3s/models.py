@@ -261,10 +261,33 @@ def resolve_model_path(path: str | Path) -> str:
     if not p.exists() and _looks_local(str(path)):
         raise T3SError(f"{path}: no such model directory (a model is a local directory or a hub id like org/name)")
     if (p / "model" / "config.json").exists() and not (p / "config.json").exists():
-        return str(p / "model")
-    if p.exists() and not (p / "config.json").exists():
+        p = p / "model"
+    elif not p.exists():
+        return str(path)  # a hub id
+    if not (p / "config.json").exists():
         raise T3SError(f"{p}: not a Hugging Face model directory (no config.json)")
-    return str(path)
+    from t3s.artifacts import read_json
+
+    if not isinstance(read_json(p / "config.json"), dict):  # a truncated or corrupt config: one line naming it
+        raise T3SError(f"{p / 'config.json'}: not a model config (a JSON object)")
+    return str(p)
+
+
+# Any of these files is a tokenizer transformers can load (fast, sentencepiece, BPE or WordPiece vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def load_error(what: str, path: str | Path, e: BaseException) -> T3SError:
+    """One line for a model or tokenizer that cannot be loaded (set T3S_DEBUG=1 for the traceback)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if len(text) > 300:
+        text = text[:300] + " ..."
+    if type(e).__name__ == "SafetensorError" or "deserializ" in text:
+        text = f"a weight file is truncated or corrupt ({text})"
+    elif not Path(path).exists():
+        text = f"no such local directory, and not a model in the Hugging Face cache (offline?) ({text})"
+    return T3SError(f"cannot load {what} from '{path}': {text}")
 
 
 def _hub_kwargs(trust_remote_code: bool) -> dict[str, Any]:
@@ -277,10 +300,13 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_model_path(path)
+    if Path(path).is_dir() and not any((Path(path) / f).exists() for f in TOKENIZER_FILES):
+        raise T3SError(f"{path}: no tokenizer files (none of {', '.join(TOKENIZER_FILES[:2])}, ...); copy in the "
+                       "tokenizer of the model it was trained from")
     try:
         tok = AutoTokenizer.from_pretrained(path, **_hub_kwargs(trust_remote_code))
-    except OSError as e:
-        raise T3SError(f"cannot load a tokenizer from '{path}': {e}") from None
+    except Exception as e:  # noqa: BLE001 -- a user's files: any failure is one line naming them
+        raise load_error("a tokenizer", path, e) from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -295,8 +321,8 @@ def load_causal_lm(path: str | Path, precision: Precision, trust_remote_code: bo
     path = resolve_model_path(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.weights, **_hub_kwargs(trust_remote_code))
-    except OSError as e:
-        raise T3SError(f"cannot load a causal LM from '{path}': {e}") from None
+    except Exception as e:  # noqa: BLE001 -- a user's files: any failure is one line naming them
+        raise load_error("a causal LM", path, e) from e
     return model.to(precision.device) if place else model
 
 
@@ -320,3 +346,23 @@ def model_step(path: str | Path) -> int | None:
             with contextlib.suppress(Exception):
                 return int(json.loads(f.read_text())["global_step"])
     return None
+
+
+def nonfinite_weights(model: Any) -> list[str]:
+    """Names of the parameters holding a NaN or an infinity."""
+    return [n for n, p in model.named_parameters() if p.numel() and not bool(torch.isfinite(p).all())]
+
+
+TRAINING_HINT = "the run diverged (lower train.learning_rate, or check train.dtype)"
+
+
+def check_finite_weights(model: Any, what: str, hint: str = TRAINING_HINT) -> None:
+    """Refuse a model with non-finite parameters (a diverged run). Sharded parameters (ZeRO-3, FSDP) are
+    skipped: each process holds a slice, and a check failing on one process alone would hang the others."""
+    from t3s import dist
+
+    if dist.params_sharded(model):
+        return
+    bad = nonfinite_weights(model)
+    if bad:
+        raise T3SError(f"{what}: {len(bad)} parameter tensor(s) hold NaN or inf (first: {bad[0]}); {hint}")

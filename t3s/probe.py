@@ -34,17 +34,21 @@ import numpy as np
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import write_json
+from t3s.fields import check_fields
 
 
 @dataclass
 class ProbeConfig:
     """Settings of the probe run (training itself uses the `train` section)."""
 
-    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: about 15 points per run)"})
-    subset: int = field(default=0, metadata={"help": "training prompts evaluated (0: all), a fixed seeded subset"})
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: about 15 points per run)", "ge": 0})
+    subset: int = field(default=0, metadata={"help": "training prompts evaluated (0: all), a fixed seeded subset",
+                                                    "ge": 0})
     subset_seed: int = field(default=0, metadata={"help": "seed of the subsets"})
-    heldout_subset: int = field(default=0, metadata={"help": "held-out prompts evaluated (0: all, -1: none)"})
-    k: int = field(default=1, metadata={"help": "samples per prompt: 1 = greedy, >1 = eval sampling, avg@k"})
+    heldout_subset: int = field(default=0, metadata={"help": "held-out prompts evaluated (0: all, -1: none)",
+                                                            "ge": -1})
+    k: int = field(default=1, metadata={"help": "samples per prompt: 1 = greedy, >1 = eval sampling, avg@k",
+                                               "ge": 1})
     online: bool = field(default=False, metadata={"help": "stop once a dip's minimum is confirmed"})
     margin: float | None = field(default=None, metadata={
         "help": "accuracy margin of a real dip and of the online stop (default: 2 standard errors of the step-0 "
@@ -53,11 +57,14 @@ class ProbeConfig:
     markers: list[str] = field(default_factory=lambda: ["Wait"], metadata={"help": "style marker phrases"})
     keep_all: bool = field(default=False, metadata={"help": "keep every evaluated checkpoint"})
     continue_without_dip: bool = field(default=False, metadata={"help": "use the lowest checkpoint even with no dip"})
-    track_every: int = field(default=0, metadata={"help": "pipeline: also evaluate every trained mode every N steps"})
-    track_subset: int = field(default=64, metadata={"help": "training prompts evaluated when tracking a mode"})
+    track_every: int = field(default=0, metadata={"help": "pipeline: also evaluate every trained mode every N steps",
+                                                         "ge": 0})
+    track_subset: int = field(default=64, metadata={"help": "training prompts evaluated when tracking a mode",
+                                                           "ge": 1})
     backend: str = field(default="hf", metadata={"help": "generation: hf | vllm (GPU only; engine from eval.vllm)"})
 
     def __post_init__(self) -> None:
+        check_fields(self, "probe")
         if self.patience < 1:
             raise T3SError("probe.patience must be >= 1")
         if self.margin is not None and not 0 <= self.margin < 1:
@@ -131,6 +138,9 @@ def _save_model(model: Any, tok: Any, path: Path, step: int, trainer: Any = None
     """Save a loadable full model atomically (a LoRA model is merged into a copy first). Several processes: the
     main one writes; with sharded parameters (ZeRO-3, FSDP) all take part in the Trainer's gathering save."""
     tmp = path.with_name(f".{path.name}.tmp")
+    from t3s.models import check_finite_weights
+
+    check_finite_weights(model, f"probe checkpoint at step {step}")
     if dist.params_sharded(model):
         if trainer is None or hasattr(model, "merge_and_unload"):
             raise T3SError("the probe cannot save LoRA checkpoints under ZeRO-3 / FSDP; use DDP or ZeRO-2")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from t3s import T3SError
-from t3s.artifacts import atomic_dir, write_json
+from t3s.artifacts import atomic_dir, read_json, write_json
 from t3s.models import resolve_model_path
 
 INDEX = "model.safetensors.index.json"
@@ -31,18 +31,30 @@ _COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_c
 def _weight_map(model_dir: Path) -> dict[str, Path]:
     """tensor name -> safetensors file holding it."""
     if (model_dir / INDEX).exists():
-        index = json.loads((model_dir / INDEX).read_text())
-        return {name: model_dir / f for name, f in index["weight_map"].items()}
+        index = read_json(model_dir / INDEX)
+        if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+            raise T3SError(f"{model_dir / INDEX}: no weight_map (a corrupt shard index)")
+        wmap = {name: model_dir / f for name, f in index["weight_map"].items()}
+        for f in sorted(set(wmap.values())):
+            _open_safetensors(f).keys()  # every shard exists and has a complete header
+        return wmap
     if (model_dir / SINGLE).exists():
-        from safetensors import safe_open
-
-        with safe_open(model_dir / SINGLE, "pt") as f:
-            return {name: model_dir / SINGLE for name in f.keys()}
+        return {name: model_dir / SINGLE for name in _open_safetensors(model_dir / SINGLE).keys()}
     raise T3SError(f"{model_dir}: no safetensors weights ({SINGLE} or {INDEX})")
 
 
+def _open_safetensors(path: Path):
+    """A memory-mapped safetensors file, or one clear error when it is missing, truncated or corrupt."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(path, "pt")
+    except Exception as e:  # noqa: BLE001 -- SafetensorError, FileNotFoundError, ...
+        raise T3SError(f"{path}: not a readable safetensors file, truncated or corrupt? ({e})") from e
+
+
 def _arch(model_dir: Path) -> dict:
-    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg = read_json(model_dir / "config.json")
     keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
     return {k: cfg.get(k) for k in keys}
 
@@ -62,10 +74,8 @@ class _Reader:
         return self._open(self.wmap[name]).get_tensor(name)
 
     def _open(self, path: Path):
-        from safetensors import safe_open
-
         if path not in self.handles:
-            self.handles[path] = safe_open(path, "pt")
+            self.handles[path] = _open_safetensors(path)
         return self.handles[path]
 
 
@@ -133,7 +143,7 @@ def rrt(init: str, bottleneck: str, final: str, out: str | Path, *, overwrite: b
             if (dirs["init"] / f).exists():
                 shutil.copy2(dirs["init"] / f, tmp / f)
         if len(widened) == 1:  # the result is wider than θ_0: say so in its config, for dtype="auto" loaders
-            cfg = json.loads((tmp / "config.json").read_text())
+            cfg = read_json(tmp / "config.json")
             for key in ("torch_dtype", "dtype"):
                 if key in cfg:
                     cfg[key] = next(iter(widened))

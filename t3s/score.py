@@ -269,6 +269,17 @@ def scoring_precision(dtype: str = "auto", device: str | None = None) -> Any:
     return resolve_precision("float32" if dtype == "auto" else dtype, device)
 
 
+def check_finite_scores(examples: list[Example], logprobs: list[np.ndarray], model: str) -> None:
+    """Refuse scores holding NaN or ±inf (a model with broken weights): a selection made from them is garbage."""
+    for e, lp in zip(examples, logprobs):
+        bad = np.flatnonzero(~np.isfinite(lp))
+        if bad.size:
+            n = sum(int((~np.isfinite(x)).sum()) for x in logprobs)
+            raise T3SError(f"{model}: non-finite log-probabilities ({n} tokens; first: row '{e.id}', response "
+                           f"token {int(bad[0])}: {lp[bad[0]]}); the model's weights or precision are broken, "
+                           "nothing was written")
+
+
 # Max |fast scorer − model's own forward| accepted by the self-check, by precision.
 CHECK_TOL = {"float32": 1e-3, "other": 0.25}
 
@@ -300,6 +311,7 @@ def run_score(model_path: str, data_path: str, out: str | Path, rcfg: Any, scfg:
                                        max_batch=scfg.max_batch, chunk_tokens=scfg.chunk_tokens,
                                        progress=progress, pad_id=tok.pad_token_id),
         examples, [len(e.input_ids) for e in examples])
+    check_finite_scores(examples, lps, model_path)
     check = None
     if scfg.check:  # every process checks the same row (cheap), so a failure stops all of them alike
         i = min(range(len(examples)), key=lambda j: len(examples[j].input_ids))

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from t3s import T3SError, __version__
-from t3s.artifacts import read_json, sha256_json, write_json
+from t3s.artifacts import read_json, read_text, sha256_json, write_json
 from t3s.data import RenderConfig, Row
+from t3s.fields import check_fields
 from t3s.evaluate import FALLBACKS, extract_answer, is_correct
 
 SELECTIONS = ("random", "shortest")
@@ -66,6 +67,7 @@ class TracesConfig:
                                                                              "e.g. {top_k: 20}"})
 
     def __post_init__(self) -> None:
+        check_fields(self, "traces")
         if self.samples < 1 or self.max_tokens < 1 or self.batch_size < 1 or self.concurrency < 1:
             raise T3SError("samples, max_tokens, batch_size and concurrency must be >= 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -100,7 +102,7 @@ def load_traces_config(path: str | Path | None = None, overrides: list[str] | tu
     if path is not None:
         where = str(path)
         try:
-            doc = parse_value(Path(path).read_text()) or {}
+            doc = parse_value(read_text(path)) or {}
         except (OSError, yaml.YAMLError) as e:
             raise T3SError(f"{path}: cannot read config ({e})") from None
         if not isinstance(doc, dict):

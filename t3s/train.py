@@ -13,20 +13,31 @@ Loss normalisation (`normalize`):
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from t3s import T3SError, __version__, dist
-from t3s.artifacts import read_json, sha256_json, write_json
+from t3s.artifacts import check_outside, read_json, sha256_json, swap_in, write_json
 from t3s.data import Example, RenderConfig, fingerprints, load_rows, render_rows
-from t3s.models import (TrainingPlan, describe, device_info, load_causal_lm, load_tokenizer, model_fingerprint,
+from t3s.fields import check_fields
+from t3s.models import (TrainingPlan, check_finite_weights, describe, device_info, load_causal_lm, load_tokenizer, model_fingerprint,
                         training_plan)
 from t3s.select import MATCH_KEYS, Selection, load_selection
 
 NORMALIZE = ("kept", "response")
+# SFTConfig arguments t3s sets itself (`training_arguments`, `make_trainer`): `train.trainer` may not repeat them.
+# The value says where the setting lives instead.
+MANAGED = {
+    "output_dir": "--out", "max_steps": "train.max_steps", "use_cpu": "train.dtype (the precision plan)",
+    "bf16": "train.dtype (the precision plan)", "fp16": "train.dtype (the precision plan)",
+    "save_strategy": "train.save_steps", "disable_tqdm": "--quiet", "remove_unused_columns": "nothing (t3s needs its "
+    "own columns)", "max_length": "render.max_length", "dataset_kwargs": "nothing (t3s renders the rows itself)",
+}
 
 
 @dataclass
@@ -34,16 +45,21 @@ class TrainConfig:
     """Training settings. Keys not listed here can be given under `trainer:` and go to TRL's SFTConfig as is
     (e.g. `deepspeed`, `fsdp`, `eval_strategy`)."""
 
-    learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate"})
-    max_steps: int = field(default=50, metadata={"help": "optimizer steps; <= 0 means use num_train_epochs"})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "epochs when max_steps <= 0"})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "rows per device per micro-batch"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate", "gt": 0, "le": 10,
+                                                         "why": "a larger one is a typo"})
+    max_steps: int = field(default=50, metadata={"help": "optimizer steps; 0 means use num_train_epochs", "ge": 0,
+                                                  "why": "0 trains num_train_epochs epochs"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "epochs when max_steps is 0", "gt": 0})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "rows per device per micro-batch",
+                                                                                  "ge": 1})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step",
+                                                                                  "ge": 1})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name"})
-    warmup_steps: float = field(default=0, metadata={"help": "warm-up steps (a float < 1 is a ratio)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_steps: float = field(default=0, metadata={"help": "warm-up steps (a float < 1 is a ratio)",
+                                                                    "ge": 0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "ge": 0})
     optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 disables)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 disables)", "ge": 0})
     seed: int = field(default=42, metadata={"help": "data order and initialisation seed"})
     normalize: str = field(default="kept", metadata={"help": "kept | response: loss denominator"})
     dtype: str = field(default="auto", metadata={
@@ -52,18 +68,25 @@ class TrainConfig:
         "help": "bf16 weights updated in place, no fp32 master copy: half the memory, but most updates below "
                 "about 2^-9 of a weight are lost (at lr 1e-5: most of them)"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (GPU)"})
-    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)",
+                                                              "ge": 0})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep Trainer checkpoints after success"})
-    logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
+    logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps", "ge": 1})
     report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | ..."})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning)"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning)", "ge": 0})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha", "gt": 0})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout", "ge": 0, "lt": 1})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow remote code models"})
     trainer: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra SFTConfig arguments"})
 
     def __post_init__(self) -> None:
+        check_fields(self, "train")
+        own = {f.name for f in dataclasses.fields(self)} - {"trainer"}
+        for key in self.trainer:
+            if key in own or key in MANAGED:
+                where = f"train.{key}" if key in own else MANAGED[key]
+                raise T3SError(f"train.trainer.{key}: t3s sets '{key}' itself; use {where} instead")
         if self.normalize not in NORMALIZE:
             raise T3SError(f"normalize must be one of {NORMALIZE}, got '{self.normalize}'")
 
@@ -89,6 +112,25 @@ def apply_selection(examples: list[Example], sel: Selection | None, where: str =
     for e, i in zip(examples, _selection_rows(examples, sel, where)):
         out.append([-100] * e.prompt_len + [t if k else -100 for t, k in zip(e.response_ids, sel.keep[i])])
     return out
+
+
+def finite_loss_callback() -> Any:
+    """A TrainerCallback that stops training with one clear error when a logged loss (or, without fp16 loss
+    scaling, whose overflow steps are skipped on purpose, the gradient norm) is NaN or infinite. The Trainer's
+    own `logging_nan_inf_filter` would instead replace the NaN by an average and carry on with broken weights."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class FiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "grad_norm") if not args.fp16 else ("loss",):
+                value = (logs or {}).get(key)
+                if value is not None and not math.isfinite(float(value)):
+                    raise T3SError(f"training diverged at step {state.global_step}: {key} is {value} (lower "
+                                   "train.learning_rate, or check the data and train.dtype)")
+
+    return FiniteLoss()
 
 
 def _trainer_class():
@@ -224,7 +266,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, progress: bool,
     return dict(
         output_dir=str(output_dir),
         learning_rate=cfg.learning_rate,
-        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,  # -1: transformers' 'use the epochs'
         num_train_epochs=cfg.num_train_epochs,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -243,6 +285,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, progress: bool,
         logging_steps=cfg.logging_steps,
         report_to=cfg.report_to,
         remove_unused_columns=False,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the log, where FiniteLoss stops the run
         disable_tqdm=not progress,
         **cfg.trainer,
     )
@@ -274,7 +317,7 @@ def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, output_dir: str |
         processing_class=data.tokenizer,
         data_collator=Collator(data.tokenizer.pad_token_id, cfg.normalize == "response"),
         peft_config=peft_config,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), finite_loss_callback()],
         normalize=cfg.normalize,
     )
     if not progress:  # --quiet: no per-step log lines either
@@ -299,15 +342,33 @@ def train(
     data: Prepared | None = None,
     diffusion: Any = None,
 ) -> dict[str, Any]:
-    """Train from `model_path` into `out/model` (written atomically; `out/train.json` is written last).
-    `data`: the result of `prepare` with the same arguments, when the caller already has it."""
+    """Train from `model_path` into `out` (`out/model`, then `out/train.json`, written last, marks it finished).
+    `data`: the result of `prepare` with the same arguments, when the caller already has it.
+
+    Where the run writes: a new `out` is trained in place, so that a killed run can be resumed (`--resume`): its
+    checkpoints stay under `out/checkpoints` with `out/train.started.json` and no `train.json`. `--overwrite` of
+    an existing `out` trains in a hidden sibling directory and replaces `out` only once the new run is complete,
+    so a failed or interrupted new run leaves the old one as it was. A run that fails (a bad setting, a
+    non-finite loss) removes what it created; an interrupted new run keeps `out` only when it holds a checkpoint
+    to resume from."""
     out = Path(out)
-    final_dir, ckpt_dir = out / "model", out / "checkpoints"
-    if (out / "train.json").exists() and not overwrite:
+    check_outside(out, model=model_path, data=data_path, selection=selection_path)
+    started_name = "train.started.json"
+    finished = (out / "train.json").exists()
+    if not out.exists():
+        mode = "new"
+    elif resume and not finished and (out / started_name).exists():
+        mode = "resume"
+    elif overwrite:
+        mode = "staged"
+    elif finished:
         raise T3SError(f"{out} already holds a finished training run; pass --overwrite to replace it")
-    have_ckpt = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
-    if have_ckpt and not (resume or overwrite):
-        raise T3SError(f"{ckpt_dir} holds checkpoints of an unfinished run; pass --resume to continue or --overwrite")
+    elif (out / started_name).exists():
+        raise T3SError(f"{out} holds an unfinished training run (it was interrupted); pass --resume to continue "
+                       "it or --overwrite to start over")
+    else:
+        raise T3SError(f"{out} already exists and is not a t3s training run; choose another --out, or pass "
+                       "--overwrite to replace it")
 
     dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
     plan = plan_for(cfg)
@@ -329,19 +390,72 @@ def train(
         "diffusion": None if diffusion is None else dataclasses.asdict(diffusion),
     }
     run_fp = sha256_json({k: v for k, v in run.items() if k not in ("model", "data")})
-    started = out / "train.started.json"
 
-    def start() -> None:  # several processes: only the main one touches `out`, the others wait
-        if overwrite and not resume and out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        if have_ckpt and resume and started.exists() and read_json(started).get("run_fingerprint") != run_fp:
-            raise T3SError(f"{out}: cannot resume, the checkpoints were made with another model, data or config")
+    def begin() -> str:  # several processes: only the main one touches the directories, the others wait
+        if mode == "staged":
+            work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        else:
+            work = out
+            work.mkdir(parents=True, exist_ok=True)
+        started = work / started_name
+        if mode == "resume" and read_json(started).get("run_fingerprint") != run_fp:
+            raise T3SError(f"{out}: cannot resume, the unfinished run was started with another model, data or "
+                           "config (pass --overwrite to start over)")
         write_json(started, {"run_fingerprint": run_fp, **run})
+        return str(work)
 
-    dist.on_main(start)
+    work = Path(dist.on_main(begin))
+    try:
+        summary = _train_in(work, model_path, cfg, data, plan, run, run_fp, diffusion, progress, callbacks,
+                            resume=mode == "resume")
+        if mode == "staged":
+            dist.on_main(lambda: swap_in(work, out))
+    except BaseException as e:
+        if dist.is_main():  # no barrier: another process may be the one that failed
+            _abandon(out, work, mode, e)
+        raise
+    return summary
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The Trainer checkpoints under `ckpt_dir`, oldest first, after removing any that a kill cut short (the
+    Trainer writes `trainer_state.json` last, and resuming from a checkpoint without it fails)."""
+    if not ckpt_dir.is_dir():
+        return []
+    out, found = [], [p for p in ckpt_dir.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    for p in sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[-1])):
+        if (p / "trainer_state.json").exists():
+            out.append(p)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+    return out
+
+
+def _abandon(out: Path, work: Path, mode: str, e: BaseException) -> None:
+    """Clean up after a failed or interrupted run (see `train`), and say what was kept."""
+    interrupted = isinstance(e, KeyboardInterrupt)
+    ckpts = complete_checkpoints(work / "checkpoints")
+    if mode == "staged":
+        shutil.rmtree(work, ignore_errors=True)
+        note = f"{out} was left as it was (the new run is discarded)"
+    elif mode == "new" and not (interrupted and ckpts):
+        shutil.rmtree(out, ignore_errors=True)
+        note = f"nothing was kept ({out} removed)"
+    elif ckpts:
+        note = f"{out} keeps the run's checkpoints (last: {ckpts[-1].name}): rerun with --resume to continue"
+    else:
+        note = f"{out} has no checkpoint yet (train.save_steps = 0): rerun with --resume to start it again"
+    if hasattr(e, "add_note"):
+        e.add_note(note)
+
+
+def _train_in(work: Path, model_path: str, cfg: TrainConfig, data: Prepared, plan: TrainingPlan,
+              run: dict[str, Any], run_fp: str, diffusion: Any, progress: bool, callbacks: list | None,
+              resume: bool) -> dict[str, Any]:
+    """The training run itself, in its working directory `work` (the run directory or its staged copy)."""
+    final_dir, ckpt_dir = work / "model", work / "checkpoints"
+    have_ckpt = resume and bool(dist.on_main(lambda: [str(p) for p in complete_checkpoints(ckpt_dir)]))
     zero3 = dist.zero3_init_args(training_arguments(cfg, ckpt_dir, progress))  # noqa: F841 -- held while loading
-
     if diffusion is None:
         model = load_causal_lm(model_path, plan.inference(), cfg.trust_remote_code,
                                place=not dist.launched())  # several processes: the Trainer places it
@@ -353,8 +467,9 @@ def train(
         trainer = dlm.make_trainer(model, data, cfg, diffusion, ckpt_dir, progress=progress, callbacks=callbacks)
     tok, report, kept = data.tokenizer, data.report, data.kept_tokens
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if (resume and have_ckpt) else None)
+    result = trainer.train(resume_from_checkpoint=True if have_ckpt else None)
     seconds = time.perf_counter() - t0
+    check_finite_weights(trainer.model, f"training run {work}")
 
     summary = {
         "kind": "t3s-train",
@@ -374,7 +489,7 @@ def train(
         "log_history": trainer.state.log_history,
     }
     # save_model gathers sharded (FSDP / DeepSpeed) weights, so every process calls it; only the main one writes.
-    tmp = out / ".model.tmp"
+    tmp = work / ".model.tmp"
     main = trainer.is_world_process_zero()
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -382,7 +497,7 @@ def train(
     if cfg.lora_r == 0:
         trainer.save_model(str(tmp))
     elif main:
-        trainer.model.save_pretrained(out / "adapter")
+        trainer.model.save_pretrained(work / "adapter")
         trainer.model.merge_and_unload().save_pretrained(tmp)
     if main:
         tok.save_pretrained(tmp)
@@ -391,8 +506,7 @@ def train(
         tmp.rename(final_dir)
         if not cfg.keep_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-        write_json(out / "train.json", summary)  # written last: marks the run finished
-        started.unlink(missing_ok=True)
+        write_json(work / "train.json", summary)  # written last: marks the run finished
+        (work / "train.started.json").unlink(missing_ok=True)
     trainer.accelerator.wait_for_everyone()  # every process returns once the run is in place
     return summary
-
