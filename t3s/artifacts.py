@@ -68,13 +68,15 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def not_utf8(path: str | Path, data: bytes, err: UnicodeDecodeError, lineno: int | None = None) -> T3SError:
-    """The error for bytes that are not UTF-8: the file, line and column, and a hint for binary files."""
+    """The error for bytes that are not UTF-8: the file, line and column, and a hint for binary files. `data`:
+    the whole file, or (with `lineno`) the line that failed."""
     if lineno is None:
         lineno = data.count(b"\n", 0, err.start) + 1
         col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
     else:
         col = err.start + 1
-    binary = b"\0" in data[:8192]
+    with open(path, "rb") as fh:
+        binary = b"\0" in fh.read(8192)  # text files have no NUL bytes
     return T3SError(f"{path}:{lineno}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {col})"
                     + ("; this looks like a binary file" if binary else "; save the file as UTF-8"))
 

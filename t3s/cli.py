@@ -420,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         sig = e.signal if isinstance(e, Interrupted) else "Ctrl-C"
         notes = getattr(e, "__notes__", None) or [RERUN.get(args.command, RERUN[None])]
+        if args.command == "run":  # a stage's own advice (`--resume`) is not how a run goes on
+            notes = [RERUN["run"]]
         print(f"t3s {args.command}: interrupted ({sig}); " + "; ".join(notes), file=sys.stderr)
         return 143 if sig == "SIGTERM" else 130
     finally:

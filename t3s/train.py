@@ -37,6 +37,7 @@ MANAGED = {
     "bf16": "train.dtype (the precision plan)", "fp16": "train.dtype (the precision plan)",
     "save_strategy": "train.save_steps", "disable_tqdm": "--quiet", "remove_unused_columns": "nothing (t3s needs its "
     "own columns)", "max_length": "render.max_length", "dataset_kwargs": "nothing (t3s renders the rows itself)",
+    "logging_nan_inf_filter": "nothing (t3s stops on a non-finite loss)",
 }
 
 
