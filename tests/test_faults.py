@@ -319,3 +319,16 @@ def test_a_diverging_run_stops_at_its_first_training_stage(tiny, tmp_path, capsy
     out = tmp_path / "out"
     assert (out / "run.log").exists() and not list(out.glob("stages/*.json"))
     assert not (out / "summary.json").exists() and not (out / "seed-0" / "probe").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(ws, monkeypatch, capsys):
+    import t3s.score
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(t3s.score, "run_score", interrupted)
+    assert main(["score", "--model", f"{ws}/tiny/model", "--data", f"{ws}/tiny/train.jsonl", "--out",
+                 f"{ws}/new", "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == ("t3s score: interrupted (Ctrl-C); nothing partial was written: "
+                                               "rerun the command")
