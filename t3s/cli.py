@@ -14,6 +14,7 @@ from typing import Any
 
 from t3s import Interrupted, T3SError, __version__, dist
 from t3s.artifacts import check_can_write, check_outside
+from t3s.modes import SELECTION_MODES
 
 # Commands that split their work across processes under torchrun / accelerate launch; the others run on the
 # main process while the rest wait.
@@ -56,8 +57,10 @@ def cmd_select(args) -> None:
     from t3s.select import select, summary_line, write_selection
 
     check_can_write(args.out, args.overwrite)
-    check_outside(args.out, init=args.init, bottleneck=args.bottleneck, data=args.data, student=args.student)
+    check_outside(args.out, init=args.init, bottleneck=args.bottleneck, reference=args.reference, data=args.data,
+                  student=args.student)
     init, bottleneck = load_scores(args.init), load_scores(args.bottleneck)
+    reference = load_scores(args.reference) if args.reference else None
     if args.forced:  # a masked-diffusion student's forced set
         from t3s.select import select_forced
 
@@ -66,7 +69,7 @@ def cmd_select(args) -> None:
         project = _projection(args, init) if args.student else None
         sel = select_forced(init, bottleneck, args.mode, args.tau, args.seed, args.bottleneck_step, project)
     else:
-        sel = select(init, bottleneck, args.mode, args.threshold, args.seed, args.bottleneck_step)
+        sel = select(init, bottleneck, args.mode, args.threshold, args.seed, args.bottleneck_step, reference)
     write_selection(sel, args.out, args.overwrite)
     print(f"wrote {args.out}: {summary_line(sel.meta)}")
 
@@ -235,6 +238,19 @@ def cmd_traces(args) -> int:
     return 0 if m["summary"]["complete"] else 3
 
 
+def _threshold(text: str):
+    """--threshold: a number or auto (argparse reports a bad value as a usage error)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or auto, not {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"a finite number or auto, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="t3s", description="Training-Trajectory-Aware Token Selection (T3S)")
     p.add_argument("--version", action="version", version=f"t3s {__version__}")
@@ -273,9 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("select", help="Δc = c(θ_b) − c(θ_0) and the keep-mask of a training mode")
     sp.add_argument("--init", required=True, help="scores of θ_0 (t3s score output)")
     sp.add_argument("--bottleneck", required=True, help="scores of θ_b")
-    sp.add_argument("--mode", required=True, choices=["t3s", "reverse", "static-high", "static-low", "random", "none"])
+    sp.add_argument("--mode", required=True, choices=[*SELECTION_MODES, "sft", "none"],
+                    help="t3s-final / t3s-early: the t3s rule, with θ_T's (or an earlier checkpoint's) scores as "
+                         "--bottleneck; excess-loss: also --reference (θ_T's scores)")
     common(sp, "selection directory to write")
-    sp.add_argument("--threshold", type=float, default=0.0, help="anchors are tokens with Δc > threshold")
+    sp.add_argument("--threshold", type=_threshold, default=0.0,
+                    help="anchors are tokens with Δc > threshold; auto: 0, with tokens near-certain at both "
+                         "checkpoints in neither group")
+    sp.add_argument("--reference", help="excess-loss: scores of the reference model θ_T (the SFT end point)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the random mode")
     sp.add_argument("--bottleneck-step", type=int, help="record this step (default: read from the checkpoint)")
     sp.add_argument("--forced", action="store_true",

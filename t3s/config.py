@@ -31,13 +31,14 @@ import yaml
 from t3s import T3SError
 from t3s.artifacts import read_text
 from t3s.fields import check_fields
+from t3s.modes import RUN_MODES
 from t3s.data import RenderConfig
 from t3s.diffusion import DIFFUSION_MODES, DiffusionConfig
 from t3s.evaluate import GenConfig
 from t3s.probe import ProbeConfig
 from t3s.train import TrainConfig
 
-MODES = ("sft", "t3s", "reverse", "static-high", "static-low", "random")
+MODES = RUN_MODES
 
 
 @dataclass
@@ -72,7 +73,9 @@ class RunConfig:
     eval_data: str | None = field(default=None, metadata={"help": "held-out prompts with gold answers"})
     modes: list[str] = field(default_factory=lambda: ["sft", "t3s"], metadata={"help": f"any of {MODES}"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds (data order)"})
-    threshold: float = field(default=0.0, metadata={"help": "anchors: Δc > threshold"})
+    threshold: float | str = field(default=0.0, metadata={
+        "help": "anchors: Δc > threshold; auto: 0, with tokens near-certain at θ_0 and θ_b in neither group",
+        "words": ("auto",)})
     rrt: bool = field(default=True, metadata={"help": "also build θ_0 + (θ_T − θ_b) from the SFT run"})
     objective: str = field(default="ar", metadata={"help": "ar | diffusion (a masked-diffusion student)"})
     selector: str | None = field(default=None, metadata={"help": "diffusion: the AR selector model (its probe "
@@ -94,6 +97,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "")
+        if isinstance(self.threshold, str) and self.threshold != "auto":
+            raise T3SError(f"threshold must be a number or auto, got '{self.threshold}'")
         if self.objective not in OBJECTIVES:
             raise T3SError(f"objective must be one of {OBJECTIVES}, got '{self.objective}'")
         if self.objective == "diffusion":
@@ -147,6 +152,7 @@ def coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Check keys against a config dataclass and convert values to its field types."""
     types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     switches = {f.name for f in dataclasses.fields(cls) if f.metadata.get("switch")}
+    words = {f.name: f.metadata["words"] for f in dataclasses.fields(cls) if f.metadata.get("words")}
     unknown = sorted(set(raw) - set(types))
     if unknown:
         raise T3SError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(types))})")
@@ -154,6 +160,9 @@ def coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
     for key, value in raw.items():
         base = types[key].split("|")[0].strip()
         if value is None:
+            out[key] = value
+            continue
+        if isinstance(value, str) and value in words.get(key, ()):  # a number field's named values (`auto`)
             out[key] = value
             continue
         if key in switches and isinstance(value, bool):  # YAML 1.1 reads the documented `off` / `on` as booleans

@@ -93,7 +93,7 @@ def share_base_eval(src: Path, dst: Path) -> bool:
 def run_mixture(cfg: Any, out: str | Path, force: tuple[str, ...], progress: bool) -> tuple[dict, int]:
     from t3s.models import model_fingerprint
     from t3s.pipeline import MASKED_MODES, Pipeline, _clean_stale, _data_fp, _evaluator, _ms, _pct, _slim, run
-    from t3s.train import prepare, train
+    from t3s.train import config_for_mode, prepare, train
 
     names = list(cfg.teachers)
     if len(names) < 2:
@@ -156,14 +156,15 @@ def run_mixture(cfg: Any, out: str | Path, force: tuple[str, ...], progress: boo
                 sels[(s, mode)] = rec
                 sel_path = str(mix_dir / f"seed-{s}" / "selections" / mode)
 
-            def do_train(path: Path, sel_path=sel_path, tcfg=tcfg) -> dict:
+            def do_train(path: Path, sel_path=sel_path, tcfg=config_for_mode(tcfg, mode)) -> dict:
                 prepared = prepare(cfg.student, data_path, tcfg, cfg.render, sel_path, diffusion)
                 return _slim(train(cfg.student, data_path, path, tcfg, cfg.render, sel_path, overwrite=True,
                                    progress=progress, data=prepared, diffusion=diffusion))
 
             trained = p.stage(
                 f"mixture/seed-{s}/train-{mode}", "train", mix_dir / f"seed-{s}" / "train" / mode,
-                {"student": student_fp, "data": data["produced"], "train": dataclasses.asdict(tcfg),
+                {"student": student_fp, "data": data["produced"],
+                 "train": dataclasses.asdict(config_for_mode(tcfg, mode)),
                  "render": dataclasses.asdict(cfg.render), "diffusion": dataclasses.asdict(cfg.diffusion)
                  if diffusion else None, "selection": sels[(s, mode)]["produced"] if (s, mode) in sels else None},
                 do_train)

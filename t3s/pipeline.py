@@ -29,9 +29,13 @@ import yaml
 
 from t3s import T3SError, __version__
 from t3s.artifacts import read_json, sha256_json, write_json
+from t3s.modes import SELECTION_MODES
 
 STAGE_KINDS = ("probe", "score", "select", "train", "rrt", "eval")
-MASKED_MODES = ("t3s", "reverse", "static-high", "static-low", "random")  # the modes that need a selection
+MASKED_MODES = SELECTION_MODES  # the modes that need a selection
+# the scores each control needs besides θ_0's and θ_b's: θ_T (the probe's end point), a checkpoint before θ_b
+NEEDS_FINAL = ("t3s-final", "excess-loss")
+NEEDS_EARLY = ("t3s-early",)
 NO_DIP_EXIT = 3
 
 
@@ -67,6 +71,17 @@ class Pipeline:
         return rec
 
 
+def early_checkpoint(probe_dir: Path, bottleneck_step: int) -> Path:
+    """The probe's evaluated checkpoint closest to half the bottleneck step (strictly between 0 and it): the
+    `t3s-early` control's θ_b."""
+    found = {int(p.name.split("-")[1]): p for p in (probe_dir / "checkpoints").glob("step-*") if p.is_dir()}
+    before = [k for k in found if 0 < k < bottleneck_step]
+    if not before:
+        raise T3SError(f"{probe_dir}: t3s-early needs an evaluated checkpoint before the bottleneck (step "
+                       f"{bottleneck_step}); evaluate more often (probe.eval_every)")
+    return found[min(before, key=lambda k: (abs(k - bottleneck_step / 2), k))]
+
+
 def _clean_stale(out: Path) -> None:
     """Temporary files and directories left by a run that was killed (atomic writes that never finished)."""
     for p in [*out.rglob(".*.tmp"), *out.rglob(".*.old"), *out.rglob(".*.tmp.png")]:
@@ -89,7 +104,7 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
     from t3s.rrt import rrt
     from t3s.score import load_scores, run_score
     from t3s.select import select, select_forced, summary_line, write_selection
-    from t3s.train import plan_for, prepare, train
+    from t3s.train import config_for_mode, plan_for, prepare, train
 
     bad = set(force) - set(STAGE_KINDS)
     if bad:
@@ -104,6 +119,9 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
     if diffusion is not None and not cfg.selector:
         raise T3SError("objective: diffusion needs `selector`: an autoregressive model (ideally with the student's "
                        "tokenizer) whose probe and scores give Δc")
+    if any(m in NEEDS_EARLY for m in cfg.modes) and not cfg.probe.keep_all:
+        # t3s-early scores an evaluated checkpoint before the bottleneck: the probe keeps them all
+        cfg = dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, keep_all=True))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
@@ -196,6 +214,27 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
                                         overwrite=True, progress=progress),
         )
 
+    # 2b. the controls' scores: θ_T (t3s-final, excess-loss) and a checkpoint halfway to θ_b (t3s-early)
+    other_scores: dict[tuple[int, str], dict] = {}
+    for s in cfg.seeds:
+        r = probes[s]["result"]
+        if any(m in NEEDS_FINAL for m in cfg.modes):
+            if not r["completed"]:
+                raise T3SError(f"seed {s}: modes {', '.join(m for m in cfg.modes if m in NEEDS_FINAL)} need the probe's "
+                               "end point θ_T, but the probe stopped early (probe.online); set probe.online: false")
+            other_scores[(s, "final")] = p.stage(
+                f"seed-{s}/scores-final", "score", out / f"seed-{s}" / "scores-final",
+                {**score_in, "probe": probes[s]["produced"]},
+                lambda path, s=s: run_score(str(out / f"seed-{s}" / "probe" / "final"), train_data, path,
+                                            cfg.render, cfg.score, overwrite=True, progress=progress))
+        if any(m in NEEDS_EARLY for m in cfg.modes):
+            early = early_checkpoint(out / f"seed-{s}" / "probe", r["bottleneck_step"])
+            other_scores[(s, "early")] = p.stage(
+                f"seed-{s}/scores-early", "score", out / f"seed-{s}" / "scores-early",
+                {**score_in, "probe": probes[s]["produced"]},
+                lambda path, early=early: run_score(str(early), train_data, path, cfg.render, cfg.score,
+                                                    overwrite=True, progress=progress))
+
     # 3. selections (keep-masks; for a diffusion student, forced sets)
     project = None if diffusion is None else _projector(selector, student, train_data, cfg.render, p.log,
                                                                cfg.train.trust_remote_code)
@@ -208,8 +247,13 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
             def do_select(path: Path, s: int = s, mode: str = mode) -> dict:
                 init, bn = load_scores(out / "scores-init"), load_scores(out / f"seed-{s}" / "scores-bottleneck")
                 step = probes[s]["result"]["bottleneck_step"]
+                if mode == "t3s-final":  # the t3s rule at θ_T instead of θ_b
+                    bn, step = load_scores(out / f"seed-{s}" / "scores-final"), None
+                elif mode == "t3s-early":  # ... at the checkpoint halfway to θ_b
+                    bn, step = load_scores(out / f"seed-{s}" / "scores-early"), None
+                ref = load_scores(out / f"seed-{s}" / "scores-final") if mode == "excess-loss" else None
                 if diffusion is None:
-                    sel = select(init, bn, mode, cfg.threshold, seed=s, bottleneck_step=step)
+                    sel = select(init, bn, mode, cfg.threshold, seed=s, bottleneck_step=step, reference=ref)
                 else:
                     sel = select_forced(init, bn, mode, diffusion.tau, seed=s, bottleneck_step=step,
                                         project=project)
@@ -220,7 +264,8 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
             sels[(s, mode)] = p.stage(
                 f"seed-{s}/select-{mode}", "select", out / f"seed-{s}" / "selections" / mode,
                 {"init": init_scores["produced"], "bottleneck": b_scores[s]["produced"], "mode": mode,
-                 "threshold": cfg.threshold, "diffusion": None if diffusion is None else
+                 "threshold": cfg.threshold, **{f"scores-{k}": other_scores[(s, k)]["produced"]
+                                                for k in ("final", "early") if (s, k) in other_scores}, "diffusion": None if diffusion is None else
                  {"tau": diffusion.tau, "student": base["student"]}}, do_select)
 
     # 4. training (same budget for every mode; `sft` is the probe's own end point when the probe ran to the end)
@@ -232,22 +277,23 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
                 models[(s, mode)] = (str(out / f"seed-{s}" / "probe" / "final"), probes[s]["produced"])
                 continue
             sel_rec = sels.get((s, mode))
+            mode_cfg = config_for_mode(train_cfg[s], mode)
 
-            def do_train(path: Path, s: int = s, mode: str = mode) -> dict:
-                sel_path = None if mode == "sft" else str(out / f"seed-{s}" / "selections" / mode)
-                data = prepare(student, train_data, train_cfg[s], cfg.render, sel_path, diffusion)  # rendered once
+            def do_train(path: Path, s: int = s, mode: str = mode, mode_cfg=mode_cfg) -> dict:
+                sel_path = None if sel_rec is None else str(out / f"seed-{s}" / "selections" / mode)
+                data = prepare(student, train_data, mode_cfg, cfg.render, sel_path, diffusion)  # rendered once
                 callbacks = []
                 if cfg.probe.track_every > 0:  # accuracy along the way, like the probe's (on the training prompts)
-                    tcfg = dataclasses.replace(cfg, train=train_cfg[s])
+                    tcfg = dataclasses.replace(cfg, train=mode_cfg)
                     callbacks.append(tracking_callback(
-                        path, data, tcfg, plan_for(train_cfg[s]).inference(), train_cfg[s].max_steps, progress,
+                        path, data, tcfg, plan_for(mode_cfg).inference(), mode_cfg.max_steps, progress,
                         log=lambda m, mode=mode, s=s: p.log(f"seed {s} {mode}: {m}")))
-                return _slim(train(student, train_data, path, train_cfg[s], cfg.render, sel_path, overwrite=True,
+                return _slim(train(student, train_data, path, mode_cfg, cfg.render, sel_path, overwrite=True,
                                    progress=progress, callbacks=callbacks, data=data, diffusion=diffusion))
 
             rec = p.stage(
                 f"seed-{s}/train-{mode}", "train", out / f"seed-{s}" / "train" / mode,
-                {**base, "train": dataclasses.asdict(train_cfg[s]), "track": track_in, "diffusion": dif_in,
+                {**base, "train": dataclasses.asdict(mode_cfg), "track": track_in, "diffusion": dif_in,
                  "selection": None if sel_rec is None else sel_rec["produced"]},
                 do_train,
             )
@@ -365,7 +411,7 @@ def summarize(cfg: Any, out: Path, probes: dict, sels: dict, evals: dict, eval_o
             "method": m, "accuracy": acc, "accuracy_sd": sd, "delta": acc - base["accuracy"],
             "pass_at_k": statistics.fmean(v["pass_at_k"] for v in per.values()),
             "mean_tokens": statistics.fmean(v["mean_tokens"] for v in per.values() if v["mean_tokens"] is not None),
-            frac: statistics.fmean(drop) if drop else (0.0 if m == "sft" else None),
+            frac: statistics.fmean(drop) if drop else (0.0 if m in ("sft", "dft") else None),
             "per_seed": {str(s): v["accuracy"] for s, v in per.items()},
         })
     k = base["k"]

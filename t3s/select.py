@@ -5,7 +5,19 @@
 - `static-high` / `static-low`: drop the tokens with the highest / lowest initial confidence c_t(θ_0), as many as
   `t3s` drops (matched over the whole data set; ties broken by position, stable).
 - `random`: drop as many tokens as `t3s`, uniformly at random without replacement (seeded).
-- `none`: keep every response token (plain SFT).
+- `none`: keep every response token (plain SFT; `sft` is the same).
+
+Controls of the paper's claims (`t3s run` computes their scores itself; by hand, pass them to `t3s select`):
+- `t3s-final` / `t3s-early`: the `t3s` rule with θ_b replaced by the probe's end point θ_T, or by an evaluated
+  checkpoint halfway to the bottleneck: is the *bottleneck* the right moment?
+- `excess-loss` (RHO-1 style): keep the tokens with the largest gain c_t(θ_T) − c_t(θ_0) (θ_T, the plain SFT
+  run, as the reference model), as many as `t3s` keeps.
+
+The threshold: a number τ (anchors: Δc > τ), or `auto`: τ = 0, except that tokens near-certain at both
+checkpoints (p > 1 − NEAR_CERTAIN at θ_0 and θ_b) are *settled*, in neither group. Such a token can move by at
+most 0.01 nats and its gradient is already near zero; with τ = 0 the sign of its drift would decide its group,
+and it would swell the anchor share and the drop budget of the matched controls. `t3s` keeps settled tokens
+(they are not anchors); `reverse` drops them (they are not anchors either).
 """
 
 from __future__ import annotations
@@ -19,9 +31,14 @@ import numpy as np
 
 from t3s import T3SError, __version__
 from t3s.artifacts import atomic_dir, read_json, write_json
+from t3s.modes import SELECTION_MODES
 from t3s.score import ScoreSet
 
-MODES = ("t3s", "reverse", "static-high", "static-low", "random", "none")
+MODES = (*SELECTION_MODES, "sft", "none")  # `none` (= sft): keep every token
+# The modes whose rule is t3s's, on another checkpoint's scores; and the one that needs a reference (θ_T) too.
+RULE_OF_T3S = ("t3s", "t3s-final", "t3s-early")
+NEEDS_REFERENCE = ("excess-loss",)
+NEAR_CERTAIN = 0.01  # `threshold: auto`: p > 1 − this at both checkpoints is settled
 SELECTION_FILE = "selection.parquet"
 META_FILE = "selection.json"
 # Which fingerprints two score sets must share to be compared token by token (the model may differ).
@@ -49,14 +66,40 @@ def check_compatible(init: ScoreSet, bottleneck: ScoreSet) -> None:
             raise T3SError(f"score sets do not match: row '{rid}' has different response tokens")
 
 
-def keep_mask(mode: str, delta: np.ndarray, c0: np.ndarray, threshold: float = 0.0, seed: int = 0) -> np.ndarray:
-    """Flat keep-mask over all response tokens (True = the token is trained on)."""
+def parse_threshold(value: Any) -> float | str:
+    """A threshold setting: a finite number, or 'auto'."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise T3SError(f"threshold must be a number or auto, got {value!r}") from None
+    if not np.isfinite(t):
+        raise T3SError(f"threshold must be a finite number or auto, got {value!r}")
+    return t
+
+
+def groups(delta: np.ndarray, c0: np.ndarray, threshold: float | str = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(anchors, settled) boolean masks over the flat response tokens: anchors are Δc > τ; with `auto`, τ = 0 and
+    tokens near-certain at both checkpoints are settled (neither anchors nor yet-to-learn)."""
+    threshold = parse_threshold(threshold)
+    if threshold != "auto":
+        return delta > threshold, np.zeros(delta.shape, dtype=bool)
+    floor = np.log1p(-NEAR_CERTAIN)
+    settled = (c0 > floor) & (c0 + delta > floor)
+    return (delta > 0) & ~settled, settled
+
+
+def keep_mask(mode: str, delta: np.ndarray, c0: np.ndarray, threshold: float | str = 0.0, seed: int = 0,
+              gain: np.ndarray | None = None) -> np.ndarray:
+    """Flat keep-mask over all response tokens (True = the token is trained on). `gain`: c(θ_T) − c(θ_0), for
+    `excess-loss`."""
     if mode not in MODES:
         raise T3SError(f"unknown selection mode '{mode}' (choose from {', '.join(MODES)})")
-    anchors = delta > threshold
+    anchors, _ = groups(delta, c0, threshold)
     n_drop = int(anchors.sum())
     keep = np.ones(delta.shape, dtype=bool)
-    if mode == "t3s":
+    if mode in RULE_OF_T3S:
         keep = ~anchors
     elif mode == "reverse":
         keep = anchors.copy()
@@ -66,6 +109,11 @@ def keep_mask(mode: str, delta: np.ndarray, c0: np.ndarray, threshold: float = 0
         keep[np.argsort(c0, kind="stable")[:n_drop]] = False
     elif mode == "random":
         keep[np.random.default_rng(seed).choice(delta.size, size=n_drop, replace=False)] = False
+    elif mode == "excess-loss":
+        if gain is None or gain.shape != delta.shape:
+            raise T3SError("excess-loss needs the reference (θ_T) scores of the same tokens")
+        keep[:] = False
+        keep[np.argsort(-gain, kind="stable")[: delta.size - n_drop]] = True  # as many as t3s keeps
     return keep
 
 
@@ -95,14 +143,25 @@ class Selection:
 
 
 def select(
-    init: ScoreSet, bottleneck: ScoreSet, mode: str, threshold: float = 0.0, seed: int = 0,
-    bottleneck_step: int | None = None,
+    init: ScoreSet, bottleneck: ScoreSet, mode: str, threshold: float | str = 0.0, seed: int = 0,
+    bottleneck_step: int | None = None, reference: ScoreSet | None = None,
 ) -> Selection:
+    """The keep-mask of `mode` from the scores of θ_0 and θ_b (for `t3s-final` / `t3s-early`: the scores of θ_T or
+    of the earlier checkpoint in θ_b's place). `reference`: the scores of θ_T, for `excess-loss`; its drop count
+    is matched to t3s's on (θ_0, θ_b)."""
+    threshold = parse_threshold(threshold)
     check_compatible(init, bottleneck)
+    gain = None
+    if mode in NEEDS_REFERENCE:
+        if reference is None:
+            raise T3SError(f"mode {mode} needs the scores of a reference model (θ_T): --reference")
+        check_compatible(init, reference)
+        gain = np.concatenate(reference.logprobs) - np.concatenate(init.logprobs)
     sizes = [len(x) for x in init.logprobs]
     c0, cb = np.concatenate(init.logprobs), np.concatenate(bottleneck.logprobs)
     delta = cb - c0
-    keep = keep_mask(mode, delta, c0, threshold, seed)
+    keep = keep_mask(mode, delta, c0, threshold, seed, gain)
+    anchors, settled = groups(delta, c0, threshold)
     keep_rows = _split(keep, sizes)
     row_dropped = np.array([1.0 - k.mean() for k in keep_rows])
     n, kept = int(delta.size), int(keep.sum())
@@ -112,8 +171,9 @@ def select(
         "kept_tokens": kept,
         "dropped_tokens": n - kept,
         "dropped_fraction": (n - kept) / n,
-        "anchor_tokens": int((delta > threshold).sum()),
-        "anchor_fraction": float((delta > threshold).mean()),
+        "anchor_tokens": int(anchors.sum()),
+        "anchor_fraction": float(anchors.mean()),
+        "settled_fraction": float(settled.mean()),
         "rows_with_nothing_kept": int(sum(1 for k in keep_rows if not k.any())),
         "per_row_dropped_fraction": _quantiles(row_dropped),
         "delta": _quantiles(delta),
@@ -136,6 +196,7 @@ def select(
         "fingerprints": dict(init.meta["fingerprints"]),
         "init_scores": prov(init),
         "bottleneck_scores": prov(bottleneck),
+        "reference_scores": None if reference is None else prov(reference),
         "stats": stats,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -244,5 +305,6 @@ def summary_line(meta: dict[str, Any]) -> str:
     return (
         f"mode={meta['mode']} threshold={meta['threshold']}: {s['tokens']} response tokens, "
         f"dropped {s['dropped_tokens']} ({100 * s['dropped_fraction']:.1f}%), anchors {100 * s['anchor_fraction']:.1f}%, "
-        f"rows with nothing kept: {s['rows_with_nothing_kept']}"
+        + (f"settled {100 * s['settled_fraction']:.1f}%, " if s.get("settled_fraction") else "")
+        + f"rows with nothing kept: {s['rows_with_nothing_kept']}"
     )

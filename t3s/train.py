@@ -254,6 +254,14 @@ def prepare(model_path: str, data_path: str, cfg: TrainConfig, rcfg: RenderConfi
     return Prepared(tok, rows, examples, report, fps, sel, datasets.Dataset.from_dict(columns))
 
 
+def config_for_mode(cfg: TrainConfig, mode: str) -> TrainConfig:
+    """The training settings of a run mode: `dft` is TRL's loss_type=dft (every token weighted by its detached
+    probability); every other mode trains with the settings as they are (its selection does the rest)."""
+    if mode == "dft":
+        return dataclasses.replace(cfg, trainer={**cfg.trainer, "loss_type": "dft"})
+    return cfg
+
+
 def plan_for(cfg: TrainConfig) -> TrainingPlan:
     """The precision plan of a training run with these settings on this machine."""
     return training_plan(cfg.dtype, pure_bf16=cfg.pure_bf16, lora=cfg.lora_r > 0)

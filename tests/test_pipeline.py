@@ -108,3 +108,85 @@ def test_no_dip_stops_with_an_explanation(config, tmp_path):
 
     page = build_report(tmp_path / "run", gradients=False, log=lambda *a: None).read_text()
     assert "<h2>Stopped</h2>" in page and "no imitation shock" in page
+
+
+def test_controls_of_the_papers_claims_as_modes(tiny, tmp_path):
+    """t3s-final, excess-loss and dft run as modes of `t3s run`; each selection is recomputed here from the run's
+    own score files, with `threshold: auto`. (t3s-early: test_t3s_early_on_the_testbed_world.)"""
+    import numpy as np
+
+    from t3s.score import load_scores
+    from t3s.select import groups, load_selection
+
+    cfg = {**CONFIG, "student": str(tiny / "model"), "train_data": str(tiny / "train.jsonl"),
+           "modes": ["sft", "t3s-final", "excess-loss", "dft"], "threshold": "auto", "rrt": False,
+           "probe": {**CONFIG["probe"], "track_every": 0}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    r = t3s_run(tmp_path / "run.yaml", out)
+    assert r.returncode == 0, r.stderr + r.stdout
+    seed = out / "seed-0"
+    c0 = np.concatenate(load_scores(out / "scores-init").logprobs)
+    cb = np.concatenate(load_scores(seed / "scores-bottleneck").logprobs)
+    ct = np.concatenate(load_scores(seed / "scores-final").logprobs)
+
+    def keep(mode):
+        return np.concatenate(load_selection(seed / "selections" / mode).keep)
+
+    settled = (c0 > np.log(0.99)) & (ct > np.log(0.99))
+    np.testing.assert_array_equal(keep("t3s-final"), ~((ct - c0 > 0) & ~settled))
+    n_keep = int((~groups(cb - c0, c0, "auto")[0]).sum())  # as many as t3s keeps at the bottleneck
+    k = keep("excess-loss")
+    assert k.sum() == n_keep and (ct - c0)[k].min() >= (ct - c0)[~k].max()
+    dft = json.loads((seed / "train" / "dft" / "train.json").read_text())
+    assert dft["config"]["trainer"]["loss_type"] == "dft" and dft["selection"] is None
+    # DFT weights each token's NLL by its probability: on the near-uniform tiny model (NLL ≈ 6 at step 1, every
+    # p < 0.01) the loss is p·(−log p) < 0.05, where plain SFT's is about 6
+    assert dft["log_history"][0]["loss"] < 0.1
+    s = json.loads((out / "summary.json").read_text())
+    assert [row["method"] for row in s["rows"]] == ["base", "sft", "t3s-final", "excess-loss", "dft"]
+
+
+def test_early_checkpoint_is_the_one_closest_to_half_the_bottleneck(tmp_path):
+    from t3s import T3SError
+    from t3s.pipeline import early_checkpoint
+
+    for step in (2, 4, 6, 8, 10):
+        (tmp_path / "checkpoints" / f"step-{step}").mkdir(parents=True)
+    assert early_checkpoint(tmp_path, 10).name == "step-4"  # 5 is halfway: 4 and 6 tie, the earlier wins
+    assert early_checkpoint(tmp_path, 8).name == "step-4"
+    assert early_checkpoint(tmp_path, 4).name == "step-2"
+    with pytest.raises(T3SError, match="before the bottleneck"):
+        early_checkpoint(tmp_path, 2)
+
+
+def test_t3s_early_on_the_testbed_world(tmp_path):
+    """t3s-early on the shipped testbed world (the tiny model shows no dip, so it has no 'before the bottleneck'):
+    the probe keeps its checkpoints by itself, the early scores come from the evaluated checkpoint closest to half
+    the bottleneck step, and the selection is the t3s rule on them."""
+    import numpy as np
+
+    from t3s.score import load_scores
+    from t3s.select import load_selection
+    from t3s.testbed import build_world
+
+    build_world(tmp_path / "w", progress=False, log=lambda *a: None)
+    cfg = yaml.safe_load((tmp_path / "w" / "run.yaml").read_text())
+    cfg.update(modes=["t3s-early"], seeds=[0], rrt=False)
+    cfg["probe"].update(subset=16, track_every=0, keep_all=False)
+    cfg["train"]["max_steps"] = 12
+    heldout = (tmp_path / "w" / "heldout.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "heldout16.jsonl").write_text("".join(heldout[:16]))
+    cfg["eval_data"] = str(tmp_path / "heldout16.jsonl")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    r = t3s_run(tmp_path / "run.yaml", out)
+    assert r.returncode == 0, r.stderr + r.stdout
+    b = json.loads((out / "seed-0" / "probe" / "probe.json").read_text())["bottleneck_step"]
+    early = load_scores(out / "seed-0" / "scores-early")
+    steps = sorted(int(p.name.split("-")[1]) for p in (out / "seed-0" / "probe" / "checkpoints").glob("step-*"))
+    want = min((k for k in steps if 0 < k < b), key=lambda k: (abs(k - b / 2), k))
+    assert early.meta["model_step"] == want
+    c0 = np.concatenate(load_scores(out / "scores-init").logprobs)
+    keep = np.concatenate(load_selection(out / "seed-0" / "selections" / "t3s-early").keep)
+    np.testing.assert_array_equal(keep, ~(np.concatenate(early.logprobs) - c0 > 0))

@@ -93,3 +93,49 @@ def test_write_and_load(tmp_path):
     back = load_selection(tmp_path / "sel")
     assert [k.tolist() for k in back.keep] == [k.tolist() for k in sel.keep]
     assert back.meta["stats"] == sel.meta["stats"] and back.meta["mode"] == "t3s"
+
+
+# θ_T's scores for the controls. gain = cT − c0: [+0.09, +1.5, -0.2, +0.5], [+0.9, -0.1, +2.0]
+CT = [[-0.01, -0.5, -0.7, -2.5], [-0.1, -0.3, -2.0]]
+
+
+def test_excess_loss_keeps_the_largest_gains_as_many_as_t3s_keeps():
+    sel = select(scoreset(C0), scoreset(CB, path="b"), "excess-loss", reference=scoreset(CT, path="T"))
+    # t3s keeps 4 of 7; the 4 largest gains: +2.0 (flat 6), +1.5 (1), +0.9 (4), +0.5 (3)
+    assert [k.tolist() for k in sel.keep] == [[False, True, False, True], [True, False, True]]
+    assert sel.meta["stats"]["kept_tokens"] == 4 and sel.meta["reference_scores"]["path"] == "T"
+    with pytest.raises(T3SError, match="needs the scores of a reference model"):
+        select(scoreset(C0), scoreset(CB), "excess-loss")
+    with pytest.raises(T3SError, match="different data"):
+        select(scoreset(C0), scoreset(CB), "excess-loss", reference=scoreset(CT, fps={**FPS, "data": "x"}))
+
+
+def test_t3s_rule_on_another_checkpoint():
+    """t3s-final / t3s-early are the t3s rule on the scores passed in θ_b's place (here θ_T's)."""
+    for mode in ("t3s-final", "t3s-early"):
+        sel = select(scoreset(C0), scoreset(CT, path="T"), mode)
+        # Δc at θ_T = gain above: anchors (> 0) at flat 0, 1, 3, 4, 6
+        assert [k.tolist() for k in sel.keep] == [[False, False, True, False], [False, True, False]]
+        assert sel.meta["mode"] == mode
+
+
+def test_auto_threshold_leaves_near_certain_tokens_in_neither_group():
+    """`auto`: τ = 0, except that tokens with p > 0.99 at both checkpoints are settled (not anchors)."""
+    from t3s.select import groups
+
+    c0 = np.log(np.array([0.999, 0.995, 0.999, 0.5, 0.5, 0.98, 0.9995]))
+    cb = np.log(np.array([0.9995, 0.999, 0.98, 0.6, 0.4, 0.995, 0.9990]))
+    anchors, settled = groups(cb - c0, c0, "auto")
+    # by hand: settled where both p > 0.99 -> positions 0, 1, 6; anchors: Δc > 0 and not settled -> 3, 5
+    assert settled.tolist() == [True, True, False, False, False, False, True]
+    assert anchors.tolist() == [False, False, False, True, False, True, False]
+    a0, s0 = groups(cb - c0, c0, 0.0)  # τ = 0: the drift of tokens 0 and 1 makes them anchors
+    assert a0.tolist() == [True, True, False, True, False, True, False] and not s0.any()
+    sel = select(scoreset([c0[:4], c0[4:]]), scoreset([cb[:4], cb[4:]], path="b"), "t3s", threshold="auto")
+    assert [k.tolist() for k in sel.keep] == [[True, True, True, False], [True, False, True]]
+    assert sel.meta["stats"]["settled_fraction"] == pytest.approx(3 / 7)
+    assert sel.meta["stats"]["anchor_fraction"] == pytest.approx(2 / 7) and sel.meta["threshold"] == "auto"
+    rev = select(scoreset([c0[:4], c0[4:]]), scoreset([cb[:4], cb[4:]], path="b"), "reverse", threshold="auto")
+    assert [k.tolist() for k in rev.keep] == [[False, False, False, True], [False, True, False]]
+    with pytest.raises(T3SError, match="number or auto"):
+        select(scoreset(C0), scoreset(CB), "t3s", threshold="often")
