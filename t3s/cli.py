@@ -436,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("T3S_DEBUG") or not (isinstance(e, (T3SError, OSError)) or _os_errno(e)):
             raise
         rank = f"[rank {dist.rank()}] " if dist.launched() and not dist.is_main() else ""
-        print(f"{rank}t3s {args.command}: error: {_message(e, args.command)}", file=sys.stderr)
+        print(f"{rank}t3s {args.command}: error: {_message(e, args.command, getattr(args, 'out', None))}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         sig = e.signal if isinstance(e, Interrupted) else "Ctrl-C"
@@ -483,11 +484,12 @@ def _os_errno(e: BaseException) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _message(e: BaseException, command: str) -> str:
-    """One line for a user-facing error; file-system errors name the path (a full disk says so)."""
+def _message(e: BaseException, command: str, out: str | None = None) -> str:
+    """One line for a user-facing error; file-system errors name the path (a full disk says so), or at least the
+    output directory being written when the library that failed does not say which file."""
     if isinstance(e, T3SError):
         return str(e) + "".join(f"; {n}" for n in getattr(e, "__notes__", []))
-    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else f" (writing {out})" if out else ""
     code = _os_errno(e)
     if code in (errno.ENOSPC, errno.EDQUOT):
         text = "no space left on device"
