@@ -207,9 +207,10 @@ def cmd_report(args) -> None:
 
 
 def cmd_testbed(args) -> None:
-    from t3s.testbed import WorldConfig, build_world
+    from t3s.testbed import CarryWorldConfig, WorldConfig, build_world
 
-    build_world(args.out, WorldConfig(seed=args.seed, pretrain_dtype=args.pretrain_dtype), overwrite=args.overwrite,
+    kind = CarryWorldConfig if args.world == "carry" else WorldConfig
+    build_world(args.out, kind(seed=args.seed, pretrain_dtype=args.pretrain_dtype), overwrite=args.overwrite,
                 progress=_progress(args), rebuild=args.rebuild)
     print(f"run the method on it: t3s run {args.out}/run.yaml")
 
@@ -369,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = tb.add_parser("build", help="build (or reuse) the world: a pretrained tiny student and teacher traces")
     common(sp, "world directory (reused when it holds a world of the same settings)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--world", choices=["arithmetic", "carry"], default="arithmetic",
+                    help="arithmetic: world 1, the student adopts a new format (the demo); carry: world 2, the "
+                         "paper's regime, a step-by-step student close to the teacher's format (docs/testbed.md)")
     sp.add_argument("--rebuild", action="store_true",
                     help="pretrain the student here instead of using the one shipped with t3s (minutes)")
     sp.add_argument("--pretrain-dtype", choices=["bfloat16", "float32"], default="bfloat16",

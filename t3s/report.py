@@ -143,7 +143,9 @@ def plot_delta_hist(sel: Any, out: Path) -> Path:
     lo, hi = np.quantile(d, [0.005, 0.995])
     bins = np.linspace(min(lo, thr) - 1e-6, max(hi, thr) + 1e-6, 80)
     ax.hist(np.clip(d, bins[0], bins[-1]), bins=bins, color="C7")
-    ax.axvline(thr, color="C3", lw=1.5, label=f"threshold {thr:g}: {100 * (d > thr).mean():.1f}% anchors")
+    share = 100 * np.concatenate(_anchor_rows(sel)).mean()
+    rule = "auto (0; p > 0.99 at both: settled)" if sel.meta.get("threshold") == "auto" else f"{thr:g}"
+    ax.axvline(thr, color="C3", lw=1.5, label=f"threshold {rule}: {share:.1f}% anchors")
     ax.set_xlabel("Δc = c(θ_b) − c(θ_0)")
     ax.set_ylabel("tokens")
     ax.set_yscale("log")
@@ -160,7 +162,8 @@ def bifurcation(run: Path, seed: int, sel: Any) -> dict[str, Any] | None:
     z = np.load(f)
     index = sel.by_id
     try:
-        anchor = np.concatenate([sel.delta[index[str(i)]] > _thr(sel) for i in z["ids"]])
+        rows = _anchor_rows(sel)
+        anchor = np.concatenate([rows[index[str(i)]] for i in z["ids"]])
     except KeyError:
         return None
     steps = sorted(int(k.split("_")[1]) for k in z.files if k.startswith("step_"))
@@ -202,7 +205,7 @@ def gradient_dynamics(run: Path, seed: int, sel: Any, rows: int = 48) -> dict[st
     conf = yaml.safe_load((run / "config.yaml").read_text())
     tok = load_tokenizer(cks[0])
     examples, _ = render_rows(load_rows(conf["train_data"]), tok, RenderConfig(**conf["render"]))
-    index = sel.by_id
+    index, anchor_rows = sel.by_id, _anchor_rows(sel)
     examples = [e for e in examples if e.id in index][:rows]
     # one padded batch; per position: the target token and which group it belongs to
     L = max(len(e.input_ids) for e in examples)
@@ -214,7 +217,7 @@ def gradient_dynamics(run: Path, seed: int, sel: Any, rows: int = 48) -> dict[st
         n = len(e.input_ids)
         ids[i, :n], att[i, :n] = torch.tensor(e.input_ids), 1
         tgt[i, e.prompt_len - 1 : n - 1] = torch.tensor(e.response_ids)
-        is_anchor[i, e.prompt_len - 1 : n - 1] = torch.from_numpy(sel.delta[index[e.id]] > _thr(sel))
+        is_anchor[i, e.prompt_len - 1 : n - 1] = torch.from_numpy(anchor_rows[index[e.id]])
     valid = tgt != -100
     n_resp = int(valid.sum())
     fp32 = resolve_precision("float32")
@@ -265,21 +268,21 @@ def token_tables(run: Path, sel: Any, rows_shown: int = 4, top: int = 15) -> tup
 
     conf = yaml.safe_load((run / "config.yaml").read_text())
     tok = load_tokenizer(conf["student"])
-    thr = _thr(sel)
+    anchor_rows = _anchor_rows(sel)
     scale = max(float(np.quantile(np.abs(np.concatenate(sel.delta)), 0.95)), 1e-6)
     rows_html = []
-    for ids, d in list(zip(sel.response_ids, sel.delta))[:rows_shown]:
+    for ids, d, anc in list(zip(sel.response_ids, sel.delta, anchor_rows))[:rows_shown]:
         spans = []
-        for t, v in zip(ids.tolist(), d.tolist()):
+        for t, v, is_a in zip(ids.tolist(), d.tolist(), anc.tolist()):
             a = min(abs(v) / scale, 1.0)
-            color = f"rgba(214,39,40,{a:.2f})" if v > thr else f"rgba(31,119,180,{a:.2f})"
+            color = f"rgba(214,39,40,{a:.2f})" if is_a else f"rgba(31,119,180,{a:.2f})"
             text = html.escape(tok.decode([t])) or "&#9633;"
             spans.append(f'<span class="tk" style="background:{color}" title="Δc={v:+.4f}">{text}</span>')
         rows_html.append('<div class="row">' + "".join(spans) + "</div>")
     counts: dict[bool, Counter] = {True: Counter(), False: Counter()}
-    for ids, d in zip(sel.response_ids, sel.delta):
-        for t, v in zip(ids.tolist(), d.tolist()):
-            counts[v > thr][t] += 1
+    for ids, anc in zip(sel.response_ids, anchor_rows):
+        for t, is_a in zip(ids.tolist(), anc.tolist()):
+            counts[bool(is_a)][t] += 1
     total = counts[True] + counts[False]
 
     def table(is_anchor: bool) -> str:
@@ -318,9 +321,17 @@ document.body.prepend(p);}});</script>"""
 
 
 def _thr(sel: Any) -> float:
-    """The anchor / yet-to-learn split of a selection (a diffusion forced set has no threshold: split at 0)."""
+    """The Δc threshold of a selection (a diffusion forced set has none, and `auto` splits at 0: 0)."""
     t = sel.meta.get("threshold")
-    return 0.0 if t is None else t
+    return 0.0 if t is None or t == "auto" else t
+
+
+def _anchor_rows(sel: Any) -> list[np.ndarray]:
+    """Per row, which response tokens are anchors. A t3s keep-mask drops exactly the anchors, whatever the rule
+    (with `threshold: auto` the settled tokens are neither); otherwise Δc > threshold."""
+    if sel.forced is None and sel.meta.get("mode") == "t3s":
+        return [~k for k in sel.keep]
+    return [d > _thr(sel) for d in sel.delta]
 
 
 def build_report(run: str | Path, *, gradients: bool = True, log: Any = print) -> Path:

@@ -56,16 +56,21 @@ def teacher_trace(a: int, b: int) -> str:
     return " ".join(lines)
 
 
-def ungrounded_teacher_text(rng: random.Random) -> str:
-    """Teacher-style sentences whose arithmetic is not grounded in any question (random numbers)."""
+def ungrounded_teacher_text(rng: random.Random, lead: str = "Okay, let us add column by column.",
+                            line: str = "{place}: {x} + {y} + carry {cin} = {s}, write {d}, carry {c}.",
+                            check: str = "Wait, let me check the carries.", after: str = "") -> str:
+    """Teacher-style sentences whose arithmetic is not grounded in any question (random numbers); the defaults are
+    world 1's teacher, world 2 passes its own phrasing (`after`: a sentence after every column)."""
     k = rng.randint(1, 3)
-    lines = ["Okay, let us add column by column."] if rng.random() < 0.7 else []
+    lines = [lead] if rng.random() < 0.7 else []
     for place in rng.sample(PLACES, k):
         x, y, cin = rng.randint(0, 9), rng.randint(0, 9), rng.randint(0, 1)
         s = rng.randint(0, 19)
-        lines.append(f"{place}: {x} + {y} + carry {cin} = {s}, write {s % 10}, carry {s // 10}.")
+        lines.append(line.format(place=place, x=x, y=y, cin=cin, s=s, d=s % 10, c=s // 10))
+        if after:
+            lines.append(after)
     if rng.random() < 0.5:
-        lines.append("Wait, let me check the carries.")
+        lines.append(check)
     return " ".join(lines)
 
 
@@ -104,8 +109,89 @@ class WorldConfig:
     min_steps: int = 200
 
 
+# ----------------------------------------------------------------------------------------------- world 2: carry
+# The paper's regime: the student already reasons step by step in a format close to the teacher's, and starts
+# strong; the teacher differs in surface habits (a lead-in, connectives, a check move: about a fifth of its tokens)
+# and in content on one class of problems: the student's procedure drops the carry into a column whose digits sum
+# to 9 (a carry chain), so it gets those problems wrong; the teacher carries correctly.
+
+CARRY_PROMPT = "Compute {a} + {b}."
+CARRY_OTHER_PROMPT = "Find {a} + {b}."
+
+
+def buggy_columns(a: int, b: int) -> list[tuple[int, int, int, int, int, int]]:
+    """The student's procedure: like `columns`, except that a carry into a column whose digits sum to 9 is lost."""
+    out, carry = [], 0
+    for i in range(4):
+        x, y = a // 10**i % 10, b // 10**i % 10
+        cin = 0 if x + y == 9 else carry
+        s = x + y + cin
+        out.append((x, y, cin, s, s % 10, s // 10))
+        carry = s // 10
+    return out
+
+
+def column_value(cols: list[tuple[int, int, int, int, int, int]]) -> int:
+    return sum(d * 10**i for i, (*_, d, _c) in enumerate(cols)) + cols[-1][5] * 10**4
+
+
+def has_chain(a: int, b: int) -> bool:
+    """Does the student's procedure get a + b wrong (a carry into a column whose digits sum to 9)?"""
+    return column_value(buggy_columns(a, b)) != a + b
+
+
+def carry_student_trace(a: int, b: int) -> str:
+    """World 2, student style: step by step, its own phrasing, its own (buggy) carries, its own answer."""
+    cols = buggy_columns(a, b)
+    lines = [f"{place}: {x} + {y}" + (f" + {cin}" if cin else "") + f" = {s}, write {d}, carry {cout}."
+             for place, (x, y, cin, s, d, cout) in zip(PLACES, cols)]
+    if cols[-1][5]:
+        lines.append("Last carry 1.")
+    return " ".join(lines) + f" So the answer is \\boxed{{{column_value(cols)}}}."
+
+
+def carry_teacher_trace(a: int, b: int, interjection: str = "") -> str:
+    """World 2, teacher style (R1-like): a lead-in, the carry-in always written, connectives, a check move, and
+    (`interjection`) a hesitation after every column."""
+    cols = columns(a, b)
+    lines = ["Okay, so let me add these column by column."]
+    for place, (x, y, cin, s, d, cout) in zip(PLACES, cols):
+        lines.append(f"{place}: {x} + {y} + {cin} = {s}, so I write {d} and carry {cout}.")
+        if interjection:
+            lines.append(interjection)
+    if cols[-1][5]:
+        lines.append("Last carry 1.")
+    lines.append("Wait, let me double-check the carries: " + ", ".join(str(c[5]) for c in cols) + ". Yes.")
+    return " ".join(lines) + f" So the answer is \\boxed{{{a + b}}}."
+
+
+@dataclass
+class CarryWorldConfig(WorldConfig):
+    """World 2 (`t3s testbed build --world carry`): the paper's regime (see `buggy_columns`)."""
+
+    world: str = "carry"
+    band: tuple[float, float] = (0.60, 0.85)
+    min_other_accuracy: float = 0.3
+    dev_max_new_tokens: int = 160  # the student's own traces are step by step (about 100 tokens)
+    interjection: str = "Hmm, let me make sure."  # after every column of the teacher (docs/testbed.md: variants)
+
+
 def make_rows(cfg: WorldConfig) -> dict[str, list[dict]]:
     """All data of the world, deterministic per seed."""
+    if isinstance(cfg, CarryWorldConfig):
+        return _make_rows(cfg, CARRY_PROMPT, CARRY_OTHER_PROMPT, carry_student_trace,
+                          lambda a, b: carry_teacher_trace(a, b, cfg.interjection),
+                          lambda rng: ungrounded_teacher_text(
+                              rng, "Okay, so let me add these column by column.",
+                              "{place}: {x} + {y} + {cin} = {s}, so I write {d} and carry {c}.",
+                              "Wait, let me double-check the carries.", cfg.interjection),
+                          gold=lambda a, b: a + b)
+    return _make_rows(cfg, TASK_PROMPT, OTHER_PROMPT, student_trace, teacher_trace, ungrounded_teacher_text,
+                      gold=lambda a, b: a + b)
+
+
+def _make_rows(cfg: WorldConfig, task_prompt: str, other_prompt: str, student, teacher, ungrounded,
+               gold) -> dict[str, list[dict]]:
     rng = random.Random(cfg.seed)
     seen: set[tuple[int, int]] = set()
 
@@ -117,30 +203,30 @@ def make_rows(cfg: WorldConfig) -> dict[str, list[dict]]:
                 return a, b
 
     def task_row(kind: str, i: int, a: int, b: int, response: str | None) -> dict:
-        row = {"id": f"{kind}-{i:05d}", "prompt": TASK_PROMPT.format(a=a, b=b), "answer": str(a + b)}
+        row = {"id": f"{kind}-{i:05d}", "prompt": task_prompt.format(a=a, b=b), "answer": str(gold(a, b))}
         if response is not None:
             row["response"] = response
         return row
 
-    train = [task_row("train", i, *(ab := fresh()), teacher_trace(*ab)) for i in range(cfg.n_train)]
+    train = [task_row("train", i, *(ab := fresh()), teacher(*ab)) for i in range(cfg.n_train)]
     heldout = [task_row("heldout", i, *fresh(), None) for i in range(cfg.n_heldout)]
     dev_pairs = [fresh() for _ in range(cfg.n_dev)]
     dev = [task_row("dev", i, a, b, None) for i, (a, b) in enumerate(dev_pairs)]
     # the same dev problems under the other prompt: how well does the student do teacher-style reasoning?
-    dev_other = [{"id": f"dev-other-{i:05d}", "prompt": OTHER_PROMPT.format(a=a, b=b), "answer": str(a + b)}
+    dev_other = [{"id": f"dev-other-{i:05d}", "prompt": other_prompt.format(a=a, b=b), "answer": str(gold(a, b))}
                  for i, (a, b) in enumerate(dev_pairs)]
     pretrain = []
     for i in range(cfg.n_pretrain):
         u = rng.random()
         a, b = fresh()
         if u < cfg.share_ungrounded:
-            pretrain.append({"id": f"pre-{i:06d}", "prompt": CHAT_PROMPT, "response": ungrounded_teacher_text(rng)})
+            pretrain.append({"id": f"pre-{i:06d}", "prompt": CHAT_PROMPT, "response": ungrounded(rng)})
         elif u < cfg.share_ungrounded + cfg.share_teacher_other:
-            pretrain.append({"id": f"pre-{i:06d}", "prompt": OTHER_PROMPT.format(a=a, b=b),
-                             "response": teacher_trace(a, b)})
+            pretrain.append({"id": f"pre-{i:06d}", "prompt": other_prompt.format(a=a, b=b),
+                             "response": teacher(a, b)})
         else:
-            pretrain.append({"id": f"pre-{i:06d}", "prompt": TASK_PROMPT.format(a=a, b=b),
-                             "response": student_trace(a, b), "answer": str(a + b)})
+            pretrain.append({"id": f"pre-{i:06d}", "prompt": task_prompt.format(a=a, b=b),
+                             "response": student(a, b), "answer": str(gold(a, b))})
     return {"train": train, "heldout": heldout, "dev": dev, "dev_other": dev_other, "pretrain": pretrain}
 
 
@@ -152,8 +238,9 @@ def _write_jsonl(path, rows) -> None:
             fh.write(json.dumps(r) + "\n")
 
 
-def demo_config(world: str) -> dict:
-    """The `t3s run` config of the demo, relative to the world directory."""
+def demo_config(world: str, cfg: WorldConfig | None = None) -> dict:
+    """The `t3s run` config of the demo (world 1) or of world 2, relative to the world directory."""
+    marker = "Okay, so let me" if isinstance(cfg, CarryWorldConfig) else "Okay, let us"
     return {
         "student": f"{world}/student",
         "train_data": f"{world}/train.jsonl",
@@ -164,22 +251,21 @@ def demo_config(world: str) -> dict:
         "rrt": True,
         # float32: at this size bf16 autocast saves no time on a CPU and costs generation speed
         "train": {"learning_rate": 5e-5, "max_steps": 36, "per_device_train_batch_size": 24, "dtype": "float32"},
-        "probe": {"eval_every": 2, "subset": 96, "markers": ["Okay, let us"], "heldout_subset": -1,
+        "probe": {"eval_every": 2, "subset": 96, "markers": [marker], "heldout_subset": -1,
                   "keep_all": True, "track_every": 9, "track_subset": 32},
         "eval": {"max_new_tokens": 160, "batch_size": 128, "dtype": "float32"},
         "score": {"dtype": "float32"},
     }
 
 
-def _write_run_config(world) -> None:
-    """run.yaml is derived from the world's path only, so it is (re)written even when the world is reused."""
-    from pathlib import Path
-
+def _write_run_config(world, cfg: WorldConfig) -> None:
+    """run.yaml is derived from the world's path and kind only, so it is (re)written even when the world is
+    reused."""
     import yaml
 
     path = Path(world) / "run.yaml"
     tmp = path.with_name(".run.yaml.tmp")
-    tmp.write_text(yaml.safe_dump(demo_config(str(world)), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(demo_config(str(world), cfg), sort_keys=False))
     tmp.replace(path)
 
 
@@ -187,6 +273,11 @@ def _write_run_config(world) -> None:
 # pretraining it (about four in bf16 on a CPU with bf16 hardware, hours on one without); `t3s testbed build
 # --rebuild` pretrains it again.
 SHIPPED = Path(__file__).parent / "worlds" / "arithmetic"
+SHIPPED_CARRY = Path(__file__).parent / "worlds" / "carry"  # world 2's student, shipped for the same reason
+
+
+def shipped_dir(cfg: WorldConfig) -> Path:
+    return SHIPPED_CARRY if isinstance(cfg, CarryWorldConfig) else SHIPPED
 
 
 def world_fingerprint(cfg: WorldConfig) -> str:
@@ -207,13 +298,14 @@ def shipped_world(cfg: WorldConfig, rows: dict[str, list[dict]]) -> dict | None:
     """The shipped world's record when it was built from exactly these settings and rows, else None."""
     import json
 
+    where = shipped_dir(cfg)
     try:
-        info = json.loads((SHIPPED / "world.json").read_text(encoding="utf-8"))
+        info = json.loads((where / "world.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if info.get("fingerprint") != world_fingerprint(cfg) or info.get("rows_fingerprint") != rows_fingerprint(rows):
         return None
-    if not (SHIPPED / "student" / "config.json").exists():
+    if not (where / "student" / "config.json").exists():
         return None
     return info
 
@@ -243,7 +335,7 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
         info = read_json(out / "world.json")
         if info.get("fingerprint") == fp and not rebuild:
             log(f"testbed world in {out} is up to date (cached)")
-            _write_run_config(out)
+            _write_run_config(out, cfg)
             return info
         raise T3SError(f"{out} holds a testbed world built with other settings (or --rebuild was asked for); pass "
                        "--overwrite to replace it")
@@ -255,13 +347,14 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
         with atomic_dir(out, overwrite=True) as tmp:
             for name in ("train", "heldout", "dev", "dev_other", "pretrain"):
                 _write_jsonl(tmp / f"{name}.jsonl", rows[name])
-            shutil.copytree(SHIPPED / "student", tmp / "student")
-            info = {**shipped, "source": "shipped with t3s (t3s/worlds/arithmetic; --rebuild pretrains it here)",
+            shutil.copytree(shipped_dir(cfg) / "student", tmp / "student")
+            info = {**shipped, "source": f"shipped with t3s (t3s/worlds/{shipped_dir(cfg).name}; --rebuild "
+                                         "pretrains it here)",
                     "seconds": time.perf_counter() - t0,
                     "files": ["student/", "train.jsonl", "heldout.jsonl", "dev.jsonl", "dev_other.jsonl",
                               "pretrain.jsonl", "run.yaml"]}
             write_json(tmp / "world.json", info)
-        _write_run_config(out)
+        _write_run_config(out, cfg)
         c = shipped["student"]
         log(f"testbed world written to {out} with the student shipped with t3s (pretrained with these settings: "
             f"step {c['step']}, dev accuracy {100 * c['dev_accuracy']:.1f}% in style S, "
@@ -293,7 +386,7 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
         precision = resolve_precision("float32")
         dev = load_rows(tmp / "dev.jsonl", need_response=False, need_answer=True)
         dev_other = load_rows(tmp / "dev_other.jsonl", need_response=False, need_answer=True)
-        gen = GenConfig(max_new_tokens=64, batch_size=128)
+        gen = GenConfig(max_new_tokens=getattr(cfg, "dev_max_new_tokens", 64), batch_size=128)
         gen_other = GenConfig(max_new_tokens=160, batch_size=128)
         history: list[dict] = []
         chosen: dict = {}
@@ -334,7 +427,7 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
                 "files": ["student/", "init/", "train.jsonl", "heldout.jsonl", "dev.jsonl", "dev_other.jsonl", "pretrain.jsonl",
                           "run.yaml"]}
         write_json(tmp / "world.json", info)
-    _write_run_config(out)
+    _write_run_config(out, cfg)
     log(f"testbed world written to {out}: student picked at pretraining step {chosen['step']} (dev accuracy "
         f"{100 * chosen['dev_accuracy']:.1f}% in style S, {100 * chosen['dev_other_accuracy']:.1f}% in style T under "
         f"the other prompt), {info['seconds']:.0f}s")

@@ -130,3 +130,40 @@ def test_forced_weight_measurement_smoke(tmp_path, capsys):
         if res[f"{tau}/one"]["forced_fraction"] > 0:  # 1/t up-weights the forced set
             assert res[f"{tau}/inverse_t"]["forced_share_of_loss"] > res[f"{tau}/one"]["forced_share_of_loss"]
     assert "| forced set | forced tokens |" in capsys.readouterr().out
+
+
+def test_claims_tables_are_read_from_the_runs_files(tmp_path):
+    """bench.claims renders its tables from summary.json / selection.json / rrt-sweep.json: fabricated files with
+    known numbers give exactly those numbers (mean ± sd computed here independently)."""
+    from bench import claims
+
+    def summary(name, rows):
+        d = tmp_path / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "summary.json").write_text(json.dumps({"seeds": [0, 1], "rows": rows}))
+        return d
+
+    def row(method, accs, drop=None):
+        return {"method": method, "accuracy": statistics.fmean(accs), "per_seed": {str(i): a for i, a in enumerate(accs)},
+                "dropped_fraction": drop}
+
+    t0 = summary("t0", [row("base", [0.5]), row("sft", [0.2, 0.4], 0.0), row("t3s", [0.6, 0.8], 0.3),
+                        row("rrt", [0.1, 0.3])])
+    (t0 / "eval-base").mkdir()
+    (t0 / "eval-base" / "samples.jsonl").write_text("{}\n" * 100)
+    summary("auto", [row("base", [0.5]), row("t3s", [0.7, 0.7], 0.2)])
+    for name, frac in (("t0", 0.3), ("auto", 0.2)):
+        for s in (0, 1):
+            d = tmp_path / name / f"seed-{s}" / "selections" / "t3s"
+            d.mkdir(parents=True)
+            (d / "selection.json").write_text(json.dumps({"stats": {"anchor_fraction": frac, "settled_fraction": 0.1}}))
+    (tmp_path / "rrt-sweep.json").write_text(json.dumps({
+        "0/step-2": {"seed": 0, "step": 2, "accuracy": 0.25, "bottleneck": True},
+        "1/step-2": {"seed": 1, "step": 2, "accuracy": 0.75, "bottleneck": False}}))
+    md = claims.render(tmp_path)
+    assert "base model 50.0% on n = 100 prompts (standard error of one evaluation ≈ 5.0 points" in md
+    sd = 100 * statistics.stdev([0.6, 0.8])
+    assert f"| t3s | 70.0 ± {sd:.1f} | 70.0 ± 0.0 | – | 30.0 / 20.0 / – |" in md
+    assert f"| sft | 30.0 ± {100 * statistics.stdev([0.2, 0.4]):.1f} |" in md
+    assert "threshold 0: anchors 30.0%; threshold auto: anchors 20.0%, settled 10.0%" in md
+    assert "| 2 | 25.0* | 75.0 |" in md

@@ -95,3 +95,19 @@ def test_gradient_dynamics_match_a_row_by_row_computation(tiny_run, tiny):
     ga, gy = grads
     assert got["ratio"][0] == pytest.approx(float(ga.norm() / gy.norm()), rel=1e-4)
     assert got["cosine"][0] == pytest.approx(float(F.cosine_similarity(ga, gy, dim=0)), abs=1e-4)
+
+
+def test_anchor_rows_follow_the_selections_rule_including_auto():
+    """The report's anchor / yet-to-learn split is the selection's own: with `threshold: auto`, settled tokens
+    (Δc > 0 but near-certain at both checkpoints) are not anchors, which Δc > 0 alone would call them."""
+    import numpy as np
+
+    from t3s.report import _anchor_rows
+    from t3s.select import Selection
+
+    delta = [np.array([0.0001, 0.5, -0.2]), np.array([0.0002, -0.1])]
+    keep = [np.array([True, False, True]), np.array([True, True])]  # t3s under auto: only 0.5 is an anchor
+    sel = Selection({"mode": "t3s", "threshold": "auto"}, ["a", "b"], [np.arange(3), np.arange(2)], keep, delta)
+    assert [r.tolist() for r in _anchor_rows(sel)] == [[False, True, False], [False, False]]
+    other = Selection({"mode": "random", "threshold": 0.0}, ["a", "b"], [np.arange(3), np.arange(2)], keep, delta)
+    assert [r.tolist() for r in _anchor_rows(other)] == [[True, True, False], [True, False]]
