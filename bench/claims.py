@@ -3,6 +3,7 @@
     python -m bench.claims                      # world 1 (runs/testbed-world), about 30 minutes on 2 CPU cores
     python -m bench.claims --kind carry --world runs/carry-world --out runs/claims-carry   # world 2
     python -m bench.claims --render             # re-print the tables from the files the runs wrote
+    python -m bench.claims --students RUN...    # one row per student (world seed), from their `t3s run`s
 
 What it runs (each a plain `t3s` command or t3s function; every number it prints is read from their files):
 1. `t3s run` on the world with every mode: sft, t3s, reverse, static-high, static-low, random, the claim
@@ -138,6 +139,29 @@ def render(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def students_table(runs: list[Path]) -> str:
+    """One row per student (a world built with another seed, run with the same config): where the shock and the
+    main modes end, read from each run's summary.json and probe records."""
+    lines = ["| student (world seed) | base % | probe: start → bottleneck (train %) | sft | t3s | reverse | random | "
+             "anchors % |", "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        s = json.loads((run / "summary.json").read_text())
+        rows = {r["method"]: r for r in s["rows"]}
+        world = json.loads((Path(s["config"]["student"]).parent / "world.json").read_text())
+        probes = s["probes"].values()
+        start = 100 * next(iter(probes))["start_accuracy"]
+        low = [100 * p["bottleneck_accuracy"] for p in probes]
+        dips = "" if all(p["dip_found"] for p in probes) else " (no dip in every seed)"
+        anchors = [json.loads(p.read_text())["stats"]["anchor_fraction"]
+                   for p in run.glob("seed-*/selections/t3s/selection.json")]
+        cells = [_ms(list(rows[m]["per_seed"].values())) if m in rows else "–" for m in ("sft", "t3s", "reverse",
+                                                                                        "random")]
+        lines.append(f"| {world['config']['seed']} | {100 * rows['base']['accuracy']:.1f} | {start:.1f} → "
+                     f"{min(low):.1f}–{max(low):.1f}{dips} | " + " | ".join(cells)
+                     + f" | {100 * statistics.fmean(anchors):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.claims", description=__doc__.split("\n")[0])
     p.add_argument("--world", default="runs/testbed-world", help="the world directory (built when missing)")
@@ -145,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="which world: 1 (arithmetic, the demo's) or 2 (carry, the paper's regime)")
     p.add_argument("--out", default="runs/claims")
     p.add_argument("--render", action="store_true", help="only print the tables of an earlier run")
+    p.add_argument("--students", nargs="+", metavar="RUN",
+                   help="only print one row per student from these `t3s run` directories (worlds of other seeds)")
     args = p.parse_args(argv)
+    if args.students:
+        print(students_table([Path(r) for r in args.students]))
+        return 0
     out = Path(args.out)
     if not args.render:
         run_all(Path(args.world), out, args.kind)

@@ -264,8 +264,9 @@ def run(cfg: Any, out: str | Path, *, force: tuple[str, ...] = (), progress: boo
             sels[(s, mode)] = p.stage(
                 f"seed-{s}/select-{mode}", "select", out / f"seed-{s}" / "selections" / mode,
                 {"init": init_scores["produced"], "bottleneck": b_scores[s]["produced"], "mode": mode,
-                 "threshold": cfg.threshold, **{f"scores-{k}": other_scores[(s, k)]["produced"]
-                                                for k in ("final", "early") if (s, k) in other_scores}, "diffusion": None if diffusion is None else
+                 "threshold": cfg.threshold,  # the other scores only where this mode reads them
+                 **{f"scores-{k}": other_scores[(s, k)]["produced"] for k, needs in
+                    (("final", NEEDS_FINAL), ("early", NEEDS_EARLY)) if mode in needs}, "diffusion": None if diffusion is None else
                  {"tau": diffusion.tau, "student": base["student"]}}, do_select)
 
     # 4. training (same budget for every mode; `sft` is the probe's own end point when the probe ran to the end)

@@ -167,3 +167,27 @@ def test_claims_tables_are_read_from_the_runs_files(tmp_path):
     assert f"| sft | 30.0 ± {100 * statistics.stdev([0.2, 0.4]):.1f} |" in md
     assert "threshold 0: anchors 30.0%; threshold auto: anchors 20.0%, settled 10.0%" in md
     assert "| 2 | 25.0* | 75.0 |" in md
+
+
+def test_students_table_reads_each_runs_records(tmp_path):
+    from bench import claims
+
+    world = tmp_path / "world"
+    (world / "student").mkdir(parents=True)
+    (world / "world.json").write_text(json.dumps({"config": {"seed": 7}}))
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"method": "base", "accuracy": 0.8, "per_seed": {}},
+            {"method": "sft", "accuracy": 0.15, "per_seed": {"0": 0.1, "1": 0.2}},
+            {"method": "t3s", "accuracy": 0.7, "per_seed": {"0": 0.7, "1": 0.7}}]
+    probes = {"0": {"start_accuracy": 0.78, "bottleneck_accuracy": 0.0, "dip_found": True},
+              "1": {"start_accuracy": 0.78, "bottleneck_accuracy": 0.05, "dip_found": False}}
+    (run / "summary.json").write_text(json.dumps({"rows": rows, "probes": probes,
+                                                  "config": {"student": str(world / "student")}}))
+    for s, frac in ((0, 0.1), (1, 0.2)):
+        d = run / f"seed-{s}" / "selections" / "t3s"
+        d.mkdir(parents=True)
+        (d / "selection.json").write_text(json.dumps({"stats": {"anchor_fraction": frac}}))
+    row = claims.students_table([run]).splitlines()[-1]
+    sd = 100 * statistics.stdev([0.1, 0.2])
+    assert row == f"| 7 | 80.0 | 78.0 → 0.0–5.0 (no dip in every seed) | 15.0 ± {sd:.1f} | 70.0 ± 0.0 | – | – | 15.0 |"

@@ -119,12 +119,19 @@ def test_controls_of_the_papers_claims_as_modes(tiny, tmp_path):
     from t3s.select import groups, load_selection
 
     cfg = {**CONFIG, "student": str(tiny / "model"), "train_data": str(tiny / "train.jsonl"),
-           "modes": ["sft", "t3s-final", "excess-loss", "dft"], "threshold": "auto", "rrt": False,
+           "modes": ["sft", "random"], "threshold": "auto", "rrt": False,
            "probe": {**CONFIG["probe"], "track_every": 0}}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
+    assert t3s_run(tmp_path / "run.yaml", out).returncode == 0
+    before = records(out)
+    cfg["modes"] = ["sft", "random", "t3s-final", "excess-loss", "dft"]
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     r = t3s_run(tmp_path / "run.yaml", out)
     assert r.returncode == 0, r.stderr + r.stdout
+    after = records(out)  # adding the controls redoes nothing of the modes that do not read their scores
+    assert all(after[k]["produced"] == before[k]["produced"] for k in before), \
+        [k for k in before if after[k]["produced"] != before[k]["produced"]]
     seed = out / "seed-0"
     c0 = np.concatenate(load_scores(out / "scores-init").logprobs)
     cb = np.concatenate(load_scores(seed / "scores-bottleneck").logprobs)
@@ -144,7 +151,7 @@ def test_controls_of_the_papers_claims_as_modes(tiny, tmp_path):
     # p < 0.01) the loss is p·(−log p) < 0.05, where plain SFT's is about 6
     assert dft["log_history"][0]["loss"] < 0.1
     s = json.loads((out / "summary.json").read_text())
-    assert [row["method"] for row in s["rows"]] == ["base", "sft", "t3s-final", "excess-loss", "dft"]
+    assert [row["method"] for row in s["rows"]] == ["base", "sft", "random", "t3s-final", "excess-loss", "dft"]
 
 
 def test_early_checkpoint_is_the_one_closest_to_half_the_bottleneck(tmp_path):
