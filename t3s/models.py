@@ -349,8 +349,17 @@ def model_step(path: str | Path) -> int | None:
 
 
 def nonfinite_weights(model: Any) -> list[str]:
-    """Names of the parameters holding a NaN or an infinity."""
-    return [n for n, p in model.named_parameters() if p.numel() and not bool(torch.isfinite(p).all())]
+    """Names of the parameters holding a NaN or an infinity. One flag per tensor is gathered on the first
+    tensor's device and read once (this runs at every probe evaluation: no host round trip per tensor); empty
+    (ZeRO-3) and meta-device tensors hold no values and are skipped."""
+    params = [(n, p) for n, p in model.named_parameters() if p.numel() and p.device.type != "meta"]
+    if not params:
+        return []
+    dev = params[0][1].device
+    flags = torch.stack([torch.isfinite(p).all().to(dev) for _, p in params])
+    if bool(flags.all()):
+        return []
+    return [n for (n, _), ok in zip(params, flags.tolist()) if not ok]
 
 
 TRAINING_HINT = "the run diverged (lower train.learning_rate, or check train.dtype)"

@@ -42,13 +42,12 @@ class ProbeConfig:
     """Settings of the probe run (training itself uses the `train` section)."""
 
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: about 15 points per run)", "ge": 0})
-    subset: int = field(default=0, metadata={"help": "training prompts evaluated (0: all), a fixed seeded subset",
-                                                    "ge": 0})
+    subset: int = field(default=0, metadata={
+        "help": "training prompts evaluated (0: all), a fixed seeded subset", "ge": 0})
     subset_seed: int = field(default=0, metadata={"help": "seed of the subsets"})
-    heldout_subset: int = field(default=0, metadata={"help": "held-out prompts evaluated (0: all, -1: none)",
-                                                            "ge": -1})
-    k: int = field(default=1, metadata={"help": "samples per prompt: 1 = greedy, >1 = eval sampling, avg@k",
-                                               "ge": 1})
+    heldout_subset: int = field(default=0, metadata={
+        "help": "held-out prompts evaluated (0: all, -1: none)", "ge": -1})
+    k: int = field(default=1, metadata={"help": "samples per prompt: 1 = greedy, >1 = eval sampling, avg@k", "ge": 1})
     online: bool = field(default=False, metadata={"help": "stop once a dip's minimum is confirmed"})
     margin: float | None = field(default=None, metadata={
         "help": "accuracy margin of a real dip and of the online stop (default: 2 standard errors of the step-0 "
@@ -57,10 +56,9 @@ class ProbeConfig:
     markers: list[str] = field(default_factory=lambda: ["Wait"], metadata={"help": "style marker phrases"})
     keep_all: bool = field(default=False, metadata={"help": "keep every evaluated checkpoint"})
     continue_without_dip: bool = field(default=False, metadata={"help": "use the lowest checkpoint even with no dip"})
-    track_every: int = field(default=0, metadata={"help": "pipeline: also evaluate every trained mode every N steps",
-                                                         "ge": 0})
-    track_subset: int = field(default=64, metadata={"help": "training prompts evaluated when tracking a mode",
-                                                           "ge": 1})
+    track_every: int = field(default=0, metadata={
+        "help": "pipeline: also evaluate every trained mode every N steps", "ge": 0})
+    track_subset: int = field(default=64, metadata={"help": "training prompts evaluated when tracking a mode", "ge": 1})
     backend: str = field(default="hf", metadata={"help": "generation: hf | vllm (GPU only; engine from eval.vllm)"})
 
     def __post_init__(self) -> None:

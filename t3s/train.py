@@ -25,8 +25,8 @@ from t3s import T3SError, __version__, dist
 from t3s.artifacts import check_outside, read_json, sha256_json, swap_in, write_json
 from t3s.data import Example, RenderConfig, fingerprints, load_rows, render_rows
 from t3s.fields import check_fields
-from t3s.models import (TrainingPlan, check_finite_weights, describe, device_info, load_causal_lm, load_tokenizer, model_fingerprint,
-                        training_plan)
+from t3s.models import (TrainingPlan, check_finite_weights, describe, device_info, load_causal_lm, load_tokenizer,
+                        model_fingerprint, training_plan)
 from t3s.select import MATCH_KEYS, Selection, load_selection
 
 NORMALIZE = ("kept", "response")
@@ -51,13 +51,10 @@ class TrainConfig:
     max_steps: int = field(default=50, metadata={"help": "optimizer steps; 0 means use num_train_epochs", "ge": 0,
                                                   "why": "0 trains num_train_epochs epochs"})
     num_train_epochs: float = field(default=1.0, metadata={"help": "epochs when max_steps is 0", "gt": 0})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "rows per device per micro-batch",
-                                                                                  "ge": 1})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step",
-                                                                                  "ge": 1})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "rows per device per micro-batch", "ge": 1})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step", "ge": 1})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name"})
-    warmup_steps: float = field(default=0, metadata={"help": "warm-up steps (a float < 1 is a ratio)",
-                                                                    "ge": 0})
+    warmup_steps: float = field(default=0, metadata={"help": "warm-up steps (a float < 1 is a ratio)", "ge": 0})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "ge": 0})
     optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 disables)", "ge": 0})
@@ -69,8 +66,7 @@ class TrainConfig:
         "help": "bf16 weights updated in place, no fp32 master copy: half the memory, but most updates below "
                 "about 2^-9 of a weight are lost (at lr 1e-5: most of them)"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (GPU)"})
-    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)",
-                                                              "ge": 0})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)", "ge": 0})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep Trainer checkpoints after success"})
     logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps", "ge": 1})
     report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | ..."})

@@ -333,3 +333,26 @@ def test_ctrl_c_is_one_line_and_exit_130(ws, monkeypatch, capsys):
                  f"{ws}/new", "--quiet"]) == 130
     assert capsys.readouterr().err.strip() == ("t3s score: interrupted (Ctrl-C); nothing partial was written: "
                                                "rerun the command")
+
+
+def test_nonfinite_weights_flags_each_bad_tensor_and_skips_meta_and_empty_ones():
+    """One flag per tensor, read once: the bad tensors by name; meta-device (not yet materialised) and empty
+    (ZeRO-3 partitioned) parameters hold no values and must not raise or count."""
+    import torch
+
+    from t3s.models import nonfinite_weights
+
+    m = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    assert nonfinite_weights(m) == []
+    with torch.no_grad():
+        m[0].bias[1] = float("inf")
+        m[1].weight[0, 0] = float("nan")
+    assert nonfinite_weights(m) == ["0.bias", "1.weight"]
+    meta = torch.nn.Linear(3, 3, device="meta")
+    assert nonfinite_weights(meta) == []
+    mixed = torch.nn.Module()
+    mixed.a, mixed.b = torch.nn.Linear(2, 2, device="meta"), torch.nn.Linear(2, 2)
+    mixed.empty = torch.nn.Parameter(torch.empty(0))
+    with torch.no_grad():
+        mixed.b.weight[1, 1] = float("nan")
+    assert nonfinite_weights(mixed) == ["b.weight"]
