@@ -192,7 +192,10 @@ def memory_gb(a: Arch, r: Recipe, vllm_gb: float) -> dict[str, float]:
 def estimate(r: Recipe) -> dict[str, float]:
     total, active = r.arch.params()
     peak = r.gpus * PEAK_BF16
-    hours = lambda a, flops: flops / (peak * MFU["moe" if a.experts else "dense"]) / 3600  # noqa: E731
+
+    def hours(a, flops):
+        return flops / (peak * MFU["moe" if a.experts else "dense"]) / 3600
+
     sel = r.selector
     train_h = hours(r.arch, train_flops(r.arch, r.train_seqs, r.mean_len))
     probe_train_h = hours(sel, train_flops(sel, r.probe_seqs, r.mean_len))

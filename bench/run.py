@@ -706,7 +706,10 @@ def run_suite(sizes: Sizes, work: Path, *, smoke: bool, only: set[str] | None = 
     results: dict[str, Any] = {"smoke": smoke, "sizes": asdict(sizes), "machine": machine(), "targets": TARGETS}
     runner.say("matmul peak (bf16, fp32)")
     results["peak"] = runner.call("peak", {"n": sizes.peak_n, "reps": max(5, sizes.reps)})
-    want = lambda k: only is None or k in only  # noqa: E731
+
+    def want(k):
+        return only is None or k in only
+
     results["scoring"] = bench_scoring(runner, sizes, models) if want("scoring") else []
     results["training"] = bench_training(runner, sizes, models) if want("training") else []
     results["generation"] = bench_generation(runner, sizes, models) if want("generation") else []

@@ -91,25 +91,17 @@ def _projection(args, init):
     return projector(load_rows(args.data), stu, load_tokenizer(init.meta["model"]), rcfg)
 
 
-def _diffusion(model: str, cfg, trust_remote_code: bool = False):
-    """The diffusion settings when `model` (a directory or a hub id) is a masked-diffusion student, else None."""
-    from t3s.diffusion import is_mask_predictor
-
-    return cfg.diffusion if is_mask_predictor(model, trust_remote_code) else None
-
-
 def cmd_train(args) -> None:
     from t3s.config import load_config
+    from t3s.objectives import objective_of
     from t3s.train import train
 
     cfg = load_config(args.config, _overrides(args, "train"), flat=("train", "render", "diffusion"))
+    objective = objective_of(args.model, cfg, cfg.train.trust_remote_code)
     s = train(args.model, args.data, args.out, cfg.train, cfg.render, args.selection, overwrite=args.overwrite,
-              resume=args.resume, progress=_progress(args),
-              diffusion=_diffusion(args.model, cfg, cfg.train.trust_remote_code))
-    what = (f"{s['kept_tokens']}/{s['response_tokens']} response tokens trained on" if s["forced_tokens"] is None
-            else f"diffusion objective, {s['forced_tokens']}/{s['response_tokens']} response tokens always masked")
-    print(f"wrote {args.out}/model: {s['global_step']} steps, mean train loss {s['train_loss']:.4f}, {what}, "
-          f"{s['train_seconds']:.1f}s")
+              resume=args.resume, progress=_progress(args), objective=objective)
+    print(f"wrote {args.out}/model: {s['global_step']} steps, mean train loss {s['train_loss']:.4f}, "
+          f"{objective.trained_on(s)}, {s['train_seconds']:.1f}s")
 
 
 def cmd_eval(args) -> None:
@@ -122,54 +114,33 @@ def cmd_eval(args) -> None:
     if args.responses:
         if args.model or args.data:
             raise T3SError("--responses grades a file of responses; do not pass --model or --data with it")
-        rows = load_responses(args.responses)
-        samples = grade([r[:5] for r in rows], gcfg.fallback, [r[5] for r in rows])
-        meta = {"responses": str(args.responses), "fallback": gcfg.fallback}
+        samples = grade(load_responses(args.responses), gcfg.fallback)
         out = args.out or f"runs/eval/{Path(args.responses).stem}-graded"
         check_outside(out, responses=args.responses)
+        meta = {"responses": str(args.responses), "fallback": gcfg.fallback}
+        m = dist.on_main(lambda: write_eval(out, samples, meta, args.overwrite))  # the others wait for it
     else:
         if not (args.model and args.data):
             raise T3SError("pass --model and --data (or --responses FILE to grade pre-generated responses)")
         from t3s.data import load_rows
-        from t3s.evaluate import evaluate_model
-        from t3s.models import describe, device_info, load_causal_lm, load_tokenizer, model_fingerprint, \
-            resolve_precision
+        from t3s.evaluate import run_eval
+        from t3s.objectives import objective_of
 
         out = args.out or f"runs/eval/{Path(args.model).name}-{Path(args.data).stem}"
         check_can_write(out, args.overwrite)
         check_outside(out, model=args.model, data=args.data)
-        diffusion, generator = _diffusion(args.model, cfg, args.trust_remote_code), None
-        if gcfg.backend == "vllm" and diffusion is not None:  # before any work
-            raise T3SError(f"the vllm backend generates with autoregressive models only; {args.model} is a "
-                           "masked-diffusion student (use --backend hf: the diffusion sampler)")
+        objective = objective_of(args.model, cfg, args.trust_remote_code)
+        objective.check_backend(gcfg.backend, "--backend")  # before any work
         rows = load_rows(args.data, args.split, need_response=False, need_answer=True)
-        dist.state()  # several processes: join the group and pick this process's GPU before loading
-        precision = resolve_precision(gcfg.dtype)
-        if _progress(args) and gcfg.backend == "hf":
-            print(describe(precision), file=sys.stderr)
-        tok = load_tokenizer(args.model, args.trust_remote_code)
-        if gcfg.backend == "vllm":
-            from t3s.vllm_backend import Engine
-
-            model, generator = None, Engine(args.model, tok, gcfg, args.trust_remote_code)
-        elif diffusion is None:
-            model = load_causal_lm(args.model, precision, args.trust_remote_code)
-        else:
-            from t3s.diffusion import load_mask_predictor
-
-            model = load_mask_predictor(args.model, precision, args.trust_remote_code)
-        samples = evaluate_model(model, tok, rows, rcfg, gcfg, precision, _progress(args), diffusion=diffusion,
-                                 generator=generator)
-        meta = {"model": str(args.model), "model_fingerprint": model_fingerprint(args.model), "data": str(args.data),
-                "generation": dataclasses.asdict(gcfg), "precision": precision.name,
-                "device": device_info(precision.device),
-                "diffusion": None if diffusion is None else dataclasses.asdict(diffusion)}
-    m = dist.on_main(lambda: write_eval(out, samples, meta, args.overwrite))  # the others wait for it
+        m = run_eval(args.model, rows, out, gcfg, rcfg, objective, data=args.data,
+                     trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=_progress(args),
+                     log=(lambda msg: print(msg, file=sys.stderr)) if _progress(args) else None)
     print(f"{format_metrics(m['metrics'])}\nwrote {out}/samples.jsonl and {out}/metrics.json")
 
 
 def cmd_probe(args) -> None:
     from t3s.config import load_config
+    from t3s.objectives import objective_of
     from t3s.probe import run_probe
 
     cfg = load_config(args.config, _overrides(args, "train"), flat=("probe", "train", "render", "eval", "diffusion"))
@@ -178,12 +149,10 @@ def cmd_probe(args) -> None:
         raise T3SError("pass --model and --data (or a --config with student and train_data)")
     check_can_write(args.out, args.overwrite)
     check_outside(args.out, model=model, data=data, eval_data=args.eval_data or cfg.eval_data)
-    diffusion = _diffusion(model, cfg, cfg.train.trust_remote_code)
-    if diffusion is not None and cfg.probe.backend == "vllm":  # before any work
-        raise T3SError(f"probe.backend=vllm generates with autoregressive models only; {model} is a "
-                       "masked-diffusion student (use probe.backend=hf)")
+    objective = objective_of(model, cfg, cfg.train.trust_remote_code)
+    objective.check_backend(cfg.probe.backend, "probe.backend")  # before any work
     s = run_probe(model, data, args.out, cfg, heldout_path=args.eval_data or cfg.eval_data,
-                  overwrite=args.overwrite, progress=_progress(args), diffusion=diffusion)
+                  overwrite=args.overwrite, progress=_progress(args), objective=objective)
     if s["dip_found"]:
         print(f"bottleneck at step {s['bottleneck_step']}: training accuracy {100 * s['start_accuracy']:.1f}% -> "
               f"{100 * s['bottleneck_accuracy']:.1f}% (dip of {100 * s['dip_depth']:.1f} points)")

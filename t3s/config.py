@@ -6,12 +6,16 @@ train_data: runs/tiny/train.jsonl
 eval_data: runs/tiny/heldout.jsonl
 modes: [sft, t3s, reverse]
 seeds: [0]
-render: {max_length: 4096}      # t3s.data.RenderConfig
-train: {learning_rate: 1e-5}    # t3s.train.TrainConfig
-probe: {eval_every: 5}          # t3s.probe.ProbeConfig
-eval: {max_new_tokens: 1024}    # t3s.evaluate.GenConfig
-score: {dtype: float32}         # t3s.config.ScoreConfig
+render: {max_length: 4096}      # RenderConfig
+train: {learning_rate: 1e-5}    # TrainConfig
+probe: {eval_every: 5}          # ProbeConfig
+eval: {max_new_tokens: 1024}    # GenConfig
+score: {dtype: float32}         # ScoreConfig
+diffusion: {tau: 0.2}           # DiffusionConfig (objective: diffusion)
 ```
+
+Every section is a dataclass here, with each key's help text and bounds next to it; this module imports no stage
+and no torch, so reading a config is cheap and the stages import their settings from one place.
 
 `key=value` overrides take a dotted path (`train.learning_rate=1e-5`, `train.trainer.adam_beta2=0.95`); a
 command also accepts bare keys of its own sections (`t3s train ... learning_rate=1e-5`).
@@ -31,12 +35,242 @@ import yaml
 from t3s import T3SError
 from t3s.artifacts import read_text
 from t3s.fields import check_fields
-from t3s.modes import RUN_MODES
-from t3s.data import RenderConfig
-from t3s.diffusion import DIFFUSION_MODES, DiffusionConfig
-from t3s.evaluate import GenConfig
-from t3s.probe import ProbeConfig
-from t3s.train import TrainConfig
+from t3s.modes import DIFFUSION_MODES, RUN_MODES, canonical
+
+OVERLONG_POLICIES = ("error", "truncate", "drop")
+FALLBACKS = ("last_number", "none")
+
+@dataclass
+class RenderConfig:
+    """How rows become token ids. Part of every score/selection fingerprint."""
+
+    chat_template: str = field(default="auto", metadata={"help": "auto | on | off: use the tokenizer's chat template",
+                                                         "switch": True})
+    system_prompt: str | None = field(default=None, metadata={"help": "system turn prepended to string prompts"})
+    separator: str = field(default="\n", metadata={"help": "between prompt and response without a template"})
+    add_eos: bool = field(default=True, metadata={"help": "append EOS to the response without a template"})
+    template_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra chat-template variables"})
+    max_length: int | None = field(default=None, metadata={"help": "max tokens per row (prompt + response)",
+                                                           "ge": 2})
+    overlong: str = field(default="error", metadata={"help": "error | truncate | drop for rows over max_length"})
+
+    def __post_init__(self) -> None:
+        check_fields(self, "render")
+        if isinstance(self.chat_template, bool):  # YAML 1.1: `off` and `on` are booleans
+            self.chat_template = "on" if self.chat_template else "off"
+        if self.overlong not in OVERLONG_POLICIES:
+            raise T3SError(f"overlong must be one of {OVERLONG_POLICIES}, got '{self.overlong}'")
+        if self.chat_template not in ("auto", "on", "off"):
+            raise T3SError(f"chat_template must be auto, on or off, got '{self.chat_template}'")
+
+
+
+
+NORMALIZE = ("kept", "response")
+# SFTConfig arguments t3s sets itself (`training_arguments`, `make_trainer`): `train.trainer` may not repeat them.
+# The value says where the setting lives instead.
+MANAGED = {
+    "output_dir": "--out", "max_steps": "train.max_steps", "use_cpu": "train.dtype (the precision plan)",
+    "bf16": "train.dtype (the precision plan)", "fp16": "train.dtype (the precision plan)",
+    "save_strategy": "train.save_steps", "disable_tqdm": "--quiet", "remove_unused_columns": "nothing (t3s needs its "
+    "own columns)", "max_length": "render.max_length", "dataset_kwargs": "nothing (t3s renders the rows itself)",
+    "logging_nan_inf_filter": "nothing (t3s stops on a non-finite loss)",
+}
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. Keys not listed here can be given under `trainer:` and go to TRL's SFTConfig as is
+    (e.g. `deepspeed`, `fsdp`, `eval_strategy`)."""
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate", "gt": 0, "le": 10,
+                                                         "why": "a larger one is a typo"})
+    max_steps: int = field(default=50, metadata={"help": "optimizer steps; 0 means use num_train_epochs", "ge": 0,
+                                                  "why": "0 trains num_train_epochs epochs"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "epochs when max_steps is 0", "gt": 0})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "rows per device per micro-batch", "ge": 1})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step", "ge": 1})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name"})
+    warmup_steps: float = field(default=0, metadata={"help": "warm-up steps (a float < 1 is a ratio)", "ge": 0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "ge": 0})
+    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 disables)", "ge": 0})
+    seed: int = field(default=42, metadata={"help": "data order and initialisation seed"})
+    normalize: str = field(default="kept", metadata={"help": "kept | response: loss denominator"})
+    dtype: str = field(default="auto", metadata={
+        "help": "compute dtype: auto | float32 | bfloat16 | float16 (GPU only); weights stay fp32 (t3s.models)"})
+    pure_bf16: bool = field(default=False, metadata={
+        "help": "bf16 weights updated in place, no fp32 master copy: half the memory, but most updates below "
+                "about 2^-9 of a weight are lost (at lr 1e-5: most of them)"})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (GPU)"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)", "ge": 0})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep Trainer checkpoints after success"})
+    logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps", "ge": 1})
+    report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | ..."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning)", "ge": 0})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha", "gt": 0})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout", "ge": 0, "lt": 1})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow remote code models"})
+    trainer: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra SFTConfig arguments"})
+
+    def __post_init__(self) -> None:
+        check_fields(self, "train")
+        own = {f.name for f in dataclasses.fields(self)} - {"trainer"}
+        for key in self.trainer:
+            if key in own or key in MANAGED:
+                where = f"train.{key}" if key in own else MANAGED[key]
+                raise T3SError(f"train.trainer.{key}: t3s sets '{key}' itself; use {where} instead")
+        if self.normalize not in NORMALIZE:
+            raise T3SError(f"normalize must be one of {NORMALIZE}, got '{self.normalize}'")
+
+
+
+
+@dataclass
+class ProbeConfig:
+    """Settings of the probe run (training itself uses the `train` section)."""
+
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: about 15 points per run)", "ge": 0})
+    subset: int = field(default=0, metadata={
+        "help": "training prompts evaluated (0: all), a fixed seeded subset", "ge": 0})
+    subset_seed: int = field(default=0, metadata={"help": "seed of the subsets"})
+    heldout_subset: int = field(default=0, metadata={
+        "help": "held-out prompts evaluated (0: all, -1: none)", "ge": -1})
+    k: int = field(default=1, metadata={"help": "samples per prompt: 1 = greedy, >1 = eval sampling, avg@k", "ge": 1})
+    online: bool = field(default=False, metadata={"help": "stop once a dip's minimum is confirmed"})
+    margin: float | None = field(default=None, metadata={
+        "help": "accuracy margin of a real dip and of the online stop (default: 2 standard errors of the step-0 "
+                "accuracy on the probe set)"})
+    patience: int = field(default=2, metadata={"help": "evaluations above min + margin before an online stop"})
+    markers: list[str] = field(default_factory=lambda: ["Wait"], metadata={"help": "style marker phrases"})
+    keep_all: bool = field(default=False, metadata={"help": "keep every evaluated checkpoint"})
+    continue_without_dip: bool = field(default=False, metadata={"help": "use the lowest checkpoint even with no dip"})
+    track_every: int = field(default=0, metadata={
+        "help": "pipeline: also evaluate every trained mode every N steps", "ge": 0})
+    track_subset: int = field(default=64, metadata={"help": "training prompts evaluated when tracking a mode", "ge": 1})
+    backend: str = field(default="hf", metadata={"help": "generation: hf | vllm (GPU only; engine from eval.vllm)"})
+
+    def __post_init__(self) -> None:
+        check_fields(self, "probe")
+        if self.patience < 1:
+            raise T3SError("probe.patience must be >= 1")
+        if self.margin is not None and not 0 <= self.margin < 1:
+            raise T3SError(f"probe.margin must be in [0, 1) (a fraction of accuracy), got {self.margin}")
+        if self.backend not in ("hf", "vllm"):
+            raise T3SError(f"probe.backend must be hf or vllm, got '{self.backend}'")
+        if not isinstance(self.markers, list) or not all(isinstance(m, str) for m in self.markers):
+            raise T3SError(f"probe.markers must be a list of phrases, got {self.markers!r}")
+
+
+
+
+@dataclass
+class GenConfig:
+    """Sampling settings for evaluation and the probe."""
+
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy", "ge": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling", "gt": 0, "le": 1})
+    max_new_tokens: int = field(default=512, metadata={"help": "generation budget per response"})
+    k: int = field(default=1, metadata={"help": "samples per prompt (avg@k, pass@k)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per generate() call"})
+    fallback: str = field(default="last_number", metadata={"help": "answer fallback: last_number | none"})
+    dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
+    backend: str = field(default="hf", metadata={"help": "hf (transformers generate) | vllm (GPU, optional)"})
+    model_defaults: bool = field(default=False, metadata={
+        "help": "false: generate with exactly these settings on every backend (no top-k, min-p or repetition "
+                "penalty); true: also apply the top_k, min_p and repetition_penalty of the model's "
+                "generation_config.json"})
+    vllm: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "vLLM engine arguments, e.g. {tensor_parallel_size: 8, gpu_memory_utilization: 0.9, max_model_len: 40000}"})
+
+    def __post_init__(self) -> None:
+        check_fields(self, "eval")
+        if self.fallback not in FALLBACKS:
+            raise T3SError(f"fallback must be one of {FALLBACKS}, got '{self.fallback}'")
+        if self.backend not in ("hf", "vllm"):
+            raise T3SError(f"backend must be hf or vllm, got '{self.backend}'")
+        if self.k < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise T3SError("k, max_new_tokens and batch_size must be >= 1")
+        if self.k > 1 and self.temperature == 0:
+            raise T3SError("k > 1 samples need temperature > 0 (greedy samples would all be the same)")
+
+
+
+
+SCHEDULES = ("llada", "dfactory")
+FORCED_WEIGHTS = ("one", "inverse_t")
+REMASKING = ("low_confidence", "random")
+# Which `diffusion` keys each kind of stage reads: a stage's fingerprint holds only its own, so changing a sampler
+# setting re-runs only the stages that sample, and τ only the selections.
+DIFFUSION_TRAINING_KEYS = ("mask_schedule", "eps", "t_min", "t_max", "forced_weight", "mask_token_id")
+DIFFUSION_SAMPLER_KEYS = ("gen_length", "block_length", "steps", "remasking", "mask_token_id")
+DIFFUSION_SELECTION_KEYS = ("tau",)
+
+
+@dataclass
+class DiffusionConfig:
+    """Masked-diffusion students: the training mask and the sampler (section `diffusion`)."""
+
+    mask_schedule: str = field(default="llada", metadata={"help": "llada: t~U(eps,1), CE weighted 1/t | "
+                                                                  "dfactory: t~U(t_min,t_max), no weight"})
+    eps: float = field(default=1e-3, metadata={"help": "llada: smallest noise level"})
+    t_min: float = field(default=0.3, metadata={"help": "dfactory: noise level range, low end"})
+    t_max: float = field(default=0.8, metadata={"help": "dfactory: noise level range, high end"})
+    tau: float = field(default=0.2, metadata={"help": "forced set: Δc < −tau (always masked)"})
+    forced_weight: str = field(default="one", metadata={
+        "help": "loss weight of a forced position: one (it is masked with probability 1) | inverse_t (1/t like "
+                "a randomly masked one: up-weights the forced set by a random factor)"})
+    mask_token_id: int | None = field(default=None, metadata={"help": "default: the tokenizer's or config's"})
+    gen_length: int = field(default=0, metadata={"help": "sampler canvas length (0: eval.max_new_tokens)"})
+    block_length: int = field(default=32, metadata={"help": "semi-autoregressive block length"})
+    steps: int = field(default=0, metadata={"help": "denoising steps over the canvas (0: gen_length)"})
+    remasking: str = field(default="low_confidence", metadata={"help": "low_confidence | random"})
+
+    def __post_init__(self) -> None:
+        check_fields(self, "diffusion")
+        if self.mask_schedule not in SCHEDULES:
+            raise T3SError(f"diffusion.mask_schedule must be one of {SCHEDULES}, got '{self.mask_schedule}'")
+        if self.forced_weight not in FORCED_WEIGHTS:
+            raise T3SError(f"diffusion.forced_weight must be one of {FORCED_WEIGHTS}, got '{self.forced_weight}'")
+        if self.remasking not in REMASKING:
+            raise T3SError(f"diffusion.remasking must be one of {REMASKING}, got '{self.remasking}'")
+        if not 0 < self.eps < 1:
+            raise T3SError("diffusion.eps must be in (0, 1)")
+        if not 0 < self.t_min <= self.t_max <= 1:
+            raise T3SError("diffusion needs 0 < t_min <= t_max <= 1")
+        if self.tau < 0:
+            raise T3SError("diffusion.tau must be >= 0")
+        if self.block_length < 1 or self.gen_length < 0 or self.steps < 0:
+            raise T3SError("diffusion.block_length must be >= 1; gen_length and steps >= 0")
+
+    def canvas(self, max_new_tokens: int) -> tuple[int, int, int]:
+        """(gen_length, block_length, steps) with the defaults filled in and checked."""
+        gen = self.gen_length or max_new_tokens
+        block = min(self.block_length, gen)
+        if gen % block:
+            raise T3SError(f"diffusion.gen_length ({gen}) must be a multiple of block_length ({block})")
+        steps = self.steps or gen
+        blocks = gen // block
+        if steps % blocks:
+            raise T3SError(f"diffusion.steps ({steps}) must be a multiple of the number of blocks ({blocks})")
+        if steps // blocks > block:
+            raise T3SError(f"diffusion.steps ({steps}) exceeds gen_length ({gen}): at most one step per token")
+        return gen, block, steps
+
+    def training(self) -> dict[str, Any]:
+        """The settings the diffusion loss reads (a training stage's fingerprint)."""
+        return {k: getattr(self, k) for k in DIFFUSION_TRAINING_KEYS}
+
+    def sampler(self) -> dict[str, Any]:
+        """The settings the diffusion sampler reads (a sampling stage's fingerprint)."""
+        return {k: getattr(self, k) for k in DIFFUSION_SAMPLER_KEYS}
+
+    def selection(self) -> dict[str, Any]:
+        """The settings a forced-set selection reads."""
+        return {k: getattr(self, k) for k in DIFFUSION_SELECTION_KEYS}
+
 
 MODES = RUN_MODES
 
@@ -71,7 +305,7 @@ class RunConfig:
     student: str | None = field(default=None, metadata={"help": "θ_0: model directory or hub id"})
     train_data: str | None = field(default=None, metadata={"help": "teacher traces with gold answers"})
     eval_data: str | None = field(default=None, metadata={"help": "held-out prompts with gold answers"})
-    modes: list[str] = field(default_factory=lambda: ["sft", "t3s"], metadata={"help": f"any of {MODES}"})
+    modes: list[str] = field(default_factory=lambda: ["sft", "t3s"], metadata={"help": f"any of {RUN_MODES}"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds (data order)"})
     threshold: float | str = field(default=0.0, metadata={
         "help": "anchors: Δc > threshold; auto: 0, with tokens near-certain at θ_0 and θ_b in neither group",
@@ -97,6 +331,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "")
+        if isinstance(self.modes, list):
+            self.modes = [canonical(m) if isinstance(m, str) else m for m in self.modes]  # `none` is `sft`
         if isinstance(self.threshold, str) and self.threshold != "auto":
             raise T3SError(f"threshold must be a number or auto, got '{self.threshold}'")
         if self.objective not in OBJECTIVES:

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from t3s import T3SError
 from t3s.artifacts import not_utf8, sha256_json
-from t3s.fields import check_fields
+from t3s.config import RenderConfig
 
-OVERLONG_POLICIES = ("error", "truncate", "drop")
 
 
 @dataclass
@@ -156,30 +155,6 @@ def data_fingerprint(rows: list[Row]) -> str:
 
 
 @dataclass
-class RenderConfig:
-    """How rows become token ids. Part of every score/selection fingerprint."""
-
-    chat_template: str = field(default="auto", metadata={"help": "auto | on | off: use the tokenizer's chat template",
-                                                         "switch": True})
-    system_prompt: str | None = field(default=None, metadata={"help": "system turn prepended to string prompts"})
-    separator: str = field(default="\n", metadata={"help": "between prompt and response without a template"})
-    add_eos: bool = field(default=True, metadata={"help": "append EOS to the response without a template"})
-    template_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra chat-template variables"})
-    max_length: int | None = field(default=None, metadata={"help": "max tokens per row (prompt + response)",
-                                                           "ge": 2})
-    overlong: str = field(default="error", metadata={"help": "error | truncate | drop for rows over max_length"})
-
-    def __post_init__(self) -> None:
-        check_fields(self, "render")
-        if isinstance(self.chat_template, bool):  # YAML 1.1: `off` and `on` are booleans
-            self.chat_template = "on" if self.chat_template else "off"
-        if self.overlong not in OVERLONG_POLICIES:
-            raise T3SError(f"overlong must be one of {OVERLONG_POLICIES}, got '{self.overlong}'")
-        if self.chat_template not in ("auto", "on", "off"):
-            raise T3SError(f"chat_template must be auto, on or off, got '{self.chat_template}'")
-
-
-@dataclass
 class Example:
     """One rendered row: response tokens are input_ids[prompt_len:]."""
 
@@ -203,7 +178,7 @@ def uses_template(tokenizer: Any, cfg: RenderConfig) -> bool:
     return has if cfg.chat_template == "auto" else cfg.chat_template == "on"
 
 
-def _messages(row: Row, cfg: RenderConfig) -> list[dict[str, str]]:
+def prompt_messages(row: Row, cfg: RenderConfig) -> list[dict[str, str]]:
     if isinstance(row.prompt, list):
         return list(row.prompt)
     msgs = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
@@ -213,7 +188,7 @@ def _messages(row: Row, cfg: RenderConfig) -> list[dict[str, str]]:
 def render_prompt(row: Row, tokenizer: Any, cfg: RenderConfig, template: bool) -> tuple[list[int], str]:
     """Token ids of the prompt as the model sees it before its answer, and the same as text."""
     if template:
-        text = _apply_template(row, tokenizer, cfg, _messages(row, cfg), add_generation_prompt=True)
+        text = _apply_template(row, tokenizer, cfg, prompt_messages(row, cfg), add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         if isinstance(row.prompt, list):
@@ -250,7 +225,7 @@ def _apply_template(row: Row, tokenizer: Any, cfg: RenderConfig, msgs: list[dict
 def _turn_end(row: Row, tokenizer: Any, cfg: RenderConfig, prefix: str) -> tuple[str, str]:
     """(prefill, end): what the template's generation prompt adds after the assistant header, and the text it
     puts after an assistant turn's content (e.g. `<|im_end|>\n`), read from a rendering of a sentinel turn."""
-    full = _apply_template(row, tokenizer, cfg, _messages(row, cfg) + [{"role": "assistant", "content": _SENTINEL}])
+    full = _apply_template(row, tokenizer, cfg, prompt_messages(row, cfg) + [{"role": "assistant", "content": _SENTINEL}])
     at = full.rfind(_SENTINEL)
     if at < 0:
         raise T3SError(f"{row.where}: the chat template drops the assistant's content; cannot find the response "
@@ -289,7 +264,7 @@ def render_response(row: Row, tokenizer: Any, cfg: RenderConfig, prefix: str) ->
     trace without one (Qwen3 thinking mode renders it as a non-thinking answer after an empty think block) is
     refused: the student would silently learn not to think."""
     resp = row.response
-    msgs = _messages(row, cfg) + [{"role": "assistant", "content": resp}]
+    msgs = prompt_messages(row, cfg) + [{"role": "assistant", "content": resp}]
     full = _apply_template(row, tokenizer, cfg, msgs)
     pre = think_prefill(prefix)
     want = (resp.count(THINK_OPEN) + (1 if pre and not resp.lstrip().startswith(THINK_OPEN) else 0),
@@ -422,3 +397,8 @@ def fingerprints(rows: list[Row], tokenizer: Any, cfg: RenderConfig) -> dict[str
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "template": template_fingerprint(tokenizer, cfg),
     }
+
+
+def file_fingerprint(path: str | Path, need_response: bool) -> str:
+    """The fingerprint of a data file's rows: a training set (with responses) or prompts with gold answers."""
+    return data_fingerprint(load_rows(path, need_response=need_response, need_answer=not need_response))

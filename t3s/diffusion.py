@@ -1,5 +1,6 @@
-"""The masked-diffusion (LLaDA-style) objective and sampler. Everything else (data, probe, scoring, selection,
-evaluation, `t3s run`) is shared with the autoregressive path.
+"""The masked-diffusion (LLaDA-style) loss, sampler and model loading: the machinery behind the
+`MaskedDiffusion` objective (`t3s.objectives.masked`). Everything else (data, probe, scoring, selection,
+evaluation, `t3s run`) is shared with the autoregressive path through the objective interface.
 
 Training (`diffusion_loss`): the student is a bidirectional mask predictor. Each row's response is padded with
 EOS to the longest response of its micro-batch (LLaDA's SFT recipe: the padding EOS tokens are ordinary
@@ -45,7 +46,6 @@ import hashlib
 import inspect
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,65 +53,11 @@ import numpy as np
 import torch
 
 from t3s import T3SError, dist
-from t3s.fields import check_fields
-
-SCHEDULES = ("llada", "dfactory")
-FORCED_WEIGHTS = ("one", "inverse_t")
-REMASKING = ("low_confidence", "random")
-DIFFUSION_FORCED_MODES = ("t3s", "random")  # modes with a forced set; `sft` is the random mask only
-DIFFUSION_MODES = ("sft", *DIFFUSION_FORCED_MODES)
-
-
-@dataclass
-class DiffusionConfig:
-    """Masked-diffusion students: the training mask and the sampler (section `diffusion`)."""
-
-    mask_schedule: str = field(default="llada", metadata={"help": "llada: t~U(eps,1), CE weighted 1/t | "
-                                                                  "dfactory: t~U(t_min,t_max), no weight"})
-    eps: float = field(default=1e-3, metadata={"help": "llada: smallest noise level"})
-    t_min: float = field(default=0.3, metadata={"help": "dfactory: noise level range, low end"})
-    t_max: float = field(default=0.8, metadata={"help": "dfactory: noise level range, high end"})
-    tau: float = field(default=0.2, metadata={"help": "forced set: Δc < −tau (always masked)"})
-    forced_weight: str = field(default="one", metadata={
-        "help": "loss weight of a forced position: one (it is masked with probability 1) | inverse_t (1/t like "
-                "a randomly masked one: up-weights the forced set by a random factor)"})
-    mask_token_id: int | None = field(default=None, metadata={"help": "default: the tokenizer's or config's"})
-    gen_length: int = field(default=0, metadata={"help": "sampler canvas length (0: eval.max_new_tokens)"})
-    block_length: int = field(default=32, metadata={"help": "semi-autoregressive block length"})
-    steps: int = field(default=0, metadata={"help": "denoising steps over the canvas (0: gen_length)"})
-    remasking: str = field(default="low_confidence", metadata={"help": "low_confidence | random"})
-
-    def __post_init__(self) -> None:
-        check_fields(self, "diffusion")
-        if self.mask_schedule not in SCHEDULES:
-            raise T3SError(f"diffusion.mask_schedule must be one of {SCHEDULES}, got '{self.mask_schedule}'")
-        if self.forced_weight not in FORCED_WEIGHTS:
-            raise T3SError(f"diffusion.forced_weight must be one of {FORCED_WEIGHTS}, got '{self.forced_weight}'")
-        if self.remasking not in REMASKING:
-            raise T3SError(f"diffusion.remasking must be one of {REMASKING}, got '{self.remasking}'")
-        if not 0 < self.eps < 1:
-            raise T3SError("diffusion.eps must be in (0, 1)")
-        if not 0 < self.t_min <= self.t_max <= 1:
-            raise T3SError("diffusion needs 0 < t_min <= t_max <= 1")
-        if self.tau < 0:
-            raise T3SError("diffusion.tau must be >= 0")
-        if self.block_length < 1 or self.gen_length < 0 or self.steps < 0:
-            raise T3SError("diffusion.block_length must be >= 1; gen_length and steps >= 0")
-
-    def canvas(self, max_new_tokens: int) -> tuple[int, int, int]:
-        """(gen_length, block_length, steps) with the defaults filled in and checked."""
-        gen = self.gen_length or max_new_tokens
-        block = min(self.block_length, gen)
-        if gen % block:
-            raise T3SError(f"diffusion.gen_length ({gen}) must be a multiple of block_length ({block})")
-        steps = self.steps or gen
-        blocks = gen // block
-        if steps % blocks:
-            raise T3SError(f"diffusion.steps ({steps}) must be a multiple of the number of blocks ({blocks})")
-        if steps // blocks > block:
-            raise T3SError(f"diffusion.steps ({steps}) exceeds gen_length ({gen}): at most one step per token")
-        return gen, block, steps
-
+from t3s.config import DiffusionConfig, GenConfig, RenderConfig, TrainConfig
+from t3s.data import Row
+from t3s.models import Precision
+from t3s.modes import DIFFUSION_FORCED_MODES, DIFFUSION_MODES  # noqa: F401 -- imported from here by users
+from t3s.objectives.base import Prepared, finite_loss_callback, quiet, training_arguments
 
 # ----------------------------------------------------------------------------------------------- models
 
@@ -124,7 +70,7 @@ def read_config(path: str | Path, trust_remote_code: bool = False) -> dict[str, 
     the local cache, offline-aware; no remote code is run)."""
     from transformers import PretrainedConfig
 
-    from t3s.models import _hub_kwargs, resolve_model_path
+    from t3s.models import hub_kwargs, resolve_model_path
 
     p = Path(resolve_model_path(path))
     if p.is_dir():
@@ -132,7 +78,7 @@ def read_config(path: str | Path, trust_remote_code: bool = False) -> dict[str, 
             return json.loads((p / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise T3SError(f"{p / 'config.json'}: cannot read the model's config ({e})") from None
-    kw = _hub_kwargs(trust_remote_code)
+    kw = hub_kwargs(trust_remote_code)
     try:
         cfg, _ = PretrainedConfig.get_config_dict(str(path), local_files_only=kw["local_files_only"])
     except (OSError, ValueError) as e:
@@ -188,15 +134,15 @@ def _has_head(model: Any) -> bool:
     return logits is not None and (vocab is None or logits.shape[-1] >= vocab)
 
 
-def load_mask_predictor(path: str | Path, precision: Any, trust_remote_code: bool = False) -> Any:
+def load_mask_predictor(path: str | Path, precision: Precision, trust_remote_code: bool = False) -> Any:
     """Any AutoModelForMaskedLM, or a remote-code model (LLaDA, LLaDA-2) through the class that has its LM head
     (`mask_predictor_class`); a model without a head is refused."""
     import transformers
 
-    from t3s.models import _hub_kwargs, load_error, resolve_model_path
+    from t3s.models import hub_kwargs, load_error, resolve_model_path
 
     path = resolve_model_path(path)
-    kw = {"dtype": precision.weights, **_hub_kwargs(trust_remote_code)}
+    kw = {"dtype": precision.weights, **hub_kwargs(trust_remote_code)}
     key = mask_predictor_class(read_config(path, trust_remote_code))
     try:
         model = getattr(transformers, key).from_pretrained(path, **kw)
@@ -362,12 +308,10 @@ def trainer_class():
     return DiffusionTrainer
 
 
-def make_trainer(model: Any, data: Any, cfg: Any, dcfg: DiffusionConfig, output_dir: str | Path, *,
+def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, dcfg: DiffusionConfig, output_dir: str | Path, *,
                  progress: bool = True, callbacks: list | None = None) -> Any:
-    """The diffusion counterpart of `t3s.train.make_trainer` (same TrainConfig, same precision rules)."""
+    """The diffusion counterpart of the autoregressive trainer (same TrainConfig, same precision rules)."""
     from transformers import TrainingArguments
-
-    from t3s.train import finite_loss_callback, training_arguments
 
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
@@ -384,17 +328,13 @@ def make_trainer(model: Any, data: Any, cfg: Any, dcfg: DiffusionConfig, output_
         diffusion=dcfg,
         mask_id=mask_token_id(model, tok, dcfg.mask_token_id),
     )
-    if not progress:
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    return trainer
+    return quiet(trainer, progress)
 
 
 # ----------------------------------------------------------------------------------------------- selector
 
 
-def response_spans(row: Any, tokenizer: Any, rcfg: Any, n_tokens: int) -> list[tuple[int, int] | None]:
+def response_spans(row: Row, tokenizer: Any, rcfg: RenderConfig, n_tokens: int) -> list[tuple[int, int] | None]:
     """Character span of each response token within the row's response text (None: no characters of it, e.g.
     EOS or an end-of-turn marker)."""
     from t3s.data import render_prompt, render_response, render_row, uses_template
@@ -440,7 +380,7 @@ def project_row(delta: np.ndarray, src: list[tuple[int, int] | None], dst: list[
     return out
 
 
-def projector(rows: list, student_tok: Any, selector_tok: Any, rcfg: Any):
+def projector(rows: list[Row], student_tok: Any, selector_tok: Any, rcfg: RenderConfig):
     """The `project` argument of `t3s.select.select_forced` for a student whose tokenizer differs from the
     selector's: Δc moves onto the student's response tokens through character offsets (`project_row`)."""
     from t3s.data import fingerprints, render_rows
@@ -477,13 +417,13 @@ def _transfer_counts(n_masked: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample(model: Any, tok: Any, prompts: list[list[int]], gcfg: Any, dcfg: DiffusionConfig, precision: Any,
+def sample(model: Any, tok: Any, prompts: list[list[int]], gcfg: GenConfig, dcfg: DiffusionConfig, precision: Precision,
            progress: bool = True, desc: str = "sample") -> list[list[Any]]:
     """k samples per prompt with the reverse process described in the module docstring. Same output as
     `t3s.evaluate.generate`: per prompt a list of Generation(token_ids before the first EOS, text, truncated)."""
     from tqdm.auto import tqdm
 
-    from t3s.evaluate import Generation, eos_ids
+    from t3s.generation import Generation, eos_ids
 
     gen_len, block, steps = dcfg.canvas(gcfg.max_new_tokens)
     per_block = steps // (gen_len // block)

@@ -290,7 +290,7 @@ def load_error(what: str, path: str | Path, e: BaseException) -> T3SError:
     return T3SError(f"cannot load {what} from '{path}': {text}")
 
 
-def _hub_kwargs(trust_remote_code: bool) -> dict[str, Any]:
+def hub_kwargs(trust_remote_code: bool) -> dict[str, Any]:
     # transformers and huggingface_hub honour HF_HUB_OFFLINE themselves; local_files_only makes the intent explicit.
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     return {"trust_remote_code": trust_remote_code, "local_files_only": offline}
@@ -304,7 +304,7 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
         raise T3SError(f"{path}: no tokenizer files (none of {', '.join(TOKENIZER_FILES[:2])}, ...); copy in the "
                        "tokenizer of the model it was trained from")
     try:
-        tok = AutoTokenizer.from_pretrained(path, **_hub_kwargs(trust_remote_code))
+        tok = AutoTokenizer.from_pretrained(path, **hub_kwargs(trust_remote_code))
     except Exception as e:  # noqa: BLE001 -- a user's files: any failure is one line naming them
         raise load_error("a tokenizer", path, e) from e
     if tok.pad_token_id is None:
@@ -320,7 +320,7 @@ def load_causal_lm(path: str | Path, precision: Precision, trust_remote_code: bo
 
     path = resolve_model_path(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.weights, **_hub_kwargs(trust_remote_code))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.weights, **hub_kwargs(trust_remote_code))
     except Exception as e:  # noqa: BLE001 -- a user's files: any failure is one line naming them
         raise load_error("a causal LM", path, e) from e
     return model.to(precision.device) if place else model

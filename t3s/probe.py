@@ -26,7 +26,6 @@ import json
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,43 +33,9 @@ import numpy as np
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import write_json
-from t3s.fields import check_fields
-
-
-@dataclass
-class ProbeConfig:
-    """Settings of the probe run (training itself uses the `train` section)."""
-
-    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: about 15 points per run)", "ge": 0})
-    subset: int = field(default=0, metadata={
-        "help": "training prompts evaluated (0: all), a fixed seeded subset", "ge": 0})
-    subset_seed: int = field(default=0, metadata={"help": "seed of the subsets"})
-    heldout_subset: int = field(default=0, metadata={
-        "help": "held-out prompts evaluated (0: all, -1: none)", "ge": -1})
-    k: int = field(default=1, metadata={"help": "samples per prompt: 1 = greedy, >1 = eval sampling, avg@k", "ge": 1})
-    online: bool = field(default=False, metadata={"help": "stop once a dip's minimum is confirmed"})
-    margin: float | None = field(default=None, metadata={
-        "help": "accuracy margin of a real dip and of the online stop (default: 2 standard errors of the step-0 "
-                "accuracy on the probe set)"})
-    patience: int = field(default=2, metadata={"help": "evaluations above min + margin before an online stop"})
-    markers: list[str] = field(default_factory=lambda: ["Wait"], metadata={"help": "style marker phrases"})
-    keep_all: bool = field(default=False, metadata={"help": "keep every evaluated checkpoint"})
-    continue_without_dip: bool = field(default=False, metadata={"help": "use the lowest checkpoint even with no dip"})
-    track_every: int = field(default=0, metadata={
-        "help": "pipeline: also evaluate every trained mode every N steps", "ge": 0})
-    track_subset: int = field(default=64, metadata={"help": "training prompts evaluated when tracking a mode", "ge": 1})
-    backend: str = field(default="hf", metadata={"help": "generation: hf | vllm (GPU only; engine from eval.vllm)"})
-
-    def __post_init__(self) -> None:
-        check_fields(self, "probe")
-        if self.patience < 1:
-            raise T3SError("probe.patience must be >= 1")
-        if self.margin is not None and not 0 <= self.margin < 1:
-            raise T3SError(f"probe.margin must be in [0, 1) (a fraction of accuracy), got {self.margin}")
-        if self.backend not in ("hf", "vllm"):
-            raise T3SError(f"probe.backend must be hf or vllm, got '{self.backend}'")
-        if not isinstance(self.markers, list) or not all(isinstance(m, str) for m in self.markers):
-            raise T3SError(f"probe.markers must be a list of phrases, got {self.markers!r}")
+from t3s.config import DiffusionConfig, GenConfig, ProbeConfig, RenderConfig, RunConfig  # noqa: F401 -- ProbeConfig: imported from here
+from t3s.models import Precision
+from t3s.objectives import Objective, Prepared
 
 
 # ----------------------------------------------------------------------------------------------- rules
@@ -163,14 +128,12 @@ class ProbeRunner:
     """Evaluates the model being trained; used as a TrainerCallback's workhorse."""
 
     def __init__(self, out: Path, data: Any, heldout: list | None, cfg: ProbeConfig, gen: Any,
-                 rcfg: Any, precision: Any, max_steps: int, progress: bool, log: Any = print,
-                 track: bool = False, diffusion: Any = None):
-        from t3s.evaluate import GenConfig
-
+                 rcfg: RenderConfig, precision: Precision, max_steps: int, progress: bool, log: Any = print,
+                 track: bool = False, objective: Objective | None = None):
         self.out, self.cfg, self.rcfg, self.precision, self.progress, self.log = out, cfg, rcfg, precision, progress, log
         self.tok = data.tokenizer
         self.track = track  # tracking a trained mode: no checkpoints, no held-out set
-        self.diffusion = diffusion  # a masked-diffusion student: its sampler, no teacher-forced confidence
+        self.objective = objective or data.objective  # how the student generates, and its confidence
         self.every = cfg.track_every if track else cfg.eval_every  # 0: set at the start of training
         if self.every <= 0 and max_steps > 0:
             self.every = max(1, round(max_steps / 15))
@@ -186,7 +149,6 @@ class ProbeRunner:
             self.heldout = [heldout[i] for i in _subset(len(heldout), cfg.heldout_subset, cfg.subset_seed)]
         greedy = cfg.k == 1
         self.gen = dataclasses.replace(gen, k=cfg.k, temperature=0.0 if greedy else gen.temperature)
-        assert isinstance(self.gen, GenConfig)
         self.points: list[dict[str, Any]] = []
         self.token_logprobs: dict[int, np.ndarray] = {}
         self.best: tuple[float, int] | None = None
@@ -202,29 +164,25 @@ class ProbeRunner:
 
     def evaluate(self, model: Any, step: int, log_history: list[dict[str, Any]]) -> dict[str, Any]:
         from t3s.evaluate import evaluate_model, metrics
-        from t3s.score import response_logprobs
 
         was_training = model.training
         model.eval()
         t_gen = time.perf_counter()
         train_s = evaluate_model(model, self.tok, self.train_rows, self.rcfg, self.gen, self.precision,
-                                 progress=self.progress, desc=f"probe step {step}", diffusion=self.diffusion,
+                                 progress=self.progress, desc=f"probe step {step}", objective=self.objective,
                                  generator=self.generator)
         m = metrics(train_s)
         held = None
         if self.heldout:
             hs = evaluate_model(model, self.tok, self.heldout, self.rcfg, self.gen, self.precision,
-                                progress=self.progress, desc=f"held-out step {step}", diffusion=self.diffusion,
+                                progress=self.progress, desc=f"held-out step {step}", objective=self.objective,
                                 generator=self.generator)
             held = metrics(hs)["accuracy"]
         t_score = time.perf_counter()
         self.seconds["generation"] += t_score - t_gen
         confidence = None
-        if self.diffusion is None:
-            lps = dist.map_forward(  # several processes share the rows
-                model, lambda part: response_logprobs(model, part, self.precision, progress=False,
-                                                      pad_id=self.tok.pad_token_id),
-                self.examples, [len(e.input_ids) for e in self.examples])
+        lps = self.objective.confidence(model, self.examples, self.precision, self.tok.pad_token_id)
+        if lps is not None:  # a mask predictor has no teacher-forced confidence
             flat = np.concatenate(lps)
             self.token_logprobs[step] = flat
             confidence = float(flat.mean())
@@ -267,7 +225,10 @@ class ProbeRunner:
             if self.cfg.keep_all:
                 _save_model(model, self.tok, self.out / "checkpoints" / f"step-{step}", step, self.trainer)
         self.seconds["checkpoints"] += time.perf_counter() - t_save
-        fmt = lambda x, pct=True: "-" if x is None else (f"{100 * x:.1f}%" if pct else f"{x:.3f}")  # noqa: E731
+
+        def fmt(x: float | None, pct: bool = True) -> str:
+            return "-" if x is None else (f"{100 * x:.1f}%" if pct else f"{x:.3f}")
+
         self.log(f"{'track' if self.track else 'probe'} step {step:>5}: loss {fmt(point['loss'], False)}  train acc {fmt(point['train_accuracy'])}"
                  f"  held-out {fmt(held)}  confidence {fmt(confidence, False)}  length {point['length']:.1f}"
                  f"  markers {fmt(point['marker_rate'])}")
@@ -275,13 +236,13 @@ class ProbeRunner:
         return point
 
 
-def tracking_callback(out: Path, data: Any, cfg: Any, precision: Any, max_steps: int,
+def tracking_callback(out: Path, data: Prepared, cfg: RunConfig, precision: Precision, max_steps: int,
                       progress: bool, log: Any = print):
     """A callback that evaluates a training run like the probe (on `probe.track_subset` prompts, every
     `probe.track_every` steps) and appends to `out/trajectory.jsonl` (from the start of training, after
     `t3s.train.train` has cleared `out`); nothing else is saved."""
     runner = ProbeRunner(out, data, None, cfg.probe, cfg.eval, cfg.render, precision, max_steps, progress,
-                         log, track=True, diffusion=cfg.diffusion if cfg.objective == "diffusion" else None)
+                         log, track=True)
     return _callback(runner)
 
 
@@ -350,41 +311,34 @@ def plot_trajectory(points: list[dict[str, Any]], bottleneck_step: int | None, p
     tmp.replace(path)
 
 
-def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, heldout_path: str | None = None,
+def run_probe(model_path: str, data_path: str, out: str | Path, cfg: RunConfig, *, heldout_path: str | None = None,
               overwrite: bool = False, progress: bool = True, log: Any = print,
-              diffusion: Any = None) -> dict[str, Any]:
+              objective: Objective | DiffusionConfig | None = None) -> dict[str, Any]:
     """Run the probe into `out` (atomically). `cfg` is a RunConfig; its train, render, probe and eval sections
-    are used. `diffusion` (a DiffusionConfig): the model is a masked-diffusion student, trained with the
-    diffusion objective (random mask only: its SFT) and evaluated with the diffusion sampler."""
+    are used. `objective` (default: autoregressive): a masked-diffusion student is trained with its own
+    objective (the random mask only: its SFT) and evaluated with its sampler."""
     from t3s.data import load_rows
-    from t3s.models import describe, device_info, load_causal_lm, model_fingerprint
+    from t3s.models import describe, device_info, model_fingerprint
+    from t3s.objectives import as_objective
     from t3s.train import make_trainer, plan_for, prepare, training_arguments
 
     pcfg, tcfg = cfg.probe, cfg.train
-    if diffusion is not None and pcfg.backend == "vllm":  # before any work: vLLM has no diffusion models
-        raise T3SError("probe.backend=vllm generates with autoregressive students only; a masked-diffusion student "
-                       "is probed with its own sampler (probe.backend=hf)")
+    objective = as_objective(objective)
+    objective.check_backend(pcfg.backend, "probe.backend")  # before any work
     dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
     plan = plan_for(tcfg)
     precision = plan.inference()  # the live model is evaluated and scored as it trains
     if dist.is_main():
         log(f"probe training {describe(plan)}")
-    data = prepare(model_path, data_path, tcfg, cfg.render, diffusion=diffusion)
+    data = prepare(model_path, data_path, tcfg, cfg.render, objective=objective)
     heldout = load_rows(heldout_path, need_response=False, need_answer=True) if heldout_path else None
     with dist.atomic_dir(out, overwrite) as tmp:  # several processes: the main one writes
         args = (data, dataclasses.replace(tcfg, save_steps=0))
         zero3 = dist.zero3_init_args(training_arguments(args[1], tmp / "trainer", progress))  # noqa: F841
-        if diffusion is None:
-            model = load_causal_lm(model_path, precision, tcfg.trust_remote_code,
-                                   place=not dist.launched())  # several processes: the Trainer places it
-            trainer = make_trainer(model, *args, tmp / "trainer", progress=progress)
-        else:
-            from t3s import diffusion as dlm
-
-            model = dlm.load_mask_predictor(model_path, precision, tcfg.trust_remote_code)
-            trainer = dlm.make_trainer(model, *args, diffusion, tmp / "trainer", progress=progress)
-        runner = ProbeRunner(tmp, data, heldout, pcfg, cfg.eval, cfg.render, precision,
-                             tcfg.max_steps, progress, log, diffusion=diffusion)
+        model = objective.load(model_path, precision, tcfg.trust_remote_code,
+                               place=not dist.launched())  # several processes: the Trainer places it
+        trainer = make_trainer(model, *args, tmp / "trainer", progress=progress)
+        runner = ProbeRunner(tmp, data, heldout, pcfg, cfg.eval, cfg.render, precision, tcfg.max_steps, progress, log)
         runner.trainer = trainer
         if pcfg.backend == "vllm":
             from t3s.vllm_backend import ProbeGenerator
@@ -429,7 +383,7 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: Any, *, hel
             # wall time of the Trainer's run, split: optimizer steps vs the evaluations made along the way
             "seconds": {"run": t_train, **runner.seconds,
                         "training": t_train - sum(runner.seconds.values())},
-            "objective": "ar" if diffusion is None else "diffusion",
+            "objective": objective.name,
             "precision": plan.name,
             "precision_plan": plan.as_dict(),
             "device": device_info(plan.device),

@@ -408,8 +408,8 @@ def _mixture_report(run: Path, summary: dict[str, Any], gradients: bool, log: An
 
 def _md_table(summary: dict[str, Any]) -> str:
     k = summary["k"]
-    diffusion = summary.get("objective") == "diffusion"
-    frac, col = ("forced_fraction", "forced tokens %") if diffusion else ("dropped_fraction", "dropped tokens %")
+    forced = "forced_fraction" in summary["rows"][0]  # the rows carry the statistic of the run's selections
+    frac, col = ("forced_fraction", "forced tokens %") if forced else ("dropped_fraction", "dropped tokens %")
     head = (f"<table><tr><th>method</th><th>accuracy % (avg@{k})</th><th>Δ vs base</th><th>pass@{k} %</th>"
             f"<th>mean tokens</th><th>{col}</th><th>per seed</th></tr>")
     body = []

@@ -22,7 +22,9 @@ import torch
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import atomic_dir, read_json, write_json
+from t3s.config import RenderConfig, ScoreConfig
 from t3s.data import Example
+from t3s.models import Precision
 
 SCORES_FILE = "scores.parquet"
 META_FILE = "meta.json"
@@ -82,7 +84,7 @@ def default_batch_tokens(device: str) -> int:
 def response_logprobs(
     model: Any,
     examples: list[Example],
-    precision: Any,
+    precision: Precision,
     *,
     batch_tokens: int = 0,
     max_batch: int = 64,
@@ -182,7 +184,7 @@ def _score_batches(backbone, head, transform, examples, precision, device, batch
 
 
 @torch.no_grad()
-def check_against_forward(model: Any, example: Example, logprobs: np.ndarray, precision: Any) -> float:
+def check_against_forward(model: Any, example: Example, logprobs: np.ndarray, precision: Precision) -> float:
     """Max |difference| between the fast scorer and the model's own forward (full logits) on one example."""
     device = next(model.parameters()).device
     ids = torch.tensor([example.input_ids], device=device)
@@ -284,7 +286,7 @@ def check_finite_scores(examples: list[Example], logprobs: list[np.ndarray], mod
 CHECK_TOL = {"float32": 1e-3, "other": 0.25}
 
 
-def run_score(model_path: str, data_path: str, out: str | Path, rcfg: Any, scfg: Any, *, split: str | None = None,
+def run_score(model_path: str, data_path: str, out: str | Path, rcfg: RenderConfig, scfg: ScoreConfig, *, split: str | None = None,
               trust_remote_code: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """`t3s score`: render the rows, score every response token, self-check one row, write the score set."""
     import sys

@@ -5,7 +5,7 @@
 - `static-high` / `static-low`: drop the tokens with the highest / lowest initial confidence c_t(θ_0), as many as
   `t3s` drops (matched over the whole data set; ties broken by position, stable).
 - `random`: drop as many tokens as `t3s`, uniformly at random without replacement (seeded).
-- `none`: keep every response token (plain SFT; `sft` is the same).
+- `sft`: keep every response token (plain SFT; `none`, its old name, is still accepted).
 
 Controls of the paper's claims (`t3s run` computes their scores itself; by hand, pass them to `t3s select`):
 - `t3s-final` / `t3s-early`: the `t3s` rule with θ_b replaced by the probe's end point θ_T, or by an evaluated
@@ -31,13 +31,10 @@ import numpy as np
 
 from t3s import T3SError, __version__
 from t3s.artifacts import atomic_dir, read_json, write_json
-from t3s.modes import SELECTION_MODES
+from t3s.modes import ALIASES, DIFFUSION_MODES, NEEDS_REFERENCE, RULE_OF_T3S, SELECTION_MODES, canonical
 from t3s.score import ScoreSet
 
-MODES = (*SELECTION_MODES, "sft", "none")  # `none` (= sft): keep every token
-# The modes whose rule is t3s's, on another checkpoint's scores; and the one that needs a reference (θ_T) too.
-RULE_OF_T3S = ("t3s", "t3s-final", "t3s-early")
-NEEDS_REFERENCE = ("excess-loss",)
+MODES = (*SELECTION_MODES, "sft", *ALIASES)  # `sft` (or its old name `none`): keep every token
 NEAR_CERTAIN = 0.01  # `threshold: auto`: p > 1 − this at both checkpoints is settled
 SELECTION_FILE = "selection.parquet"
 META_FILE = "selection.json"
@@ -149,7 +146,7 @@ def select(
     """The keep-mask of `mode` from the scores of θ_0 and θ_b (for `t3s-final` / `t3s-early`: the scores of θ_T or
     of the earlier checkpoint in θ_b's place). `reference`: the scores of θ_T, for `excess-loss`; its drop count
     is matched to t3s's on (θ_0, θ_b)."""
-    threshold = parse_threshold(threshold)
+    threshold, mode = parse_threshold(threshold), canonical(mode)
     check_compatible(init, bottleneck)
     gain = None
     if mode in NEEDS_REFERENCE:
@@ -207,8 +204,6 @@ def forced_mask(mode: str, delta: np.ndarray, tau: float, seed: int = 0) -> np.n
     """Flat forced set over the student's response tokens (True = always masked). NaN Δc (no selector token
     overlaps the student token) is never forced. `t3s`: Δc < −tau; `random`: as many positions, uniformly at
     random among those with a Δc (seeded); `sft`: none."""
-    from t3s.diffusion import DIFFUSION_MODES
-
     if mode not in DIFFUSION_MODES:
         raise T3SError(f"unknown forced-set mode '{mode}' (choose from {', '.join(DIFFUSION_MODES)})")
     known = ~np.isnan(delta)
@@ -230,7 +225,7 @@ def select_forced(
     `project`: None when the student shares the selector's tokenizer; otherwise a function
     (selection with the selector's Δc) -> (Δc per row on the student's tokens, student response ids per row,
     student fingerprints, student tokens with no overlapping selector token)."""
-    base = select(init, bottleneck, "none", 0.0, seed, bottleneck_step)
+    base = select(init, bottleneck, "sft", 0.0, seed, bottleneck_step)
     delta_rows, response_ids, fps, no_overlap = base.delta, base.response_ids, base.meta["fingerprints"], 0
     if project is not None:
         delta_rows, response_ids, fps, no_overlap = project(base)
@@ -298,7 +293,7 @@ def load_selection(path: str | Path) -> Selection:
 
 def summary_line(meta: dict[str, Any]) -> str:
     s = meta["stats"]
-    if meta.get("objective") == "diffusion":
+    if "forced_tokens" in s:  # a forced set (a masked-diffusion student's selection)
         extra = f", {s['no_overlap_tokens']} student tokens without a selector token" if meta.get("projected") else ""
         return (f"mode={meta['mode']} tau={meta['tau']}: {s['tokens']} response tokens, forced (always masked) "
                 f"{s['forced_tokens']} ({100 * s['forced_fraction']:.2f}%){extra}")

@@ -107,15 +107,15 @@ def _pretrain(model_dir: Path, data: Path, steps: int, diffusion: bool) -> None:
     """Train a tiny model in place on `data` with t3s's own trainer (quietly)."""
     import shutil
 
-    from t3s.data import RenderConfig
-    from t3s.diffusion import DiffusionConfig
-    from t3s.train import TrainConfig, train
+    from t3s.config import RenderConfig, TrainConfig
+    from t3s.objectives import Autoregressive, MaskedDiffusion
+    from t3s.train import train
 
     cfg = TrainConfig(learning_rate=3e-3, max_steps=steps, per_device_train_batch_size=16, dtype="float32",
                       lr_scheduler_type="cosine", logging_steps=max(1, steps))
     work = model_dir.with_name(f".{model_dir.name}.pretrain")
     train(str(model_dir), str(data), work, cfg, RenderConfig(), progress=False,
-          diffusion=DiffusionConfig() if diffusion else None)
+          objective=MaskedDiffusion() if diffusion else Autoregressive())
     shutil.rmtree(model_dir)
     (work / "model").rename(model_dir)
     (model_dir / "t3s_step.json").unlink(missing_ok=True)  # this is θ_0 of the runs that start from it

@@ -235,7 +235,7 @@ def openai_teacher(model: str, cfg: TracesConfig, rcfg: RenderConfig) -> Teacher
         import openai
     except ImportError:
         raise T3SError("an endpoint teacher needs the openai package (pip install openai)") from None
-    from t3s.data import _messages
+    from t3s.data import prompt_messages
 
     if not cfg.base_url:
         raise T3SError("an endpoint teacher needs base_url")
@@ -248,7 +248,7 @@ def openai_teacher(model: str, cfg: TracesConfig, rcfg: RenderConfig) -> Teacher
         res = Result(req.row.id, req.sample)
         try:
             resp = client.chat.completions.create(
-                model=model, messages=_messages(req.row, rcfg), temperature=cfg.temperature, top_p=cfg.top_p,
+                model=model, messages=prompt_messages(req.row, rcfg), temperature=cfg.temperature, top_p=cfg.top_p,
                 max_tokens=cfg.max_tokens, seed=req.seed, extra_body=cfg.extra_body or None)
             res.text, res.reasoning, res.finish_reason, res.tokens = parse_completion(resp)
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from t3s import T3SError, dist
+from t3s.config import GenConfig
 
 BACKENDS = ("hf", "vllm")
 SEED_STRIDE = 100_003
@@ -35,13 +36,13 @@ def require_vllm() -> Any:
     return vllm
 
 
-def sampling_kwargs(cfg: Any, stops: list[int], index: int, gen_config: Any = None) -> dict[str, Any]:
+def sampling_kwargs(cfg: GenConfig, stops: list[int], index: int, gen_config: Any = None) -> dict[str, Any]:
     """vLLM SamplingParams arguments for prompt number `index` under a GenConfig: k samples, temperature 0 =
     greedy, exactly the sampling settings of the HF backend (`t3s.evaluate.sampling_settings`: no top-k, min-p or
     repetition penalty unless `model_defaults` takes them from the model's `gen_config`), the prompt's own seed,
     stop at any EOS id; text is decoded by t3s, not by vLLM. A neutral setting is left out (vLLM's own default
     is the same neutral value, whatever its version spells it as)."""
-    from t3s.evaluate import MODEL_SAMPLING_KEYS, sampling_settings
+    from t3s.generation import MODEL_SAMPLING_KEYS, sampling_settings
 
     st = sampling_settings(cfg, gen_config)
     out = {
@@ -61,7 +62,7 @@ def to_generations(completions: list[tuple[list[int], str | None]], stops: list[
                    decode: Callable[[list[int]], str]) -> list[Any]:
     """(token ids, finish reason) of one prompt's completions -> t3s Generations: the tokens before the first stop
     token (vLLM keeps the stop token in its output), truncated = the budget ran out."""
-    from t3s.evaluate import Generation
+    from t3s.generation import Generation
 
     out = []
     for ids, reason in completions:
@@ -72,7 +73,7 @@ def to_generations(completions: list[tuple[list[int], str | None]], stops: list[
     return out
 
 
-def engine_kwargs(model_path: str, cfg: Any, trust_remote_code: bool = False) -> dict[str, Any]:
+def engine_kwargs(model_path: str, cfg: GenConfig, trust_remote_code: bool = False) -> dict[str, Any]:
     """vllm.LLM arguments: the model and its tokenizer, t3s's dtype names, vLLM's neutral sampling defaults
     (`generation_config="vllm"`: t3s passes every sampling setting itself), then `eval.vllm` as given."""
     dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[cfg.dtype]
@@ -80,7 +81,7 @@ def engine_kwargs(model_path: str, cfg: Any, trust_remote_code: bool = False) ->
             "trust_remote_code": trust_remote_code, "generation_config": "vllm", **cfg.vllm}
 
 
-def generate_with(llm: Any, tok: Any, prompts: list[list[int]], cfg: Any, stops: list[int],
+def generate_with(llm: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, stops: list[int],
                   indices: list[int] | None = None, progress: bool = False, gen_config: Any = None
                   ) -> list[list[Any]]:
     """k generations per prompt from a vLLM engine; `indices`: the prompts' numbers in the whole set (seeds);
@@ -89,14 +90,17 @@ def generate_with(llm: Any, tok: Any, prompts: list[list[int]], cfg: Any, stops:
     indices = list(range(len(prompts))) if indices is None else indices
     params = [vllm.SamplingParams(**sampling_kwargs(cfg, stops, i, gen_config)) for i in indices]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=progress)
-    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+
+    def decode(ids: list[int]) -> str:
+        return tok.decode(ids, skip_special_tokens=True)
+
     return [to_generations([(o.token_ids, o.finish_reason) for o in r.outputs], stops, decode) for r in outs]
 
 
 class Engine:
     """`t3s eval --backend vllm`: a vLLM engine on a model directory, with `t3s.evaluate.generate`'s interface."""
 
-    def __init__(self, model_path: str, tok: Any, cfg: Any, trust_remote_code: bool = False):
+    def __init__(self, model_path: str, tok: Any, cfg: GenConfig, trust_remote_code: bool = False):
         if dist.launched():
             raise T3SError("the vllm backend runs as one process and uses the GPUs through vLLM "
                            "(eval.vllm.tensor_parallel_size=N); start it without torchrun / accelerate launch")
@@ -105,7 +109,7 @@ class Engine:
 
         from transformers import GenerationConfig
 
-        from t3s.evaluate import eos_ids
+        from t3s.generation import eos_ids
         from t3s.models import resolve_model_path
 
         path = resolve_model_path(model_path)
@@ -117,7 +121,7 @@ class Engine:
         self.gen = gen
         self.llm = vllm.LLM(**engine_kwargs(path, cfg, trust_remote_code))
 
-    def __call__(self, prompts: list[list[int]], cfg: Any, progress: bool = True, desc: str = "") -> list[list[Any]]:
+    def __call__(self, prompts: list[list[int]], cfg: GenConfig, progress: bool = True, desc: str = "") -> list[list[Any]]:
         return generate_with(self.llm, self.tok, prompts, cfg, self.stops, progress=progress, gen_config=self.gen)
 
 
@@ -128,7 +132,7 @@ class ProbeGenerator:
     ENGINE_KEYS = {"tensor_parallel_size": "tensor_parallel_size", "gpu_memory_utilization": "gpu_memory_utilization",
                    "max_model_len": "max_model_length", "max_num_seqs": "max_num_seqs"}
 
-    def __init__(self, trainer: Any, tok: Any, cfg: Any, trust_remote_code: bool = False):
+    def __init__(self, trainer: Any, tok: Any, cfg: GenConfig, trust_remote_code: bool = False):
         require_vllm()
         unknown = sorted(set(cfg.vllm) - set(self.ENGINE_KEYS))
         if unknown:
@@ -140,8 +144,8 @@ class ProbeGenerator:
         self.vg = None
         self.synced_step = -1
 
-    def __call__(self, prompts: list[list[int]], cfg: Any, progress: bool = True, desc: str = "") -> list[list[Any]]:
-        from t3s.evaluate import eos_ids
+    def __call__(self, prompts: list[list[int]], cfg: GenConfig, progress: bool = True, desc: str = "") -> list[list[Any]]:
+        from t3s.generation import eos_ids
 
         model = self.trainer.model
         if self.vg is None:  # created once training has prepared (wrapped, sharded) the model

@@ -113,7 +113,7 @@ def test_one_sgd_step_equals_the_documented_loss(dtiny, tmp_path, schedule, forc
                              "gradient_accumulation_steps=2", "max_grad_norm=0", "dtype=float32",
                              f"diffusion.mask_schedule={schedule}", f"diffusion.forced_weight={forced_weight}"])
     s = train(str(dtiny / "dllm"), str(data), tmp_path / "run", cfg.train, cfg.render, str(tmp_path / "sel"),
-              progress=False, diffusion=cfg.diffusion)
+              progress=False, objective=cfg.diffusion)
     assert s["forced_tokens"] == sum(int(f.sum()) for f in forced) > 0
 
     model = load_mask_predictor(dtiny / "dllm", FP32)
@@ -571,7 +571,7 @@ def test_remote_code_student_like_llada(dtiny, tmp_path):
     cfg = load_config(None, ["max_steps=2", "per_device_train_batch_size=4", "dtype=float32",
                              "trust_remote_code=true"])
     s = train(str(d), str(dtiny / "train.jsonl"), tmp_path / "run", cfg.train, cfg.render, progress=False,
-              diffusion=cfg.diffusion)
+              objective=cfg.diffusion)
     assert s["global_step"] == 2 and np.isfinite(s["train_loss"])
 
 
@@ -732,3 +732,49 @@ def test_vllm_with_a_diffusion_student_is_refused_before_any_work(dtiny, tmp_pat
     assert main(["probe", "--model", str(dtiny / "dllm"), "--data", str(dtiny / "train.jsonl"), "--out",
                  str(tmp_path / "p"), "--quiet", "probe.backend=vllm"]) == 2
     assert not (tmp_path / "p").exists()
+
+
+def test_a_setting_reruns_only_the_stages_that_read_it(dtiny, tmp_path):
+    """Each stage's fingerprint holds the settings it reads: a sampler setting (diffusion.steps) re-runs only the
+    stages that sample (evaluations, the student's own probe), τ only the selections and what follows them, a
+    loss setting the trainings (and the student's probe, which trains) and what follows them; the AR selector's
+    probe and the scores never."""
+    import re
+
+    from t3s.config import load_config
+    from t3s.ledger import train_inputs
+    from t3s.objectives import objective_for
+    from t3s.pipeline import run
+
+    overrides = [f"student={dtiny / 'dllm'}", f"selector={dtiny / 'model'}", f"train_data={dtiny / 'train.jsonl'}",
+                 "modes=[sft,t3s]", "train.max_steps=2", "selector_train.max_steps=2", "probe.eval_every=1",
+                 "probe.subset=4", "eval.max_new_tokens=8", "diffusion.block_length=8", "diffusion.steps=8",
+                 "diffusion.tau=0.0"]
+    out = tmp_path / "run"
+
+    def ran(*more: str) -> set[str]:
+        overrides.extend(more)
+        log = out / "run.log"
+        before = log.read_text().count("\n") if log.exists() else 0
+        summary, code = run(load_config("examples/tiny-diffusion-run.yaml", overrides, flat=()), out, progress=False)
+        assert code == 0
+        lines = log.read_text().splitlines()[before:]
+        return {m.group(1) for line in lines if (m := re.search(r"\] (\S+): running$", line))}
+
+    first = ran()
+    assert {"seed-0/probe", "scores-init", "seed-0/train-sft", "seed-0/eval-t3s"} <= first
+    samplers = {"eval-base", "seed-0/eval-sft", "seed-0/eval-t3s", "seed-0/probe-student"}
+    assert ran("diffusion.steps=4") == samplers
+    assert ran("diffusion.tau=0.1") == {"seed-0/select-t3s", "seed-0/train-t3s", "seed-0/eval-t3s"}
+    assert ran("diffusion.forced_weight=inverse_t") == {"seed-0/probe-student", "seed-0/train-sft",
+                                                        "seed-0/train-t3s", "seed-0/eval-sft", "seed-0/eval-t3s"}
+    assert ran() == set()
+    # a tracked training samples along the way: then a sampler setting reaches it too
+    cfg = load_config(None, ["objective=diffusion", "modes=[sft]"], flat=())
+    tracked = load_config(None, ["objective=diffusion", "modes=[sft]", "probe.track_every=1"], flat=())
+    steps = load_config(None, ["objective=diffusion", "modes=[sft]", "probe.track_every=1", "diffusion.steps=4"],
+                        flat=())
+    untracked_steps = load_config(None, ["objective=diffusion", "modes=[sft]", "diffusion.steps=4"], flat=())
+    fp = {name: train_inputs(c, objective_for(c), c.train) for name, c in
+          (("cfg", cfg), ("tracked", tracked), ("steps", steps), ("untracked_steps", untracked_steps))}
+    assert fp["cfg"] == fp["untracked_steps"] and fp["tracked"] != fp["steps"]

@@ -34,9 +34,14 @@ def commands(w: Path, x: Path, ref: Path, two: bool) -> list[list[str]]:
     probe = ["probe", "--model", str(w / "model"), "--data", eight, "--out", str(x / "probe"), *q,
              "learning_rate=3e-3", "max_steps=4", "eval_every=2", "eval.max_new_tokens=16", "continue_without_dip=true",
              f"per_device_train_batch_size={2 if two else 4}"]
-    score = lambda model, out: ["score", "--model", model, "--data", data, "--out", str(x / out), *q]  # noqa: E731
-    ev = lambda out, *kv: ["eval", "--model", str(w / "model"), "--data", data, "--out", str(x / out), *q,  # noqa: E731
-                           "max_new_tokens=12", "batch_size=3", *kv]
+
+    def score(model, out):
+        return ["score", "--model", model, "--data", data, "--out", str(x / out), *q]
+
+    def ev(out, *kv):
+        return ["eval", "--model", str(w / "model"), "--data", data, "--out", str(x / out), *q, "max_new_tokens=12",
+                "batch_size=3", *kv]
+
     sgd = ["optim=sgd", "learning_rate=0.5", "max_steps=3", "max_grad_norm=0", "logging_steps=1"]
     ar = ["train", "--model", str(w / "model"), "--data", eight, "--selection", str(w / "sel"),
           "--out", str(x / "train"), *q, *sgd,
@@ -104,7 +109,10 @@ def test_dist_helpers_shard_gather_and_propagate_errors(runs):
         assert r["error"] == "boom on the main process"  # raised on the main process, seen by both
         assert r["visible"] == "main"
     assert sorted(parts[0] + parts[1]) == st["items"] and parts[0] and parts[1]  # disjoint, both worked
-    cost = lambda p: sum(st["costs"][i] for i in p)  # noqa: E731
+
+    def cost(p):
+        return sum(st["costs"][i] for i in p)
+
     assert abs(cost(parts[0]) - cost(parts[1])) <= max(st["costs"])  # balanced by cost
 
 

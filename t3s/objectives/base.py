@@ -1,0 +1,204 @@
+"""The objective interface: everything that differs between training an autoregressive student and a
+masked-diffusion one, behind one small class. The stages (train, probe, evaluate, select, the pipeline) hold an
+`Objective` and call it; they never ask which kind it is.
+
+An objective owns:
+- `load`: the model class (a causal LM, or a mask predictor with its LM head);
+- `columns`: the training columns a selection turns into (labels with −100 on dropped tokens, or a forced set);
+- `trainer`: the Trainer and its loss;
+- `generate`: how the student answers a prompt (HF `generate`, or the diffusion sampler);
+- `select`: which selection applies (a keep-mask, or a forced set of always-masked positions);
+- `confidence`: the teacher-forced confidence the probe records (none for a mask predictor);
+- its settings, split by the stages that read them (`training_inputs`, `sampler_inputs`, `selection_inputs`),
+  so that each stage's fingerprint holds exactly what it reads.
+
+Also here: the pieces both trainers share (TrainingArguments from a TrainConfig, the precision plan, the
+non-finite-loss stop, the prepared data record).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from t3s import T3SError
+from t3s.config import GenConfig, TrainConfig
+from t3s.data import Example, RenderReport, Row
+from t3s.models import Precision, TrainingPlan, training_plan
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from t3s.generation import Generation
+    from t3s.score import ScoreSet
+    from t3s.select import Selection
+
+
+class Objective:
+    """What a student is trained and sampled with. Two implementations: `Autoregressive` and `MaskedDiffusion`
+    (`t3s.objectives.objective_for` picks one)."""
+
+    name: str = ""  # recorded in every artifact: "ar" | "diffusion"
+    modes: tuple[str, ...] = ()  # the run modes this objective trains
+    selection_stat: str = ""  # the selection statistic a summary shows for a mode
+    selection_header: str = ""  # ... and its column header
+    samples_with: str = ""  # how it generates, for messages
+    # Δc needs a left-to-right confidence: False when the student gives it itself, True when it comes from a
+    # separate autoregressive `selector` (whose probe is then not the student's SFT)
+    needs_selector: bool = False
+
+    def load(self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *,
+             place: bool = True) -> Any:
+        raise NotImplementedError
+
+    def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig
+                ) -> dict[str, list]:
+        """The training columns of `examples` with the selection `sel` applied (None: every token)."""
+        raise NotImplementedError
+
+    def trainer(self, model: Any, data: Prepared, cfg: TrainConfig, output_dir: str | Path, *,
+                progress: bool = True, callbacks: list | None = None) -> Any:
+        raise NotImplementedError
+
+    def generate(self, model: Any, tok: Any, prompts: list[list[int]], gcfg: GenConfig, precision: Precision,
+                 progress: bool = True, desc: str = "generate") -> list[list[Generation]]:
+        raise NotImplementedError
+
+    def select(self, init: ScoreSet, bottleneck: ScoreSet, mode: str, *, threshold: float | str, seed: int,
+               bottleneck_step: int | None, reference: ScoreSet | None = None, project: Any = None) -> Selection:
+        raise NotImplementedError
+
+    def confidence(self, model: Any, examples: list[Example], precision: Precision, pad_id: int
+                   ) -> list[np.ndarray] | None:
+        """Per example, the teacher-forced log-probabilities of its response tokens; None where the objective
+        has no such thing."""
+        raise NotImplementedError
+
+    def check_backend(self, backend: str, setting: str) -> None:
+        """Refuse a generation backend this objective cannot use, before any work (`setting` names the key)."""
+
+    def training_inputs(self) -> dict[str, Any] | None:
+        """The objective's own settings that training reads (part of a training stage's fingerprint)."""
+        return None
+
+    def sampler_inputs(self) -> dict[str, Any] | None:
+        """The objective's own settings that generation reads (part of a sampling stage's fingerprint)."""
+        return None
+
+    def selection_inputs(self) -> dict[str, Any] | None:
+        """The objective's own settings that a selection reads."""
+        return None
+
+    def record(self) -> dict[str, Any]:
+        """What artifacts record about the objective."""
+        return {"objective": self.name, "diffusion": None}
+
+    def trained_on(self, summary: dict[str, Any]) -> str:
+        """One phrase for `t3s train`'s last line: what the loss covered."""
+        raise NotImplementedError
+
+
+@dataclass
+class Prepared:
+    """Rendered training data with the selection applied, ready for the objective's trainer."""
+
+    tokenizer: Any
+    rows: list[Row]  # the validated rows, in file order
+    examples: list[Example]
+    report: RenderReport
+    fingerprints: dict[str, str]
+    selection: Selection | None
+    dataset: Any  # datasets.Dataset with the objective's columns
+    objective: Objective
+
+    @property
+    def kept_tokens(self) -> int:
+        """AR: response tokens trained on. Diffusion: response tokens (every one can be masked)."""
+        if "labels" not in self.dataset.column_names:
+            return sum(len(e.response_ids) for e in self.examples)
+        return sum(sum(1 for x in lab if x != -100) for lab in self.dataset["labels"])
+
+    @property
+    def forced_tokens(self) -> int | None:
+        if "forced" not in self.dataset.column_names:
+            return None
+        return sum(sum(f) for f in self.dataset["forced"])
+
+
+def selection_rows(examples: list[Example], sel: Selection, where: str) -> list[int]:
+    """The selection's row index of every example, checking that it covers it with the same response tokens."""
+    index, out = sel.by_id, []
+    for e in examples:
+        i = index.get(e.id)
+        if i is None:
+            raise T3SError(f"row '{e.id}' of the training data is not in the selection {where}")
+        if list(sel.response_ids[i]) != e.response_ids:
+            raise T3SError(f"row '{e.id}': the selection {where} was made on different response tokens")
+        out.append(i)
+    return out
+
+
+def finite_loss_callback() -> Any:
+    """A TrainerCallback that stops training with one clear error when a logged loss (or, without fp16 loss
+    scaling, whose overflow steps are skipped on purpose, the gradient norm) is NaN or infinite. The Trainer's
+    own `logging_nan_inf_filter` would instead replace the NaN by an average and carry on with broken weights."""
+    from transformers import TrainerCallback
+
+    class FiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "grad_norm") if not args.fp16 else ("loss",):
+                value = (logs or {}).get(key)
+                if value is not None and not math.isfinite(float(value)):
+                    raise T3SError(f"training diverged at step {state.global_step}: {key} is {value} (lower "
+                                   "train.learning_rate, or check the data and train.dtype)")
+
+    return FiniteLoss()
+
+
+def plan_for(cfg: TrainConfig) -> TrainingPlan:
+    """The precision plan of a training run with these settings on this machine."""
+    return training_plan(cfg.dtype, pure_bf16=cfg.pure_bf16, lora=cfg.lora_r > 0)
+
+
+def training_arguments(cfg: TrainConfig, output_dir: str | Path, progress: bool,
+                       plan: TrainingPlan | None = None) -> dict[str, Any]:
+    """transformers TrainingArguments from a TrainConfig (shared by the AR and the diffusion trainers); `plan`:
+    the precision plan (default: this machine's, `plan_for`)."""
+    plan = plan or plan_for(cfg)
+    return dict(
+        output_dir=str(output_dir),
+        learning_rate=cfg.learning_rate,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,  # -1: transformers' 'use the epochs'
+        num_train_epochs=cfg.num_train_epochs,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        use_cpu=plan.device == "cpu",
+        bf16=plan.trainer_bf16,
+        fp16=plan.trainer_fp16,
+        activation_checkpointing=cfg.activation_checkpointing,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        logging_steps=cfg.logging_steps,
+        report_to=cfg.report_to,
+        remove_unused_columns=False,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the log, where FiniteLoss stops the run
+        disable_tqdm=not progress,
+        **cfg.trainer,
+    )
+
+
+def quiet(trainer: Any, progress: bool) -> Any:
+    """--quiet: no per-step log lines either."""
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer

@@ -1,0 +1,101 @@
+"""The masked-diffusion objective (LLaDA-style students): a bidirectional mask predictor, trained with the
+diffusion loss and joint masking of a forced set, sampled with the reverse process. The machinery (loss,
+sampler, loading with the LM head, Δc projection) is in `t3s.diffusion`; this class is what the stages see.
+
+Δc comes from an autoregressive selector (the run's `selector`): a mask predictor has no left-to-right
+confidence of its own, so `confidence` is None and the probe of a diffusion student records accuracy only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from t3s import T3SError
+from t3s.config import DiffusionConfig, GenConfig, TrainConfig
+from t3s.data import Example
+from t3s.models import Precision
+from t3s.modes import DIFFUSION_MODES
+from t3s.objectives.base import Objective, Prepared, selection_rows
+
+if TYPE_CHECKING:
+    from t3s.generation import Generation
+    from t3s.score import ScoreSet
+    from t3s.select import Selection
+
+
+class MaskedDiffusion(Objective):
+    name = "diffusion"
+    modes = DIFFUSION_MODES
+    selection_stat, selection_header = "forced_fraction", "forced (always masked) tokens %"
+    samples_with = "the diffusion sampler"
+    needs_selector = True
+
+    def __init__(self, cfg: DiffusionConfig | None = None):
+        self.cfg = cfg or DiffusionConfig()
+
+    def load(self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *,
+             place: bool = True) -> Any:
+        from t3s.diffusion import load_mask_predictor
+
+        return load_mask_predictor(path, precision, trust_remote_code)
+
+    def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig
+                ) -> dict[str, list]:
+        return {"input_ids": [e.input_ids for e in examples], "prompt_len": [e.prompt_len for e in examples],
+                "forced": forced_sets(examples, sel, where), "row": list(range(len(examples)))}
+
+    def trainer(self, model: Any, data: Prepared, cfg: TrainConfig, output_dir: str | Path, *,
+                progress: bool = True, callbacks: list | None = None) -> Any:
+        from t3s.diffusion import make_trainer
+
+        return make_trainer(model, data, cfg, self.cfg, output_dir, progress=progress, callbacks=callbacks)
+
+    def generate(self, model: Any, tok: Any, prompts: list[list[int]], gcfg: GenConfig, precision: Precision,
+                 progress: bool = True, desc: str = "generate") -> list[list[Generation]]:
+        from t3s.diffusion import sample
+
+        return sample(model, tok, prompts, gcfg, self.cfg, precision, progress, desc)
+
+    def select(self, init: ScoreSet, bottleneck: ScoreSet, mode: str, *, threshold: float | str, seed: int,
+               bottleneck_step: int | None, reference: ScoreSet | None = None, project: Any = None) -> Selection:
+        from t3s.select import select_forced
+
+        return select_forced(init, bottleneck, mode, self.cfg.tau, seed=seed, bottleneck_step=bottleneck_step,
+                             project=project)
+
+    def confidence(self, model: Any, examples: list[Example], precision: Precision, pad_id: int) -> None:
+        return None
+
+    def check_backend(self, backend: str, setting: str) -> None:
+        if backend == "vllm":
+            raise T3SError(f"{setting}=vllm generates with autoregressive models only (vLLM has no masked-diffusion "
+                           f"models); a masked-diffusion student generates with its own sampler: {setting}=hf")
+
+    def training_inputs(self) -> dict[str, Any]:
+        return self.cfg.training()
+
+    def sampler_inputs(self) -> dict[str, Any]:
+        return self.cfg.sampler()
+
+    def selection_inputs(self) -> dict[str, Any]:
+        return self.cfg.selection()
+
+    def record(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"objective": self.name, "diffusion": dataclasses.asdict(self.cfg)}
+
+    def trained_on(self, summary: dict[str, Any]) -> str:
+        return (f"diffusion objective, {summary['forced_tokens']}/{summary['response_tokens']} response tokens "
+                "always masked")
+
+
+def forced_sets(examples: list[Example], sel: Selection | None, where: str = "") -> list[list[bool]]:
+    """Per example, which response positions are always masked (the forced set)."""
+    if sel is None:
+        return [[False] * len(e.response_ids) for e in examples]
+    if sel.forced is None:
+        raise T3SError(f"the selection {where} is a keep-mask for an autoregressive student; a diffusion student "
+                       "needs a forced set (`t3s select --forced`)")
+    return [[bool(x) for x in sel.forced[i]] for i in selection_rows(examples, sel, where)]

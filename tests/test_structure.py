@@ -1,0 +1,142 @@
+"""The shape of the package: imports point one way (stages → objectives → leaves), no cycles, no private names
+across modules, reading a config loads no torch, and the objective is chosen in one place."""
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "t3s"
+
+# Each module's layer: a module may import modules of its own layer or below, never above.
+LAYERS = [
+    {"__init__", "fields", "modes", "artifacts", "config"},  # leaves without torch
+    {"dist", "data", "models", "generation", "ledger", "summary"},  # leaves
+    {"score", "select", "vllm_backend"},  # pure functions of score sets; the vLLM engine
+    {"objectives", "objectives.base", "objectives.ar", "objectives.masked", "diffusion"},  # the two objectives
+    {"train", "probe", "evaluate", "rrt", "report", "traces"},  # stages
+    {"mixture", "pipeline", "tiny", "testbed"},  # orchestration, built-in worlds
+    {"cli", "__main__"},
+]
+LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """(imported t3s module, names, line) for every import in the file, lazy ones included, except those under
+    `if TYPE_CHECKING:` (annotations only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for n in ast.walk(node)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "t3s":
+            target = node.module.removeprefix("t3s").removeprefix(".") or "__init__"
+            for alias in node.names:  # `from t3s import dist`: the module t3s.dist
+                sub = f"{target}.{alias.name}" if target != "__init__" else alias.name
+                if (PKG / f"{sub.replace('.', '/')}.py").exists() or (PKG / sub.replace(".", "/")).is_dir():
+                    out.append((sub, [], node.lineno))
+                else:
+                    out.append((target, [alias.name], node.lineno))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "t3s":
+                    out.append((alias.name.removeprefix("t3s").removeprefix(".") or "__init__", [], node.lineno))
+    return out
+
+
+def graph() -> dict[str, list[tuple[str, list[str], int]]]:
+    return {module_name(p): imports(p) for p in sorted(PKG.rglob("*.py"))}
+
+
+def test_every_module_has_a_layer():
+    assert sorted(set(graph()) - set(LAYER)) == []
+
+
+def test_imports_point_one_way_and_no_private_names():
+    bad = []
+    for mod, edges in graph().items():
+        for target, names, line in edges:
+            if LAYER[target] > LAYER[mod]:
+                bad.append(f"t3s/{mod}:{line} imports {target} (layer {LAYER[target]} above {LAYER[mod]})")
+            bad += [f"t3s/{mod}:{line} imports the private name {target}.{n}" for n in names
+                    if n.startswith("_") and not n.startswith("__")]
+    assert bad == []
+
+
+def test_no_import_cycle():
+    g = {mod: {t for t, _, _ in edges if t != mod} for mod, edges in graph().items()}
+    cycles, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for t in sorted(g.get(node, ())):
+            if state.get(t) == "open":
+                cycles.append(" -> ".join(path[path.index(t):] + [t]))
+            elif t not in state:
+                visit(t, path + [t])
+        state[node] = "done"
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []
+
+
+def test_the_checks_above_can_fail(tmp_path):
+    """The layer and cycle checks see a lazy import inside a function, and skip TYPE_CHECKING blocks."""
+    f = tmp_path / "m.py"
+    f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from t3s.train import X\n"
+                 "def f():\n    from t3s.pipeline import _private\n    from t3s import dist\n")
+    got = imports(f)
+    assert ("pipeline", ["_private"], 5) in got and ("dist", [], 6) in got
+    assert not any(t == "train" for t, _, _ in got)
+
+
+def test_reading_a_config_loads_no_torch_and_no_stage():
+    code = ("import sys, t3s.config as c; c.load_config(None, ['learning_rate=1e-4']); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('t3s.')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "['t3s.artifacts', 't3s.config', 't3s.fields', 't3s.modes']"
+
+
+# The objective is chosen in t3s/objectives/__init__.py; outside the two implementations (and the config that
+# names it) no code asks which objective it has.
+OBJECTIVE_HOMES = {"objectives/__init__.py", "objectives/base.py", "objectives/ar.py", "objectives/masked.py",
+                   "diffusion.py", "config.py"}
+BRANCH = re.compile(r"objective[\"']?\)?\s*[!=]=|\.objective\s+in\b|diffusion\s+is\s+(not\s+)?None|is_mask_predictor\(|"
+                    r"objective\.name\s*[!=]=|isinstance\([^)]*(MaskedDiffusion|Autoregressive|DiffusionConfig)")
+
+
+def branches(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if BRANCH.search(line) and not line.lstrip().startswith("#")]
+
+
+def test_no_objective_branches_outside_the_objectives():
+    found = {}
+    for p in sorted(PKG.rglob("*.py")):
+        rel = p.relative_to(PKG).as_posix()
+        if rel not in OBJECTIVE_HOMES and branches(p.read_text(encoding="utf-8")):
+            found[rel] = branches(p.read_text(encoding="utf-8"))
+    assert found == {}
+
+
+@pytest.mark.parametrize("line", ['if cfg.objective == "diffusion":', "if diffusion is None:",
+                                  "x = MaskedDiffusion(c) if is_mask_predictor(m) else None",
+                                  'if objective.name != "ar":', 'if meta.get("objective") == "diffusion":'])
+def test_the_branch_pattern_finds_branches(line):
+    assert branches(line) == [line]
