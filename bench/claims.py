@@ -26,8 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODES = ["sft", "t3s", "reverse", "static-high", "static-low", "random", "t3s-final", "t3s-early", "excess-loss",
-         "dft"]
+MODES = ["sft", "t3s", "reverse", "static-high", "static-low", "random", "t3s-final", "t3s-early", "excess-loss", "dft"]
 RULES = {"t0": "0", "auto": "auto", "t001": "0.01"}  # run directory -> threshold
 SELECTED = ["t3s", "reverse", "static-high", "static-low", "random", "t3s-final", "t3s-early", "excess-loss"]
 
@@ -45,8 +44,16 @@ def run_all(world: Path, out: Path, kind: str) -> None:
             continue
         if not (out / name).exists():  # reuse the probes and scores of the threshold-0 run
             shutil.copytree(out / "t0", out / name)
-        t3s("run", config, "--out", str(out / name), "--quiet", f"modes=[{','.join(SELECTED)}]", f"threshold={thr}",
-            "rrt=false")
+        t3s(
+            "run",
+            config,
+            "--out",
+            str(out / name),
+            "--quiet",
+            f"modes=[{','.join(SELECTED)}]",
+            f"threshold={thr}",
+            "rrt=false",
+        )
     t3s("run", config, "--out", str(out / "noclip"), "--quiet", "modes=[sft]", "train.max_grad_norm=0")
     rrt_sweep(world, out / "t0", out / "rrt-sweep.json")
 
@@ -78,8 +85,12 @@ def rrt_sweep(world: Path, run: Path, path: Path) -> None:
                 model = load_causal_lm(Path(tmp) / "m", fp32)
                 tok = load_tokenizer(Path(tmp) / "m")
                 acc = metrics(evaluate_model(model, tok, rows, cfg.render, cfg.eval, fp32, progress=False))["accuracy"]
-            done[key] = {"seed": seed, "step": int(ck.name.split("-")[1]), "accuracy": acc,
-                         "bottleneck": int(ck.name.split("-")[1]) == info["bottleneck_step"]}
+            done[key] = {
+                "seed": seed,
+                "step": int(ck.name.split("-")[1]),
+                "accuracy": acc,
+                "bottleneck": int(ck.name.split("-")[1]) == info["bottleneck_step"],
+            }
             print(f"rrt with θ_b = seed {seed} {ck.name}: {100 * acc:.1f}%", flush=True)
             path.write_text(json.dumps(done, indent=1))
 
@@ -97,12 +108,18 @@ def render(out: Path) -> str:
     base = t0["rows"][0]["accuracy"]
     n = len([x for x in open(out / "t0" / "eval-base" / "samples.jsonl")])
     se = math.sqrt(base * (1 - base) / n)
-    lines = [f"Held-out accuracy %, mean ± sd over seeds {t0['seeds']}; base model {100 * base:.1f}% on n = {n} "
-             f"prompts (standard error of one evaluation ≈ {100 * se:.1f} points, sqrt(p(1−p)/n)).", "",
-             "| mode | " + " | ".join(f"threshold {thr}" for thr in RULES.values()) + " | dropped % (0 / auto / 0.01) |",
-             "|---|" + "---|" * (len(RULES) + 1)]
-    summaries = {name: json.loads((out / name / "summary.json").read_text()) for name in RULES
-                 if (out / name / "summary.json").exists()}
+    lines = [
+        f"Held-out accuracy %, mean ± sd over seeds {t0['seeds']}; base model {100 * base:.1f}% on n = {n} "
+        f"prompts (standard error of one evaluation ≈ {100 * se:.1f} points, sqrt(p(1−p)/n)).",
+        "",
+        "| mode | " + " | ".join(f"threshold {thr}" for thr in RULES.values()) + " | dropped % (0 / auto / 0.01) |",
+        "|---|" + "---|" * (len(RULES) + 1),
+    ]
+    summaries = {
+        name: json.loads((out / name / "summary.json").read_text())
+        for name in RULES
+        if (out / name / "summary.json").exists()
+    }
     for mode in ["sft", *SELECTED, "dft", "rrt"]:
         cells, drops = [], []
         for name in RULES:
@@ -110,26 +127,41 @@ def render(out: Path) -> str:
             if row is None and mode in ("sft", "dft", "rrt"):
                 row = next((r for r in t0["rows"] if r["method"] == mode), None)
             cells.append(_ms(list(row["per_seed"].values())) if row else "–")
-            drops.append("–" if not row or row.get("dropped_fraction") is None else f"{100 * row['dropped_fraction']:.1f}")
+            drops.append(
+                "–" if not row or row.get("dropped_fraction") is None else f"{100 * row['dropped_fraction']:.1f}"
+            )
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {' / '.join(drops)} |")
     anchors = []
     for name in RULES:
         fr = [json.loads(p.read_text())["stats"] for p in (out / name).glob("seed-*/selections/t3s/selection.json")]
         if fr:
-            anchors.append(f"threshold {RULES[name]}: anchors {100 * statistics.fmean(s['anchor_fraction'] for s in fr):.1f}%"
-                           + (f", settled {100 * statistics.fmean(s.get('settled_fraction', 0.0) for s in fr):.1f}%"
-                              if name == "auto" else ""))
+            anchors.append(
+                f"threshold {RULES[name]}: anchors {100 * statistics.fmean(s['anchor_fraction'] for s in fr):.1f}%"
+                + (
+                    f", settled {100 * statistics.fmean(s.get('settled_fraction', 0.0) for s in fr):.1f}%"
+                    if name == "auto"
+                    else ""
+                )
+            )
     lines += ["", "Anchor share (mean over seeds): " + "; ".join(anchors) + "."]
     if (out / "noclip" / "summary.json").exists():
         nc = {r["method"]: r for r in json.loads((out / "noclip" / "summary.json").read_text())["rows"]}
-        lines += ["", f"Without gradient clipping (train.max_grad_norm: 0): sft {_ms(list(nc['sft']['per_seed'].values()))}, "
-                      f"rrt {_ms(list(nc['rrt']['per_seed'].values())) if 'rrt' in nc else '–'}."]
+        lines += [
+            "",
+            f"Without gradient clipping (train.max_grad_norm: 0): sft {_ms(list(nc['sft']['per_seed'].values()))}, "
+            f"rrt {_ms(list(nc['rrt']['per_seed'].values())) if 'rrt' in nc else '–'}.",
+        ]
     if (out / "rrt-sweep.json").exists():
         sweep = json.loads((out / "rrt-sweep.json").read_text())
         steps = sorted({v["step"] for v in sweep.values()})
-        lines += ["", "RRT θ_0 + (θ_T − θ_k) for each probe checkpoint k (held-out accuracy %, per seed; * = that "
-                      "seed's bottleneck):", "", "| step k | " + " | ".join(f"seed {s}" for s in t0["seeds"]) + " |",
-                  "|---|" + "---|" * len(t0["seeds"])]
+        lines += [
+            "",
+            "RRT θ_0 + (θ_T − θ_k) for each probe checkpoint k (held-out accuracy %, per seed; * = that "
+            "seed's bottleneck):",
+            "",
+            "| step k | " + " | ".join(f"seed {s}" for s in t0["seeds"]) + " |",
+            "|---|" + "---|" * len(t0["seeds"]),
+        ]
         for k in steps:
             cells = []
             for s in t0["seeds"]:
@@ -142,8 +174,11 @@ def render(out: Path) -> str:
 def students_table(runs: list[Path]) -> str:
     """One row per student (a world built with another seed, run with the same config): where the shock and the
     main modes end, read from each run's summary.json and probe records."""
-    lines = ["| student (world seed) | base % | probe: start → bottleneck (train %) | sft | t3s | reverse | random | "
-             "anchors % |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| student (world seed) | base % | probe: start → bottleneck (train %) | sft | t3s | reverse | random | "
+        "anchors % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         s = json.loads((run / "summary.json").read_text())
         rows = {r["method"]: r for r in s["rows"]}
@@ -152,25 +187,39 @@ def students_table(runs: list[Path]) -> str:
         start = 100 * next(iter(probes))["start_accuracy"]
         low = [100 * p["bottleneck_accuracy"] for p in probes]
         dips = "" if all(p["dip_found"] for p in probes) else " (no dip in every seed)"
-        anchors = [json.loads(p.read_text())["stats"]["anchor_fraction"]
-                   for p in run.glob("seed-*/selections/t3s/selection.json")]
-        cells = [_ms(list(rows[m]["per_seed"].values())) if m in rows else "–" for m in ("sft", "t3s", "reverse",
-                                                                                        "random")]
-        lines.append(f"| {world['config']['seed']} | {100 * rows['base']['accuracy']:.1f} | {start:.1f} → "
-                     f"{min(low):.1f}–{max(low):.1f}{dips} | " + " | ".join(cells)
-                     + f" | {100 * statistics.fmean(anchors):.1f} |")
+        anchors = [
+            json.loads(p.read_text())["stats"]["anchor_fraction"]
+            for p in run.glob("seed-*/selections/t3s/selection.json")
+        ]
+        cells = [
+            _ms(list(rows[m]["per_seed"].values())) if m in rows else "–" for m in ("sft", "t3s", "reverse", "random")
+        ]
+        lines.append(
+            f"| {world['config']['seed']} | {100 * rows['base']['accuracy']:.1f} | {start:.1f} → "
+            f"{min(low):.1f}–{max(low):.1f}{dips} | "
+            + " | ".join(cells)
+            + f" | {100 * statistics.fmean(anchors):.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.claims", description=__doc__.split("\n")[0])
     p.add_argument("--world", default="runs/testbed-world", help="the world directory (built when missing)")
-    p.add_argument("--kind", choices=["arithmetic", "carry"], default="arithmetic",
-                   help="which world: 1 (arithmetic, the demo's) or 2 (carry, the paper's regime)")
+    p.add_argument(
+        "--kind",
+        choices=["arithmetic", "carry"],
+        default="arithmetic",
+        help="which world: 1 (arithmetic, the demo's) or 2 (carry, the paper's regime)",
+    )
     p.add_argument("--out", default="runs/claims")
     p.add_argument("--render", action="store_true", help="only print the tables of an earlier run")
-    p.add_argument("--students", nargs="+", metavar="RUN",
-                   help="only print one row per student from these `t3s run` directories (worlds of other seeds)")
+    p.add_argument(
+        "--students",
+        nargs="+",
+        metavar="RUN",
+        help="only print one row per student from these `t3s run` directories (worlds of other seeds)",
+    )
     args = p.parse_args(argv)
     if args.students:
         print(students_table([Path(r) for r in args.students]))

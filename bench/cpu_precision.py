@@ -43,8 +43,12 @@ def measure() -> dict:
             ts.append(time.perf_counter() - t)
         return statistics.median(ts)
 
-    out = {"capability": torch.backends.cpu.get_cpu_capability(), "bf16_fast": cpu_bf16_fast()[0],
-           "why": cpu_bf16_fast()[1], "auto": resolve_precision("auto", "cpu").name}
+    out = {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_fast": cpu_bf16_fast()[0],
+        "why": cpu_bf16_fast()[1],
+        "auto": resolve_precision("auto", "cpu").name,
+    }
     a, b = torch.randn(256, 512), torch.randn(512, 512)
     for dt in (torch.float32, torch.bfloat16):
         x, y = a.to(dt), b.to(dt)
@@ -59,9 +63,14 @@ def measure() -> dict:
 
 def _run(env: dict) -> dict:
     e = {k: v for k, v in os.environ.items() if k not in CLEAN}
-    r = subprocess.run([sys.executable, "-c", "import json, bench.cpu_precision as m; print(json.dumps(m.measure()))"],
-                       env={**e, "OMP_NUM_THREADS": "2", **env}, capture_output=True, text=True, timeout=600,
-                       cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-c", "import json, bench.cpu_precision as m; print(json.dumps(m.measure()))"],
+        env={**e, "OMP_NUM_THREADS": "2", **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     if r.returncode != 0:
         raise SystemExit(r.stderr)
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -69,12 +78,16 @@ def _run(env: dict) -> dict:
 
 def main() -> int:
     rows = {"this CPU": _run({}), "this CPU with AVX2 kernels only": _run(AVX2)}
-    print("| CPU | PyTorch kernels | matmul fp32 GFLOP/s | matmul bf16 GFLOP/s | Linear fp32 ms | Linear bf16 "
-          "autocast ms | `auto` resolves to |")
+    print(
+        "| CPU | PyTorch kernels | matmul fp32 GFLOP/s | matmul bf16 GFLOP/s | Linear fp32 ms | Linear bf16 "
+        "autocast ms | `auto` resolves to |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['capability']} | {r['matmul_gflops_float32']:.0f} | {r['matmul_gflops_bfloat16']:.1f} | "
-              f"{r['linear_ms_float32']:.3f} | {r['linear_ms_bf16_autocast']:.3f} | {r['auto']} ({r['why']}) |")
+        print(
+            f"| {name} | {r['capability']} | {r['matmul_gflops_float32']:.0f} | {r['matmul_gflops_bfloat16']:.1f} | "
+            f"{r['linear_ms_float32']:.3f} | {r['linear_ms_bf16_autocast']:.3f} | {r['auto']} ({r['why']}) |"
+        )
     return 0
 
 

@@ -87,18 +87,45 @@ class Arch:
 
 
 # Published layouts (check against the checkpoint's config.json before relying on the numbers).
-QWEN3_8B = Arch("Qwen3-8B", layers=36, hidden=4096, heads=32, kv_heads=8, head_dim=128, intermediate=12288,
-                vocab=151936)
-QWEN3_32B = Arch("Qwen3-32B", layers=64, hidden=5120, heads=64, kv_heads=8, head_dim=128, intermediate=25600,
-                 vocab=151936)
-LLADA2_MINI = Arch("LLaDA-2.0-mini", layers=20, hidden=2048, heads=16, kv_heads=4, head_dim=128, intermediate=5120,
-                   vocab=157184, experts=256, active_experts=8, shared_experts=1, moe_intermediate=512,
-                   dense_layers=1, bidirectional=True)
+QWEN3_8B = Arch(
+    "Qwen3-8B", layers=36, hidden=4096, heads=32, kv_heads=8, head_dim=128, intermediate=12288, vocab=151936
+)
+QWEN3_32B = Arch(
+    "Qwen3-32B", layers=64, hidden=5120, heads=64, kv_heads=8, head_dim=128, intermediate=25600, vocab=151936
+)
+LLADA2_MINI = Arch(
+    "LLaDA-2.0-mini",
+    layers=20,
+    hidden=2048,
+    heads=16,
+    kv_heads=4,
+    head_dim=128,
+    intermediate=5120,
+    vocab=157184,
+    experts=256,
+    active_experts=8,
+    shared_experts=1,
+    moe_intermediate=512,
+    dense_layers=1,
+    bidirectional=True,
+)
 
 
-LING_MINI = Arch("Ling-mini-2.0 (AR selector)", layers=20, hidden=2048, heads=16, kv_heads=4, head_dim=128,
-                 intermediate=5120, vocab=157184, experts=256, active_experts=8, shared_experts=1,
-                 moe_intermediate=512, dense_layers=1)
+LING_MINI = Arch(
+    "Ling-mini-2.0 (AR selector)",
+    layers=20,
+    hidden=2048,
+    heads=16,
+    kv_heads=4,
+    head_dim=128,
+    intermediate=5120,
+    vocab=157184,
+    experts=256,
+    active_experts=8,
+    shared_experts=1,
+    moe_intermediate=512,
+    dense_layers=1,
+)
 
 
 @dataclass
@@ -126,17 +153,67 @@ class Recipe:
 
 
 RECIPES = [
-    Recipe("qwen3-8b.yaml", QWEN3_8B, QWEN3_8B, gpus=8, zero=3, accelerate="examples/accelerate/deepspeed-zero3.yaml",
-           train_seqs=64 * 50, probe_seqs=64 * 50, mean_len=8192, max_len=32768, probe_points=16,
-           probe_prompts=200, gen_mean=12000, gen_max=32768, score_rows=200, runs=1, tp=1, vllm_gb=36),
-    Recipe("qwen3-32b.yaml", QWEN3_32B, QWEN3_32B, gpus=16, zero=3,
-           accelerate="examples/accelerate/deepspeed-zero3.yaml", train_seqs=64 * 50, probe_seqs=64 * 50,
-           mean_len=8192, max_len=32768, probe_points=16, probe_prompts=200, gen_mean=12000, gen_max=32768,
-           score_rows=200, runs=1, tp=4, vllm_gb=40),
-    Recipe("llada2-mini.yaml", LLADA2_MINI, LING_MINI, gpus=8, zero=3, accelerate="examples/accelerate/fsdp2.yaml",
-           train_seqs=1000 * 20, probe_seqs=64 * 50, mean_len=8192, max_len=16384, probe_points=16,
-           probe_prompts=200, gen_mean=8192, gen_max=4096, score_rows=1000, runs=2, tp=1, vllm_gb=24,
-           dlm_steps=4096),
+    Recipe(
+        "qwen3-8b.yaml",
+        QWEN3_8B,
+        QWEN3_8B,
+        gpus=8,
+        zero=3,
+        accelerate="examples/accelerate/deepspeed-zero3.yaml",
+        train_seqs=64 * 50,
+        probe_seqs=64 * 50,
+        mean_len=8192,
+        max_len=32768,
+        probe_points=16,
+        probe_prompts=200,
+        gen_mean=12000,
+        gen_max=32768,
+        score_rows=200,
+        runs=1,
+        tp=1,
+        vllm_gb=36,
+    ),
+    Recipe(
+        "qwen3-32b.yaml",
+        QWEN3_32B,
+        QWEN3_32B,
+        gpus=16,
+        zero=3,
+        accelerate="examples/accelerate/deepspeed-zero3.yaml",
+        train_seqs=64 * 50,
+        probe_seqs=64 * 50,
+        mean_len=8192,
+        max_len=32768,
+        probe_points=16,
+        probe_prompts=200,
+        gen_mean=12000,
+        gen_max=32768,
+        score_rows=200,
+        runs=1,
+        tp=4,
+        vllm_gb=40,
+    ),
+    Recipe(
+        "llada2-mini.yaml",
+        LLADA2_MINI,
+        LING_MINI,
+        gpus=8,
+        zero=3,
+        accelerate="examples/accelerate/fsdp2.yaml",
+        train_seqs=1000 * 20,
+        probe_seqs=64 * 50,
+        mean_len=8192,
+        max_len=16384,
+        probe_points=16,
+        probe_prompts=200,
+        gen_mean=8192,
+        gen_max=4096,
+        score_rows=1000,
+        runs=2,
+        tp=1,
+        vllm_gb=24,
+        dlm_steps=4096,
+    ),
 ]
 
 
@@ -185,8 +262,12 @@ def memory_gb(a: Arch, r: Recipe, vllm_gb: float) -> dict[str, float]:
     states = {0: 16 * total, 1: 4 * total + 12 * total / d, 2: 2 * total + 14 * total / d, 3: 16 * total / d}[r.zero]
     # checkpointed layer inputs for the whole sequence + one layer's activations recomputed (flash attention)
     act = a.layers * r.max_len * a.hidden * 2 + 34 * r.max_len * a.hidden
-    return {"states": states / GIB, "activations": act / GIB, "vllm": vllm_gb,
-            "total": (states + act) / GIB + vllm_gb + OVERHEAD_GB}
+    return {
+        "states": states / GIB,
+        "activations": act / GIB,
+        "vllm": vllm_gb,
+        "total": (states + act) / GIB + vllm_gb + OVERHEAD_GB,
+    }
 
 
 def estimate(r: Recipe) -> dict[str, float]:
@@ -199,8 +280,9 @@ def estimate(r: Recipe) -> dict[str, float]:
     sel = r.selector
     train_h = hours(r.arch, train_flops(r.arch, r.train_seqs, r.mean_len))
     probe_train_h = hours(sel, train_flops(sel, r.probe_seqs, r.mean_len))
-    probe_gen_h = r.probe_points * gen_seconds(sel, r.probe_prompts, r.gen_mean, r.gen_max, r.gpus, r.tp,
-                                               r.vllm_gb) / 3600
+    probe_gen_h = (
+        r.probe_points * gen_seconds(sel, r.probe_prompts, r.gen_mean, r.gen_max, r.gpus, r.tp, r.vllm_gb) / 3600
+    )
     probe_score_h = r.probe_points * hours(sel, forward_flops(sel, r.probe_prompts, r.mean_len))
     score_h = hours(sel, forward_flops(sel, r.score_rows, r.mean_len))
     if r.dlm_steps:  # the diffusion sampler: every step is a forward over prompt + canvas (no KV cache)
@@ -211,10 +293,20 @@ def estimate(r: Recipe) -> dict[str, float]:
     # the probe, 2 score sets, the student's runs, evaluating the base model and every run (the AR probe is SFT)
     wall_h = probe_h + 2 * score_h + r.runs * train_h + (1 + max(r.runs, 2)) * eval_h
     mem = max(memory_gb(r.arch, r, 0), memory_gb(sel, r, r.vllm_gb), key=lambda m: m["total"])
-    return {"params_b": total / 1e9, "active_b": active / 1e9, "train_tokens_m": r.train_seqs * r.mean_len / 1e6,
-            "train_pflop": train_flops(r.arch, r.train_seqs, r.mean_len) / 1e15, "train_h": train_h,
-            "probe_h": probe_h, "probe_gen_h": probe_gen_h, "score_h": score_h, "eval_h": eval_h, "wall_h": wall_h,
-            "gpu_h": wall_h * r.gpus, **{f"mem_{k}": v for k, v in mem.items()}}
+    return {
+        "params_b": total / 1e9,
+        "active_b": active / 1e9,
+        "train_tokens_m": r.train_seqs * r.mean_len / 1e6,
+        "train_pflop": train_flops(r.arch, r.train_seqs, r.mean_len) / 1e15,
+        "train_h": train_h,
+        "probe_h": probe_h,
+        "probe_gen_h": probe_gen_h,
+        "score_h": score_h,
+        "eval_h": eval_h,
+        "wall_h": wall_h,
+        "gpu_h": wall_h * r.gpus,
+        **{f"mem_{k}": v for k, v in mem.items()},
+    }
 
 
 def header(r: Recipe) -> list[str]:
@@ -239,13 +331,18 @@ def header(r: Recipe) -> list[str]:
 
 
 def table() -> str:
-    rows = ["| recipe | params (active) | GPUs | train run | probe | score set | AIME eval | whole method | "
-            "GPU-h | mem/GPU |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| recipe | params (active) | GPUs | train run | probe | score set | AIME eval | whole method | "
+        "GPU-h | mem/GPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in RECIPES:
         e = estimate(r)
-        rows.append(f"| {r.file} | {e['params_b']:.1f}B ({e['active_b']:.2f}B) | {r.gpus} | {e['train_h']:.1f} h | "
-                    f"{e['probe_h']:.1f} h | {e['score_h'] * 60:.1f} min | {e['eval_h']:.1f} h | "
-                    f"{e['wall_h']:.1f} h | {e['gpu_h']:.0f} | {e['mem_total']:.0f} GB |")
+        rows.append(
+            f"| {r.file} | {e['params_b']:.1f}B ({e['active_b']:.2f}B) | {r.gpus} | {e['train_h']:.1f} h | "
+            f"{e['probe_h']:.1f} h | {e['score_h'] * 60:.1f} min | {e['eval_h']:.1f} h | "
+            f"{e['wall_h']:.1f} h | {e['gpu_h']:.0f} | {e['mem_total']:.0f} GB |"
+        )
     return "\n".join(rows)
 
 

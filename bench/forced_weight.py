@@ -29,8 +29,15 @@ def measure(student: str, rows_path: str, forced: dict[str, list[list[bool]]], d
     import torch
 
     from t3s.data import RenderConfig, load_rows, render_rows
-    from t3s.diffusion import (Collator, DiffusionConfig, _logits, build_mask, load_mask_predictor, mask_token_id,
-                               position_weights)
+    from t3s.diffusion import (
+        Collator,
+        DiffusionConfig,
+        _logits,
+        build_mask,
+        load_mask_predictor,
+        mask_token_id,
+        position_weights,
+    )
     from t3s.models import load_tokenizer, resolve_precision
 
     fp32 = resolve_precision("float32")
@@ -41,11 +48,13 @@ def measure(student: str, rows_path: str, forced: dict[str, list[list[bool]]], d
     sets = {"none": [[False] * len(e.response_ids) for e in examples], **forced}
     out: dict = {}
     for name, fs in sets.items():
-        items = [{"input_ids": e.input_ids, "prompt_len": e.prompt_len, "row": i, "forced": f}
-                 for i, (e, f) in enumerate(zip(examples, fs))]
+        items = [
+            {"input_ids": e.input_ids, "prompt_len": e.prompt_len, "row": i, "forced": f}
+            for i, (e, f) in enumerate(zip(examples, fs))
+        ]
         batch = Collator(tok.eos_token_id)(items)
         fraction = sum(map(sum, fs)) / sum(len(f) for f in fs)
-        for weight in (("one", "inverse_t") if name != "none" else ("one",)):
+        for weight in ("one", "inverse_t") if name != "none" else ("one",):
             cfg = DiffusionConfig(forced_weight=weight)
             per_row, shares = [], []
             for step in range(draws):
@@ -60,7 +69,9 @@ def measure(student: str, rows_path: str, forced: dict[str, list[list[bool]]], d
                 shares.append(float(w[fmask].sum() / w.sum()) if fmask.any() else 0.0)
             rows = np.stack(per_row)  # draws x rows
             out[f"{name}/{weight}"] = {
-                "forced_set": name, "forced_weight": weight, "forced_fraction": fraction,
+                "forced_set": name,
+                "forced_weight": weight,
+                "forced_fraction": fraction,
                 "forced_share_of_loss": float(np.mean(shares)),
                 "row_loss_mean": float(rows.mean()),
                 "row_loss_cv": float((rows.std(0) / rows.mean(0)).mean()),
@@ -87,8 +98,13 @@ def forced_sets(work: Path, smoke: bool) -> tuple[str, str, dict[str, list[list[
     if not (world / "dllm" / "config.json").exists():
         build(world, rows=16 if smoke else 64, diffusion=True, pretrain=not smoke, overwrite=True)
     cfg = yaml.safe_load((REPO / "examples" / "tiny-diffusion-run.yaml").read_text())
-    cfg.update(student=str(world / "dllm"), selector=str(world / "model"), train_data=str(world / "train.jsonl"),
-               modes=["t3s"], probe_student=False)
+    cfg.update(
+        student=str(world / "dllm"),
+        selector=str(world / "model"),
+        train_data=str(world / "train.jsonl"),
+        modes=["t3s"],
+        probe_student=False,
+    )
     if smoke:
         cfg["train"]["max_steps"] = 2
         cfg["probe"].update(eval_every=1, subset=4)
@@ -107,11 +123,16 @@ def forced_sets(work: Path, smoke: bool) -> tuple[str, str, dict[str, list[list[
 
 
 def table(res: dict) -> str:
-    lines = ["| forced set | forced tokens | forced weight | forced share of the loss | row-loss spread (sd/mean) "
-             "| vs no forced set |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| forced set | forced tokens | forced weight | forced share of the loss | row-loss spread (sd/mean) "
+        "| vs no forced set |",
+        "|---|---|---|---|---|---|",
+    ]
     for v in res.values():
-        lines.append(f"| {v['forced_set']} | {100 * v['forced_fraction']:.1f}% | {v['forced_weight']} | "
-                     f"{100 * v['forced_share_of_loss']:.1f}% | {v['row_loss_cv']:.2f} | {v['row_cv_vs_none']:.2f}x |")
+        lines.append(
+            f"| {v['forced_set']} | {100 * v['forced_fraction']:.1f}% | {v['forced_weight']} | "
+            f"{100 * v['forced_share_of_loss']:.1f}% | {v['row_loss_cv']:.2f} | {v['row_cv_vs_none']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -127,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     res = measure(student, rows, sets, 8 if args.smoke else args.draws)
     (work / "results.json").write_text(json.dumps(res, indent=1))
     print(table(res))
-    print(f"\n(llada schedule, {8 if args.smoke else args.draws} noise draws, the pretrained tiny diffusion student; "
-          f"raw: {work / 'results.json'})")
+    print(
+        f"\n(llada schedule, {8 if args.smoke else args.draws} noise draws, the pretrained tiny diffusion student; "
+        f"raw: {work / 'results.json'})"
+    )
     return 0
 
 

@@ -63,25 +63,39 @@ class Sizes:
 
 
 FULL = Sizes(
-    reps=3, peak_n=2048,
-    score=[("smollm2", 512), ("smollm2", 2048), ("tiny", 512), ("tiny", 2048)], score_batch=4, prompt_len=64,
-    train=[{"model": "smollm2", "rows": 16, "batch": 4, "steps": 6, "warmup": 1},
-           # a tiny step takes ~40 ms, so run-to-run noise is a few %: more runs per mode
-           {"model": "tiny", "rows": 64, "batch": 8, "steps": 40, "warmup": 5, "reps": 7}],
+    reps=3,
+    peak_n=2048,
+    score=[("smollm2", 512), ("smollm2", 2048), ("tiny", 512), ("tiny", 2048)],
+    score_batch=4,
+    prompt_len=64,
+    train=[
+        {"model": "smollm2", "rows": 16, "batch": 4, "steps": 6, "warmup": 1},
+        # a tiny step takes ~40 ms, so run-to-run noise is a few %: more runs per mode
+        {"model": "tiny", "rows": 64, "batch": 8, "steps": 40, "warmup": 5, "reps": 7},
+    ],
     # float32 carries the target: under bf16 autocast (t3s eval's default on CPU) a batch's rounding differs from
     # a single row's, so a rare greedy token differs; that case is measured too, for its speed
-    gen=[{"model": "smollm2", "prompts": 16, "batch": 16, "max_new_tokens": 24, "dtype": "float32", "target": True},
-         {"model": "smollm2", "prompts": 16, "batch": 16, "max_new_tokens": 24, "dtype": "auto", "target": False},
-         {"model": "tiny", "prompts": 32, "batch": 32, "max_new_tokens": 48, "dtype": "float32", "target": True}],
-    pipeline="testbed", pipeline_reps=3, headline_model="smollm2",
+    gen=[
+        {"model": "smollm2", "prompts": 16, "batch": 16, "max_new_tokens": 24, "dtype": "float32", "target": True},
+        {"model": "smollm2", "prompts": 16, "batch": 16, "max_new_tokens": 24, "dtype": "auto", "target": False},
+        {"model": "tiny", "prompts": 32, "batch": 32, "max_new_tokens": 48, "dtype": "float32", "target": True},
+    ],
+    pipeline="testbed",
+    pipeline_reps=3,
+    headline_model="smollm2",
     flips={"model": "smollm2", "rows": 64, "batch": 16, "steps": 4, "lr": 1e-5},
 )
 SMOKE = Sizes(
-    reps=2, peak_n=256,
-    score=[("tiny", 64)], score_batch=2, prompt_len=8,
+    reps=2,
+    peak_n=256,
+    score=[("tiny", 64)],
+    score_batch=2,
+    prompt_len=8,
     train=[{"model": "tiny", "rows": 8, "batch": 4, "steps": 3, "warmup": 1}],
     gen=[{"model": "tiny", "prompts": 4, "batch": 4, "max_new_tokens": 6, "dtype": "float32", "target": True}],
-    pipeline="tiny", pipeline_reps=1, headline_model="tiny",
+    pipeline="tiny",
+    pipeline_reps=1,
+    headline_model="tiny",
     flips={"model": "tiny", "rows": 8, "batch": 4, "steps": 2, "lr": 1e-3},
     threads=1,  # timings mean nothing at these sizes; one thread is fastest on a busy machine
 )
@@ -116,13 +130,23 @@ class Runner:
         self.n += 1
         a, r = self.work / f"call-{self.n:03d}-{name}.args.json", self.work / f"call-{self.n:03d}-{name}.result.json"
         a.write_text(json.dumps(args))
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "TOKENIZERS_PARALLELISM": "false",
-               "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self.threads),
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        }
         with self.log.open("a") as fh:
             fh.write(f"\n==== {name} {json.dumps(args)}\n")
             fh.flush()
-            code = subprocess.call([sys.executable, "-m", "bench.worker", name, str(a), str(r)], cwd=REPO, env=env,
-                                   stdout=fh, stderr=subprocess.STDOUT)
+            code = subprocess.call(
+                [sys.executable, "-m", "bench.worker", name, str(a), str(r)],
+                cwd=REPO,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
         if code != 0 or not r.exists():
             raise BenchError(f"benchmark worker '{name}' failed (exit {code}); see {self.log}")
         return json.loads(r.read_text())
@@ -137,8 +161,12 @@ def _models(work: Path, sizes: Sizes, runner: Runner) -> dict[str, Path]:
     if not (tiny / "model" / "config.json").exists():
         build(tiny, rows=16, overwrite=True)
     out["tiny"] = tiny / "model"
-    names = ({m for m, _ in sizes.score} | {t["model"] for t in sizes.train} | {g["model"] for g in sizes.gen}
-             | ({sizes.flips["model"]} if sizes.flips else set()))
+    names = (
+        {m for m, _ in sizes.score}
+        | {t["model"] for t in sizes.train}
+        | {g["model"] for g in sizes.gen}
+        | ({sizes.flips["model"]} if sizes.flips else set())
+    )
     if "smollm2" in names:
         from bench.smollm import build as build_smollm
 
@@ -164,24 +192,43 @@ def bench_scoring(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> list
         res = {}
         for path in SCORE_PATHS:
             runner.say(f"scoring {model} {sizes.score_batch} x {L} tokens: {path}")
-            res[path] = runner.call("score", {
-                "model": str(models[model]), "model_name": model, "path": path, "batch": sizes.score_batch,
-                "length": L, "prompt_len": sizes.prompt_len, "reps": sizes.reps, "dtype": "auto",
-                "scores_out": str(runner.work / f"scores-{model}-{L}-{path}.npy"), "peak_n": sizes.peak_n,
-                "profile": model == sizes.headline_model and L == last[model],
-            }, isolate=True)
+            res[path] = runner.call(
+                "score",
+                {
+                    "model": str(models[model]),
+                    "model_name": model,
+                    "path": path,
+                    "batch": sizes.score_batch,
+                    "length": L,
+                    "prompt_len": sizes.prompt_len,
+                    "reps": sizes.reps,
+                    "dtype": "auto",
+                    "scores_out": str(runner.work / f"scores-{model}-{L}-{path}.npy"),
+                    "peak_n": sizes.peak_n,
+                    "profile": model == sizes.headline_model and L == last[model],
+                },
+                isolate=True,
+            )
         a = np.load(runner.work / f"scores-{model}-{L}-naive.npy")
-        diff = {p: float(np.abs(a - np.load(runner.work / f"scores-{model}-{L}-{p}.npy")).max())
-                for p in SCORE_PATHS[1:]}
+        diff = {
+            p: float(np.abs(a - np.load(runner.work / f"scores-{model}-{L}-{p}.npy")).max()) for p in SCORE_PATHS[1:]
+        }
         dtype = "bfloat16" if "bfloat16" in res["t3s"]["precision"] else "float32"
-        rows.append({
-            **res, "model": model, "batch": sizes.score_batch, "length": L,
-            "max_abs_diff": diff["t3s"], "max_abs_diff_chunked": diff["chunked"], "peak_dtype": dtype,
-            "speed_ratio": res["t3s"]["tokens_per_s"] / res["naive"]["tokens_per_s"],
-            "memory_ratio": res["t3s"]["peak_rss_mib"] / res["naive"]["peak_rss_mib"],
-            # each process's GFLOP/s over the matmul peak that process measured just before its timed runs
-            "peak_fraction": {p: res[p]["gflops"] / res[p]["peak_gflops"][dtype] for p in SCORE_PATHS},
-        })
+        rows.append(
+            {
+                **res,
+                "model": model,
+                "batch": sizes.score_batch,
+                "length": L,
+                "max_abs_diff": diff["t3s"],
+                "max_abs_diff_chunked": diff["chunked"],
+                "peak_dtype": dtype,
+                "speed_ratio": res["t3s"]["tokens_per_s"] / res["naive"]["tokens_per_s"],
+                "memory_ratio": res["t3s"]["peak_rss_mib"] / res["naive"]["peak_rss_mib"],
+                # each process's GFLOP/s over the matmul peak that process measured just before its timed runs
+                "peak_fraction": {p: res[p]["gflops"] / res[p]["peak_gflops"][dtype] for p in SCORE_PATHS},
+            }
+        )
     return rows
 
 
@@ -190,9 +237,19 @@ def bench_training(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> lis
     for t in sizes.train:
         reps = t.get("reps", sizes.reps)
         runner.say(f"masked training: {t['model']}, batch {t['batch']}, {t['steps']} steps x {2 * reps} runs")
-        out.append(runner.call("train", {**t, "model": str(models[t["model"]]), "model_name": t["model"],
-                                         "reps": reps, "dtype": "auto",
-                                         "work": str(runner.work / f"train-{t['model']}")}))
+        out.append(
+            runner.call(
+                "train",
+                {
+                    **t,
+                    "model": str(models[t["model"]]),
+                    "model_name": t["model"],
+                    "reps": reps,
+                    "dtype": "auto",
+                    "work": str(runner.work / f"train-{t['model']}"),
+                },
+            )
+        )
     return out
 
 
@@ -200,18 +257,29 @@ def bench_generation(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> l
     out = []
     for g in sizes.gen:
         runner.say(f"generation: {g['model']}, {g['prompts']} prompts, batch {g['batch']}, {g['dtype']}")
-        res = runner.call("generate", {**g, "model": str(models[g["model"]]), "model_name": g["model"],
-                                       "reps": sizes.reps})
+        res = runner.call(
+            "generate", {**g, "model": str(models[g["model"]]), "model_name": g["model"], "reps": sizes.reps}
+        )
         out.append({**res, "target": g["target"]})
     return out
 
 
 def bench_flips(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> dict:
     f = sizes.flips
-    runner.say(f"anchor flips: {f['model']}, θ_b after {f['steps']} steps at lr {f['lr']:g}, scored in float64, "
-               "float32 and bf16")
-    return runner.call("flips", {**f, "model": str(models[f["model"]]), "model_name": f["model"],
-                                 "work": str(runner.work / f"flips-{f['model']}")}, isolate=True)
+    runner.say(
+        f"anchor flips: {f['model']}, θ_b after {f['steps']} steps at lr {f['lr']:g}, scored in float64, "
+        "float32 and bf16"
+    )
+    return runner.call(
+        "flips",
+        {
+            **f,
+            "model": str(models[f["model"]]),
+            "model_name": f["model"],
+            "work": str(runner.work / f"flips-{f['model']}"),
+        },
+        isolate=True,
+    )
 
 
 def pipeline_config(sizes: Sizes, work: Path, models: dict[str, Path]) -> dict:
@@ -224,8 +292,12 @@ def pipeline_config(sizes: Sizes, work: Path, models: dict[str, Path]) -> dict:
         cfg["probe"].update(keep_all=False, track_every=0)
         return cfg
     return {  # the tiny model: no dip to find, so the probe runs to its end (the online stop never fires)
-        "student": str(models["tiny"]), "train_data": str(models["tiny"].parent / "train.jsonl"), "eval_data": None,
-        "modes": ["t3s"], "seeds": [0], "rrt": False,
+        "student": str(models["tiny"]),
+        "train_data": str(models["tiny"].parent / "train.jsonl"),
+        "eval_data": None,
+        "modes": ["t3s"],
+        "seeds": [0],
+        "rrt": False,
         "train": {"learning_rate": 3e-3, "max_steps": 4, "per_device_train_batch_size": 4, "dtype": "float32"},
         "probe": {"eval_every": 2, "subset": 8, "heldout_subset": -1, "continue_without_dip": True},
         "eval": {"max_new_tokens": 8, "batch_size": 16, "dtype": "float32"},
@@ -243,8 +315,12 @@ def bench_pipeline(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> dic
         world = _testbed_world()
         t = time.perf_counter()
         runner.say(f"pipeline: the CPU testbed world ({world}; built once, about 4 minutes, then reused)")
-        code = subprocess.call([sys.executable, "-m", "t3s", "testbed", "build", "--out", str(world), "--quiet"],
-                               cwd=REPO, stdout=runner.log.open("a"), stderr=subprocess.STDOUT)
+        code = subprocess.call(
+            [sys.executable, "-m", "t3s", "testbed", "build", "--out", str(world), "--quiet"],
+            cwd=REPO,
+            stdout=runner.log.open("a"),
+            stderr=subprocess.STDOUT,
+        )
         if code != 0:
             raise BenchError(f"t3s testbed build failed (exit {code}); see {runner.log}")
         setup = time.perf_counter() - t
@@ -253,27 +329,41 @@ def bench_pipeline(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> dic
     cases = {"sft": base, "offline": base, "online": online}
     runs: dict[str, list[dict]] = {k: [] for k in cases}
     for r in range(sizes.pipeline_reps):
-        for kind in (cases if r % 2 == 0 else reversed(list(cases))):
+        for kind in cases if r % 2 == 0 else reversed(list(cases)):
             runner.say(f"pipeline: {'plain SFT' if kind == 'sft' else 't3s run, ' + kind + ' probe'} (run {r + 1})")
             out = runner.work / f"pipeline-{kind}-{r}"
             runs[kind].append(runner.call("pipeline", {"kind": kind, "config": cases[kind], "out": str(out)}))
     wall = {k: statistics.median(x["wall_s"] for x in v) for k, v in runs.items()}
-    return {"world": sizes.pipeline, "setup_s": setup, "runs": runs, "wall_s": wall,
-            "ratio": {k: wall[k] / wall["sft"] for k in ("offline", "online")},
-            # the breakdown of each case's median run (by wall time)
-            "breakdown": {k: breakdown(sorted(v, key=lambda x: x["wall_s"])[len(v) // 2]) for k, v in runs.items()}}
+    return {
+        "world": sizes.pipeline,
+        "setup_s": setup,
+        "runs": runs,
+        "wall_s": wall,
+        "ratio": {k: wall[k] / wall["sft"] for k in ("offline", "online")},
+        # the breakdown of each case's median run (by wall time)
+        "breakdown": {k: breakdown(sorted(v, key=lambda x: x["wall_s"])[len(v) // 2]) for k, v in runs.items()},
+    }
 
 
 def breakdown(run: dict) -> dict[str, float]:
     """Where a pipeline case's wall time went: training, generation along the way (probe / SFT evaluation
     schedule), the probe's confidence scoring and checkpoints, scoring θ_0 and θ_b, selection, final
     evaluations, and the rest (start-up, loading, writing)."""
-    parts = {"training": 0.0, "evaluation schedule": 0.0, "probe extras": 0.0, "scoring": 0.0, "selection": 0.0,
-             "final evaluation": 0.0}
+    parts = {
+        "training": 0.0,
+        "evaluation schedule": 0.0,
+        "probe extras": 0.0,
+        "scoring": 0.0,
+        "selection": 0.0,
+        "final evaluation": 0.0,
+    }
     if run["kind"] == "sft":
         s = run["stages"]
         parts["training"], parts["evaluation schedule"], parts["final evaluation"] = (
-            s["training"], s["generation"], s["final_eval"])
+            s["training"],
+            s["generation"],
+            s["final_eval"],
+        )
     else:
         for st in run["stages"]:
             if st["kind"] == "probe":
@@ -311,62 +401,150 @@ def summarize(results: dict) -> list[dict]:
         ref_spd = r["chunked"]["tokens_per_s"] / r["naive"]["tokens_per_s"]
         ref_mem = r["chunked"]["peak_rss_mib"] / r["naive"]["peak_rss_mib"]
         rows += [
-            {"id": "1a", "what": f"scoring peak RSS, t3s score / naive ({where})", "value": mem, "unit": "x",
-             "target": TARGETS["score_memory"], "op": "<=", "measured_from": [r["t3s"]["peak_rss_mib"], r["naive"]["peak_rss_mib"]]},
-            {"id": "1b", "what": f"scoring tokens/s, t3s score / naive ({where})", "value": spd, "unit": "x",
-             "target": TARGETS["score_speed"], "op": ">=", "measured_from": [r["t3s"]["tokens_per_s"], r["naive"]["tokens_per_s"]]},
-            {"id": "1c", "what": f"scoring GFLOP/s, % of the {r['peak_dtype']} matmul peak ({where})", "value": frac,
-             "unit": "%", "target": TARGETS["score_peak"], "op": ">=",
-             "measured_from": [r["t3s"]["gflops"], r["t3s"]["peak_gflops"][r["peak_dtype"]]]},
+            {
+                "id": "1a",
+                "what": f"scoring peak RSS, t3s score / naive ({where})",
+                "value": mem,
+                "unit": "x",
+                "target": TARGETS["score_memory"],
+                "op": "<=",
+                "measured_from": [r["t3s"]["peak_rss_mib"], r["naive"]["peak_rss_mib"]],
+            },
+            {
+                "id": "1b",
+                "what": f"scoring tokens/s, t3s score / naive ({where})",
+                "value": spd,
+                "unit": "x",
+                "target": TARGETS["score_speed"],
+                "op": ">=",
+                "measured_from": [r["t3s"]["tokens_per_s"], r["naive"]["tokens_per_s"]],
+            },
+            {
+                "id": "1c",
+                "what": f"scoring GFLOP/s, % of the {r['peak_dtype']} matmul peak ({where})",
+                "value": frac,
+                "unit": "%",
+                "target": TARGETS["score_peak"],
+                "op": ">=",
+                "measured_from": [r["t3s"]["gflops"], r["t3s"]["peak_gflops"][r["peak_dtype"]]],
+            },
             # reference points, no target: what the targets' plain chunked head reaches here, and the ceiling
-            {"id": "1d", "what": f"reference: scoring tokens/s, plain chunked lm_head + logsumexp / naive ({where})",
-             "value": ref_spd, "unit": "x", "target": None, "op": ">=",
-             "measured_from": [r["chunked"]["tokens_per_s"], r["naive"]["tokens_per_s"]]},
-            {"id": "1e", "what": f"reference: scoring peak RSS, plain chunked lm_head + logsumexp / naive ({where})",
-             "value": ref_mem, "unit": "x", "target": None, "op": "<=",
-             "measured_from": [r["chunked"]["peak_rss_mib"], r["naive"]["peak_rss_mib"]]},
+            {
+                "id": "1d",
+                "what": f"reference: scoring tokens/s, plain chunked lm_head + logsumexp / naive ({where})",
+                "value": ref_spd,
+                "unit": "x",
+                "target": None,
+                "op": ">=",
+                "measured_from": [r["chunked"]["tokens_per_s"], r["naive"]["tokens_per_s"]],
+            },
+            {
+                "id": "1e",
+                "what": f"reference: scoring peak RSS, plain chunked lm_head + logsumexp / naive ({where})",
+                "value": ref_mem,
+                "unit": "x",
+                "target": None,
+                "op": "<=",
+                "measured_from": [r["chunked"]["peak_rss_mib"], r["naive"]["peak_rss_mib"]],
+            },
         ]
         if r["naive"].get("backbone_s"):
-            rows.append({"id": "1f", "what": f"ceiling: naive time / the model's backbone alone, i.e. the most any "
-                         f"scorer running the model's own layers can gain ({where})",
-                         "value": r["naive"]["seconds"] / r["naive"]["backbone_s"], "unit": "x", "target": None,
-                         "op": ">=", "measured_from": [r["naive"]["seconds"], r["naive"]["backbone_s"]]})
+            rows.append(
+                {
+                    "id": "1f",
+                    "what": f"ceiling: naive time / the model's backbone alone, i.e. the most any "
+                    f"scorer running the model's own layers can gain ({where})",
+                    "value": r["naive"]["seconds"] / r["naive"]["backbone_s"],
+                    "unit": "x",
+                    "target": None,
+                    "op": ">=",
+                    "measured_from": [r["naive"]["seconds"], r["naive"]["backbone_s"]],
+                }
+            )
     for i, t in enumerate(results["training"]):
         ratio = statistics.median(t["run_medians"]["t3s"]) / statistics.median(t["run_medians"]["sft"])
-        rows.append({"id": f"2{'abc'[i]}", "what": f"training step time, T3S mask / SFT ({t['model']}, batch {t['batch']})",
-                     "value": ratio, "unit": "x", "target": TARGETS["train_ratio"], "op": "<=",
-                     "measured_from": [statistics.median(t["run_medians"]["t3s"]), statistics.median(t["run_medians"]["sft"])]})
+        rows.append(
+            {
+                "id": f"2{'abc'[i]}",
+                "what": f"training step time, T3S mask / SFT ({t['model']}, batch {t['batch']})",
+                "value": ratio,
+                "unit": "x",
+                "target": TARGETS["train_ratio"],
+                "op": "<=",
+                "measured_from": [
+                    statistics.median(t["run_medians"]["t3s"]),
+                    statistics.median(t["run_medians"]["sft"]),
+                ],
+            }
+        )
     for i, g in enumerate(results["generation"]):
         ratio = g["tokens_per_s"]["batched"] / g["tokens_per_s"]["loop"]
         targeted = g.get("target", True) and g["batch"] >= 16
-        rows.append({"id": f"3{'abc'[i]}", "what": f"generation tokens/s, batched / one prompt at a time ({g['model']}, "
-                     f"{_precision(g['precision'])}, batch {g['batch']}; identical outputs {g['identical_outputs']}/{g['prompts']})",
-                     "value": ratio, "unit": "x", "target": TARGETS["gen_ratio"] if targeted else None,
-                     "op": ">=", "measured_from": [g["tokens_per_s"]["batched"], g["tokens_per_s"]["loop"]],
-                     "require": g["identical_outputs"] == g["prompts"]})
+        rows.append(
+            {
+                "id": f"3{'abc'[i]}",
+                "what": f"generation tokens/s, batched / one prompt at a time ({g['model']}, "
+                f"{_precision(g['precision'])}, batch {g['batch']}; "
+                f"identical outputs {g['identical_outputs']}/{g['prompts']})",
+                "value": ratio,
+                "unit": "x",
+                "target": TARGETS["gen_ratio"] if targeted else None,
+                "op": ">=",
+                "measured_from": [g["tokens_per_s"]["batched"], g["tokens_per_s"]["loop"]],
+                "require": g["identical_outputs"] == g["prompts"],
+            }
+        )
     p = results.get("pipeline")
     if p:
         w = p["wall_s"]
-        rows.append({"id": "4a", "what": f"pipeline wall time, t3s run (offline probe) / plain SFT ({p['world']})",
-                     "value": w["offline"] / w["sft"], "unit": "x", "target": None, "op": "<=",
-                     "measured_from": [w["offline"], w["sft"]]})
-        rows.append({"id": "4b", "what": f"pipeline wall time, t3s run (online probe) / plain SFT ({p['world']})",
-                     "value": w["online"] / w["sft"], "unit": "x", "target": TARGETS["pipeline_online"], "op": "<=",
-                     "measured_from": [w["online"], w["sft"]]})
+        rows.append(
+            {
+                "id": "4a",
+                "what": f"pipeline wall time, t3s run (offline probe) / plain SFT ({p['world']})",
+                "value": w["offline"] / w["sft"],
+                "unit": "x",
+                "target": None,
+                "op": "<=",
+                "measured_from": [w["offline"], w["sft"]],
+            }
+        )
+        rows.append(
+            {
+                "id": "4b",
+                "what": f"pipeline wall time, t3s run (online probe) / plain SFT ({p['world']})",
+                "value": w["online"] / w["sft"],
+                "unit": "x",
+                "target": TARGETS["pipeline_online"],
+                "op": "<=",
+                "measured_from": [w["online"], w["sft"]],
+            }
+        )
     f = results.get("flips")
     if f:
         from t3s.score import scoring_precision
 
         default = scoring_precision("auto", "cpu").name
-        names = {"float32": "float32", "float32+autocast-bfloat16": "bfloat16 autocast (fp32 weights)",
-                 "bfloat16": "bfloat16 weights"}
+        names = {
+            "float32": "float32",
+            "float32+autocast-bfloat16": "bfloat16 autocast (fp32 weights)",
+            "bfloat16": "bfloat16 weights",
+        }
         where = f"{f['model']}, {f['tokens']} tokens, θ_b after {f['steps']} steps at lr {f['lr']:g}"
         for i, (key, v) in enumerate(f["precisions"].items()):
             is_default = names.get(default) == key
-            rows.append({"id": f"5{'abc'[i]}", "what": f"anchor-status flips vs float64, scoring in {key}"
-                         + (" (t3s score's default)" if is_default else "") + f" ({where})",
-                         "value": v["flip_rate"], "unit": "%", "target": TARGETS["anchor_flips"] if is_default else None,
-                         "op": "<=", "measured_from": [v["flip_rate"], f["tokens"]]})
+            rows.append(
+                {
+                    "id": f"5{'abc'[i]}",
+                    "what": f"anchor-status flips vs float64, scoring in {key}"
+                    + (" (t3s score's default)" if is_default else "")
+                    + f" ({where})",
+                    "value": v["flip_rate"],
+                    "unit": "%",
+                    "target": TARGETS["anchor_flips"] if is_default else None,
+                    "op": "<=",
+                    "measured_from": [v["flip_rate"], f["tokens"]],
+                }
+            )
     for r in rows:
         if r["target"] is None:
             r["met"] = None
@@ -389,7 +567,11 @@ def _fmt(v: float, unit: str) -> str:
 def table(rows: list[dict]) -> str:
     lines = ["| # | measurement | measured | target | met |", "|---|---|---|---|---|"]
     for r in rows:
-        target = "–" if r["target"] is None else f"{r['op'].replace('<=', '≤').replace('>=', '≥')} {_fmt(r['target'], r['unit'])}"
+        target = (
+            "–"
+            if r["target"] is None
+            else f"{r['op'].replace('<=', '≤').replace('>=', '≥')} {_fmt(r['target'], r['unit'])}"
+        )
         met = "–" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['id']} | {r['what']} | {_fmt(r['value'], r['unit'])} | {target} | {met} |")
     return "\n".join(lines)
@@ -419,19 +601,32 @@ def machine() -> dict:
             versions[pkg] = None
     commit = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         if commit and dirty:
             commit += " (with uncommitted changes)"
     except (OSError, subprocess.SubprocessError):
         pass
     dev = device_info("cpu")
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "os": platform.platform(), "versions": versions,
-            "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "cpu_capability": dev["cpu_capability"], "cpu_bf16_fast": dev["cpu_bf16_fast"],
-            "cpu_bf16_reason": dev["cpu_bf16_reason"]}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem,
+        "os": platform.platform(),
+        "versions": versions,
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu_capability": dev["cpu_capability"],
+        "cpu_bf16_fast": dev["cpu_bf16_fast"],
+        "cpu_bf16_reason": dev["cpu_bf16_reason"],
+    }
 
 
 def _load() -> float | None:
@@ -450,7 +645,8 @@ def _loadavg(m: dict, threads: int) -> str:
     med = statistics.median(xs)
     busy = med > threads + 1
     return f"median {med:.1f}, max {max(xs):.1f} (sampled before each measurement)" + (
-        "; **other processes shared the CPU during this run, so its figures are noisy**" if busy else "")
+        "; **other processes shared the CPU during this run, so its figures are noisy**" if busy else ""
+    )
 
 
 def _times(n: int) -> str:
@@ -469,49 +665,67 @@ def report(results: dict, rows: list[dict]) -> str:
     m, pk = results["machine"], results["peak"]
     v = m["versions"]
     L = []
-    L += ["# Benchmarks", "",
-          f"Written by `make bench` (`python -m bench.run`, {results['seconds'] / 60:.1f} min) on {m['date']}; "
-          "do not edit by hand: rerun it.", "",
-          f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB RAM, no GPU; {m['os']}; "
-          f"torch threads {pk['threads']}; 1-minute load average {_loadavg(m, pk['threads'])}.  ",
-          f"**CPU capability**: PyTorch kernels {m.get('cpu_capability', '?')}; bf16 "
-          + ("fast" if m.get("cpu_bf16_fast") else "**slow**") + f" here ({m.get('cpu_bf16_reason', '?')}), so "
-          "`auto` precision means " + ("bf16 autocast over fp32 weights" if m.get("cpu_bf16_fast") else "float32")
-          + " on this machine (t3s.models.cpu_bf16_fast).  ",
-          f"**Versions**: t3s {v['t3s']} (commit {m['commit']}), Python {v['python']}, torch {v['torch']}, "
-          f"transformers {v['transformers']}, TRL {v['trl']}, datasets {v['datasets']}, accelerate {v['accelerate']}, "
-          f"PEFT {v['peft']}.  ",
-          f"**Measured matmul peak** ({pk['n']}x{pk['n']}, {pk['threads']} threads, median) at the start of the "
-          f"run: bf16 {pk['gflops']['bfloat16']:.0f} GFLOP/s, fp32 {pk['gflops']['float32']:.0f} GFLOP/s (each "
-          "scoring process measures it again around its own timed runs; section 1).", ""]
+    L += [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` (`python -m bench.run`, {results['seconds'] / 60:.1f} min) on {m['date']}; "
+        "do not edit by hand: rerun it.",
+        "",
+        f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB RAM, no GPU; {m['os']}; "
+        f"torch threads {pk['threads']}; 1-minute load average {_loadavg(m, pk['threads'])}.  ",
+        f"**CPU capability**: PyTorch kernels {m.get('cpu_capability', '?')}; bf16 "
+        + ("fast" if m.get("cpu_bf16_fast") else "**slow**")
+        + f" here ({m.get('cpu_bf16_reason', '?')}), so "
+        "`auto` precision means "
+        + ("bf16 autocast over fp32 weights" if m.get("cpu_bf16_fast") else "float32")
+        + " on this machine (t3s.models.cpu_bf16_fast).  ",
+        f"**Versions**: t3s {v['t3s']} (commit {m['commit']}), Python {v['python']}, torch {v['torch']}, "
+        f"transformers {v['transformers']}, TRL {v['trl']}, datasets {v['datasets']}, accelerate {v['accelerate']}, "
+        f"PEFT {v['peft']}.  ",
+        f"**Measured matmul peak** ({pk['n']}x{pk['n']}, {pk['threads']} threads, median) at the start of the "
+        f"run: bf16 {pk['gflops']['bfloat16']:.0f} GFLOP/s, fp32 {pk['gflops']['float32']:.0f} GFLOP/s (each "
+        "scoring process measures it again around its own timed runs; section 1).",
+        "",
+    ]
     if results.get("smoke"):
         L += ["**Smoke run** (tiny sizes): the figures only show that the suite works.", ""]
-    L += ["Every figure is a ratio of two measurements taken side by side in this run, each the median of "
-          f"{results['sizes']['reps']} repetitions (after a warm-up; the tiny model's training steps, which take "
-          "milliseconds, more: see section 2).", "", table(rows), ""]
+    L += [
+        "Every figure is a ratio of two measurements taken side by side in this run, each the median of "
+        f"{results['sizes']['reps']} repetitions (after a warm-up; the tiny model's training steps, which take "
+        "milliseconds, more: see section 2).",
+        "",
+        table(rows),
+        "",
+    ]
 
     # 1. scoring
-    L += ["## 1. Scoring: `t3s score` vs the naive path", "",
-          "All paths score the response tokens of the same rows (random token ids; a 64-token prompt, the rest "
-          "response) at this machine's `auto` inference precision ("
-          + (_precision(results["scoring"][0]["t3s"]["precision"]) if results["scoring"] else "?")
-          + "; the figures hold for `t3s score --dtype` set to it: `t3s score` itself now defaults to float32, "
-          "section 5 says why). **naive**: the "
-          "model's forward on the whole batch returning full logits, fp32 log-softmax, gather. **chunked** (the "
-          "reference the targets were set against): the backbone on the whole batch, then a plain chunked LM head (1024 positions "
-          "at a time) and logit − logsumexp. **t3s**: "
-          "`t3s.score.response_logprobs` with `t3s score`'s defaults on this machine (the backbone on at most "
-          f"{results['scoring'][0]['t3s']['batch_tokens'] if results['scoring'] else '?'} tokens at a time, then the "
-          "LM head and an fp32 log-softmax on the response positions only, "
-          f"{', '.join(sorted({str(r['t3s']['chunk_tokens']) + ' (' + r['model'] + ')' for r in results['scoring']}))} "
-          "positions at a time). Each path runs in its own process; peak RSS "
-          "is the process's high-water mark after loading the model (weights and runtime included). GFLOP/s "
-          "counts the useful work of one forward pass: 2 × matmul weights per token plus causal attention "
-          "(QK^T and AV over the t keys token t attends to), the same count for every path. *% of peak* divides "
-          "it by the matmul peak of the dtype measured by the same process before, between and after its timed "
-          "repetitions (median; in parentheses, GFLOP/s).", "",
-          "| model | rows × tokens | path | tokens/s | peak RSS MiB | GFLOP/s | % of peak | vs naive: speed, memory | max abs diff to naive |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    L += [
+        "## 1. Scoring: `t3s score` vs the naive path",
+        "",
+        "All paths score the response tokens of the same rows (random token ids; a 64-token prompt, the rest "
+        "response) at this machine's `auto` inference precision ("
+        + (_precision(results["scoring"][0]["t3s"]["precision"]) if results["scoring"] else "?")
+        + "; the figures hold for `t3s score --dtype` set to it: `t3s score` itself now defaults to float32, "
+        "section 5 says why). **naive**: the "
+        "model's forward on the whole batch returning full logits, fp32 log-softmax, gather. **chunked** (the "
+        "reference the targets were set against): the backbone on the whole batch, then a plain chunked LM head "
+        "(1024 positions "
+        "at a time) and logit − logsumexp. **t3s**: "
+        "`t3s.score.response_logprobs` with `t3s score`'s defaults on this machine (the backbone on at most "
+        f"{results['scoring'][0]['t3s']['batch_tokens'] if results['scoring'] else '?'} tokens at a time, then the "
+        "LM head and an fp32 log-softmax on the response positions only, "
+        f"{', '.join(sorted({str(r['t3s']['chunk_tokens']) + ' (' + r['model'] + ')' for r in results['scoring']}))} "
+        "positions at a time). Each path runs in its own process; peak RSS "
+        "is the process's high-water mark after loading the model (weights and runtime included). GFLOP/s "
+        "counts the useful work of one forward pass: 2 × matmul weights per token plus causal attention "
+        "(QK^T and AV over the t keys token t attends to), the same count for every path. *% of peak* divides "
+        "it by the matmul peak of the dtype measured by the same process before, between and after its timed "
+        "repetitions (median; in parentheses, GFLOP/s).",
+        "",
+        "| model | rows × tokens | path | tokens/s | peak RSS MiB | GFLOP/s | % of peak | vs naive: speed, memory "
+        "| max abs diff to naive |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["scoring"]:
         for p in SCORE_PATHS:
             x = r[p]
@@ -520,95 +734,150 @@ def report(results: dict, rows: list[dict]) -> str:
                 n = r["naive"]
                 ratio = f"{x['tokens_per_s'] / n['tokens_per_s']:.2f}x, {x['peak_rss_mib'] / n['peak_rss_mib']:.2f}x"
                 diff = f"{r['max_abs_diff' if p == 't3s' else 'max_abs_diff_chunked']:.1e}"
-            L.append(f"| {r['model']} | {r['batch']} × {r['length']} | {p} | {x['tokens_per_s']:,.0f} | "
-                     f"{_mib(x['peak_rss_mib'])} | {x['gflops']:.0f} | {100 * r['peak_fraction'][p]:.0f}% "
-                     f"({r['peak_dtype']}, {x['peak_gflops'][r['peak_dtype']]:.0f}) | {ratio} | {diff} |")
+            L.append(
+                f"| {r['model']} | {r['batch']} × {r['length']} | {p} | {x['tokens_per_s']:,.0f} | "
+                f"{_mib(x['peak_rss_mib'])} | {x['gflops']:.0f} | {100 * r['peak_fraction'][p]:.0f}% "
+                f"({r['peak_dtype']}, {x['peak_gflops'][r['peak_dtype']]:.0f}) | {ratio} | {diff} |"
+            )
     L += [""]
 
     # 2. training
-    L += ["## 2. Masked training: T3S selection vs SFT", "",
-          "The t3s trainer (`t3s.train.make_trainer`, TRL's SFTTrainer) on the same rows (teacher-style arithmetic "
-          "traces), batch and steps, once with a real T3S selection (Δc between θ_0 and the model after the "
-          "first SFT run) and once with none. The two runs of a repetition train side by side, one optimizer "
-          "step each in turn (two threads passing a baton, one computing at a time; which starts alternates), so "
-          "the machine's speed drifting over seconds falls on both alike. Step time = from taking the baton to "
-          "the end of the step (data, forward, loss, backward, optimizer, the previous step's logging), after "
-          "the warm-up steps; the ratio is the median of the per-run medians of each mode.", "",
-          "| model | batch | mean row tokens | dropped tokens | SFT s/step | T3S s/step | per-run medians SFT / T3S | ratio |",
-          "|---|---|---|---|---|---|---|---|"]
+    L += [
+        "## 2. Masked training: T3S selection vs SFT",
+        "",
+        "The t3s trainer (`t3s.train.make_trainer`, TRL's SFTTrainer) on the same rows (teacher-style arithmetic "
+        "traces), batch and steps, once with a real T3S selection (Δc between θ_0 and the model after the "
+        "first SFT run) and once with none. The two runs of a repetition train side by side, one optimizer "
+        "step each in turn (two threads passing a baton, one computing at a time; which starts alternates), so "
+        "the machine's speed drifting over seconds falls on both alike. Step time = from taking the baton to "
+        "the end of the step (data, forward, loss, backward, optimizer, the previous step's logging), after "
+        "the warm-up steps; the ratio is the median of the per-run medians of each mode.",
+        "",
+        "| model | batch | mean row tokens | dropped tokens | SFT s/step | T3S s/step | per-run medians SFT / T3S "
+        "| ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for t in results["training"]:
         rm = t["run_medians"]
-        L.append(f"| {t['model']} | {t['batch']} | {t['mean_row_tokens']:.0f} | {100 * t['dropped_fraction']:.0f}% | "
-                 f"{statistics.median(rm['sft']):.3f} | {statistics.median(rm['t3s']):.3f} | "
-                 f"{', '.join(f'{x:.3f}' for x in rm['sft'])} / {', '.join(f'{x:.3f}' for x in rm['t3s'])} | "
-                 f"{t['ratio']:.3f}x |")
+        L.append(
+            f"| {t['model']} | {t['batch']} | {t['mean_row_tokens']:.0f} | {100 * t['dropped_fraction']:.0f}% | "
+            f"{statistics.median(rm['sft']):.3f} | {statistics.median(rm['t3s']):.3f} | "
+            f"{', '.join(f'{x:.3f}' for x in rm['sft'])} / {', '.join(f'{x:.3f}' for x in rm['t3s'])} | "
+            f"{t['ratio']:.3f}x |"
+        )
     L += [""]
 
     # 3. generation
-    L += ["## 3. Generation for the probe and evaluation", "",
-          "`t3s.evaluate.generate` (what `t3s eval` and the probe call: prompts batched by length, left-padded, "
-          "HF `generate` with KV cache) vs a loop of one `model.generate` call per prompt; greedy, the same "
-          "prompts (four phrasings, so batches are padded), compared token by token.", "",
-          "| model | prompts | batch | new tokens | precision | batched tok/s | loop tok/s | speed-up | identical outputs |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    L += [
+        "## 3. Generation for the probe and evaluation",
+        "",
+        "`t3s.evaluate.generate` (what `t3s eval` and the probe call: prompts batched by length, left-padded, "
+        "HF `generate` with KV cache) vs a loop of one `model.generate` call per prompt; greedy, the same "
+        "prompts (four phrasings, so batches are padded), compared token by token.",
+        "",
+        "| model | prompts | batch | new tokens | precision | batched tok/s | loop tok/s | speed-up "
+        "| identical outputs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for g in results["generation"]:
-        L.append(f"| {g['model']} | {g['prompts']} | {g['batch']} | {g['new_tokens']} | {g['precision']} | "
-                 f"{g['tokens_per_s']['batched']:,.0f} | {g['tokens_per_s']['loop']:,.0f} | {g['ratio']:.1f}x | "
-                 f"{g['identical_outputs']}/{g['prompts']} |")
+        L.append(
+            f"| {g['model']} | {g['prompts']} | {g['batch']} | {g['new_tokens']} | {g['precision']} | "
+            f"{g['tokens_per_s']['batched']:,.0f} | {g['tokens_per_s']['loop']:,.0f} | {g['ratio']:.1f}x | "
+            f"{g['identical_outputs']}/{g['prompts']} |"
+        )
     L += [""]
 
     # 4. pipeline
     p = results.get("pipeline")
     if p:
-        L += ["## 4. Pipeline cost: `t3s run` vs plain SFT", "",
-              f"World: {'the CPU testbed (docs/testbed.md; its demo settings), one seed, mode t3s, no RRT' if p['world'] == 'testbed' else 'the tiny model'}. "
-              "**Plain SFT**: the same training run with the probe's evaluation schedule (greedy generation on the "
-              "same training prompts at step 0 and every `eval_every` steps), then the evaluation of the result. "
-              "**t3s run**: probe (that SFT run, which also records token confidences and keeps the bottleneck) → "
-              "score θ_0 and θ_b → select → train T3S from θ_0 with the same budget → evaluate base and T3S. The "
-              "online probe stops once the minimum is confirmed. Wall time includes loading and writing; every case "
-              f"runs in its own process, {_times(len(p['runs']['sft']))} (the order of the cases alternates); *wall s* "
-              "is the median, the breakdown that of the median run, *runs* every run's wall time"
-              + (f"; the testbed world was built or reused in {p['setup_s']:.0f} s beforehand (not counted)." if p.get("setup_s") else "."), "",
-              "| case | wall s | runs | ratio to SFT | probe steps | " + " | ".join(p["breakdown"]["sft"]) + " |",
-              "|---|---|---|---|---|" + "---|" * len(p["breakdown"]["sft"])]
-        for k, name in (("sft", "plain SFT"), ("offline", "t3s run, offline probe"), ("online", "t3s run, online probe")):
+        L += [
+            "## 4. Pipeline cost: `t3s run` vs plain SFT",
+            "",
+            "World: "
+            + (
+                "the CPU testbed (docs/testbed.md; its demo settings), one seed, mode t3s, no RRT"
+                if p["world"] == "testbed"
+                else "the tiny model"
+            )
+            + ". "
+            "**Plain SFT**: the same training run with the probe's evaluation schedule (greedy generation on the "
+            "same training prompts at step 0 and every `eval_every` steps), then the evaluation of the result. "
+            "**t3s run**: probe (that SFT run, which also records token confidences and keeps the bottleneck) → "
+            "score θ_0 and θ_b → select → train T3S from θ_0 with the same budget → evaluate base and T3S. The "
+            "online probe stops once the minimum is confirmed. Wall time includes loading and writing; every case "
+            f"runs in its own process, {_times(len(p['runs']['sft']))} (the order of the cases alternates); *wall s* "
+            "is the median, the breakdown that of the median run, *runs* every run's wall time"
+            + (
+                f"; the testbed world was built or reused in {p['setup_s']:.0f} s beforehand (not counted)."
+                if p.get("setup_s")
+                else "."
+            ),
+            "",
+            "| case | wall s | runs | ratio to SFT | probe steps | " + " | ".join(p["breakdown"]["sft"]) + " |",
+            "|---|---|---|---|---|" + "---|" * len(p["breakdown"]["sft"]),
+        ]
+        for k, name in (
+            ("sft", "plain SFT"),
+            ("offline", "t3s run, offline probe"),
+            ("online", "t3s run, online probe"),
+        ):
             b = p["breakdown"][k]
-            steps = next((s["steps_run"] for s in p["runs"][k][0]["stages"] if s["kind"] == "probe"), None) \
-                if k != "sft" else None
+            steps = (
+                next((s["steps_run"] for s in p["runs"][k][0]["stages"] if s["kind"] == "probe"), None)
+                if k != "sft"
+                else None
+            )
             walls = ", ".join(f"{x['wall_s']:.1f}" for x in p["runs"][k])
-            L.append(f"| {name} | {p['wall_s'][k]:.1f} | {walls} | "
-                     f"{p['wall_s'][k] / p['wall_s']['sft']:.2f}x | "
-                     f"{steps if steps is not None else '–'} | " + " | ".join(f"{b[c]:.1f}" for c in b) + " |")
-        L += ["", "Columns after the ratio: seconds. *evaluation schedule*: generation at the probe's evaluation "
-              "points; *probe extras*: the probe's token-confidence scoring, bottleneck checkpoints, loading and "
-              "saving its end point; *other*: start-up, loading, data preparation, writing.", ""]
+            L.append(
+                f"| {name} | {p['wall_s'][k]:.1f} | {walls} | "
+                f"{p['wall_s'][k] / p['wall_s']['sft']:.2f}x | "
+                f"{steps if steps is not None else '–'} | " + " | ".join(f"{b[c]:.1f}" for c in b) + " |"
+            )
+        L += [
+            "",
+            "Columns after the ratio: seconds. *evaluation schedule*: generation at the probe's evaluation "
+            "points; *probe extras*: the probe's token-confidence scoring, bottleneck checkpoints, loading and "
+            "saving its end point; *other*: start-up, loading, data preparation, writing.",
+            "",
+        ]
 
     f = results.get("flips")
     if f:
-        L += ["## 5. Anchor flips: does the scoring precision decide Δc's sign?", "",
-              f"θ_0 = {f['model']}; θ_b = θ_0 after {f['steps']} AdamW steps of plain SFT at lr {f['lr']:g} (fp32 "
-              f"master weights) on {f['rows']} teacher-style traces ({f['tokens']} response tokens), i.e. a probe's "
-              "early checkpoint at the paper's learning rate. Both are scored with t3s's scorer in each precision "
-              "and once in float64 (the model's own forward and log-softmax, one row at a time) as the reference. "
-              "A flip is a token that is an anchor (Δc > 0) in one and not in the other. Under the reference, "
-              f"{100 * f['reference_anchor_share']:.1f}% of the tokens are anchors and the median |Δc| is "
-              f"{f['reference_abs_delta_median']:.1e} nats. A token can flip only where a precision's error of Δc "
-              "exceeds the token's true |Δc|; the table gives each precision's largest error and the largest true "
-              "|Δc| among the tokens it flipped.", "",
-              "| scoring precision | flips vs float64 | anchors | max abs error of Δc | largest true abs Δc flipped "
-              "| seconds (θ_0 + θ_b) |", "|---|---|---|---|---|---|"]
+        L += [
+            "## 5. Anchor flips: does the scoring precision decide Δc's sign?",
+            "",
+            f"θ_0 = {f['model']}; θ_b = θ_0 after {f['steps']} AdamW steps of plain SFT at lr {f['lr']:g} (fp32 "
+            f"master weights) on {f['rows']} teacher-style traces ({f['tokens']} response tokens), i.e. a probe's "
+            "early checkpoint at the paper's learning rate. Both are scored with t3s's scorer in each precision "
+            "and once in float64 (the model's own forward and log-softmax, one row at a time) as the reference. "
+            "A flip is a token that is an anchor (Δc > 0) in one and not in the other. Under the reference, "
+            f"{100 * f['reference_anchor_share']:.1f}% of the tokens are anchors and the median |Δc| is "
+            f"{f['reference_abs_delta_median']:.1e} nats. A token can flip only where a precision's error of Δc "
+            "exceeds the token's true |Δc|; the table gives each precision's largest error and the largest true "
+            "|Δc| among the tokens it flipped.",
+            "",
+            "| scoring precision | flips vs float64 | anchors | max abs error of Δc | largest true abs Δc flipped "
+            "| seconds (θ_0 + θ_b) |",
+            "|---|---|---|---|---|---|",
+        ]
         for k, v in f["precisions"].items():
-            L.append(f"| {k} | {100 * v['flip_rate']:.2f}% | {100 * v['anchor_share']:.1f}% | "
-                     f"{v['max_abs_error']:.1e} | {v['flipped_abs_delta_max']:.1e} | {v['seconds']:.1f} |")
+            L.append(
+                f"| {k} | {100 * v['flip_rate']:.2f}% | {100 * v['anchor_share']:.1f}% | "
+                f"{v['max_abs_error']:.1e} | {v['flipped_abs_delta_max']:.1e} | {v['seconds']:.1f} |"
+            )
         L += [""]
 
     L += ["## What limits the rest", ""] + limits(results, rows) + [""]
-    L += ["## Re-running", "", "`make bench` (builds `.venv`, installs the `bench` extra, converts SmolLM2 once into "
-          "`runs/bench-cache/`, builds or reuses the testbed world in `runs/testbed-world/`). Raw measurements: "
-          "`runs/bench/results.json`; worker logs: `runs/bench/bench.log`. `python -m bench.run --smoke` runs "
-          "the same code at tiny sizes in seconds (tests/test_bench.py); `python -m bench.run --render "
-          "runs/bench/results.json` rewrites this page from recorded measurements without measuring.", ""]
+    L += [
+        "## Re-running",
+        "",
+        "`make bench` (builds `.venv`, installs the `bench` extra, converts SmolLM2 once into "
+        "`runs/bench-cache/`, builds or reuses the testbed world in `runs/testbed-world/`). Raw measurements: "
+        "`runs/bench/results.json`; worker logs: `runs/bench/bench.log`. `python -m bench.run --smoke` runs "
+        "the same code at tiny sizes in seconds (tests/test_bench.py); `python -m bench.run --render "
+        "runs/bench/results.json` rewrites this page from recorded measurements without measuring.",
+        "",
+    ]
     return "\n".join(L)
 
 
@@ -630,58 +899,74 @@ def limits(results: dict, rows: list[dict]) -> list[str]:
             f"log-softmax and {100 * sh['other']:.0f}% in the rest (norms, rotary embeddings, activations, casts). "
             f"The matmuls run at about {mm_rate:.0f} GFLOP/s ({100 * mm_rate / ppk:.0f}% of the "
             f"{prof['peak_dtype']} peak), attention at about {attn_rate:.0f} GFLOP/s: its softmax work per score is "
-            "not a matmul, and its share grows with the row length, which caps the GFLOP/s of the whole forward.")
+            "not a matmul, and its share grows with the row length, which caps the GFLOP/s of the whole forward."
+        )
         r512 = [r for r in results["scoring"] if r["model"] == prof["model"] and r["length"] < prof["length"]]
         if r512:
             s = min(r512, key=lambda r: r["length"])
-            out.append(f"- At {s['length']} tokens per row the same model reaches "
-                       f"{100 * s['peak_fraction']['t3s']:.0f}% of the {s['peak_dtype']} peak "
-                       f"({s['t3s']['gflops']:.0f} of {s['t3s']['peak_gflops'][s['peak_dtype']]:.0f} GFLOP/s): attention is a smaller "
-                       "share there.")
+            out.append(
+                f"- At {s['length']} tokens per row the same model reaches "
+                f"{100 * s['peak_fraction']['t3s']:.0f}% of the {s['peak_dtype']} peak "
+                f"({s['t3s']['gflops']:.0f} of {s['t3s']['peak_gflops'][s['peak_dtype']]:.0f} GFLOP/s): "
+                "attention is a smaller "
+                "share there."
+            )
     head = next((r for r in results["scoring"] if r["naive"].get("backbone_s")), None)
     if head and "1b" in by and not by["1b"]["met"]:
         n, b = head["naive"]["seconds"], head["naive"]["backbone_s"]
-        out.append(f"- Target 1b is missed ({by['1b']['value']:.2f}x). Both paths run the model's own backbone, and "
-                   f"on this machine that is most of the work: at {head['batch']} × {head['length']} tokens the "
-                   f"backbone alone took {_s(b)} s of the naive path's {_s(n)} s, so a scorer that runs the same "
-                   f"layers can be at most {n / b:.2f}x faster however cheap its head is; t3s score took "
-                   f"{_s(head['t3s']['seconds'])} s. What the naive path adds is memory (full-vocabulary logits "
-                   "in bf16 and twice in fp32), which is where t3s's advantage shows (1a). The 1.8x target assumed "
-                   "that a plain chunked LM head + logsumexp after the same backbone reaches about 1.76x on this "
-                   f"machine; measured side by side here it reaches {by['1d']['value']:.2f}x (1d), within the same "
-                   "ceiling.")
+        out.append(
+            f"- Target 1b is missed ({by['1b']['value']:.2f}x). Both paths run the model's own backbone, and "
+            f"on this machine that is most of the work: at {head['batch']} × {head['length']} tokens the "
+            f"backbone alone took {_s(b)} s of the naive path's {_s(n)} s, so a scorer that runs the same "
+            f"layers can be at most {n / b:.2f}x faster however cheap its head is; t3s score took "
+            f"{_s(head['t3s']['seconds'])} s. What the naive path adds is memory (full-vocabulary logits "
+            "in bf16 and twice in fp32), which is where t3s's advantage shows (1a). The 1.8x target assumed "
+            "that a plain chunked LM head + logsumexp after the same backbone reaches about 1.76x on this "
+            f"machine; measured side by side here it reaches {by['1d']['value']:.2f}x (1d), within the same "
+            "ceiling."
+        )
     if "1c" in by and not by["1c"]["met"]:
-        out.append(f"- Target 1c is missed: {100 * by['1c']['value']:.0f}% of the bf16 peak. Closing the gap needs "
-                   "a faster CPU attention kernel or fused norm/rotary kernels (torch.compile), which t3s leaves "
-                   "to PyTorch and transformers rather than carrying model-specific kernels of its own.")
+        out.append(
+            f"- Target 1c is missed: {100 * by['1c']['value']:.0f}% of the bf16 peak. Closing the gap needs "
+            "a faster CPU attention kernel or fused norm/rotary kernels (torch.compile), which t3s leaves "
+            "to PyTorch and transformers rather than carrying model-specific kernels of its own."
+        )
     for r in rows:
         if r["id"].startswith("2") and r["met"] is False:
-            out.append(f"- Target {r['id']} is missed ({r['value']:.3f}x). Both runs execute the same kernels (the "
-                       "mask only changes which labels are −100), so the difference is run-to-run noise; the "
-                       "per-run medians in section 2 show its spread.")
+            out.append(
+                f"- Target {r['id']} is missed ({r['value']:.3f}x). Both runs execute the same kernels (the "
+                "mask only changes which labels are −100), so the difference is run-to-run noise; the "
+                "per-run medians in section 2 show its spread."
+            )
     for r, g in zip([r for r in rows if r["id"].startswith("3")], results["generation"]):
         if not r.get("require", True):
-            out.append(f"- {r['id']}: in {_precision(g['precision'])}, batched and one-prompt-at-a-time greedy outputs "
-                       f"differ for {g['prompts'] - g['identical_outputs']} of {g['prompts']} prompts: bf16 rounding "
-                       "depends on the batch's shape (padding, rows), so a near-tie between two tokens can flip. In "
-                       "float32 they are identical (the rows with a target).")
+            out.append(
+                f"- {r['id']}: in {_precision(g['precision'])}, batched and one-prompt-at-a-time greedy outputs "
+                f"differ for {g['prompts'] - g['identical_outputs']} of {g['prompts']} prompts: bf16 rounding "
+                "depends on the batch's shape (padding, rows), so a near-tie between two tokens can flip. In "
+                "float32 they are identical (the rows with a target)."
+            )
         elif r["met"] is False:
-            out.append(f"- Target {r['id']} is missed ({r['value']:.1f}x): in {_precision(g['precision'])} a decoding "
-                       "step of a 16-row batch is bound by matmul compute (small-batch fp32 GEMMs), while one row is "
-                       "bound by reading the weights; bf16 autocast (t3s eval's default on CPU) raises the ratio, "
-                       "see the bf16 row.")
+            out.append(
+                f"- Target {r['id']} is missed ({r['value']:.1f}x): in {_precision(g['precision'])} a decoding "
+                "step of a 16-row batch is bound by matmul compute (small-batch fp32 GEMMs), while one row is "
+                "bound by reading the weights; bf16 autocast (t3s eval's default on CPU) raises the ratio, "
+                "see the bf16 row."
+            )
     p = results.get("pipeline")
     if p:
         b = p["breakdown"]["online"]
         total = p["wall_s"]["online"]
         top = sorted(b.items(), key=lambda kv: -kv[1])[:3]
-        out.append("- **Pipeline**: with the online probe, `t3s run` spends "
-                   + ", ".join(f"{100 * v / total:.0f}% on {k}" for k, v in top)
-                   + ". Its extra cost over plain SFT is the second training run (T3S from θ_0), the scoring of "
-                   "θ_0 and θ_b, the probe's token confidences and checkpoints, and the evaluation of the base model; "
-                   "the online probe pays for part of it by stopping the SFT run (and its evaluations) once the "
-                   "minimum is confirmed. Asking `t3s run` for the `sft` mode as well costs one more training run "
-                   "when the online probe stopped early (its end point is then not a full SFT run).")
+        out.append(
+            "- **Pipeline**: with the online probe, `t3s run` spends "
+            + ", ".join(f"{100 * v / total:.0f}% on {k}" for k, v in top)
+            + ". Its extra cost over plain SFT is the second training run (T3S from θ_0), the scoring of "
+            "θ_0 and θ_b, the probe's token confidences and checkpoints, and the evaluation of the base model; "
+            "the online probe pays for part of it by stopping the SFT run (and its evaluations) once the "
+            "minimum is confirmed. Asking `t3s run` for the `sft` mode as well costs one more training run "
+            "when the online probe stopped early (its end point is then not a full SFT run)."
+        )
         if p["world"] == "tiny":
             out.append("- The tiny world has no imitation shock, so the online probe never stops early there.")
     if not out:
@@ -731,8 +1016,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help="scratch directory (default: runs/bench, or runs/bench-smoke)")
     ap.add_argument("--only", help="comma-separated subset: scoring,training,generation,pipeline,flips")
     ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--render", metavar="RESULTS_JSON",
-                    help="measure nothing: rewrite the report (--out, default BENCHMARKS.md) from a results.json")
+    ap.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        help="measure nothing: rewrite the report (--out, default BENCHMARKS.md) from a results.json",
+    )
     args = ap.parse_args(argv)
     if args.render:
         results = json.loads(Path(args.render).read_text())

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 # ----------------------------------------------------------------------------------------------- helpers
 
 
@@ -151,8 +150,16 @@ def score(a: dict) -> dict:
         return lp.view(x.shape[0], -1).numpy()
 
     def t3s(exs: list) -> np.ndarray:
-        lps = response_logprobs(model, exs, precision, batch_tokens=scfg.batch_tokens, max_batch=scfg.max_batch,
-                                chunk_tokens=scfg.chunk_tokens, progress=False, pad_id=0)
+        lps = response_logprobs(
+            model,
+            exs,
+            precision,
+            batch_tokens=scfg.batch_tokens,
+            max_batch=scfg.max_batch,
+            chunk_tokens=scfg.chunk_tokens,
+            progress=False,
+            pad_id=0,
+        )
         return np.stack(lps)
 
     def run(full: bool) -> np.ndarray:
@@ -177,10 +184,23 @@ def score(a: dict) -> dict:
     peak_mib = peak_rss_mib()
     np.save(a["scores_out"], result.astype(np.float32))
     out = {
-        "path": a["path"], "model": a["model_name"], "batch": B, "length": L, "prompt_len": P,
-        "precision": precision.name, "times": times, "seconds": statistics.median(times),
-        "tokens_per_s": B * L / statistics.median(times), "peak_rss_mib": peak_mib, "rss_before_mib": rss_before,
-        "rss_method": method, "peak_gflops": peak_gflops, "peak_samples": peaks, "flops": B * forward_flops(model, L), "attention_flops": B * attention_flops(model, L), "params": sum(p.numel() for p in model.parameters()),
+        "path": a["path"],
+        "model": a["model_name"],
+        "batch": B,
+        "length": L,
+        "prompt_len": P,
+        "precision": precision.name,
+        "times": times,
+        "seconds": statistics.median(times),
+        "tokens_per_s": B * L / statistics.median(times),
+        "peak_rss_mib": peak_mib,
+        "rss_before_mib": rss_before,
+        "rss_method": method,
+        "peak_gflops": peak_gflops,
+        "peak_samples": peaks,
+        "flops": B * forward_flops(model, L),
+        "attention_flops": B * attention_flops(model, L),
+        "params": sum(p.numel() for p in model.parameters()),
         "vocab": vocab,
         # the settings `t3s score` resolves on this device (0 = auto in ScoreConfig)
         "chunk_tokens": scfg.chunk_tokens or default_chunk_tokens(vocab, precision.device),
@@ -221,7 +241,11 @@ def _profile(fn) -> dict:
         else:
             kinds["other"] += us
     total = sum(kinds.values()) or 1.0
-    return {"wall_s": wall, "share": {k: v / total for k, v in kinds.items()}, "seconds": {k: v / 1e6 for k, v in kinds.items()}}
+    return {
+        "wall_s": wall,
+        "share": {k: v / total for k, v in kinds.items()},
+        "seconds": {k: v / 1e6 for k, v in kinds.items()},
+    }
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -287,8 +311,14 @@ def _bench_rows(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for i in range(n):
         x, y = pair(rng)
-        rows.append({"id": f"bench-{i:04d}", "prompt": TASK_PROMPT.format(a=x, b=y), "response": teacher_trace(x, y),
-                     "answer": str(x + y)})
+        rows.append(
+            {
+                "id": f"bench-{i:04d}",
+                "prompt": TASK_PROMPT.format(a=x, b=y),
+                "response": teacher_trace(x, y),
+                "answer": str(x + y),
+            }
+        )
     return rows
 
 
@@ -317,8 +347,16 @@ def train(a: dict) -> dict:
     work = Path(a["work"])
     work.mkdir(parents=True, exist_ok=True)
     data_path = _write_jsonl(work / "train-bench.jsonl", _bench_rows(a["rows"]))
-    cfg = load_config(None, [f"max_steps={a['steps']}", f"per_device_train_batch_size={a['batch']}",
-                             f"dtype={a['dtype']}", "learning_rate=1e-5", "logging_steps=1"])
+    cfg = load_config(
+        None,
+        [
+            f"max_steps={a['steps']}",
+            f"per_device_train_batch_size={a['batch']}",
+            f"dtype={a['dtype']}",
+            "learning_rate=1e-5",
+            "logging_steps=1",
+        ],
+    )
     tcfg = cfg.train
     precision = plan_for(tcfg).inference()
     sft = prepare(a["model"], str(data_path), tcfg, cfg.render)
@@ -329,9 +367,13 @@ def train(a: dict) -> dict:
 
     def scores(model) -> ScoreSet:
         lps = response_logprobs(model, sft.examples, precision, progress=False, pad_id=sft.tokenizer.pad_token_id)
-        return ScoreSet(meta={"fingerprints": sft.fingerprints, "precision": precision.name},
-                        ids=[e.id for e in sft.examples], prompt_lens=[e.prompt_len for e in sft.examples],
-                        response_ids=[torch.tensor(e.response_ids).numpy() for e in sft.examples], logprobs=lps)
+        return ScoreSet(
+            meta={"fingerprints": sft.fingerprints, "precision": precision.name},
+            ids=[e.id for e in sft.examples],
+            prompt_lens=[e.prompt_len for e in sft.examples],
+            response_ids=[torch.tensor(e.response_ids).numpy() for e in sft.examples],
+            logprobs=lps,
+        )
 
     first = trainer_for(sft)  # the SFT run whose end point gives the selection
     first.train()
@@ -340,8 +382,11 @@ def train(a: dict) -> dict:
     sel = select(init, scores(moved), "t3s")
     del moved, first
     labels = apply_selection(sft.examples, sel)
-    t3s = dataclasses.replace(sft, selection=sel, dataset=datasets.Dataset.from_dict(
-        {"input_ids": [e.input_ids for e in sft.examples], "labels": labels}))
+    t3s = dataclasses.replace(
+        sft,
+        selection=sel,
+        dataset=datasets.Dataset.from_dict({"input_ids": [e.input_ids for e in sft.examples], "labels": labels}),
+    )
     # The two runs train side by side, one optimizer step each in turn (two threads passing a baton; only one
     # computes at a time), so the machine's speed drifting over seconds falls on both alike. Each repetition is
     # one such pair of runs; a step's time runs from getting the baton to the end of the step.
@@ -353,15 +398,21 @@ def train(a: dict) -> dict:
         steps = interleaved({m: trainer_for(d, f"trainer-{m}") for m, d in (("sft", sft), ("t3s", t3s))}, order)
         sequences.append(steps["sequence"])
         for mode in ("sft", "t3s"):
-            kept = steps[mode][a["warmup"]:]
+            kept = steps[mode][a["warmup"] :]
             per_step[mode] += kept
             runs[mode].append(statistics.median(kept))
     tokens = sum(len(e.input_ids) for e in sft.examples) / len(sft.examples)
     return {
-        "model": a["model_name"], "batch": a["batch"], "steps": a["steps"], "warmup": a["warmup"],
-        "mean_row_tokens": tokens, "precision": precision.name,
+        "model": a["model_name"],
+        "batch": a["batch"],
+        "steps": a["steps"],
+        "warmup": a["warmup"],
+        "mean_row_tokens": tokens,
+        "precision": precision.name,
         "dropped_fraction": sel.meta["stats"]["dropped_fraction"],
-        "run_medians": runs, "step_sequences": sequences, "step_median": {k: statistics.median(v) for k, v in per_step.items()},
+        "run_medians": runs,
+        "step_sequences": sequences,
+        "step_median": {k: statistics.median(v) for k, v in per_step.items()},
         "ratio": statistics.median(runs["t3s"]) / statistics.median(runs["sft"]),
     }
 
@@ -369,8 +420,12 @@ def train(a: dict) -> dict:
 # ----------------------------------------------------------------------------------------------- generation
 
 
-PROMPTS = ["What is {a} + {b}?", "Add {a} and {b}.", "Compute {a} plus {b}, showing your work.",
-           "Please work out the sum of {a} and {b} and give the final answer."]
+PROMPTS = [
+    "What is {a} + {b}?",
+    "Add {a} and {b}.",
+    "Compute {a} plus {b}, showing your work.",
+    "Please work out the sum of {a} and {b} and give the final answer.",
+]
 
 
 def generate(a: dict) -> dict:
@@ -414,7 +469,7 @@ def generate(a: dict) -> dict:
             x = torch.tensor([p])
             with precision.context():
                 seq = model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=one)
-            new = seq[0, len(p):].tolist()
+            new = seq[0, len(p) :].tolist()
             end = next((j for j, t in enumerate(new) if t in stops), None)
             out.append(new if end is None else new[:end])
         return out
@@ -423,7 +478,9 @@ def generate(a: dict) -> dict:
     times: dict[str, list[float]] = {"batched": [], "loop": []}
     outs: dict[str, list] = {}
     for r in range(a["reps"]):
-        for name, fn in ((("batched", batched), ("loop", loop)) if r % 2 == 0 else (("loop", loop), ("batched", batched))):
+        for name, fn in (
+            (("batched", batched), ("loop", loop)) if r % 2 == 0 else (("loop", loop), ("batched", batched))
+        ):
             t = time.perf_counter()
             outs[name] = fn()
             times[name].append(time.perf_counter() - t)
@@ -431,11 +488,18 @@ def generate(a: dict) -> dict:
     new_tokens = sum(len(x) for x in outs["loop"])
     tps = {k: new_tokens / statistics.median(v) for k, v in times.items()}
     return {
-        "model": a["model_name"], "prompts": len(prompts), "batch": a["batch"], "max_new_tokens": a["max_new_tokens"],
-        "precision": precision.name, "prompt_lengths": sorted({len(p) for p in prompts}), "new_tokens": new_tokens,
-        "times": times, "tokens_per_s": tps, "ratio": tps["batched"] / tps["loop"],
-        "identical_outputs": same, "first_difference": next(
-            (i for i, (x, y) in enumerate(zip(outs["batched"], outs["loop"])) if x != y), None),
+        "model": a["model_name"],
+        "prompts": len(prompts),
+        "batch": a["batch"],
+        "max_new_tokens": a["max_new_tokens"],
+        "precision": precision.name,
+        "prompt_lengths": sorted({len(p) for p in prompts}),
+        "new_tokens": new_tokens,
+        "times": times,
+        "tokens_per_s": tps,
+        "ratio": tps["batched"] / tps["loop"],
+        "identical_outputs": same,
+        "first_difference": next((i for i, (x, y) in enumerate(zip(outs["batched"], outs["loop"])) if x != y), None),
     }
 
 
@@ -445,9 +509,9 @@ def generate(a: dict) -> dict:
 def pipeline(a: dict) -> dict:
     """Wall time of one pipeline case: `t3s run` (offline or online probe) or the plain SFT baseline (`t3s
     train`-equivalent run with the same evaluation schedule as the probe, then the held-out evaluation)."""
-    import yaml
-
     import shutil
+
+    import yaml
 
     _threads(a["threads"])
     shutil.rmtree(a["out"], ignore_errors=True)  # a fresh run: `t3s run` would resume from finished stages
@@ -468,9 +532,15 @@ def pipeline(a: dict) -> dict:
     stages = []
     for f in sorted((Path(a["out"]) / "stages").glob("*.json")):
         rec = json.loads(f.read_text())
-        stages.append({"key": rec["key"], "kind": rec["kind"], "seconds": rec["seconds"],
-                       "probe_seconds": (rec.get("result") or {}).get("seconds") if rec["kind"] == "probe" else None,
-                       "steps_run": (rec.get("result") or {}).get("steps_run") if rec["kind"] == "probe" else None})
+        stages.append(
+            {
+                "key": rec["key"],
+                "kind": rec["kind"],
+                "seconds": rec["seconds"],
+                "probe_seconds": (rec.get("result") or {}).get("seconds") if rec["kind"] == "probe" else None,
+                "steps_run": (rec.get("result") or {}).get("steps_run") if rec["kind"] == "probe" else None,
+            }
+        )
     return {"kind": a["kind"], "wall_s": wall, "stages": stages}
 
 
@@ -492,8 +562,9 @@ def _sft_baseline(cfg_path: Path, out: Path) -> None:
     tcfg = dataclasses.replace(cfg.train, seed=cfg.seeds[0])
     data = prepare(cfg.student, cfg.train_data, tcfg, cfg.render)
     rows_by_id = {r.id: r for r in data.rows}
-    subset = [rows_by_id[data.examples[i].id]
-              for i in _subset(len(data.examples), cfg.probe.subset, cfg.probe.subset_seed)]
+    subset = [
+        rows_by_id[data.examples[i].id] for i in _subset(len(data.examples), cfg.probe.subset, cfg.probe.subset_seed)
+    ]
     gen = dataclasses.replace(cfg.eval, k=1, temperature=0.0)
     every = cfg.probe.eval_every or max(1, round(tcfg.max_steps / 15))
     precision = resolve_precision(tcfg.dtype)
@@ -513,16 +584,26 @@ def _sft_baseline(cfg_path: Path, out: Path) -> None:
                 self._eval(model)
 
     t = time.perf_counter()
-    train(cfg.student, cfg.train_data, out / "train", tcfg, cfg.render, overwrite=True, progress=False,
-          callbacks=[EvalEvery()], data=data)
+    train(
+        cfg.student,
+        cfg.train_data,
+        out / "train",
+        tcfg,
+        cfg.render,
+        overwrite=True,
+        progress=False,
+        callbacks=[EvalEvery()],
+        data=data,
+    )
     timing["run"] = time.perf_counter() - t
     timing["training"] = timing["run"] - timing["generation"]
     t = time.perf_counter()
     eprec = resolve_precision(cfg.eval.dtype)
     path = str(out / "train" / "model")
     rows = load_rows(cfg.eval_data or cfg.train_data, need_response=False, need_answer=True)
-    samples = evaluate_model(load_causal_lm(path, eprec), load_tokenizer(path), rows, cfg.render, cfg.eval, eprec,
-                             progress=False)
+    samples = evaluate_model(
+        load_causal_lm(path, eprec), load_tokenizer(path), rows, cfg.render, cfg.eval, eprec, progress=False
+    )
     write_eval(out / "eval", samples, {"model": path}, overwrite=True)
     timing["final_eval"] = time.perf_counter() - t
     (out / "timing.json").write_text(json.dumps(timing))
@@ -550,9 +631,17 @@ def flips(a: dict) -> dict:
     work = Path(a["work"])
     work.mkdir(parents=True, exist_ok=True)
     data_path = _write_jsonl(work / "flips.jsonl", _bench_rows(a["rows"], seed=1))
-    cfg = load_config(None, [f"max_steps={a['steps']}", f"per_device_train_batch_size={a['batch']}",
-                             "dtype=float32", f"learning_rate={a['lr']}", "lr_scheduler_type=constant",
-                             "logging_steps=1"])
+    cfg = load_config(
+        None,
+        [
+            f"max_steps={a['steps']}",
+            f"per_device_train_batch_size={a['batch']}",
+            "dtype=float32",
+            f"learning_rate={a['lr']}",
+            "lr_scheduler_type=constant",
+            "logging_steps=1",
+        ],
+    )
     data = prepare(a["model"], str(data_path), cfg.train, cfg.render)
     fp32 = Precision(torch.float32, None, "cpu")
     trainer = make_trainer(load_causal_lm(a["model"], fp32), data, cfg.train, work / "trainer", progress=False)
@@ -567,18 +656,27 @@ def flips(a: dict) -> dict:
         out = []
         for e in data.examples:
             logits = m(input_ids=torch.tensor([e.input_ids])).logits[0].double()
-            lp = torch.log_softmax(logits[e.prompt_len - 1:-1], -1)
+            lp = torch.log_softmax(logits[e.prompt_len - 1 : -1], -1)
             out.append(lp.gather(1, torch.tensor(e.response_ids)[:, None])[:, 0].numpy())
         model.to(torch.float32)
         return np.concatenate(out)
 
-    precisions = {"float32": fp32, "bfloat16 autocast (fp32 weights)": Precision(torch.float32, torch.bfloat16, "cpu"),
-                  "bfloat16 weights": Precision(torch.bfloat16, None, "cpu")}
+    precisions = {
+        "float32": fp32,
+        "bfloat16 autocast (fp32 weights)": Precision(torch.float32, torch.bfloat16, "cpu"),
+        "bfloat16 weights": Precision(torch.bfloat16, None, "cpu"),
+    }
     ref = reference(theta_b) - reference(theta_0)
-    out = {"model": a["model_name"], "tokens": int(ref.size), "rows": len(data.examples), "steps": a["steps"],
-           "lr": a["lr"],
-           "reference_anchor_share": float((ref > 0).mean()),
-           "reference_abs_delta_median": float(np.median(np.abs(ref))), "precisions": {}}
+    out = {
+        "model": a["model_name"],
+        "tokens": int(ref.size),
+        "rows": len(data.examples),
+        "steps": a["steps"],
+        "lr": a["lr"],
+        "reference_anchor_share": float((ref > 0).mean()),
+        "reference_abs_delta_median": float(np.median(np.abs(ref))),
+        "precisions": {},
+    }
     for name, p in precisions.items():
         secs = []
         lps = {}
@@ -590,8 +688,10 @@ def flips(a: dict) -> dict:
         d = lps["bottleneck"] - lps["init"]
         flipped = (d > 0) != (ref > 0)
         out["precisions"][name] = {
-            "flip_rate": float(flipped.mean()), "anchor_share": float((d > 0).mean()),
-            "max_abs_error": float(np.abs(d - ref).max()), "seconds": sum(secs),
+            "flip_rate": float(flipped.mean()),
+            "anchor_share": float((d > 0).mean()),
+            "max_abs_error": float(np.abs(d - ref).max()),
+            "seconds": sum(secs),
             # the flipped tokens are those whose true |Δc| is below this precision's noise
             "flipped_abs_delta_max": float(np.abs(ref[flipped]).max()) if flipped.any() else 0.0,
         }
@@ -600,8 +700,7 @@ def flips(a: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------------- entry point
 
-WORKERS = {"peak": peak, "score": score, "train": train, "generate": generate, "pipeline": pipeline,
-           "flips": flips}
+WORKERS = {"peak": peak, "score": score, "train": train, "generate": generate, "pipeline": pipeline, "flips": flips}
 
 
 def main(argv: list[str]) -> int:

@@ -77,8 +77,10 @@ def not_utf8(path: str | Path, data: bytes, err: UnicodeDecodeError, lineno: int
         col = err.start + 1
     with open(path, "rb") as fh:
         binary = b"\0" in fh.read(8192)  # text files have no NUL bytes
-    return T3SError(f"{path}:{lineno}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {col})"
-                    + ("; this looks like a binary file" if binary else "; save the file as UTF-8"))
+    return T3SError(
+        f"{path}:{lineno}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {col})"
+        + ("; this looks like a binary file" if binary else "; save the file as UTF-8")
+    )
 
 
 def read_text(path: str | Path) -> str:
@@ -98,8 +100,9 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise T3SError(f"{path}:{e.lineno}: bad JSON ({e.msg} at column {e.colno}); is the file truncated or "
-                       "corrupt?") from None
+        raise T3SError(
+            f"{path}:{e.lineno}: bad JSON ({e.msg} at column {e.colno}); is the file truncated or corrupt?"
+        ) from None
 
 
 def check_can_write(out: str | Path, overwrite: bool) -> Path:
@@ -153,5 +156,6 @@ def check_outside(out: str | Path, **inputs: str | Path | None) -> None:
         if not p.exists():
             continue
         if _inside(p.resolve(), root):
-            raise T3SError(f"--out {out} contains the input {name} {value}: writing there would destroy it; "
-                           "choose another --out")
+            raise T3SError(
+                f"--out {out} contains the input {name} {value}: writing there would destroy it; choose another --out"
+            )

@@ -34,8 +34,14 @@ def _overrides(args, section: str) -> list[str]:
 def cmd_tiny(args) -> None:
     from t3s.tiny import build
 
-    out = build(args.out, rows=args.rows, seed=args.seed, overwrite=args.overwrite, diffusion=args.diffusion,
-                pretrain=not args.no_pretrain)
+    out = build(
+        args.out,
+        rows=args.rows,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        diffusion=args.diffusion,
+        pretrain=not args.no_pretrain,
+    )
     extra = f", {out}/dllm (tiny ModernBERT mask predictor, same tokenizer)" if args.diffusion else ""
     print(f"wrote {out}/model (tiny Llama + tokenizer){extra} and {out}/train.jsonl ({args.rows} rows)")
 
@@ -46,10 +52,21 @@ def cmd_score(args) -> None:
 
     check_outside(args.out, model=args.model, data=args.data)
     cfg = load_config(args.config, _overrides(args, "score"), flat=("score", "render"))
-    meta = run_score(args.model, args.data, args.out, cfg.render, cfg.score, split=args.split,
-                     trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=_progress(args))
-    print(f"wrote {args.out}: {meta['rows']} rows, {meta['tokens']} response tokens, "
-          f"mean log-prob {meta['mean_logprob']:.4f}")
+    meta = run_score(
+        args.model,
+        args.data,
+        args.out,
+        cfg.render,
+        cfg.score,
+        split=args.split,
+        trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
+        progress=_progress(args),
+    )
+    print(
+        f"wrote {args.out}: {meta['rows']} rows, {meta['tokens']} response tokens, "
+        f"mean log-prob {meta['mean_logprob']:.4f}"
+    )
 
 
 def cmd_select(args) -> None:
@@ -57,8 +74,14 @@ def cmd_select(args) -> None:
     from t3s.select import select, summary_line, write_selection
 
     check_can_write(args.out, args.overwrite)
-    check_outside(args.out, init=args.init, bottleneck=args.bottleneck, reference=args.reference, data=args.data,
-                  student=args.student)
+    check_outside(
+        args.out,
+        init=args.init,
+        bottleneck=args.bottleneck,
+        reference=args.reference,
+        data=args.data,
+        student=args.student,
+    )
     init, bottleneck = load_scores(args.init), load_scores(args.bottleneck)
     reference = load_scores(args.reference) if args.reference else None
     if args.forced:  # a masked-diffusion student's forced set
@@ -85,8 +108,10 @@ def _projection(args, init):
     if tokenizer_fingerprint(stu) == init.meta["fingerprints"]["tokenizer"]:
         return None
     if not args.data:
-        raise T3SError("the student's tokenizer differs from the selector's: pass --data (the scored training rows) "
-                       "so Δc can be projected onto the student's tokens")
+        raise T3SError(
+            "the student's tokenizer differs from the selector's: pass --data (the scored training rows) "
+            "so Δc can be projected onto the student's tokens"
+        )
     rcfg = load_config(args.config, [], flat=("render",)).render
     return projector(load_rows(args.data), stu, load_tokenizer(init.meta["model"]), rcfg)
 
@@ -98,10 +123,22 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, _overrides(args, "train"), flat=("train", "render", "diffusion"))
     objective = objective_of(args.model, cfg, cfg.train.trust_remote_code)
-    s = train(args.model, args.data, args.out, cfg.train, cfg.render, args.selection, overwrite=args.overwrite,
-              resume=args.resume, progress=_progress(args), objective=objective)
-    print(f"wrote {args.out}/model: {s['global_step']} steps, mean train loss {s['train_loss']:.4f}, "
-          f"{objective.trained_on(s)}, {s['train_seconds']:.1f}s")
+    s = train(
+        args.model,
+        args.data,
+        args.out,
+        cfg.train,
+        cfg.render,
+        args.selection,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=_progress(args),
+        objective=objective,
+    )
+    print(
+        f"wrote {args.out}/model: {s['global_step']} steps, mean train loss {s['train_loss']:.4f}, "
+        f"{objective.trained_on(s)}, {s['train_seconds']:.1f}s"
+    )
 
 
 def cmd_eval(args) -> None:
@@ -132,9 +169,19 @@ def cmd_eval(args) -> None:
         objective = objective_of(args.model, cfg, args.trust_remote_code)
         objective.check_backend(gcfg.backend, "--backend")  # before any work
         rows = load_rows(args.data, args.split, need_response=False, need_answer=True)
-        m = run_eval(args.model, rows, out, gcfg, rcfg, objective, data=args.data,
-                     trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=_progress(args),
-                     log=(lambda msg: print(msg, file=sys.stderr)) if _progress(args) else None)
+        m = run_eval(
+            args.model,
+            rows,
+            out,
+            gcfg,
+            rcfg,
+            objective,
+            data=args.data,
+            trust_remote_code=args.trust_remote_code,
+            overwrite=args.overwrite,
+            progress=_progress(args),
+            log=(lambda msg: print(msg, file=sys.stderr)) if _progress(args) else None,
+        )
     print(f"{format_metrics(m['metrics'])}\nwrote {out}/samples.jsonl and {out}/metrics.json")
 
 
@@ -151,15 +198,28 @@ def cmd_probe(args) -> None:
     check_outside(args.out, model=model, data=data, eval_data=args.eval_data or cfg.eval_data)
     objective = objective_of(model, cfg, cfg.train.trust_remote_code)
     objective.check_backend(cfg.probe.backend, "probe.backend")  # before any work
-    s = run_probe(model, data, args.out, cfg, heldout_path=args.eval_data or cfg.eval_data,
-                  overwrite=args.overwrite, progress=_progress(args), objective=objective)
+    s = run_probe(
+        model,
+        data,
+        args.out,
+        cfg,
+        heldout_path=args.eval_data or cfg.eval_data,
+        overwrite=args.overwrite,
+        progress=_progress(args),
+        objective=objective,
+    )
     if s["dip_found"]:
-        print(f"bottleneck at step {s['bottleneck_step']}: training accuracy {100 * s['start_accuracy']:.1f}% -> "
-              f"{100 * s['bottleneck_accuracy']:.1f}% (dip of {100 * s['dip_depth']:.1f} points)")
+        print(
+            f"bottleneck at step {s['bottleneck_step']}: training accuracy {100 * s['start_accuracy']:.1f}% -> "
+            f"{100 * s['bottleneck_accuracy']:.1f}% (dip of {100 * s['dip_depth']:.1f} points)"
+        )
     else:
         print(s["message"])
-    print(f"wrote {args.out}: trajectory.jsonl, trajectory.png, probe.json"
-          + (", bottleneck/" if s["bottleneck_step"] is not None else "") + (", final/" if s["completed"] else ""))
+    print(
+        f"wrote {args.out}: trajectory.jsonl, trajectory.png, probe.json"
+        + (", bottleneck/" if s["bottleneck_step"] is not None else "")
+        + (", final/" if s["completed"] else "")
+    )
 
 
 def cmd_run(args) -> int:
@@ -179,8 +239,13 @@ def cmd_testbed(args) -> None:
     from t3s.testbed import CarryWorldConfig, WorldConfig, build_world
 
     kind = CarryWorldConfig if args.world == "carry" else WorldConfig
-    build_world(args.out, kind(seed=args.seed, pretrain_dtype=args.pretrain_dtype), overwrite=args.overwrite,
-                progress=_progress(args), rebuild=args.rebuild)
+    build_world(
+        args.out,
+        kind(seed=args.seed, pretrain_dtype=args.pretrain_dtype),
+        overwrite=args.overwrite,
+        progress=_progress(args),
+        rebuild=args.rebuild,
+    )
     print(f"run the method on it: t3s run {args.out}/run.yaml")
 
 
@@ -188,8 +253,15 @@ def cmd_rrt(args) -> None:
     from t3s.rrt import rrt
 
     check_outside(args.out, init=args.init, bottleneck=args.bottleneck, final=args.final)
-    info = rrt(args.init, args.bottleneck, args.final, args.out, overwrite=args.overwrite,
-               max_shard_bytes=int(args.max_shard_gb * 1024**3), progress=_progress(args))
+    info = rrt(
+        args.init,
+        args.bottleneck,
+        args.final,
+        args.out,
+        overwrite=args.overwrite,
+        max_shard_bytes=int(args.max_shard_gb * 1024**3),
+        progress=_progress(args),
+    )
     print(f"wrote {args.out}: init + (final - bottleneck) over {info['tensors']} tensors")
 
 
@@ -200,8 +272,17 @@ def cmd_traces(args) -> int:
     cfg, rcfg = load_traces_config(args.config, _overrides(args, "traces"))
     if args.base_url:
         cfg = dataclasses.replace(cfg, base_url=args.base_url)
-    m = run_traces(args.data, args.out, cfg, rcfg, args.model, split=args.split,
-                   trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=_progress(args))
+    m = run_traces(
+        args.data,
+        args.out,
+        cfg,
+        rcfg,
+        args.model,
+        split=args.split,
+        trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
+        progress=_progress(args),
+    )
     print(format_summary(m["summary"]))
     kept = m["summary"]["kept"]
     print(f"wrote {args.out}: " + (f"train.jsonl ({kept} rows), " if kept else "") + "samples.jsonl, traces.json")
@@ -238,9 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, "directory to create (model/ and train.jsonl)")
     sp.add_argument("--rows", type=int, default=64, help="training rows to generate")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--diffusion", action="store_true",
-                    help="also a tiny masked-diffusion student (dllm/) sharing the tokenizer; model/ is its selector; "
-                         "both are pretrained to answer tersely, so SFT on train.jsonl shows a shock (≈ 30 s)")
+    sp.add_argument(
+        "--diffusion",
+        action="store_true",
+        help="also a tiny masked-diffusion student (dllm/) sharing the tokenizer; model/ is its selector; "
+        "both are pretrained to answer tersely, so SFT on train.jsonl shows a shock (≈ 30 s)",
+    )
     sp.add_argument("--no-pretrain", action="store_true", help="--diffusion: keep both models at random weights")
     sp.set_defaults(fn=cmd_tiny)
 
@@ -252,35 +336,54 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", help="split of a saved DatasetDict (default: train)")
     dtype_flag(sp)
     sp.add_argument("--trust-remote-code", action="store_true")
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="dtype, batch_tokens, max_batch, chunk_tokens, check, and rendering keys (max_length=2048)")
+    sp.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dtype, batch_tokens, max_batch, chunk_tokens, check, and rendering keys (max_length=2048)",
+    )
     sp.set_defaults(fn=cmd_score)
 
     sp = sub.add_parser("select", help="Δc = c(θ_b) − c(θ_0) and the keep-mask of a training mode")
     sp.add_argument("--init", required=True, help="scores of θ_0 (t3s score output)")
     sp.add_argument("--bottleneck", required=True, help="scores of θ_b")
-    sp.add_argument("--mode", required=True, choices=[*SELECTION_MODES, "sft", "none"],
-                    help="t3s-final / t3s-early: the t3s rule, with θ_T's (or an earlier checkpoint's) scores as "
-                         "--bottleneck; excess-loss: also --reference (θ_T's scores)")
+    sp.add_argument(
+        "--mode",
+        required=True,
+        choices=[*SELECTION_MODES, "sft", "none"],
+        help="t3s-final / t3s-early: the t3s rule, with θ_T's (or an earlier checkpoint's) scores as "
+        "--bottleneck; excess-loss: also --reference (θ_T's scores)",
+    )
     common(sp, "selection directory to write")
-    sp.add_argument("--threshold", type=_threshold, default=0.0,
-                    help="anchors are tokens with Δc > threshold; auto: 0, with tokens near-certain at both "
-                         "checkpoints in neither group")
+    sp.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=0.0,
+        help="anchors are tokens with Δc > threshold; auto: 0, with tokens near-certain at both "
+        "checkpoints in neither group",
+    )
     sp.add_argument("--reference", help="excess-loss: scores of the reference model θ_T (the SFT end point)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the random mode")
     sp.add_argument("--bottleneck-step", type=int, help="record this step (default: read from the checkpoint)")
-    sp.add_argument("--forced", action="store_true",
-                    help="diffusion students: the forced set (always masked) Δc < −tau instead of a keep-mask; "
-                         "modes t3s or random")
+    sp.add_argument(
+        "--forced",
+        action="store_true",
+        help="diffusion students: the forced set (always masked) Δc < −tau instead of a keep-mask; modes t3s or random",
+    )
     sp.add_argument("--tau", type=float, default=0.2, help="--forced: the forced set is Δc < −tau")
-    sp.add_argument("--student", help="--forced: the diffusion student; when its tokenizer differs from the "
-                                      "selector's, Δc is projected onto its tokens (needs --data)")
+    sp.add_argument(
+        "--student",
+        help="--forced: the diffusion student; when its tokenizer differs from the "
+        "selector's, Δc is projected onto its tokens (needs --data)",
+    )
     sp.add_argument("--data", help="--student with another tokenizer: the training rows that were scored")
     sp.add_argument("--config", help="--student with another tokenizer: rendering keys")
     sp.set_defaults(fn=cmd_select)
 
-    sp = sub.add_parser("train", help="fine-tune with a selection applied (AR: labels, TRL SFTTrainer; "
-                                      "diffusion students: forced masks)")
+    sp = sub.add_parser(
+        "train",
+        help="fine-tune with a selection applied (AR: labels, TRL SFTTrainer; diffusion students: forced masks)",
+    )
     sp.add_argument("--model", required=True, help="student to start from (θ_0)")
     sp.add_argument("--data", required=True, help="training rows")
     common(sp, "run directory (model/ is the trained model)")
@@ -298,8 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, "probe directory to write")
     sp.add_argument("--config", help="run config (YAML)")
     dtype_flag(sp)
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="probe, train, render and eval keys, e.g. eval_every=5 learning_rate=1e-5")
+    sp.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="probe, train, render and eval keys, e.g. eval_every=5 learning_rate=1e-5",
+    )
     sp.set_defaults(fn=cmd_probe)
 
     sp = sub.add_parser("eval", help="generate, extract final answers, check them with math-verify")
@@ -312,19 +419,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", help="YAML config (its rendering keys are used)")
     sp.add_argument("--split", help="split of a saved DatasetDict (default: train)")
     dtype_flag(sp)
-    sp.add_argument("--backend", choices=["hf", "vllm"],
-                    help="generation engine: hf (default) or vllm (GPU only, `pip install vllm`; untested here)")
+    sp.add_argument(
+        "--backend",
+        choices=["hf", "vllm"],
+        help="generation engine: hf (default) or vllm (GPU only, `pip install vllm`; untested here)",
+    )
     sp.add_argument("--trust-remote-code", action="store_true")
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="temperature, top_p, max_new_tokens, k, seed, batch_size, fallback, dtype, rendering keys")
+    sp.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="temperature, top_p, max_new_tokens, k, seed, batch_size, fallback, dtype, rendering keys",
+    )
     sp.set_defaults(fn=cmd_eval)
 
     sp = sub.add_parser("run", help="the whole method from one config: probe, score, select, train, RRT, eval")
     sp.add_argument("config", help="run config (YAML); see examples/tiny-run.yaml")
     sp.add_argument("--out", help="run directory (default: runs/<config name>); rerun to resume")
-    sp.add_argument("--force", action="append", metavar="KIND",
-                    help="redo every stage of this kind and what depends on it: probe, score, select, train, rrt, "
-                         "eval (repeatable)")
+    sp.add_argument(
+        "--force",
+        action="append",
+        metavar="KIND",
+        help="redo every stage of this kind and what depends on it: probe, score, select, train, rrt, "
+        "eval (repeatable)",
+    )
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.learning_rate=1e-5 seeds=[0,1]")
     sp.set_defaults(fn=cmd_run)
@@ -339,14 +457,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp = tb.add_parser("build", help="build (or reuse) the world: a pretrained tiny student and teacher traces")
     common(sp, "world directory (reused when it holds a world of the same settings)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--world", choices=["arithmetic", "carry"], default="arithmetic",
-                    help="arithmetic: world 1, the student adopts a new format (the demo); carry: world 2, the "
-                         "paper's regime, a step-by-step student close to the teacher's format (docs/testbed.md)")
-    sp.add_argument("--rebuild", action="store_true",
-                    help="pretrain the student here instead of using the one shipped with t3s (minutes)")
-    sp.add_argument("--pretrain-dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                    help="precision of the student's pretraining (bfloat16: the shipped world; float32 builds "
-                         "another world, see docs/testbed.md)")
+    sp.add_argument(
+        "--world",
+        choices=["arithmetic", "carry"],
+        default="arithmetic",
+        help="arithmetic: world 1, the student adopts a new format (the demo); carry: world 2, the "
+        "paper's regime, a step-by-step student close to the teacher's format (docs/testbed.md)",
+    )
+    sp.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="pretrain the student here instead of using the one shipped with t3s (minutes)",
+    )
+    sp.add_argument(
+        "--pretrain-dtype",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="precision of the student's pretraining (bfloat16: the shipped world; float32 builds "
+        "another world, see docs/testbed.md)",
+    )
     sp.set_defaults(fn=cmd_testbed)
 
     sp = sub.add_parser("rrt", help="recovering residual transfer: θ_0 + (θ_T − θ_b)")
@@ -358,19 +487,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_rrt)
 
     sp = sub.add_parser("traces", help="training rows from a teacher: sample, grade, keep one correct trace")
-    sp.add_argument("--model", required=True, help="teacher: local HF model directory or hub id, or with "
-                                                   "--base-url the endpoint's model name")
+    sp.add_argument(
+        "--model",
+        required=True,
+        help="teacher: local HF model directory or hub id, or with --base-url the endpoint's model name",
+    )
     sp.add_argument("--data", required=True, help="prompts with gold answers (.jsonl, .parquet, saved dataset)")
-    sp.add_argument("--base-url", help="OpenAI-compatible endpoint (e.g. http://localhost:8000/v1); "
-                                       "default: run --model locally")
+    sp.add_argument(
+        "--base-url", help="OpenAI-compatible endpoint (e.g. http://localhost:8000/v1); default: run --model locally"
+    )
     common(sp, "traces directory (rerun the same command to resume; --overwrite starts over)")
     sp.add_argument("--config", help="YAML config (its traces and render sections are used)")
     sp.add_argument("--split", help="split of a saved DatasetDict (default: train)")
     dtype_flag(sp)
     sp.add_argument("--trust-remote-code", action="store_true")
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="samples, temperature, top_p, max_tokens, seed, select, fallback, teacher, batch_size, "
-                         "concurrency, timeout, retries, api_key_env, extra_body, rendering keys")
+    sp.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="samples, temperature, top_p, max_tokens, seed, select, fallback, teacher, batch_size, "
+        "concurrency, timeout, retries, api_key_env, extra_body, rendering keys",
+    )
     sp.set_defaults(fn=cmd_traces)
     return p
 
@@ -397,8 +534,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = _handle_sigterm()
     try:
         if dist.launched() and args.command in ("run", "testbed"):  # they drive Trainers of their own
-            raise T3SError(f"`t3s {args.command}` runs as one process; under torchrun / accelerate launch run the "
-                           "stages one by one (probe, score, select, train, eval: README, 'Scaling out')")
+            raise T3SError(
+                f"`t3s {args.command}` runs as one process; under torchrun / accelerate launch run the "
+                "stages one by one (probe, score, select, train, eval: README, 'Scaling out')"
+            )
         if dist.launched() and args.command not in DISTRIBUTED:
             code = dist.on_main(lambda: args.fn(args))  # one process does it, the others wait
         else:
@@ -409,8 +548,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("T3S_DEBUG") or not (isinstance(e, (T3SError, OSError)) or _os_errno(e)):
             raise
         rank = f"[rank {dist.rank()}] " if dist.launched() and not dist.is_main() else ""
-        print(f"{rank}t3s {args.command}: error: {_message(e, args.command, getattr(args, 'out', None))}",
-              file=sys.stderr)
+        print(
+            f"{rank}t3s {args.command}: error: {_message(e, args.command, getattr(args, 'out', None))}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt as e:
         sig = e.signal if isinstance(e, Interrupted) else "Ctrl-C"

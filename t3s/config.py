@@ -40,18 +40,19 @@ from t3s.modes import DIFFUSION_MODES, RUN_MODES, canonical
 OVERLONG_POLICIES = ("error", "truncate", "drop")
 FALLBACKS = ("last_number", "none")
 
+
 @dataclass
 class RenderConfig:
     """How rows become token ids. Part of every score/selection fingerprint."""
 
-    chat_template: str = field(default="auto", metadata={"help": "auto | on | off: use the tokenizer's chat template",
-                                                         "switch": True})
+    chat_template: str = field(
+        default="auto", metadata={"help": "auto | on | off: use the tokenizer's chat template", "switch": True}
+    )
     system_prompt: str | None = field(default=None, metadata={"help": "system turn prepended to string prompts"})
     separator: str = field(default="\n", metadata={"help": "between prompt and response without a template"})
     add_eos: bool = field(default=True, metadata={"help": "append EOS to the response without a template"})
     template_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra chat-template variables"})
-    max_length: int | None = field(default=None, metadata={"help": "max tokens per row (prompt + response)",
-                                                           "ge": 2})
+    max_length: int | None = field(default=None, metadata={"help": "max tokens per row (prompt + response)", "ge": 2})
     overlong: str = field(default="error", metadata={"help": "error | truncate | drop for rows over max_length"})
 
     def __post_init__(self) -> None:
@@ -64,16 +65,20 @@ class RenderConfig:
             raise T3SError(f"chat_template must be auto, on or off, got '{self.chat_template}'")
 
 
-
-
 NORMALIZE = ("kept", "response")
 # SFTConfig arguments t3s sets itself (`training_arguments`, `make_trainer`): `train.trainer` may not repeat them.
 # The value says where the setting lives instead.
 MANAGED = {
-    "output_dir": "--out", "max_steps": "train.max_steps", "use_cpu": "train.dtype (the precision plan)",
-    "bf16": "train.dtype (the precision plan)", "fp16": "train.dtype (the precision plan)",
-    "save_strategy": "train.save_steps", "disable_tqdm": "--quiet", "remove_unused_columns": "nothing (t3s needs its "
-    "own columns)", "max_length": "render.max_length", "dataset_kwargs": "nothing (t3s renders the rows itself)",
+    "output_dir": "--out",
+    "max_steps": "train.max_steps",
+    "use_cpu": "train.dtype (the precision plan)",
+    "bf16": "train.dtype (the precision plan)",
+    "fp16": "train.dtype (the precision plan)",
+    "save_strategy": "train.save_steps",
+    "disable_tqdm": "--quiet",
+    "remove_unused_columns": "nothing (t3s needs its own columns)",
+    "max_length": "render.max_length",
+    "dataset_kwargs": "nothing (t3s renders the rows itself)",
     "logging_nan_inf_filter": "nothing (t3s stops on a non-finite loss)",
 }
 
@@ -83,10 +88,17 @@ class TrainConfig:
     """Training settings. Keys not listed here can be given under `trainer:` and go to TRL's SFTConfig as is
     (e.g. `deepspeed`, `fsdp`, `eval_strategy`)."""
 
-    learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate", "gt": 0, "le": 10,
-                                                         "why": "a larger one is a typo"})
-    max_steps: int = field(default=50, metadata={"help": "optimizer steps; 0 means use num_train_epochs", "ge": 0,
-                                                  "why": "0 trains num_train_epochs epochs"})
+    learning_rate: float = field(
+        default=1e-5, metadata={"help": "peak learning rate", "gt": 0, "le": 10, "why": "a larger one is a typo"}
+    )
+    max_steps: int = field(
+        default=50,
+        metadata={
+            "help": "optimizer steps; 0 means use num_train_epochs",
+            "ge": 0,
+            "why": "0 trains num_train_epochs epochs",
+        },
+    )
     num_train_epochs: float = field(default=1.0, metadata={"help": "epochs when max_steps is 0", "gt": 0})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "rows per device per micro-batch", "ge": 1})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step", "ge": 1})
@@ -95,24 +107,40 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "ge": 0})
     optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 disables)", "ge": 0})
-    seed: int = field(default=42, metadata={"help": "data order and initialisation seed"})
+    seed: int = field(default=42, metadata={"help": "data order and initialisation seed (`t3s run`: each of `seeds`)"})
     normalize: str = field(default="kept", metadata={"help": "kept | response: loss denominator"})
-    dtype: str = field(default="auto", metadata={
-        "help": "compute dtype: auto | float32 | bfloat16 | float16 (GPU only); weights stay fp32 (t3s.models)"})
-    pure_bf16: bool = field(default=False, metadata={
-        "help": "bf16 weights updated in place, no fp32 master copy: half the memory, but most updates below "
-                "about 2^-9 of a weight are lost (at lr 1e-5: most of them)"})
-    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (GPU)"})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "compute dtype: auto | float32 | bfloat16 | float16 (GPU only); weights and optimizer state "
+            "stay fp32. "
+            "auto: bf16 autocast on a GPU; on a CPU only with AVX512-BF16/AMX, else fp32"
+        },
+    )
+    pure_bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 weights updated in place, no fp32 master copy: half the memory, but most updates below "
+            "about 2^-9 of a weight are lost (at lr 1e-5: most of them)"
+        },
+    )
+    activation_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations to save memory (GPU)"}
+    )
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)", "ge": 0})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep Trainer checkpoints after success"})
     logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps", "ge": 1})
     report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | ..."})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning)", "ge": 0})
+    lora_r: int = field(
+        default=0, metadata={"help": "PEFT LoRA rank (0: full fine-tuning); the saved model is merged", "ge": 0}
+    )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha", "gt": 0})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout", "ge": 0, "lt": 1})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow remote code models"})
-    trainer: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra SFTConfig arguments"})
+    trainer: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "passed to TRL's SFTConfig as is (deepspeed, fsdp, adam_beta2, ...)"}
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "train")
@@ -125,29 +153,34 @@ class TrainConfig:
             raise T3SError(f"normalize must be one of {NORMALIZE}, got '{self.normalize}'")
 
 
-
-
 @dataclass
 class ProbeConfig:
     """Settings of the probe run (training itself uses the `train` section)."""
 
-    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: about 15 points per run)", "ge": 0})
-    subset: int = field(default=0, metadata={
-        "help": "training prompts evaluated (0: all), a fixed seeded subset", "ge": 0})
+    eval_every: int = field(
+        default=0, metadata={"help": "evaluate every N steps (0: about 15 points per run)", "ge": 0}
+    )
+    subset: int = field(
+        default=0, metadata={"help": "training prompts evaluated (0: all), a fixed seeded subset", "ge": 0}
+    )
     subset_seed: int = field(default=0, metadata={"help": "seed of the subsets"})
-    heldout_subset: int = field(default=0, metadata={
-        "help": "held-out prompts evaluated (0: all, -1: none)", "ge": -1})
+    heldout_subset: int = field(default=0, metadata={"help": "held-out prompts evaluated (0: all, -1: none)", "ge": -1})
     k: int = field(default=1, metadata={"help": "samples per prompt: 1 = greedy, >1 = eval sampling, avg@k", "ge": 1})
     online: bool = field(default=False, metadata={"help": "stop once a dip's minimum is confirmed"})
-    margin: float | None = field(default=None, metadata={
-        "help": "accuracy margin of a real dip and of the online stop (default: 2 standard errors of the step-0 "
-                "accuracy on the probe set)"})
+    margin: float | None = field(
+        default=None,
+        metadata={
+            "help": "accuracy margin of a real dip and of the online stop (default: 2 standard errors of the step-0 "
+            "accuracy on the probe set)"
+        },
+    )
     patience: int = field(default=2, metadata={"help": "evaluations above min + margin before an online stop"})
     markers: list[str] = field(default_factory=lambda: ["Wait"], metadata={"help": "style marker phrases"})
     keep_all: bool = field(default=False, metadata={"help": "keep every evaluated checkpoint"})
     continue_without_dip: bool = field(default=False, metadata={"help": "use the lowest checkpoint even with no dip"})
-    track_every: int = field(default=0, metadata={
-        "help": "pipeline: also evaluate every trained mode every N steps", "ge": 0})
+    track_every: int = field(
+        default=0, metadata={"help": "pipeline: also evaluate every trained mode every N steps", "ge": 0}
+    )
     track_subset: int = field(default=64, metadata={"help": "training prompts evaluated when tracking a mode", "ge": 1})
     backend: str = field(default="hf", metadata={"help": "generation: hf | vllm (GPU only; engine from eval.vllm)"})
 
@@ -163,8 +196,6 @@ class ProbeConfig:
             raise T3SError(f"probe.markers must be a list of phrases, got {self.markers!r}")
 
 
-
-
 @dataclass
 class GenConfig:
     """Sampling settings for evaluation and the probe."""
@@ -178,12 +209,21 @@ class GenConfig:
     fallback: str = field(default="last_number", metadata={"help": "answer fallback: last_number | none"})
     dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
     backend: str = field(default="hf", metadata={"help": "hf (transformers generate) | vllm (GPU, optional)"})
-    model_defaults: bool = field(default=False, metadata={
-        "help": "false: generate with exactly these settings on every backend (no top-k, min-p or repetition "
-                "penalty); true: also apply the top_k, min_p and repetition_penalty of the model's "
-                "generation_config.json"})
-    vllm: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "vLLM engine arguments, e.g. {tensor_parallel_size: 8, gpu_memory_utilization: 0.9, max_model_len: 40000}"})
+    model_defaults: bool = field(
+        default=False,
+        metadata={
+            "help": "false: generate with exactly these settings on every backend (no top-k, min-p or repetition "
+            "penalty); true: also apply the top_k, min_p and repetition_penalty of the model's "
+            "generation_config.json"
+        },
+    )
+    vllm: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "vLLM engine arguments, e.g. {tensor_parallel_size: 8, gpu_memory_utilization: 0.9, "
+            "max_model_len: 40000}"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "eval")
@@ -195,8 +235,6 @@ class GenConfig:
             raise T3SError("k, max_new_tokens and batch_size must be >= 1")
         if self.k > 1 and self.temperature == 0:
             raise T3SError("k > 1 samples need temperature > 0 (greedy samples would all be the same)")
-
-
 
 
 SCHEDULES = ("llada", "dfactory")
@@ -213,15 +251,20 @@ DIFFUSION_SELECTION_KEYS = ("tau",)
 class DiffusionConfig:
     """Masked-diffusion students: the training mask and the sampler (section `diffusion`)."""
 
-    mask_schedule: str = field(default="llada", metadata={"help": "llada: t~U(eps,1), CE weighted 1/t | "
-                                                                  "dfactory: t~U(t_min,t_max), no weight"})
+    mask_schedule: str = field(
+        default="llada", metadata={"help": "llada: t~U(eps,1), CE weighted 1/t | dfactory: t~U(t_min,t_max), no weight"}
+    )
     eps: float = field(default=1e-3, metadata={"help": "llada: smallest noise level"})
     t_min: float = field(default=0.3, metadata={"help": "dfactory: noise level range, low end"})
     t_max: float = field(default=0.8, metadata={"help": "dfactory: noise level range, high end"})
     tau: float = field(default=0.2, metadata={"help": "forced set: Δc < −tau (always masked)"})
-    forced_weight: str = field(default="one", metadata={
-        "help": "loss weight of a forced position: one (it is masked with probability 1) | inverse_t (1/t like "
-                "a randomly masked one: up-weights the forced set by a random factor)"})
+    forced_weight: str = field(
+        default="one",
+        metadata={
+            "help": "loss weight of a forced position: one (it is masked with probability 1) | inverse_t (1/t like "
+            "a randomly masked one: up-weights the forced set by a random factor)"
+        },
+    )
     mask_token_id: int | None = field(default=None, metadata={"help": "default: the tokenizer's or config's"})
     gen_length: int = field(default=0, metadata={"help": "sampler canvas length (0: eval.max_new_tokens)"})
     block_length: int = field(default=32, metadata={"help": "semi-autoregressive block length"})
@@ -279,14 +322,24 @@ MODES = RUN_MODES
 class ScoreConfig:
     """Settings of `t3s score` (and the pipeline's scoring stage)."""
 
-    dtype: str = field(default="auto", metadata={
-        "help": "auto (= float32: bf16 rounding would decide the sign of small Δc) | float32 | bfloat16 | "
-                "float16 (GPU only)"})
-    batch_tokens: int = field(default=0, metadata={
-        "help": "padded tokens per backbone batch (0: auto, 2048 on CPU, 16384 on GPU)", "ge": 0})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (= float32: bf16 rounding would decide the sign of small Δc) | float32 | bfloat16 | "
+            "float16 (GPU only)"
+        },
+    )
+    batch_tokens: int = field(
+        default=0, metadata={"help": "padded tokens per backbone batch (0: auto, 2048 on CPU, 16384 on GPU)", "ge": 0}
+    )
     max_batch: int = field(default=64, metadata={"help": "rows per batch at most", "ge": 1})
-    chunk_tokens: int = field(default=0, metadata={
-        "help": "positions per LM-head / log-softmax chunk (0: auto, cache-sized on CPU, 1024 on GPU)", "ge": 0})
+    chunk_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "positions per LM-head / log-softmax chunk (0: auto, cache-sized on CPU, 1024 on GPU)",
+            "ge": 0,
+        },
+    )
     check: bool = field(default=True, metadata={"help": "compare one row with the model's own forward"})
 
     def __post_init__(self) -> None:
@@ -294,7 +347,11 @@ class ScoreConfig:
 
 
 SECTIONS: dict[str, type] = {
-    "render": RenderConfig, "train": TrainConfig, "probe": ProbeConfig, "eval": GenConfig, "score": ScoreConfig,
+    "render": RenderConfig,
+    "train": TrainConfig,
+    "probe": ProbeConfig,
+    "eval": GenConfig,
+    "score": ScoreConfig,
     "diffusion": DiffusionConfig,
 }
 OBJECTIVES = ("ar", "diffusion")
@@ -305,23 +362,35 @@ class RunConfig:
     student: str | None = field(default=None, metadata={"help": "θ_0: model directory or hub id"})
     train_data: str | None = field(default=None, metadata={"help": "teacher traces with gold answers"})
     eval_data: str | None = field(default=None, metadata={"help": "held-out prompts with gold answers"})
-    modes: list[str] = field(default_factory=lambda: ["sft", "t3s"], metadata={"help": f"any of {RUN_MODES}"})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds (data order)"})
-    threshold: float | str = field(default=0.0, metadata={
-        "help": "anchors: Δc > threshold; auto: 0, with tokens near-certain at θ_0 and θ_b in neither group",
-        "words": ("auto",)})
+    modes: list[str] = field(
+        default_factory=lambda: ["sft", "t3s"], metadata={"help": f"any of {', '.join(RUN_MODES)} (`none`: sft)"}
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0],
+        metadata={"help": "one probe and one training run per mode per seed (data order; replaces train.seed)"},
+    )
+    threshold: float | str = field(
+        default=0.0,
+        metadata={
+            "help": "anchors: Δc > threshold; auto: 0, with tokens near-certain at θ_0 and θ_b in neither group",
+            "words": ("auto",),
+        },
+    )
     rrt: bool = field(default=True, metadata={"help": "also build θ_0 + (θ_T − θ_b) from the SFT run"})
     objective: str = field(default="ar", metadata={"help": "ar | diffusion (a masked-diffusion student)"})
-    selector: str | None = field(default=None, metadata={"help": "diffusion: the AR selector model (its probe "
-                                                                  "and scores give Δc)"})
-    selector_train: dict[str, Any] = field(default_factory=dict, metadata={"help": "diffusion: train keys that "
-                                                                                   "differ for the selector's probe"})
+    selector: str | None = field(
+        default=None, metadata={"help": "diffusion: the AR selector model (its probe and scores give Δc)"}
+    )
+    selector_train: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "diffusion: train keys that differ for the selector's probe"}
+    )
     probe_student: bool = field(default=False, metadata={"help": "diffusion: also probe the student itself"})
-    teachers: dict[str, Any] = field(default_factory=dict, metadata={"help": "teacher mixture: name -> training "
-                                                                              "set (instead of train_data)"})
-    mixture_budget: float = field(default=0.0, metadata={"help": "mixture steps = train.max_steps × this "
-                                                                 "(0: the number of teachers)",
-                                                                 "ge": 0})
+    teachers: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "teacher mixture: name -> training set (instead of train_data)"}
+    )
+    mixture_budget: float = field(
+        default=0.0, metadata={"help": "mixture steps = train.max_steps × this (0: the number of teachers)", "ge": 0}
+    )
     render: RenderConfig = field(default_factory=RenderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -340,15 +409,20 @@ class RunConfig:
         if self.objective == "diffusion":
             bad = [m for m in self.modes if m not in DIFFUSION_MODES]
             if bad:
-                raise T3SError(f"a diffusion student trains the modes {', '.join(DIFFUSION_MODES)}; "
-                               f"not {', '.join(bad)}")
+                raise T3SError(
+                    f"a diffusion student trains the modes {', '.join(DIFFUSION_MODES)}; not {', '.join(bad)}"
+                )
             # vLLM serves autoregressive models only: refuse before any stage runs
             if self.eval.backend == "vllm":
-                raise T3SError("eval.backend=vllm cannot evaluate a diffusion student (vLLM has no masked-diffusion "
-                               "models); use eval.backend=hf (the diffusion sampler)")
+                raise T3SError(
+                    "eval.backend=vllm cannot evaluate a diffusion student (vLLM has no masked-diffusion "
+                    "models); use eval.backend=hf (the diffusion sampler)"
+                )
             if self.probe_student and self.probe.backend == "vllm":
-                raise T3SError("probe.backend=vllm cannot probe a diffusion student (probe_student: true); use "
-                               "probe.backend=hf, or probe_student: false (the AR selector's probe may use vllm)")
+                raise T3SError(
+                    "probe.backend=vllm cannot probe a diffusion student (probe_student: true); use "
+                    "probe.backend=hf, or probe_student: false (the AR selector's probe may use vllm)"
+                )
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in self.seeds):
             raise T3SError(f"seeds must be a list of integers, got {self.seeds!r}")
         bad = [m for m in self.modes if m not in MODES]
@@ -441,8 +515,9 @@ def _set(raw: dict[str, Any], path: list[str], value: Any) -> None:
     raw[path[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                flat: tuple[str, ...] = ("train", "render")) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, flat: tuple[str, ...] = ("train", "render")
+) -> RunConfig:
     """Read a run config and apply overrides. Bare keys resolve to the first section in `flat` that has them."""
     raw: dict[str, Any] = {}
     where = "config"
@@ -463,14 +538,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             owner = next((s for s in flat if parts[0] in {f.name for f in dataclasses.fields(SECTIONS[s])}), None)
             if owner is None:
                 known = sorted({f.name for s in flat for f in dataclasses.fields(SECTIONS[s])})
-                raise T3SError(f"unknown config key '{key}' (keys here: {', '.join(known)}; or section.key with "
-                               f"sections {', '.join(SECTIONS)})")
+                raise T3SError(
+                    f"unknown config key '{key}' (keys here: {', '.join(known)}; or section.key with "
+                    f"sections {', '.join(SECTIONS)})"
+                )
             parts = [owner, *parts]
         _set(raw, parts, parse_value(value))
     unknown = sorted(set(raw) - _TOP - set(SECTIONS))
     if unknown:
-        raise T3SError(f"{where}: unknown key(s) {', '.join(unknown)} "
-                       f"(top-level keys: {', '.join(sorted(_TOP))}; sections: {', '.join(SECTIONS)})")
+        raise T3SError(
+            f"{where}: unknown key(s) {', '.join(unknown)} "
+            f"(top-level keys: {', '.join(sorted(_TOP))}; sections: {', '.join(SECTIONS)})"
+        )
     sections = {}
     for name, cls in SECTIONS.items():
         body = raw.get(name) or {}

@@ -19,7 +19,6 @@ from t3s.artifacts import not_utf8, sha256_json
 from t3s.config import RenderConfig
 
 
-
 @dataclass
 class Row:
     id: str
@@ -130,8 +129,9 @@ def raw_rows(path: Path, split: str | None) -> list[tuple[str, Any]]:
     raise T3SError(f"{path}: unsupported data format (use .jsonl, .parquet or a saved dataset directory)")
 
 
-def load_rows(path: str | Path, split: str | None = None, *, need_response: bool = True,
-              need_answer: bool = False) -> list[Row]:
+def load_rows(
+    path: str | Path, split: str | None = None, *, need_response: bool = True, need_answer: bool = False
+) -> list[Row]:
     """Read and validate every row; the first problem raises one error naming the file and line (or row).
     Evaluation sets need `answer` but not `response`; training sets need `response`."""
     path = Path(path)
@@ -218,20 +218,26 @@ def _apply_template(row: Row, tokenizer: Any, cfg: RenderConfig, msgs: list[dict
     try:
         return tokenizer.apply_chat_template(msgs, tokenize=False, **kw, **cfg.template_kwargs)
     except Exception as e:  # jinja2 errors of templates written for other message shapes (images, tools)
-        raise T3SError(f"{row.where}: the chat template cannot render this row ({type(e).__name__}: {e}); "
-                       "render without it (chat_template=off) or give a text-only template") from None
+        raise T3SError(
+            f"{row.where}: the chat template cannot render this row ({type(e).__name__}: {e}); "
+            "render without it (chat_template=off) or give a text-only template"
+        ) from None
 
 
 def _turn_end(row: Row, tokenizer: Any, cfg: RenderConfig, prefix: str) -> tuple[str, str]:
     """(prefill, end): what the template's generation prompt adds after the assistant header, and the text it
     puts after an assistant turn's content (e.g. `<|im_end|>\n`), read from a rendering of a sentinel turn."""
-    full = _apply_template(row, tokenizer, cfg, prompt_messages(row, cfg) + [{"role": "assistant", "content": _SENTINEL}])
+    full = _apply_template(
+        row, tokenizer, cfg, prompt_messages(row, cfg) + [{"role": "assistant", "content": _SENTINEL}]
+    )
     at = full.rfind(_SENTINEL)
     if at < 0:
-        raise T3SError(f"{row.where}: the chat template drops the assistant's content; cannot find the response "
-                       "(a template for another message shape?); render without it (chat_template=off)")
+        raise T3SError(
+            f"{row.where}: the chat template drops the assistant's content; cannot find the response "
+            "(a template for another message shape?); render without it (chat_template=off)"
+        )
     common = len(os.path.commonprefix([full[:at], prefix]))
-    return prefix[common:], full[at + len(_SENTINEL):]
+    return prefix[common:], full[at + len(_SENTINEL) :]
 
 
 def _stop_text(tokenizer: Any) -> str:
@@ -243,7 +249,7 @@ def think_prefill(prefix: str) -> str:
     """The open think block a generation prompt ends with (`<think>\n` for DeepSeek-R1-distill, QwQ, Qwen3.5+
     thinking mode), or ''."""
     i = prefix.rfind(THINK_OPEN)
-    if i >= 0 and not prefix[i + len(THINK_OPEN):].strip():
+    if i >= 0 and not prefix[i + len(THINK_OPEN) :].strip():
         return prefix[i:]
     return ""
 
@@ -267,21 +273,24 @@ def render_response(row: Row, tokenizer: Any, cfg: RenderConfig, prefix: str) ->
     msgs = prompt_messages(row, cfg) + [{"role": "assistant", "content": resp}]
     full = _apply_template(row, tokenizer, cfg, msgs)
     pre = think_prefill(prefix)
-    want = (resp.count(THINK_OPEN) + (1 if pre and not resp.lstrip().startswith(THINK_OPEN) else 0),
-            resp.count(THINK_CLOSE))
+    want = (
+        resp.count(THINK_OPEN) + (1 if pre and not resp.lstrip().startswith(THINK_OPEN) else 0),
+        resp.count(THINK_CLOSE),
+    )
     common = len(os.path.commonprefix([full, prefix]))
     if THINK_CLOSE not in resp and THINK_CLOSE in full[common:]:
         raise T3SError(
             f"{row.where}: the response has no <think>…</think> block, and the chat template renders it with one "
             "(an empty think block before the trace: a non-thinking answer): the student would learn to stop "
             "thinking. Wrap the reasoning in <think>…</think> (t3s traces does), or render in non-thinking mode "
-            "(render.template_kwargs: {enable_thinking: false}) if that is what you want")
+            "(render.template_kwargs: {enable_thinking: false}) if that is what you want"
+        )
     if common == len(prefix):
-        text = full[len(prefix):]
+        text = full[len(prefix) :]
         seq = pre + text
         parts = trace_parts(resp)
         if all(text.count(x) == 1 for x in parts) and (seq.count(THINK_OPEN), seq.count(THINK_CLOSE)) == want:
-            if parts and not text[text.rfind(parts[-1]) + len(parts[-1]):].strip():
+            if parts and not text[text.rfind(parts[-1]) + len(parts[-1]) :].strip():
                 text += _stop_text(tokenizer)  # a template that closes no turn (GLM): the model must learn to stop
             return text, resp if resp in text else text, False
     prefill, end = _turn_end(row, tokenizer, cfg, prefix)
@@ -290,9 +299,9 @@ def render_response(row: Row, tokenizer: Any, cfg: RenderConfig, prefix: str) ->
     prefill = pre or prefill
     body = resp
     if prefill and body.startswith(prefill):
-        body = body[len(prefill):]
+        body = body[len(prefill) :]
     elif prefill.strip() and body.lstrip().startswith(prefill.strip()):
-        body = body.lstrip()[len(prefill.strip()):].lstrip("\n")
+        body = body.lstrip()[len(prefill.strip()) :].lstrip("\n")
     return body + end, body, True
 
 
@@ -332,9 +341,12 @@ class RenderReport:
         return asdict(self)
 
     def __str__(self) -> str:
-        note = ("" if not self.rewritten else
-                f"; {self.rewritten} responses rendered after the generation prompt (the chat template rewrites "
-                "assistant turns)")
+        note = (
+            ""
+            if not self.rewritten
+            else f"; {self.rewritten} responses rendered after the generation prompt (the chat template rewrites "
+            "assistant turns)"
+        )
         return (
             f"{self.rows} rows: {self.kept} kept ({self.truncated} truncated), {self.dropped} dropped as over-long; "
             f"{self.prompt_tokens} prompt + {self.response_tokens} response tokens{note}"

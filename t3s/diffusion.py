@@ -82,8 +82,10 @@ def read_config(path: str | Path, trust_remote_code: bool = False) -> dict[str, 
     try:
         cfg, _ = PretrainedConfig.get_config_dict(str(path), local_files_only=kw["local_files_only"])
     except (OSError, ValueError) as e:
-        raise T3SError(f"cannot read the config of '{path}' (a local directory or a hub id; offline, it must be in "
-                       f"the Hugging Face cache): {e}") from None
+        raise T3SError(
+            f"cannot read the config of '{path}' (a local directory or a hub id; offline, it must be in "
+            f"the Hugging Face cache): {e}"
+        ) from None
     return cfg
 
 
@@ -147,15 +149,19 @@ def load_mask_predictor(path: str | Path, precision: Precision, trust_remote_cod
     try:
         model = getattr(transformers, key).from_pretrained(path, **kw)
     except ValueError as e:
-        raise T3SError(f"'{path}' is not a mask predictor (AutoModelForMaskedLM; pass trust_remote_code for "
-                       f"LLaDA-style models): {e}") from None
+        raise T3SError(
+            f"'{path}' is not a mask predictor (AutoModelForMaskedLM; pass trust_remote_code for "
+            f"LLaDA-style models): {e}"
+        ) from None
     except Exception as e:  # noqa: BLE001 -- a user's files: any failure is one line naming them
         raise load_error("a mask predictor", path, e) from e
     model = model.to(precision.device)
     if not _has_head(model):
-        raise T3SError(f"'{path}' loaded through {key} as {type(model).__name__}, which has no LM head (its forward "
-                       "returns no vocabulary logits): a mask predictor needs the class with the head; its config's "
-                       "auto_map should name it under AutoModelForMaskedLM or AutoModelForCausalLM")
+        raise T3SError(
+            f"'{path}' loaded through {key} as {type(model).__name__}, which has no LM head (its forward "
+            "returns no vocabulary logits): a mask predictor needs the class with the head; its config's "
+            "auto_map should name it under AutoModelForMaskedLM or AutoModelForCausalLM"
+        )
     return model
 
 
@@ -165,8 +171,10 @@ def mask_token_id(model: Any, tok: Any, override: int | None = None) -> int:
     for src in (getattr(tok, "mask_token_id", None), getattr(model.config, "mask_token_id", None)):
         if src is not None:
             return int(src)
-    raise T3SError("the diffusion student has no mask token (neither its tokenizer nor its config names one); "
-                   "set diffusion.mask_token_id")
+    raise T3SError(
+        "the diffusion student has no mask token (neither its tokenizer nor its config names one); "
+        "set diffusion.mask_token_id"
+    )
 
 
 def _accepts_attention_mask(model: Any) -> bool:
@@ -191,8 +199,9 @@ def row_generator(seed: int, step: int, row: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
 
 
-def draw_noise(cfg: DiffusionConfig, seed: int, step: int, rows: list[int], answer_lens: list[int]
-               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def draw_noise(
+    cfg: DiffusionConfig, seed: int, step: int, rows: list[int], answer_lens: list[int]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per row: the noise level t and one uniform draw per response position (mask where u < t)."""
     ts, us = [], []
     for r, n in zip(rows, answer_lens):
@@ -206,8 +215,9 @@ def draw_noise(cfg: DiffusionConfig, seed: int, step: int, rows: list[int], answ
     return torch.tensor(ts, dtype=torch.float64), us
 
 
-def build_mask(batch: dict[str, Any], cfg: DiffusionConfig, seed: int, step: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def build_mask(
+    batch: dict[str, Any], cfg: DiffusionConfig, seed: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mask (B, L) bool, forced (B, L) bool, t (B,), answer length (B,)) for a collated batch, on the device of
     its `input_ids`: the random mask ∪ the forced set, response positions only. The noise is drawn on the CPU
     (its seeded stream does not depend on the device) and moved; the forced set stays where the Trainer put it."""
@@ -230,8 +240,9 @@ def build_mask(batch: dict[str, Any], cfg: DiffusionConfig, seed: int, step: int
     return mask, forced.to(dev) & pos.to(dev), t.to(dev), torch.tensor(answer, device=dev)
 
 
-def position_weights(mask: torch.Tensor, forced: torch.Tensor, t: torch.Tensor, answer: torch.Tensor,
-                     cfg: DiffusionConfig) -> torch.Tensor:
+def position_weights(
+    mask: torch.Tensor, forced: torch.Tensor, t: torch.Tensor, answer: torch.Tensor, cfg: DiffusionConfig
+) -> torch.Tensor:
     """(B, L) float64 loss weight of every position (0 where not masked); see the module docstring."""
     one = torch.ones_like(t)
     w_rand = (1.0 / t) / answer.double() if cfg.mask_schedule == "llada" else one
@@ -242,8 +253,9 @@ def position_weights(mask: torch.Tensor, forced: torch.Tensor, t: torch.Tensor, 
     return torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
 
 
-def weighted_loss_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
-                      ) -> torch.Tensor:
+def weighted_loss_sum(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """Σ over masked positions of weight · CE (float64), in one sum over the batch."""
     ce = torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask], reduction="none")
     return (ce.double() * weights[mask]).sum()
@@ -264,8 +276,12 @@ class Collator:
         for i, e in enumerate(examples):
             ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
             forced[i, : len(e["forced"])] = torch.tensor(e["forced"], dtype=torch.bool)
-        return {"input_ids": ids, "prompt_len": [int(e["prompt_len"]) for e in examples], "forced": forced,
-                "row": [int(e["row"]) for e in examples]}
+        return {
+            "input_ids": ids,
+            "prompt_len": [int(e["prompt_len"]) for e in examples],
+            "forced": forced,
+            "row": [int(e["row"]) for e in examples],
+        }
 
 
 def trainer_class():
@@ -283,8 +299,10 @@ def trainer_class():
 
         def _get_num_items_in_batch(self, batch_samples, device):
             if self.diffusion.mask_schedule == "dfactory":  # the masked positions of every micro-batch this step
-                n = sum(int(build_mask(b, self.diffusion, self.args.seed, self.state.global_step)[0].sum())
-                        for b in batch_samples)
+                n = sum(
+                    int(build_mask(b, self.diffusion, self.args.seed, self.state.global_step)[0].sum())
+                    for b in batch_samples
+                )
             else:
                 n = sum(len(b["input_ids"]) for b in batch_samples)
             n = torch.tensor(max(n, 1), device=device)
@@ -308,23 +326,41 @@ def trainer_class():
     return DiffusionTrainer
 
 
-def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, dcfg: DiffusionConfig, output_dir: str | Path, *,
-                 progress: bool = True, callbacks: list | None = None) -> Any:
+def make_trainer(
+    model: Any,
+    data: Prepared,
+    cfg: TrainConfig,
+    dcfg: DiffusionConfig,
+    output_dir: str | Path,
+    *,
+    progress: bool = True,
+    callbacks: list | None = None,
+) -> Any:
     """The diffusion counterpart of the autoregressive trainer (same TrainConfig, same precision rules)."""
     from transformers import TrainingArguments
 
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=cfg.lora_dropout,
-                                                 target_modules=cfg.lora_target_modules))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=cfg.lora_target_modules,
+            ),
+        )
     args = TrainingArguments(**training_arguments(cfg, output_dir, progress))
     DiffusionTrainer = trainer_class()
     tok = data.tokenizer
     trainer = DiffusionTrainer(
-        model=model, args=args, train_dataset=data.dataset, processing_class=tok,
-        data_collator=Collator(tok.eos_token_id), callbacks=[*(callbacks or []), finite_loss_callback()],
+        model=model,
+        args=args,
+        train_dataset=data.dataset,
+        processing_class=tok,
+        data_collator=Collator(tok.eos_token_id),
+        callbacks=[*(callbacks or []), finite_loss_callback()],
         diffusion=dcfg,
         mask_id=mask_token_id(model, tok, dcfg.mask_token_id),
     )
@@ -350,8 +386,10 @@ def response_spans(row: Row, tokenizer: Any, rcfg: RenderConfig, n_tokens: int) 
     try:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     except (NotImplementedError, ValueError, TypeError) as e:
-        raise T3SError(f"{row.where}: the tokenizer gives no character offsets ({e}); a selector with another "
-                       "tokenizer needs a fast tokenizer on both sides") from None
+        raise T3SError(
+            f"{row.where}: the tokenizer gives no character offsets ({e}); a selector with another "
+            "tokenizer needs a fast tokenizer on both sides"
+        ) from None
     if list(enc["input_ids"]) != list(response_ids[: len(enc["input_ids"])]):
         raise T3SError(f"{row.where}: re-tokenizing the response with offsets gives other tokens; cannot project")
     shift, origin = text.find(body), row.response.find(body)  # body: the row's text as it appears in `text`
@@ -365,8 +403,7 @@ def response_spans(row: Row, tokenizer: Any, rcfg: RenderConfig, n_tokens: int) 
     return spans[:n_tokens]
 
 
-def project_row(delta: np.ndarray, src: list[tuple[int, int] | None], dst: list[tuple[int, int] | None]
-                ) -> np.ndarray:
+def project_row(delta: np.ndarray, src: list[tuple[int, int] | None], dst: list[tuple[int, int] | None]) -> np.ndarray:
     """Δc on the destination tokens: the minimum Δc of the source tokens whose characters overlap (NaN when none
     do). The minimum makes a student token yet-to-learn as soon as any part of it is."""
     out = np.full(len(dst), np.nan, dtype=np.float32)
@@ -393,13 +430,18 @@ def projector(rows: list[Row], student_tok: Any, selector_tok: Any, rcfg: Render
             raise T3SError(f"the selector's scores hold row '{unknown[0]}', which is not in the training data")
         examples, _ = render_rows([by_id[i] for i in base.ids], student_tok, rcfg)
         if [e.id for e in examples] != list(base.ids):
-            raise T3SError("the student's rendering drops rows the selector kept (max_length); use one max_length "
-                           "that fits both tokenizers or overlong=truncate")
+            raise T3SError(
+                "the student's rendering drops rows the selector kept (max_length); use one max_length "
+                "that fits both tokenizers or overlong=truncate"
+            )
         deltas, missing = [], 0
         for e, d in zip(examples, base.delta):
             r = by_id[e.id]
-            p = project_row(d, response_spans(r, selector_tok, rcfg, len(d)),
-                            response_spans(r, student_tok, rcfg, len(e.response_ids)))
+            p = project_row(
+                d,
+                response_spans(r, selector_tok, rcfg, len(d)),
+                response_spans(r, student_tok, rcfg, len(e.response_ids)),
+            )
             missing += int(np.isnan(p).sum())
             deltas.append(p)
         return deltas, [e.response_ids for e in examples], fingerprints(rows, student_tok, rcfg), missing
@@ -417,8 +459,16 @@ def _transfer_counts(n_masked: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample(model: Any, tok: Any, prompts: list[list[int]], gcfg: GenConfig, dcfg: DiffusionConfig, precision: Precision,
-           progress: bool = True, desc: str = "sample") -> list[list[Any]]:
+def sample(
+    model: Any,
+    tok: Any,
+    prompts: list[list[int]],
+    gcfg: GenConfig,
+    dcfg: DiffusionConfig,
+    precision: Precision,
+    progress: bool = True,
+    desc: str = "sample",
+) -> list[list[Any]]:
     """k samples per prompt with the reverse process described in the module docstring. Same output as
     `t3s.evaluate.generate`: per prompt a list of Generation(token_ids before the first EOS, text, truncated)."""
     from tqdm.auto import tqdm
@@ -440,20 +490,25 @@ def sample(model: Any, tok: Any, prompts: list[list[int]], gcfg: GenConfig, dcfg
     # every forward is a collective: every process then samples every batch.
     batches = list(enumerate(range(0, len(jobs), gcfg.batch_size)))
     shard = dist.launched() and not dist.params_sharded(model)
-    mine = batches[dist.rank():: dist.world()] if shard else batches
+    mine = batches[dist.rank() :: dist.world()] if shard else batches
     done: dict[int, Any] = {}  # job index -> Generation
-    bar = tqdm(total=sum(len(jobs[s: s + gcfg.batch_size]) for _, s in mine), unit="sample", desc=desc,
-               disable=not progress or not dist.is_main(), dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(len(jobs[s : s + gcfg.batch_size]) for _, s in mine),
+        unit="sample",
+        desc=desc,
+        disable=not progress or not dist.is_main(),
+        dynamic_ncols=True,
+    )
     t0, n_new = time.perf_counter(), 0
     for b, start in mine:
-        batch = jobs[start: start + gcfg.batch_size]
+        batch = jobs[start : start + gcfg.batch_size]
         P = max(len(prompts[i]) for i, _ in batch)
         x = torch.full((len(batch), P + gen_len), mask_id, dtype=torch.long)
         att = torch.ones_like(x)
         for r, (i, _) in enumerate(batch):  # left-padded prompts, attention off on the padding
             x[r, : P - len(prompts[i])] = pad
             att[r, : P - len(prompts[i])] = 0
-            x[r, P - len(prompts[i]): P] = torch.tensor(prompts[i])
+            x[r, P - len(prompts[i]) : P] = torch.tensor(prompts[i])
         x, att = x.to(device), att.to(device)
         g = torch.Generator().manual_seed(gcfg.seed * 100_003 + b)
         for blk in range(gen_len // block):
@@ -487,8 +542,15 @@ def sample(model: Any, tok: Any, prompts: list[list[int]], gcfg: GenConfig, dcfg
     return out
 
 
-def commit_step(logits: torch.Tensor, block: torch.Tensor, masked: torch.Tensor, k: int, temperature: float,
-                remasking: str, g: torch.Generator) -> torch.Tensor:
+def commit_step(
+    logits: torch.Tensor,
+    block: torch.Tensor,
+    masked: torch.Tensor,
+    k: int,
+    temperature: float,
+    remasking: str,
+    g: torch.Generator,
+) -> torch.Tensor:
     """One denoising step on the current block: predict every position, commit the `k` most confident masked
     ones (per row). The noise comes from the CPU generator `g` (seeded, device-independent) and is moved to the
     logits' device."""

@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 from t3s import T3SError
 
-
 _alone = False  # inside `on_main`: the main process works alone, every helper acts as in a 1-process run
 
 
@@ -80,8 +79,14 @@ def gather_ordered(local: dict[int, Any], n: int) -> list[Any]:
     return [merged[i] for i in range(n)]
 
 
-def map_rows(fn: Callable[[list], list], items: list, costs: Sequence[float] | None = None, *,
-             part: int | None = None, parts: int | None = None) -> list:
+def map_rows(
+    fn: Callable[[list], list],
+    items: list,
+    costs: Sequence[float] | None = None,
+    *,
+    part: int | None = None,
+    parts: int | None = None,
+) -> list:
     """fn(items) computed in shares: each process runs fn on its rows (see `deal`), the results are gathered in
     the original order on every process. `part`/`parts` override the share (processes that must compute the
     same rows, e.g. a tensor-parallel group, pass the same part)."""

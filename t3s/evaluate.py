@@ -16,12 +16,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import atomic_dir, write_json
 from t3s.config import FALLBACKS, GenConfig, RenderConfig
-from t3s.generation import (MODEL_SAMPLING_KEYS, Generation, eos_ids, generate,  # noqa: F401 -- imported from here
-                            own_generation_config, sampling_settings)
+
+# re-exported (`x as x`): generation lived here before t3s.generation
+from t3s.generation import MODEL_SAMPLING_KEYS as MODEL_SAMPLING_KEYS
+from t3s.generation import Generation as Generation
+from t3s.generation import eos_ids as eos_ids
+from t3s.generation import generate as generate
+from t3s.generation import own_generation_config as own_generation_config
+from t3s.generation import sampling_settings as sampling_settings
 
 if TYPE_CHECKING:
     from t3s.data import Row
@@ -159,9 +164,18 @@ def metrics(samples: list[Sample]) -> dict[str, Any]:
     }
 
 
-def evaluate_model(model: Any, tok: Any, rows: list[Row], rcfg: RenderConfig, gcfg: GenConfig, precision: Precision,
-                   progress: bool = True, desc: str = "eval", objective: Objective | None = None,
-                   generator: Any = None) -> list[Sample]:
+def evaluate_model(
+    model: Any,
+    tok: Any,
+    rows: list[Row],
+    rcfg: RenderConfig,
+    gcfg: GenConfig,
+    precision: Precision,
+    progress: bool = True,
+    desc: str = "eval",
+    objective: Objective | None = None,
+    generator: Any = None,
+) -> list[Sample]:
     """Generate for every row and grade. `objective` (default: autoregressive) says how the model generates (HF
     `generate`, or the diffusion sampler). `generator`: another backend with `generate`'s outputs
     (t3s.vllm_backend), called as generator(prompts, gcfg, progress, desc)."""
@@ -178,14 +192,29 @@ def evaluate_model(model: Any, tok: Any, rows: list[Row], rcfg: RenderConfig, gc
         gens = generator(prompts, gcfg, progress, desc)
     else:
         gens = as_objective(objective).generate(model, tok, prompts, gcfg, precision, progress, desc)
-    responses = [Response(r.id, x.text, r.answer, len(x.token_ids), x.truncated, j)
-                 for r, g in zip(rows, gens) for j, x in enumerate(g)]
+    responses = [
+        Response(r.id, x.text, r.answer, len(x.token_ids), x.truncated, j)
+        for r, g in zip(rows, gens)
+        for j, x in enumerate(g)
+    ]
     return grade(responses, gcfg.fallback)
 
 
-def run_eval(model_path: str, rows: list[Row], out: str | Path, gcfg: GenConfig, rcfg: RenderConfig,
-             objective: Objective, *, data: str, trust_remote_code: bool = False, overwrite: bool = False,
-             progress: bool = True, desc: str = "eval", log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_eval(
+    model_path: str,
+    rows: list[Row],
+    out: str | Path,
+    gcfg: GenConfig,
+    rcfg: RenderConfig,
+    objective: Objective,
+    *,
+    data: str,
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    desc: str = "eval",
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """The evaluation stage, for `t3s eval` and `t3s run` alike: load the model the objective's way (or start a
     vLLM engine for `backend: vllm`), generate for every row, grade, and write `out/samples.jsonl` and
     `out/metrics.json` (atomically; several processes: the main one writes). Returns the metrics record."""
@@ -205,9 +234,15 @@ def run_eval(model_path: str, rows: list[Row], out: str | Path, gcfg: GenConfig,
     else:
         model = objective.load(model_path, precision, trust_remote_code)
     samples = evaluate_model(model, tok, rows, rcfg, gcfg, precision, progress, desc, objective, generator)
-    meta = {"model": str(model_path), "model_fingerprint": model_fingerprint(model_path), "data": str(data),
-            "generation": asdict(gcfg), "precision": precision.name, "device": device_info(precision.device),
-            **objective.record()}
+    meta = {
+        "model": str(model_path),
+        "model_fingerprint": model_fingerprint(model_path),
+        "data": str(data),
+        "generation": asdict(gcfg),
+        "precision": precision.name,
+        "device": device_info(precision.device),
+        **objective.record(),
+    }
     return dist.on_main(lambda: write_eval(out, samples, meta, overwrite))  # the others wait for it
 
 
@@ -223,9 +258,11 @@ def write_eval(out: str | Path, samples: list[Sample], meta: dict[str, Any], ove
 
 def format_metrics(m: dict[str, Any]) -> str:
     tok = "" if m["mean_tokens"] is None else f", tokens mean {m['mean_tokens']:.1f} / median {m['median_tokens']:.0f}"
-    return (f"accuracy (avg@{m['k']}) {100 * m['accuracy']:.2f}%, pass@{m['k']} {100 * m['pass_at_k']:.2f}% "
-            f"over {m['prompts']} prompts{tok}, no answer {100 * m['no_answer_rate']:.1f}%, "
-            f"cut off {100 * m['truncated_rate']:.1f}%")
+    return (
+        f"accuracy (avg@{m['k']}) {100 * m['accuracy']:.2f}%, pass@{m['k']} {100 * m['pass_at_k']:.2f}% "
+        f"over {m['prompts']} prompts{tok}, no answer {100 * m['no_answer_rate']:.1f}%, "
+        f"cut off {100 * m['truncated_rate']:.1f}%"
+    )
 
 
 def load_responses(path: str | Path) -> list[Response]:
@@ -253,9 +290,17 @@ def load_responses(path: str | Path) -> list[Response]:
     return out
 
 
-def evaluator(rows: list[Row], data: str, gcfg: GenConfig, rcfg: RenderConfig, objective: Objective, *,
-              trust_remote_code: bool = False, progress: bool = True, log: Callable[[str], None] = print
-              ) -> Callable[[str, str], Callable[[Path], dict[str, Any]]]:
+def evaluator(
+    rows: list[Row],
+    data: str,
+    gcfg: GenConfig,
+    rcfg: RenderConfig,
+    objective: Objective,
+    *,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Callable[[str, str], Callable[[Path], dict[str, Any]]]:
     """For `t3s run`'s stage ledger: evaluator(model_path, name) is a stage function that evaluates the model on
     `rows` into the stage's directory (`run_eval`), logs one line and returns the metrics."""
     from t3s.models import describe, resolve_precision
@@ -264,8 +309,19 @@ def evaluator(rows: list[Row], data: str, gcfg: GenConfig, rcfg: RenderConfig, o
 
     def make(model_path: str, name: str) -> Callable[[Path], dict[str, Any]]:
         def fn(path: Path) -> dict[str, Any]:
-            m = run_eval(model_path, rows, path, gcfg, rcfg, objective, data=data, trust_remote_code=trust_remote_code,
-                         overwrite=True, progress=progress, desc=f"eval {name}")
+            m = run_eval(
+                model_path,
+                rows,
+                path,
+                gcfg,
+                rcfg,
+                objective,
+                data=data,
+                trust_remote_code=trust_remote_code,
+                overwrite=True,
+                progress=progress,
+                desc=f"eval {name}",
+            )
             log(f"{name}: {format_metrics(m['metrics'])}")
             return m["metrics"]
 

@@ -13,8 +13,12 @@ from typing import Any
 
 from t3s import T3SError
 
-_OPS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
-        "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+_OPS = {
+    "ge": (">=", lambda v, b: v >= b),
+    "gt": (">", lambda v, b: v > b),
+    "le": ("<=", lambda v, b: v <= b),
+    "lt": ("<", lambda v, b: v < b),
+}
 
 
 def check_fields(obj: Any, section: str) -> None:

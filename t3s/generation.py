@@ -17,7 +17,6 @@ from t3s import T3SError, dist
 from t3s.config import GenConfig
 from t3s.models import Precision
 
-
 # Sampling settings a model's generation_config.json may carry that GenConfig does not set itself; applied only
 # with `model_defaults: true`, identically on every backend. Their neutral values:
 MODEL_SAMPLING_KEYS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
@@ -39,8 +38,12 @@ def sampling_settings(cfg: "GenConfig", gen_config: Any = None) -> dict[str, Any
     """Every sampling setting a generation uses (pure): the GenConfig's temperature and top_p, neutral top_k,
     min_p and repetition penalty unless `model_defaults` takes them from the model's GenerationConfig."""
     sample = cfg.temperature > 0
-    out = {"do_sample": sample, "temperature": cfg.temperature if sample else 0.0,
-           "top_p": cfg.top_p if sample else 1.0, **MODEL_SAMPLING_KEYS}
+    out = {
+        "do_sample": sample,
+        "temperature": cfg.temperature if sample else 0.0,
+        "top_p": cfg.top_p if sample else 1.0,
+        **MODEL_SAMPLING_KEYS,
+    }
     if cfg.model_defaults:
         out.update(model_sampling_defaults(gen_config))
     return out
@@ -58,7 +61,8 @@ def own_generation_config(model: Any):
         yield None
         return
     target.generation_config = GenerationConfig(
-        **{k: getattr(original, k) for k in TOKEN_ID_KEYS if getattr(original, k, None) is not None})
+        **{k: getattr(original, k) for k in TOKEN_ID_KEYS if getattr(original, k, None) is not None}
+    )
     try:
         yield original
     finally:
@@ -101,9 +105,16 @@ class RowSampler:
 
 
 @torch.no_grad()
-def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, precision: Precision,
-             progress: bool = True, desc: str = "generate", row_seeds: list[int] | None = None
-             ) -> list[list[Generation]]:
+def generate(
+    model: Any,
+    tok: Any,
+    prompts: list[list[int]],
+    cfg: GenConfig,
+    precision: Precision,
+    progress: bool = True,
+    desc: str = "generate",
+    row_seeds: list[int] | None = None,
+) -> list[list[Generation]]:
     """k generations per prompt with Hugging Face `generate` (KV cache), prompts batched by length and left-padded.
     `row_seeds` (one per prompt, k = 1): each prompt samples from its own seed, whatever batch it lands in."""
     from tqdm.auto import tqdm
@@ -122,11 +133,17 @@ def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, pre
         raise T3SError("per-row seeded sampling (t3s traces) does not take a model's sampling defaults")
     sample = settings["do_sample"] and not per_row
     gcfg = GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens, do_sample=sample,
-        temperature=settings["temperature"] if sample else None, top_p=settings["top_p"] if sample else None,
-        top_k=settings["top_k"] if sample else None, min_p=(settings["min_p"] or None) if sample else None,
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=sample,
+        temperature=settings["temperature"] if sample else None,
+        top_p=settings["top_p"] if sample else None,
+        top_k=settings["top_k"] if sample else None,
+        min_p=(settings["min_p"] or None) if sample else None,
         repetition_penalty=settings["repetition_penalty"],
-        num_return_sequences=cfg.k, eos_token_id=stops, pad_token_id=pad, use_cache=True,
+        num_return_sequences=cfg.k,
+        eos_token_id=stops,
+        pad_token_id=pad,
+        use_cache=True,
     )
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[list[Generation] | None] = [None] * len(prompts)
@@ -137,8 +154,13 @@ def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, pre
     # ZeRO-3 / FSDP: every forward gathers parameters from all processes, so all step together within a call
     # (synced_gpus; transformers does not detect accelerate's FSDP2 itself) and make as many calls as the busiest
     sync = {"synced_gpus": True} if dist.params_sharded(model) else {}
-    bar = tqdm(total=sum(len(order[s : s + cfg.batch_size]) for _, s in mine), unit="prompt", desc=desc,
-               disable=not progress or not dist.is_main(), dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(len(order[s : s + cfg.batch_size]) for _, s in mine),
+        unit="prompt",
+        desc=desc,
+        disable=not progress or not dist.is_main(),
+        dynamic_ncols=True,
+    )
     t0, n_new = time.perf_counter(), 0
     for b, start in mine:
         idx = order[start : start + cfg.batch_size]
@@ -149,13 +171,24 @@ def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, pre
             ids[r, L - len(prompts[i]) :] = torch.tensor(prompts[i])
             att[r, L - len(prompts[i]) :] = 1
         # a private RNG stream: evaluating during training (the probe) must not move the trainer's random state
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), precision.context(), \
-                own_generation_config(model):  # exactly the settings above, nothing from the model's file
+        with (
+            torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]),
+            precision.context(),
+            own_generation_config(model),
+        ):  # exactly the settings above, nothing from the model's file
             torch.manual_seed(cfg.seed * 100_003 + b)
-            extra = {"logits_processor": LogitsProcessorList(
-                [RowSampler([row_seeds[i] for i in idx], cfg.temperature, cfg.top_p, device)])} if per_row else {}
-            seqs = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gcfg,
-                                  **extra, **sync)
+            extra = (
+                {
+                    "logits_processor": LogitsProcessorList(
+                        [RowSampler([row_seeds[i] for i in idx], cfg.temperature, cfg.top_p, device)]
+                    )
+                }
+                if per_row
+                else {}
+            )
+            seqs = model.generate(
+                input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gcfg, **extra, **sync
+            )
         new = seqs[:, L:].cpu().tolist()
         for r, i in enumerate(idx):
             gens = []
@@ -171,8 +204,9 @@ def generate(model: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, pre
     if batches and sync:
         for _ in range(-(-len(batches) // dist.world()) - len(mine)):
             with precision.context(), own_generation_config(model):
-                model.generate(input_ids=torch.tensor([prompts[order[0]]], device=device), generation_config=gcfg,
-                               **sync)
+                model.generate(
+                    input_ids=torch.tensor([prompts[order[0]]], device=device), generation_config=gcfg, **sync
+                )
     if dist.launched():
         out = dist.gather_ordered({i: g for i, g in enumerate(out) if g is not None}, len(prompts))
     model.train(was_training)

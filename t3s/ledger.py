@@ -71,8 +71,15 @@ class Ledger:
         self.log(f"{key}: running")
         t0 = time.perf_counter()
         result = fn(path)
-        rec = {"key": key, "kind": kind, "path": str(path.relative_to(self.out)), "fingerprint": fp,
-               "produced": uuid.uuid4().hex, "seconds": time.perf_counter() - t0, "result": result}
+        rec = {
+            "key": key,
+            "kind": kind,
+            "path": str(path.relative_to(self.out)),
+            "fingerprint": fp,
+            "produced": uuid.uuid4().hex,
+            "seconds": time.perf_counter() - t0,
+            "result": result,
+        }
         write_json(rec_path, rec)
         self.log(f"{key}: finished in {rec['seconds']:.1f}s")
         return rec
@@ -84,8 +91,11 @@ class Ledger:
         src_rec, dst_rec = src / "stages" / self.record_path(key).name, self.record_path(key)
         if kind in self.force or not src_rec.exists() or not (src / rel).exists():
             return False
-        if dst_rec.exists() and (self.out / rel).exists() and (
-                read_json(dst_rec)["fingerprint"] == read_json(src_rec)["fingerprint"]):
+        if (
+            dst_rec.exists()
+            and (self.out / rel).exists()
+            and (read_json(dst_rec)["fingerprint"] == read_json(src_rec)["fingerprint"])
+        ):
             return False
         dst_rec.unlink(missing_ok=True)  # from here until the copy is in place, the stage counts as not done
         tmp = self.out / f".{Path(rel).name}.tmp"
@@ -139,16 +149,24 @@ def probe_inputs(cfg: RunConfig, objective: Objective, train: TrainConfig) -> di
     """A probe: its training, its evaluation schedule and its sampling (tracking keys excluded)."""
     probe = {k: v for k, v in dataclasses.asdict(cfg.probe).items() if not k.startswith("track_")}
     training = objective.training_inputs()
-    return {"train": dataclasses.asdict(train), "probe": probe, "gen": sampling_inputs(cfg, objective),
-            **({} if training is None else {"diffusion": training})}
+    return {
+        "train": dataclasses.asdict(train),
+        "probe": probe,
+        "gen": sampling_inputs(cfg, objective),
+        **({} if training is None else {"diffusion": training}),
+    }
 
 
 def tracking_inputs(cfg: RunConfig, objective: Objective) -> dict[str, Any] | None:
     """The evaluation of a trained mode along the way (`probe.track_every`), or None when off."""
     if cfg.probe.track_every <= 0:
         return None
-    return {"every": cfg.probe.track_every, "subset": cfg.probe.track_subset, "gen": sampling_inputs(cfg, objective),
-            **{k: getattr(cfg.probe, k) for k in ("subset_seed", "k", "markers")}}
+    return {
+        "every": cfg.probe.track_every,
+        "subset": cfg.probe.track_subset,
+        "gen": sampling_inputs(cfg, objective),
+        **{k: getattr(cfg.probe, k) for k in ("subset_seed", "k", "markers")},
+    }
 
 
 def score_inputs(cfg: RunConfig) -> dict[str, Any]:
@@ -165,11 +183,18 @@ def selection_inputs(cfg: RunConfig, objective: Objective, mode: str, student: s
 def train_inputs(cfg: RunConfig, objective: Objective, train: TrainConfig) -> dict[str, Any]:
     """A training run: its settings, the rendering, the objective's loss settings and, when modes are tracked,
     the tracking's sampling."""
-    return {"train": dataclasses.asdict(train), "render": dataclasses.asdict(cfg.render),
-            "track": tracking_inputs(cfg, objective), "diffusion": objective.training_inputs()}
+    return {
+        "train": dataclasses.asdict(train),
+        "render": dataclasses.asdict(cfg.render),
+        "track": tracking_inputs(cfg, objective),
+        "diffusion": objective.training_inputs(),
+    }
 
 
 def eval_inputs(cfg: RunConfig, objective: Objective) -> dict[str, Any]:
     """An evaluation: the generation settings, the rendering and the objective's own sampler settings."""
-    return {"eval": dataclasses.asdict(cfg.eval), "render": dataclasses.asdict(cfg.render),
-            "diffusion": objective.sampler_inputs()}
+    return {
+        "eval": dataclasses.asdict(cfg.eval),
+        "render": dataclasses.asdict(cfg.render),
+        "diffusion": objective.sampler_inputs(),
+    }

@@ -2,11 +2,12 @@
 `train_data`.
 
 Each teacher's set is one ordinary single-teacher run (its own probe, bottleneck, Δc, selections, and every mode
-trained on that teacher alone) under `teachers/NAME/`, which `t3s.pipeline` runs first. The mixture then trains, for every seed and mode, on the union of
-the per-teacher sets with each teacher's own selection applied (ids become `NAME/id`; the Trainer's seeded sampler
-shuffles the union), for `train.max_steps × mixture_budget` steps (default: × the number of teachers, the paper's
-budget). `sft` on the union is the plain mixture. The summary table shows the base model, every teacher alone
-and every mixture. The base model is evaluated once (the first teacher's run) and shared with the others.
+trained on that teacher alone) under `teachers/NAME/`, which `t3s.pipeline` runs first. The mixture then trains, for
+every seed and mode, on the union of the per-teacher sets with each teacher's own selection applied (ids become
+`NAME/id`; the Trainer's seeded sampler shuffles the union), for `train.max_steps × mixture_budget` steps (default:
+× the number of teachers, the paper's budget). `sft` on the union is the plain mixture. The summary table shows the
+base model, every teacher alone and every mixture. The base model is evaluated once (the first teacher's run) and
+shared with the others.
 """
 
 from __future__ import annotations
@@ -35,8 +36,19 @@ def union_data(teachers: dict[str, str], out: Path) -> None:
     with atomic_dir(out, overwrite=True) as tmp, (tmp / "train.jsonl").open("w", encoding="utf-8") as fh:
         for name, path in teachers.items():
             for r in load_rows(path):
-                fh.write(json.dumps({"id": f"{name}/{r.id}", "prompt": r.prompt, "response": r.response,
-                                     "answer": r.answer, "teacher": name}, ensure_ascii=False) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "id": f"{name}/{r.id}",
+                            "prompt": r.prompt,
+                            "response": r.response,
+                            "answer": r.answer,
+                            "teacher": name,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
 
 
 def union_selection(selections: dict[str, str], data_path: str, mode: str, out: Path) -> dict[str, Any]:
@@ -58,17 +70,24 @@ def union_selection(selections: dict[str, str], data_path: str, mode: str, out: 
     forced = None if first.forced is None else cat("forced")
     keep = cat("keep")
     n = sum(len(k) for k in keep)
-    stats = {"rows": len(ids), "tokens": n,
-             "kept_tokens": int(sum(k.sum() for k in keep)),
-             "per_teacher": {name: sel.meta["stats"] for name, sel in sels.items()}}
+    stats = {
+        "rows": len(ids),
+        "tokens": n,
+        "kept_tokens": int(sum(k.sum() for k in keep)),
+        "per_teacher": {name: sel.meta["stats"] for name, sel in sels.items()},
+    }
     stats["dropped_tokens"] = n - stats["kept_tokens"]
     stats["dropped_fraction"] = stats["dropped_tokens"] / n
     if forced is not None:
         stats["forced_tokens"] = int(sum(f.sum() for f in forced))
         stats["forced_fraction"] = stats["forced_tokens"] / n
-    meta = {**first.meta, "mode": mode, "teachers": {name: sel.meta.get("path") for name, sel in sels.items()},
-            "fingerprints": {**first.meta["fingerprints"], "data": data_fingerprint(load_rows(data_path))},
-            "stats": stats}
+    meta = {
+        **first.meta,
+        "mode": mode,
+        "teachers": {name: sel.meta.get("path") for name, sel in sels.items()},
+        "fingerprints": {**first.meta["fingerprints"], "data": data_fingerprint(load_rows(data_path))},
+        "stats": stats,
+    }
     meta.pop("path", None)
     sel = Selection(meta, ids, cat("response_ids"), keep, [np.asarray(d) for d in cat("delta")], forced)
     write_selection(sel, out, overwrite=True)
@@ -111,14 +130,25 @@ def train_mixtures(cfg: RunConfig, ledger: Ledger, subs: dict[str, dict], progre
     objective = objective_for(cfg)
     scale = cfg.mixture_budget or len(names)
     mix_dir = out / "mixture"
-    data = ledger.stage("mixture/data", "select", mix_dir / "data",
-                        {name: file_fingerprint(cfg.teachers[name], True) for name in names},
-                        lambda path: union_data(cfg.teachers, path) or {})
+    data = ledger.stage(
+        "mixture/data",
+        "select",
+        mix_dir / "data",
+        {name: file_fingerprint(cfg.teachers[name], True) for name in names},
+        lambda path: union_data(cfg.teachers, path) or {},
+    )
     data_path = str(mix_dir / "data" / "train.jsonl")
     student_fp = model_fingerprint(cfg.student)
-    evaluate = evaluator(load_rows(cfg.eval_data, need_response=False, need_answer=True), cfg.eval_data, cfg.eval,
-                         cfg.render, objective, trust_remote_code=cfg.train.trust_remote_code, progress=progress,
-                         log=ledger.log)
+    evaluate = evaluator(
+        load_rows(cfg.eval_data, need_response=False, need_answer=True),
+        cfg.eval_data,
+        cfg.eval,
+        cfg.render,
+        objective,
+        trust_remote_code=cfg.train.trust_remote_code,
+        progress=progress,
+        log=ledger.log,
+    )
     ev_in = {**eval_inputs(cfg, objective), "data": file_fingerprint(cfg.eval_data, False)}
     teachers = {name: Ledger(out / "teachers" / name) for name in names}
     evals, sels = {}, {}
@@ -130,27 +160,51 @@ def train_mixtures(cfg: RunConfig, ledger: Ledger, subs: dict[str, dict], progre
                 per = {name: str(out / "teachers" / name / f"seed-{s}" / "selections" / mode) for name in names}
                 produced = {name: t.record(f"seed-{s}/select-{mode}")["produced"] for name, t in teachers.items()}
                 sels[(s, mode)] = ledger.stage(
-                    f"mixture/seed-{s}/select-{mode}", "select", mix_dir / f"seed-{s}" / "selections" / mode,
+                    f"mixture/seed-{s}/select-{mode}",
+                    "select",
+                    mix_dir / f"seed-{s}" / "selections" / mode,
                     {"data": data["produced"], "selections": produced},
-                    lambda path, per=per, mode=mode: union_selection(per, data_path, mode, path))
+                    lambda path, per=per, mode=mode: union_selection(per, data_path, mode, path),
+                )
                 sel_path = str(mix_dir / f"seed-{s}" / "selections" / mode)
             mode_cfg = config_for_mode(tcfg, mode)
 
             def do_train(path: Path, sel_path=sel_path, mode_cfg=mode_cfg) -> dict:
                 prepared = prepare(cfg.student, data_path, mode_cfg, cfg.render, sel_path, objective)
-                return brief(train(cfg.student, data_path, path, mode_cfg, cfg.render, sel_path, overwrite=True,
-                                   progress=progress, data=prepared))
+                return brief(
+                    train(
+                        cfg.student,
+                        data_path,
+                        path,
+                        mode_cfg,
+                        cfg.render,
+                        sel_path,
+                        overwrite=True,
+                        progress=progress,
+                        data=prepared,
+                    )
+                )
 
             trained = ledger.stage(
-                f"mixture/seed-{s}/train-{mode}", "train", mix_dir / f"seed-{s}" / "train" / mode,
-                {"student": student_fp, "data": data["produced"], **train_inputs(cfg, objective, mode_cfg),
-                 "track": None,  # the mixtures are not tracked
-                 "selection": sels[(s, mode)]["produced"] if (s, mode) in sels else None},
-                do_train)
+                f"mixture/seed-{s}/train-{mode}",
+                "train",
+                mix_dir / f"seed-{s}" / "train" / mode,
+                {
+                    "student": student_fp,
+                    "data": data["produced"],
+                    **train_inputs(cfg, objective, mode_cfg),
+                    "track": None,  # the mixtures are not tracked
+                    "selection": sels[(s, mode)]["produced"] if (s, mode) in sels else None,
+                },
+                do_train,
+            )
             evals[(s, mode)] = ledger.stage(
-                f"mixture/seed-{s}/eval-{mode}", "eval", mix_dir / f"seed-{s}" / "eval" / mode,
+                f"mixture/seed-{s}/eval-{mode}",
+                "eval",
+                mix_dir / f"seed-{s}" / "eval" / mode,
                 {**ev_in, "model": trained["produced"]},
-                evaluate(str(mix_dir / f"seed-{s}" / "train" / mode / "model"), f"seed {s} mixture {mode}"))["result"]
+                evaluate(str(mix_dir / f"seed-{s}" / "train" / mode / "model"), f"seed {s} mixture {mode}"),
+            )["result"]
 
     # one table: base, every teacher alone, every mixture
     base = subs[names[0]]["rows"][0]
@@ -164,14 +218,29 @@ def train_mixtures(cfg: RunConfig, ledger: Ledger, subs: dict[str, dict], progre
         method = f"mixture: {mode}" + (" (plain mixture)" if mode == "sft" else "")
         rows.append(method_row(method, mode, per, fractions, stat, base["accuracy"]))
     k, where = subs[names[0]]["k"], subs[names[0]]["eval_on"]
-    lines = [f"Accuracy (avg@{k}) on the {where}, mean ± sd over seeds {cfg.seeds}. Teachers: {', '.join(names)}; "
-             f"each mixture trains {scale:g}× the single-teacher budget on the union of the per-teacher selections.",
-             "", *table(rows, stat, objective.selection_header, k),
-             "", "Per-teacher runs (probes, selections, summaries): teachers/NAME/summary.md"]
+    lines = [
+        f"Accuracy (avg@{k}) on the {where}, mean ± sd over seeds {cfg.seeds}. Teachers: {', '.join(names)}; "
+        f"each mixture trains {scale:g}× the single-teacher budget on the union of the per-teacher selections.",
+        "",
+        *table(rows, stat, objective.selection_header, k),
+        "",
+        "Per-teacher runs (probes, selections, summaries): teachers/NAME/summary.md",
+    ]
     md = "\n".join(lines) + "\n"
-    summary = {"kind": "t3s-run", "t3s_version": __version__, "mixture": names, "mixture_budget": scale,
-               "config": cfg.as_dict(), "eval_on": where, "k": k, "seeds": cfg.seeds, "objective": objective.name,
-               "rows": rows, "probes": {name: subs[name]["probes"] for name in names}, "markdown": md}
+    summary = {
+        "kind": "t3s-run",
+        "t3s_version": __version__,
+        "mixture": names,
+        "mixture_budget": scale,
+        "config": cfg.as_dict(),
+        "eval_on": where,
+        "k": k,
+        "seeds": cfg.seeds,
+        "objective": objective.name,
+        "rows": rows,
+        "probes": {name: subs[name]["probes"] for name in names},
+        "markdown": md,
+    }
     write_summary(out, summary, "t3s run summary (teacher mixture)")
     ledger.log("summary:\n" + md, console=False)
     return summary

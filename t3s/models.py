@@ -10,10 +10,10 @@ for training), so it can be tested on any machine.
   fp32. `bfloat16` on a CPU always means bf16 autocast; `float16` is refused on a CPU (about 1 GFLOP/s).
 - Training (`training_plan`): the weights the optimizer updates are fp32 master weights, with bf16 (or fp16)
   compute through autocast (the Trainer's `bf16=True` / `fp16=True` on fp32 weights; DeepSpeed and FSDP keep
-  their own fp32 masters the same way). A bf16 weight cannot hold an update smaller than half its spacing (2^-9 to 2^-8 of its
-  magnitude): at the paper's lr of 1e-5 most AdamW updates to bf16 weights are lost, which would change the
-  probe's trajectory, θ_b, every mode and RRT. Pure-bf16 training (bf16 weights updated in place) is an explicit
-  opt-in (`train.pure_bf16`). Under LoRA the adapters and the frozen base are fp32 too, so that merging the
+  their own fp32 masters the same way). A bf16 weight cannot hold an update smaller than half its spacing (2^-9
+  to 2^-8 of its magnitude): at the paper's lr of 1e-5 most AdamW updates to bf16 weights are lost, which would
+  change the probe's trajectory, θ_b, every mode and RRT. Pure-bf16 training (bf16 weights updated in place) is
+  an explicit opt-in (`train.pure_bf16`). Under LoRA the adapters and the frozen base are fp32 too, so that merging the
   adapters into the base (the probe's checkpoints, the trained model) keeps the small updates.
 """
 
@@ -72,13 +72,22 @@ class TrainingPlan:
 
     @property
     def name(self) -> str:
-        return (f"weights {_dt(self.master)}, compute {_dt(self.compute)}, optimizer state {_dt(self.optimizer_state)}"
-                + (f" ({self.note})" if self.note else ""))
+        return (
+            f"weights {_dt(self.master)}, compute {_dt(self.compute)}, optimizer state {_dt(self.optimizer_state)}"
+            + (f" ({self.note})" if self.note else "")
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "load": _dt(self.load), "compute": _dt(self.compute),
-                "master": _dt(self.master), "optimizer_state": _dt(self.optimizer_state),
-                "trainer_bf16": self.trainer_bf16, "trainer_fp16": self.trainer_fp16, "note": self.note}
+        return {
+            "device": self.device,
+            "load": _dt(self.load),
+            "compute": _dt(self.compute),
+            "master": _dt(self.master),
+            "optimizer_state": _dt(self.optimizer_state),
+            "trainer_bf16": self.trainer_bf16,
+            "trainer_fp16": self.trainer_fp16,
+            "note": self.note,
+        }
 
     def inference(self) -> Precision:
         """How the model being trained is run for generation and scoring along the way (the probe)."""
@@ -121,8 +130,9 @@ def cpu_model() -> str:
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def bf16_decision(flags: set[str] | None, capability: str, onednn_isa: str | None, env: str | None,
-                  measure: Any = None) -> tuple[bool, str]:
+def bf16_decision(
+    flags: set[str] | None, capability: str, onednn_isa: str | None, env: str | None, measure: Any = None
+) -> tuple[bool, str]:
     """Whether bf16 compute is fast on this CPU, and why (pure: every input is given).
 
     flags: /proc/cpuinfo feature flags (None where unreadable); capability: torch's ATen CPU capability
@@ -178,8 +188,13 @@ def device_info(device: str | None = None) -> dict[str, Any]:
     device = device or default_device()
     if device == "cpu":
         fast, why = cpu_bf16_fast()
-        return {"device": "cpu", "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "cpu_bf16_fast": fast, "cpu_bf16_reason": why}
+        return {
+            "device": "cpu",
+            "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16_fast": fast,
+            "cpu_bf16_reason": why,
+        }
     info: dict[str, Any] = {"device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -223,8 +238,15 @@ def resolve_precision(dtype: str = "auto", device: str | None = None, cpu_bf16: 
     return Precision(getattr(torch, dtype), None, device)
 
 
-def training_plan(dtype: str = "auto", device: str | None = None, *, pure_bf16: bool = False, lora: bool = False,
-                  cpu_bf16: bool | None = None, gpu_bf16: bool | None = None) -> TrainingPlan:
+def training_plan(
+    dtype: str = "auto",
+    device: str | None = None,
+    *,
+    pure_bf16: bool = False,
+    lora: bool = False,
+    cpu_bf16: bool | None = None,
+    gpu_bf16: bool | None = None,
+) -> TrainingPlan:
     """The precision plan of a training run (pure given `device`, `cpu_bf16` and `gpu_bf16`).
 
     - fp32 master weights and fp32 optimizer state by default, with compute in bf16 (autocast) where the device
@@ -243,11 +265,20 @@ def training_plan(dtype: str = "auto", device: str | None = None, *, pure_bf16: 
             raise T3SError(f"train.pure_bf16 needs bf16 compute (train.dtype bfloat16 or auto), not {dtype}")
         if lora:
             raise T3SError("train.pure_bf16 does not apply to LoRA: the adapters are kept in fp32 by PEFT")
-        return TrainingPlan(device, bf16, bf16, bf16, bf16, True, False,
-                            "pure bf16: updates below about 2^-9 of a weight are lost")
+        return TrainingPlan(
+            device, bf16, bf16, bf16, bf16, True, False, "pure bf16: updates below about 2^-9 of a weight are lost"
+        )
     compute = {"float32": f32, "bfloat16": bf16, "float16": f16}[dtype]
-    return TrainingPlan(device, f32, compute, f32, f32, compute == bf16, compute == f16,
-                        "LoRA: adapters and the frozen base in fp32, merged exactly" if lora else "")
+    return TrainingPlan(
+        device,
+        f32,
+        compute,
+        f32,
+        f32,
+        compute == bf16,
+        compute == f16,
+        "LoRA: adapters and the frozen base in fp32, merged exactly" if lora else "",
+    )
 
 
 def _looks_local(path: str) -> bool:
@@ -274,8 +305,15 @@ def resolve_model_path(path: str | Path) -> str:
 
 
 # Any of these files is a tokenizer transformers can load (fast, sentencepiece, BPE or WordPiece vocabularies).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                   "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def load_error(what: str, path: str | Path, e: BaseException) -> T3SError:
@@ -301,8 +339,10 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
 
     path = resolve_model_path(path)
     if Path(path).is_dir() and not any((Path(path) / f).exists() for f in TOKENIZER_FILES):
-        raise T3SError(f"{path}: no tokenizer files (none of {', '.join(TOKENIZER_FILES[:2])}, ...); copy in the "
-                       "tokenizer of the model it was trained from")
+        raise T3SError(
+            f"{path}: no tokenizer files (none of {', '.join(TOKENIZER_FILES[:2])}, ...); copy in the "
+            "tokenizer of the model it was trained from"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(path, **hub_kwargs(trust_remote_code))
     except Exception as e:  # noqa: BLE001 -- a user's files: any failure is one line naming them

@@ -42,13 +42,14 @@ def early_checkpoint(probe_dir: Path, bottleneck_step: int) -> Path:
     found = {int(p.name.split("-")[1]): p for p in (probe_dir / "checkpoints").glob("step-*") if p.is_dir()}
     before = [k for k in found if 0 < k < bottleneck_step]
     if not before:
-        raise T3SError(f"{probe_dir}: t3s-early needs an evaluated checkpoint before the bottleneck (step "
-                       f"{bottleneck_step}); evaluate more often (probe.eval_every)")
+        raise T3SError(
+            f"{probe_dir}: t3s-early needs an evaluated checkpoint before the bottleneck (step "
+            f"{bottleneck_step}); evaluate more often (probe.eval_every)"
+        )
     return found[min(before, key=lambda k: (abs(k - bottleneck_step / 2), k))]
 
 
-def run(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True
-        ) -> tuple[dict, int]:
+def run(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True) -> tuple[dict, int]:
     """Run (or resume) the method: a single-teacher run, or with `teachers:` a teacher mixture. Returns
     (summary, exit code)."""
     if cfg.teachers:
@@ -56,8 +57,9 @@ def run(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progres
     return run_single(cfg, out, force=force, progress=progress)
 
 
-def run_mixture(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True
-                ) -> tuple[dict, int]:
+def run_mixture(
+    cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True
+) -> tuple[dict, int]:
     """Every teacher alone (an ordinary run each, sharing the base model's evaluation), then the mixtures."""
     from t3s.mixture import check_mixture, train_mixtures
 
@@ -81,8 +83,9 @@ def run_mixture(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (),
     return train_mixtures(cfg, ledger, subs, progress), 0
 
 
-def run_single(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True
-               ) -> tuple[dict, int]:
+def run_single(
+    cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True
+) -> tuple[dict, int]:
     """The single-teacher pipeline (see the module docstring). Returns (summary, exit code)."""
     from t3s.data import file_fingerprint, load_rows
     from t3s.evaluate import evaluator
@@ -100,8 +103,10 @@ def run_single(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), 
     # the model whose probe and scores give Δc: the student itself, or an autoregressive selector
     own = not objective.needs_selector
     if not own and not cfg.selector:
-        raise T3SError(f"objective: {objective.name} needs `selector`: an autoregressive model (ideally with the "
-                       "student's tokenizer) whose probe and scores give Δc")
+        raise T3SError(
+            f"objective: {objective.name} needs `selector`: an autoregressive model (ideally with the "
+            "student's tokenizer) whose probe and scores give Δc"
+        )
     if any(m in READS_EARLY for m in cfg.modes) and not cfg.probe.keep_all:
         # t3s-early scores an evaluated checkpoint before the bottleneck: the probe keeps them all
         cfg = dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, keep_all=True))
@@ -110,21 +115,24 @@ def run_single(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), 
     student, train_data, eval_data = cfg.student, cfg.train_data, cfg.eval_data or cfg.train_data
     selector = student if own else cfg.selector
     if cfg.rrt and own and not Path(resolve_model_path(student)).is_dir():
-        raise T3SError(f"rrt needs the student as a local directory ({student} is not); download it first "
-                       "or set rrt: false")
+        raise T3SError(
+            f"rrt needs the student as a local directory ({student} is not); download it first or set rrt: false"
+        )
     ledger.write_config(cfg)
     ledger.log(f"t3s {__version__} run in {out}: modes {', '.join(cfg.modes)}; seeds {cfg.seeds}")
 
-    base = {"student": model_fingerprint(student), "train_data": file_fingerprint(train_data, True),
-            "render": dataclasses.asdict(cfg.render)}
+    base = {
+        "student": model_fingerprint(student),
+        "train_data": file_fingerprint(train_data, True),
+        "render": dataclasses.asdict(cfg.render),
+    }
     sel_base = base if own else {**base, "student": model_fingerprint(selector)}
     eval_fp = file_fingerprint(eval_data, False)
     heldout_fp = eval_fp if cfg.eval_data else None
     if not cfg.eval_data:
         ledger.log("no eval_data: the summary reports accuracy on the training prompts")
     train_cfg = {s: dataclasses.replace(cfg.train, seed=s) for s in cfg.seeds}
-    probe_cfg = {s: dataclasses.replace(cfg.train if own else cfg.selector_train_config(), seed=s)
-                 for s in cfg.seeds}
+    probe_cfg = {s: dataclasses.replace(cfg.train if own else cfg.selector_train_config(), seed=s) for s in cfg.seeds}
     selector_objective = objective if own else Autoregressive()
 
     # 1. probes (one per seed; each is that seed's SFT run of the selector: the student itself, or its selector)
@@ -132,35 +140,67 @@ def run_single(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), 
     for s in cfg.seeds:
         scfg = dataclasses.replace(cfg, train=probe_cfg[s])
         probes[s] = ledger.stage(
-            f"seed-{s}/probe", "probe", out / f"seed-{s}" / "probe",
+            f"seed-{s}/probe",
+            "probe",
+            out / f"seed-{s}" / "probe",
             {**sel_base, **probe_inputs(cfg, selector_objective, probe_cfg[s]), "heldout": heldout_fp},
-            lambda path, scfg=scfg: run_probe(selector, train_data, path, scfg, heldout_path=cfg.eval_data,
-                                              overwrite=True, progress=progress, log=ledger.log,
-                                              objective=selector_objective))
+            lambda path, scfg=scfg: run_probe(
+                selector,
+                train_data,
+                path,
+                scfg,
+                heldout_path=cfg.eval_data,
+                overwrite=True,
+                progress=progress,
+                log=ledger.log,
+                objective=selector_objective,
+            ),
+        )
         if not own and cfg.probe_student:  # does the student itself show the shock?
             scfg = dataclasses.replace(cfg, train=train_cfg[s])
             student_probes[s] = ledger.stage(
-                f"seed-{s}/probe-student", "probe", out / f"seed-{s}" / "probe-student",
+                f"seed-{s}/probe-student",
+                "probe",
+                out / f"seed-{s}" / "probe-student",
                 {**base, **probe_inputs(cfg, objective, train_cfg[s]), "heldout": heldout_fp},
-                lambda path, scfg=scfg: run_probe(student, train_data, path, scfg, heldout_path=cfg.eval_data,
-                                                  overwrite=True, progress=progress, log=ledger.log,
-                                                  objective=objective))["result"]
+                lambda path, scfg=scfg: run_probe(
+                    student,
+                    train_data,
+                    path,
+                    scfg,
+                    heldout_path=cfg.eval_data,
+                    overwrite=True,
+                    progress=progress,
+                    log=ledger.log,
+                    objective=objective,
+                ),
+            )["result"]
             r = student_probes[s]
-            ledger.log(f"seed {s}: the student's own probe: training accuracy {100 * r['start_accuracy']:.1f}% -> "
-                       f"lowest {100 * (r['bottleneck_accuracy'] or 0):.1f}% at step {r['bottleneck_step']}"
-                       + ("" if r["dip_found"] else " (no dip)"))
+            ledger.log(
+                f"seed {s}: the student's own probe: training accuracy {100 * r['start_accuracy']:.1f}% -> "
+                f"lowest {100 * (r['bottleneck_accuracy'] or 0):.1f}% at step {r['bottleneck_step']}"
+                + ("" if r["dip_found"] else " (no dip)")
+            )
         r = probes[s]["result"]
         if r["dip_found"]:
-            ledger.log(f"seed {s}: bottleneck at step {r['bottleneck_step']}: training accuracy "
-                       f"{100 * r['start_accuracy']:.1f}% -> {100 * r['bottleneck_accuracy']:.1f}%")
+            ledger.log(
+                f"seed {s}: bottleneck at step {r['bottleneck_step']}: training accuracy "
+                f"{100 * r['start_accuracy']:.1f}% -> {100 * r['bottleneck_accuracy']:.1f}%"
+            )
         else:
             ledger.log(f"seed {s}: {r['message']}")
     unusable = [s for s in cfg.seeds if not probes[s]["result"]["usable"]]
     if unusable:
-        msg = (f"stopped after the probe: no usable bottleneck for seed(s) {unusable}. "
-               + probes[unusable[0]]["result"]["message"])
-        summary = {"kind": "t3s-run", "stopped": msg, "probes": {s: probes[s]["result"] for s in cfg.seeds},
-                   "markdown": f"**{msg}**\n"}
+        msg = (
+            f"stopped after the probe: no usable bottleneck for seed(s) {unusable}. "
+            + probes[unusable[0]]["result"]["message"]
+        )
+        summary = {
+            "kind": "t3s-run",
+            "stopped": msg,
+            "probes": {s: probes[s]["result"] for s in cfg.seeds},
+            "markdown": f"**{msg}**\n",
+        }
         write_summary(out, summary, "t3s run")
         ledger.log(msg)
         return summary, NO_DIP_EXIT
@@ -170,8 +210,7 @@ def run_single(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), 
     score_in = {**sel_base, **score_inputs(cfg)}
 
     def scorer(model: str) -> Callable[[Path], dict]:
-        return lambda path: run_score(model, train_data, path, cfg.render, cfg.score, overwrite=True,
-                                      progress=progress)
+        return lambda path: run_score(model, train_data, path, cfg.render, cfg.score, overwrite=True, progress=progress)
 
     scores = {"init": ledger.stage("scores-init", "score", out / "scores-init", score_in, scorer(selector))}
     for s in cfg.seeds:
@@ -179,19 +218,27 @@ def run_single(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), 
         wanted = {"bottleneck": probe_dir / "bottleneck"}
         if any(m in READS_FINAL for m in cfg.modes):
             if not r["completed"]:
-                raise T3SError(f"seed {s}: modes {', '.join(m for m in cfg.modes if m in READS_FINAL)} need the "
-                               "probe's end point θ_T, but the probe stopped early (probe.online); set "
-                               "probe.online: false")
+                raise T3SError(
+                    f"seed {s}: modes {', '.join(m for m in cfg.modes if m in READS_FINAL)} need the "
+                    "probe's end point θ_T, but the probe stopped early (probe.online); set "
+                    "probe.online: false"
+                )
             wanted["final"] = probe_dir / "final"
         if any(m in READS_EARLY for m in cfg.modes):
             wanted["early"] = early_checkpoint(probe_dir, r["bottleneck_step"])
         for name, model in wanted.items():
-            scores[(s, name)] = ledger.stage(f"seed-{s}/scores-{name}", "score", out / f"seed-{s}" / f"scores-{name}",
-                                             {**score_in, "probe": probes[s]["produced"]}, scorer(str(model)))
+            scores[(s, name)] = ledger.stage(
+                f"seed-{s}/scores-{name}",
+                "score",
+                out / f"seed-{s}" / f"scores-{name}",
+                {**score_in, "probe": probes[s]["produced"]},
+                scorer(str(model)),
+            )
 
     # 3. selections (the objective's kind: keep-masks, or forced sets projected onto the student's tokens)
-    project = None if own else _projector(selector, student, train_data, cfg.render, ledger.log,
-                                          cfg.train.trust_remote_code)
+    project = (
+        None if own else _projector(selector, student, train_data, cfg.render, ledger.log, cfg.train.trust_remote_code)
+    )
     sels: dict[tuple[int, str], dict] = {}
     for s in cfg.seeds:
         for mode in cfg.modes:
@@ -208,20 +255,33 @@ def run_single(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), 
             def do_select(path: Path, s: int = s, mode: str = mode, reads: dict = reads) -> dict:
                 got = {k: load_scores(out / f"seed-{s}" / f"scores-{v}") for k, v in reads.items()}
                 step = probes[s]["result"]["bottleneck_step"] if reads["bottleneck"] == "bottleneck" else None
-                sel = objective.select(load_scores(out / "scores-init"), got["bottleneck"], mode,
-                                       threshold=cfg.threshold, seed=s, bottleneck_step=step,
-                                       reference=got.get("reference"), project=project)
+                sel = objective.select(
+                    load_scores(out / "scores-init"),
+                    got["bottleneck"],
+                    mode,
+                    threshold=cfg.threshold,
+                    seed=s,
+                    bottleneck_step=step,
+                    reference=got.get("reference"),
+                    project=project,
+                )
                 write_selection(sel, path, overwrite=True)
                 ledger.log(f"seed {s}: {summary_line(sel.meta)}")
                 return {"stats": sel.meta["stats"]}
 
             sels[(s, mode)] = ledger.stage(
-                f"seed-{s}/select-{mode}", "select", out / f"seed-{s}" / "selections" / mode,
-                {"init": scores["init"]["produced"], "bottleneck": scores[(s, "bottleneck")]["produced"],
-                 # the other scores only where this mode reads them
-                 **{f"scores-{v}": scores[(s, v)]["produced"] for v in set(reads.values()) if v != "bottleneck"},
-                 **selection_inputs(cfg, objective, mode, base["student"])},
-                do_select)
+                f"seed-{s}/select-{mode}",
+                "select",
+                out / f"seed-{s}" / "selections" / mode,
+                {
+                    "init": scores["init"]["produced"],
+                    "bottleneck": scores[(s, "bottleneck")]["produced"],
+                    # the other scores only where this mode reads them
+                    **{f"scores-{v}": scores[(s, v)]["produced"] for v in set(reads.values()) if v != "bottleneck"},
+                    **selection_inputs(cfg, objective, mode, base["student"]),
+                },
+                do_select,
+            )
 
     # 4. training (same budget for every mode; `sft` is the probe's own end point when the probe is the
     #    student's and ran to the end)
@@ -243,18 +303,44 @@ def run_single(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), 
                     def log(m: str, mode: str = mode, s: int = s) -> None:
                         ledger.log(f"seed {s} {mode}: {m}")
 
-                    callbacks.append(tracking_callback(path, data, dataclasses.replace(cfg, train=mode_cfg),
-                                                       plan_for(mode_cfg).inference(), mode_cfg.max_steps, progress,
-                                                       log=log))
-                return brief(train(student, train_data, path, mode_cfg, cfg.render, sel_path, overwrite=True,
-                                   progress=progress, callbacks=callbacks, data=data))
+                    callbacks.append(
+                        tracking_callback(
+                            path,
+                            data,
+                            dataclasses.replace(cfg, train=mode_cfg),
+                            plan_for(mode_cfg).inference(),
+                            mode_cfg.max_steps,
+                            progress,
+                            log=log,
+                        )
+                    )
+                return brief(
+                    train(
+                        student,
+                        train_data,
+                        path,
+                        mode_cfg,
+                        cfg.render,
+                        sel_path,
+                        overwrite=True,
+                        progress=progress,
+                        callbacks=callbacks,
+                        data=data,
+                    )
+                )
 
             rec = ledger.stage(
-                f"seed-{s}/train-{mode}", "train", out / f"seed-{s}" / "train" / mode,
-                {"student": base["student"], "train_data": base["train_data"],
-                 **train_inputs(cfg, objective, mode_cfg),
-                 "selection": None if sel_rec is None else sel_rec["produced"]},
-                do_train)
+                f"seed-{s}/train-{mode}",
+                "train",
+                out / f"seed-{s}" / "train" / mode,
+                {
+                    "student": base["student"],
+                    "train_data": base["train_data"],
+                    **train_inputs(cfg, objective, mode_cfg),
+                    "selection": None if sel_rec is None else sel_rec["produced"],
+                },
+                do_train,
+            )
             models[(s, mode)] = (str(out / f"seed-{s}" / "train" / mode / "model"), rec["produced"])
 
     # 5. RRT from each seed's SFT run and its own bottleneck (the probe must be the student's)
@@ -267,32 +353,64 @@ def run_single(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), 
                 break
             final, produced = models[(s, "sft")]
             bottleneck = str(out / f"seed-{s}" / "probe" / "bottleneck")
-            rec = ledger.stage(f"seed-{s}/rrt", "rrt", out / f"seed-{s}" / "rrt",
-                               {"student": base["student"], "probe": probes[s]["produced"], "final": produced},
-                               lambda path, final=final, b=bottleneck: rrt(student, b, final, path, overwrite=True,
-                                                                           progress=progress))
+            rec = ledger.stage(
+                f"seed-{s}/rrt",
+                "rrt",
+                out / f"seed-{s}" / "rrt",
+                {"student": base["student"], "probe": probes[s]["produced"], "final": produced},
+                lambda path, final=final, b=bottleneck: rrt(student, b, final, path, overwrite=True, progress=progress),
+            )
             models[(s, "rrt")] = (str(out / f"seed-{s}" / "rrt"), rec["produced"])
 
     # 6. evaluation of the base model and every result
-    evaluate = evaluator(load_rows(eval_data, need_response=False, need_answer=True), eval_data, cfg.eval,
-                         cfg.render, objective, trust_remote_code=cfg.train.trust_remote_code, progress=progress,
-                         log=ledger.log)
+    evaluate = evaluator(
+        load_rows(eval_data, need_response=False, need_answer=True),
+        eval_data,
+        cfg.eval,
+        cfg.render,
+        objective,
+        trust_remote_code=cfg.train.trust_remote_code,
+        progress=progress,
+        log=ledger.log,
+    )
     ev_in = {**eval_inputs(cfg, objective), "data": eval_fp}
     evals: dict[tuple[int | None, str], dict] = {
-        (None, "base"): ledger.stage("eval-base", "eval", out / "eval-base", {**ev_in, "model": base["student"]},
-                                     evaluate(student, "base"))["result"]}
+        (None, "base"): ledger.stage(
+            "eval-base", "eval", out / "eval-base", {**ev_in, "model": base["student"]}, evaluate(student, "base")
+        )["result"]
+    }
     for (s, method), (path, produced) in models.items():
-        evals[(s, method)] = ledger.stage(f"seed-{s}/eval-{method}", "eval", out / f"seed-{s}" / "eval" / method,
-                                          {**ev_in, "model": produced}, evaluate(path, f"seed {s} {method}"))["result"]
+        evals[(s, method)] = ledger.stage(
+            f"seed-{s}/eval-{method}",
+            "eval",
+            out / f"seed-{s}" / "eval" / method,
+            {**ev_in, "model": produced},
+            evaluate(path, f"seed {s} {method}"),
+        )["result"]
 
-    summary = summarize(cfg, objective, out, probes, sels, evals, eval_on_train=not cfg.eval_data,
-                        student_probes=student_probes, selector_probed=not own)
+    summary = summarize(
+        cfg,
+        objective,
+        out,
+        probes,
+        sels,
+        evals,
+        eval_on_train=not cfg.eval_data,
+        student_probes=student_probes,
+        selector_probed=not own,
+    )
     ledger.log("summary:\n" + summary["markdown"], console=False)
     return summary, 0
 
 
-def _projector(selector: str, student: str, data: str, rcfg: RenderConfig, log: Callable[[str], None],
-               trust_remote_code: bool = False):
+def _projector(
+    selector: str,
+    student: str,
+    data: str,
+    rcfg: RenderConfig,
+    log: Callable[[str], None],
+    trust_remote_code: bool = False,
+):
     """None when the selector and the student tokenize alike (Δc applies as is), else the offset projection."""
     from t3s.data import load_rows, tokenizer_fingerprint
     from t3s.diffusion import projector
@@ -301,19 +419,30 @@ def _projector(selector: str, student: str, data: str, rcfg: RenderConfig, log: 
     sel_tok, stu_tok = load_tokenizer(selector, trust_remote_code), load_tokenizer(student, trust_remote_code)
     if tokenizer_fingerprint(sel_tok) == tokenizer_fingerprint(stu_tok):
         return None
-    log("the selector's tokenizer differs from the student's: Δc is projected onto the student's tokens through "
-        "character offsets (minimum over overlapping selector tokens)")
+    log(
+        "the selector's tokenizer differs from the student's: Δc is projected onto the student's tokens through "
+        "character offsets (minimum over overlapping selector tokens)"
+    )
     return projector(load_rows(data), stu_tok, sel_tok, rcfg)
 
 
-def summarize(cfg: RunConfig, objective: Objective, out: Path, probes: dict, sels: dict, evals: dict,
-              eval_on_train: bool, student_probes: dict | None = None, selector_probed: bool = False
-              ) -> dict[str, Any]:
+def summarize(
+    cfg: RunConfig,
+    objective: Objective,
+    out: Path,
+    probes: dict,
+    sels: dict,
+    evals: dict,
+    eval_on_train: bool,
+    student_probes: dict | None = None,
+    selector_probed: bool = False,
+) -> dict[str, Any]:
     """The comparison table: every number is read from the eval/selection/probe records of this run."""
     base = evals[(None, "base")]
     stat = objective.selection_stat  # what a selection does to the loss
-    methods = [m for m in ("sft", *[x for x in cfg.modes if x != "sft"], "rrt")
-               if any((s, m) in evals for s in cfg.seeds)]
+    methods = [
+        m for m in ("sft", *[x for x in cfg.modes if x != "sft"], "rrt") if any((s, m) in evals for s in cfg.seeds)
+    ]
     rows = [base_row(base, stat)]
     for m in methods:
         per = {s: evals[(s, m)] for s in cfg.seeds if (s, m) in evals}
@@ -321,34 +450,58 @@ def summarize(cfg: RunConfig, objective: Objective, out: Path, probes: dict, sel
         rows.append(method_row(m, m, per, fractions, stat, base["accuracy"]))
     k = base["k"]
     where = "training prompts" if eval_on_train else "held-out prompts"
-    note = (f" {objective.name} student, {objective.samples_with}; Δc from the AR selector."
-            if selector_probed else "")
-    lines = [f"Accuracy (avg@{k}) on the {where}, mean ± sd over seeds {cfg.seeds}.{note}", "",
-             *table(rows, stat, objective.selection_header, k),
-             "", f"Probe (plain SFT{' of the AR selector' if selector_probed else ''}): training accuracy at θ_0 → at "
-                 "the bottleneck"]
+    note = f" {objective.name} student, {objective.samples_with}; Δc from the AR selector." if selector_probed else ""
+    lines = [
+        f"Accuracy (avg@{k}) on the {where}, mean ± sd over seeds {cfg.seeds}.{note}",
+        "",
+        *table(rows, stat, objective.selection_header, k),
+        "",
+        f"Probe (plain SFT{' of the AR selector' if selector_probed else ''}): training accuracy at θ_0 → at "
+        "the bottleneck",
+    ]
     for s in cfg.seeds:
         r = probes[s]["result"]
-        lines.append(f"- seed {s}: {100 * r['start_accuracy']:.1f}% → {100 * r['bottleneck_accuracy']:.1f}% at step "
-                     f"{r['bottleneck_step']}" + ("" if r["dip_found"] else " (no dip: continued anyway)"))
+        lines.append(
+            f"- seed {s}: {100 * r['start_accuracy']:.1f}% → {100 * r['bottleneck_accuracy']:.1f}% at step "
+            f"{r['bottleneck_step']}" + ("" if r["dip_found"] else " (no dip: continued anyway)")
+        )
     if student_probes:
-        lines += ["", f"Probe of the {objective.name} student itself (its SFT, {objective.samples_with}): training "
-                      "accuracy at θ_0 → lowest later"]
+        lines += [
+            "",
+            f"Probe of the {objective.name} student itself (its SFT, {objective.samples_with}): training "
+            "accuracy at θ_0 → lowest later",
+        ]
         for s, r in student_probes.items():
-            lines.append(f"- seed {s}: {100 * r['start_accuracy']:.1f}% → {100 * (r['bottleneck_accuracy'] or 0):.1f}% "
-                         f"at step {r['bottleneck_step']}" + ("" if r["dip_found"] else " (no dip)"))
+            lines.append(
+                f"- seed {s}: {100 * r['start_accuracy']:.1f}% → {100 * (r['bottleneck_accuracy'] or 0):.1f}% "
+                f"at step {r['bottleneck_step']}" + ("" if r["dip_found"] else " (no dip)")
+            )
     md = "\n".join(lines) + "\n"
     summary = {
-        "kind": "t3s-run", "t3s_version": __version__, "config": cfg.as_dict(), "eval_on": where, "k": k,
+        "kind": "t3s-run",
+        "t3s_version": __version__,
+        "config": cfg.as_dict(),
+        "eval_on": where,
+        "k": k,
         "objective": objective.name,
-        "student_probes": {str(s): {kk: r[kk] for kk in ("start_accuracy", "bottleneck_step", "bottleneck_accuracy",
-                                                         "dip_found")} for s, r in (student_probes or {}).items()},
-        "seeds": cfg.seeds, "rows": rows,
-        "probes": {str(s): {kk: probes[s]["result"][kk] for kk in
-                            ("start_accuracy", "bottleneck_step", "bottleneck_accuracy", "dip_found", "stopped_early")}
-                   for s in cfg.seeds},
-        "sources": {"evaluations": "eval-base/ and seed-*/eval/*/metrics.json",
-                    "selections": "seed-*/selections/*/selection.json", "probes": "seed-*/probe/probe.json"},
+        "student_probes": {
+            str(s): {kk: r[kk] for kk in ("start_accuracy", "bottleneck_step", "bottleneck_accuracy", "dip_found")}
+            for s, r in (student_probes or {}).items()
+        },
+        "seeds": cfg.seeds,
+        "rows": rows,
+        "probes": {
+            str(s): {
+                kk: probes[s]["result"][kk]
+                for kk in ("start_accuracy", "bottleneck_step", "bottleneck_accuracy", "dip_found", "stopped_early")
+            }
+            for s in cfg.seeds
+        },
+        "sources": {
+            "evaluations": "eval-base/ and seed-*/eval/*/metrics.json",
+            "selections": "seed-*/selections/*/selection.json",
+            "probes": "seed-*/probe/probe.json",
+        },
         "markdown": md,
     }
     write_summary(out, summary, "t3s run summary")

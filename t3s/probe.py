@@ -37,7 +37,6 @@ from t3s.config import DiffusionConfig, GenConfig, ProbeConfig, RenderConfig, Ru
 from t3s.models import Precision
 from t3s.objectives import Objective, Prepared
 
-
 # ----------------------------------------------------------------------------------------------- rules
 
 
@@ -49,12 +48,22 @@ def find_bottleneck(points: list[dict[str, Any]], margin: float) -> dict[str, An
     start = points[0]["train_accuracy"]
     later = points[1:]
     if not later:
-        return {"bottleneck_step": None, "bottleneck_accuracy": None, "start_accuracy": start, "dip_found": False,
-                "dip_depth": 0.0}
+        return {
+            "bottleneck_step": None,
+            "bottleneck_accuracy": None,
+            "start_accuracy": start,
+            "dip_found": False,
+            "dip_depth": 0.0,
+        }
     best = min(later, key=lambda p: (p["train_accuracy"], p["step"]))
     depth = start - best["train_accuracy"]
-    return {"bottleneck_step": best["step"], "bottleneck_accuracy": best["train_accuracy"], "start_accuracy": start,
-            "dip_found": depth >= margin - 1e-12, "dip_depth": depth}
+    return {
+        "bottleneck_step": best["step"],
+        "bottleneck_accuracy": best["train_accuracy"],
+        "start_accuracy": start,
+        "dip_found": depth >= margin - 1e-12,
+        "dip_depth": depth,
+    }
 
 
 def standard_error(p: float, n: int) -> float:
@@ -82,10 +91,12 @@ def online_should_stop(accuracies: list[float], margin: float, patience: int) ->
 
 
 def no_dip_message(b: dict[str, Any], margin: float) -> str:
-    return (f"no imitation shock: training accuracy never fell {100 * margin:.1f} points below its start "
-            f"({100 * b['start_accuracy']:.1f}%; lowest later {100 * (b['bottleneck_accuracy'] or 0):.1f}% "
-            f"at step {b['bottleneck_step']}). Without a dip there is no bottleneck to select tokens from; "
-            "set probe.continue_without_dip=true to use the lowest checkpoint anyway.")
+    return (
+        f"no imitation shock: training accuracy never fell {100 * margin:.1f} points below its start "
+        f"({100 * b['start_accuracy']:.1f}%; lowest later {100 * (b['bottleneck_accuracy'] or 0):.1f}% "
+        f"at step {b['bottleneck_step']}). Without a dip there is no bottleneck to select tokens from; "
+        "set probe.continue_without_dip=true to use the lowest checkpoint anyway."
+    )
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -127,10 +138,29 @@ def _save_model(model: Any, tok: Any, path: Path, step: int, trainer: Any = None
 class ProbeRunner:
     """Evaluates the model being trained; used as a TrainerCallback's workhorse."""
 
-    def __init__(self, out: Path, data: Any, heldout: list | None, cfg: ProbeConfig, gen: Any,
-                 rcfg: RenderConfig, precision: Precision, max_steps: int, progress: bool, log: Any = print,
-                 track: bool = False, objective: Objective | None = None):
-        self.out, self.cfg, self.rcfg, self.precision, self.progress, self.log = out, cfg, rcfg, precision, progress, log
+    def __init__(
+        self,
+        out: Path,
+        data: Any,
+        heldout: list | None,
+        cfg: ProbeConfig,
+        gen: Any,
+        rcfg: RenderConfig,
+        precision: Precision,
+        max_steps: int,
+        progress: bool,
+        log: Any = print,
+        track: bool = False,
+        objective: Objective | None = None,
+    ):
+        self.out, self.cfg, self.rcfg, self.precision, self.progress, self.log = (
+            out,
+            cfg,
+            rcfg,
+            precision,
+            progress,
+            log,
+        )
         self.tok = data.tokenizer
         self.track = track  # tracking a trained mode: no checkpoints, no held-out set
         self.objective = objective or data.objective  # how the student generates, and its confidence
@@ -168,15 +198,33 @@ class ProbeRunner:
         was_training = model.training
         model.eval()
         t_gen = time.perf_counter()
-        train_s = evaluate_model(model, self.tok, self.train_rows, self.rcfg, self.gen, self.precision,
-                                 progress=self.progress, desc=f"probe step {step}", objective=self.objective,
-                                 generator=self.generator)
+        train_s = evaluate_model(
+            model,
+            self.tok,
+            self.train_rows,
+            self.rcfg,
+            self.gen,
+            self.precision,
+            progress=self.progress,
+            desc=f"probe step {step}",
+            objective=self.objective,
+            generator=self.generator,
+        )
         m = metrics(train_s)
         held = None
         if self.heldout:
-            hs = evaluate_model(model, self.tok, self.heldout, self.rcfg, self.gen, self.precision,
-                                progress=self.progress, desc=f"held-out step {step}", objective=self.objective,
-                                generator=self.generator)
+            hs = evaluate_model(
+                model,
+                self.tok,
+                self.heldout,
+                self.rcfg,
+                self.gen,
+                self.precision,
+                progress=self.progress,
+                desc=f"held-out step {step}",
+                objective=self.objective,
+                generator=self.generator,
+            )
             held = metrics(hs)["accuracy"]
         t_score = time.perf_counter()
         self.seconds["generation"] += t_score - t_gen
@@ -198,7 +246,8 @@ class ProbeRunner:
             "confidence": confidence,
             "length": m["mean_tokens"],
             "marker_rate": (sum(any(k in s.response for k in markers) for s in train_s) / len(train_s))
-            if markers else None,
+            if markers
+            else None,
             "no_answer_rate": m["no_answer_rate"],
             "time": time.perf_counter() - self.t0,
         }
@@ -210,10 +259,12 @@ class ProbeRunner:
             auto = self.cfg.margin is None
             self.margin = auto_margin(m["accuracy"], n) if auto else self.cfg.margin
             self.noise = {"samples": n, "standard_error": se, "margin": self.margin, "margin_auto": auto}
-            self.log(f"probe: {len(self.train_rows)} prompts x k={self.gen.k}: accuracy at step 0 "
-                     f"{100 * m['accuracy']:.1f}% (standard error {100 * se:.1f} points); a dip must be "
-                     f"{100 * self.margin:.1f} points deep"
-                     + (" (auto: 2 standard errors; probe.margin sets it)" if auto else " (probe.margin)"))
+            self.log(
+                f"probe: {len(self.train_rows)} prompts x k={self.gen.k}: accuracy at step 0 "
+                f"{100 * m['accuracy']:.1f}% (standard error {100 * se:.1f} points); a dip must be "
+                f"{100 * self.margin:.1f} points deep"
+                + (" (auto: 2 standard errors; probe.margin sets it)" if auto else " (probe.margin)")
+            )
         if dist.is_main():
             with (self.out / "trajectory.jsonl").open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(point) + "\n")
@@ -229,20 +280,25 @@ class ProbeRunner:
         def fmt(x: float | None, pct: bool = True) -> str:
             return "-" if x is None else (f"{100 * x:.1f}%" if pct else f"{x:.3f}")
 
-        self.log(f"{'track' if self.track else 'probe'} step {step:>5}: loss {fmt(point['loss'], False)}  train acc {fmt(point['train_accuracy'])}"
-                 f"  held-out {fmt(held)}  confidence {fmt(confidence, False)}  length {point['length']:.1f}"
-                 f"  markers {fmt(point['marker_rate'])}")
+        self.log(
+            f"{'track' if self.track else 'probe'} step {step:>5}: loss {fmt(point['loss'], False)}  "
+            f"train acc {fmt(point['train_accuracy'])}"
+            f"  held-out {fmt(held)}  confidence {fmt(confidence, False)}  length {point['length']:.1f}"
+            f"  markers {fmt(point['marker_rate'])}"
+        )
         model.train(was_training)
         return point
 
 
-def tracking_callback(out: Path, data: Prepared, cfg: RunConfig, precision: Precision, max_steps: int,
-                      progress: bool, log: Any = print):
+def tracking_callback(
+    out: Path, data: Prepared, cfg: RunConfig, precision: Precision, max_steps: int, progress: bool, log: Any = print
+):
     """A callback that evaluates a training run like the probe (on `probe.track_subset` prompts, every
     `probe.track_every` steps) and appends to `out/trajectory.jsonl` (from the start of training, after
     `t3s.train.train` has cleared `out`); nothing else is saved."""
-    runner = ProbeRunner(out, data, None, cfg.probe, cfg.eval, cfg.render, precision, max_steps, progress,
-                         log, track=True)
+    runner = ProbeRunner(
+        out, data, None, cfg.probe, cfg.eval, cfg.render, precision, max_steps, progress, log, track=True
+    )
     return _callback(runner)
 
 
@@ -283,11 +339,21 @@ def plot_trajectory(points: list[dict[str, Any]], bottleneck_step: int | None, p
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     ax.plot(steps, [100 * p["train_accuracy"] for p in points], "o-", color="C0", label="train accuracy")
     if any(p.get("heldout_accuracy") is not None for p in points):
-        ax.plot(steps, [None if p["heldout_accuracy"] is None else 100 * p["heldout_accuracy"] for p in points],
-                "s-", color="C2", label="held-out accuracy")
+        ax.plot(
+            steps,
+            [None if p["heldout_accuracy"] is None else 100 * p["heldout_accuracy"] for p in points],
+            "s-",
+            color="C2",
+            label="held-out accuracy",
+        )
     if any(p.get("marker_rate") is not None for p in points):
-        ax.plot(steps, [None if p["marker_rate"] is None else 100 * p["marker_rate"] for p in points], ":",
-                color="C4", label="marker rate")
+        ax.plot(
+            steps,
+            [None if p["marker_rate"] is None else 100 * p["marker_rate"] for p in points],
+            ":",
+            color="C4",
+            label="marker rate",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("%")
     ax.set_ylim(-2, 102)
@@ -298,8 +364,14 @@ def plot_trajectory(points: list[dict[str, Any]], bottleneck_step: int | None, p
     ax2.set_ylabel("loss")
     if bottleneck_step is not None:
         ax.axvline(bottleneck_step, color="k", lw=1, alpha=0.6)
-        ax.annotate(f"bottleneck (step {bottleneck_step})", (bottleneck_step, 96), fontsize=8, ha="left",
-                    xytext=(4, 0), textcoords="offset points")
+        ax.annotate(
+            f"bottleneck (step {bottleneck_step})",
+            (bottleneck_step, 96),
+            fontsize=8,
+            ha="left",
+            xytext=(4, 0),
+            textcoords="offset points",
+        )
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="best", fontsize=8, framealpha=0.8)
@@ -311,9 +383,18 @@ def plot_trajectory(points: list[dict[str, Any]], bottleneck_step: int | None, p
     tmp.replace(path)
 
 
-def run_probe(model_path: str, data_path: str, out: str | Path, cfg: RunConfig, *, heldout_path: str | None = None,
-              overwrite: bool = False, progress: bool = True, log: Any = print,
-              objective: Objective | DiffusionConfig | None = None) -> dict[str, Any]:
+def run_probe(
+    model_path: str,
+    data_path: str,
+    out: str | Path,
+    cfg: RunConfig,
+    *,
+    heldout_path: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Any = print,
+    objective: Objective | DiffusionConfig | None = None,
+) -> dict[str, Any]:
     """Run the probe into `out` (atomically). `cfg` is a RunConfig; its train, render, probe and eval sections
     are used. `objective` (default: autoregressive): a masked-diffusion student is trained with its own
     objective (the random mask only: its SFT) and evaluated with its sampler."""
@@ -335,8 +416,9 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: RunConfig, 
     with dist.atomic_dir(out, overwrite) as tmp:  # several processes: the main one writes
         args = (data, dataclasses.replace(tcfg, save_steps=0))
         zero3 = dist.zero3_init_args(training_arguments(args[1], tmp / "trainer", progress))  # noqa: F841
-        model = objective.load(model_path, precision, tcfg.trust_remote_code,
-                               place=not dist.launched())  # several processes: the Trainer places it
+        model = objective.load(
+            model_path, precision, tcfg.trust_remote_code, place=not dist.launched()
+        )  # several processes: the Trainer places it
         trainer = make_trainer(model, *args, tmp / "trainer", progress=progress)
         runner = ProbeRunner(tmp, data, heldout, pcfg, cfg.eval, cfg.render, precision, tcfg.max_steps, progress, log)
         runner.trainer = trainer
@@ -355,12 +437,17 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: RunConfig, 
         if completed:  # the probe is a full SFT run: keep its end point (the pipeline reuses it as `sft`)
             _save_model(trainer.model, data.tokenizer, tmp / "final", trainer.state.global_step, trainer)
         if dist.is_main():
-            np.savez_compressed(tmp / "token_logprobs.npz", ids=np.array([e.id for e in runner.examples]),
-                                lengths=np.array([len(e.response_ids) for e in runner.examples]),
-                                **{f"step_{s}": v for s, v in runner.token_logprobs.items()})
-            plot_trajectory(runner.points,
-                            b["bottleneck_step"] if b["dip_found"] or pcfg.continue_without_dip else None,
-                            tmp / "trajectory.png")
+            np.savez_compressed(
+                tmp / "token_logprobs.npz",
+                ids=np.array([e.id for e in runner.examples]),
+                lengths=np.array([len(e.response_ids) for e in runner.examples]),
+                **{f"step_{s}": v for s, v in runner.token_logprobs.items()},
+            )
+            plot_trajectory(
+                runner.points,
+                b["bottleneck_step"] if b["dip_found"] or pcfg.continue_without_dip else None,
+                tmp / "trajectory.png",
+            )
         usable = b["dip_found"] or (pcfg.continue_without_dip and b["bottleneck_step"] is not None)
         summary = {
             "kind": "t3s-probe",
@@ -381,8 +468,7 @@ def run_probe(model_path: str, data_path: str, out: str | Path, cfg: RunConfig, 
             "eval_every": runner.every,
             "points": len(runner.points),
             # wall time of the Trainer's run, split: optimizer steps vs the evaluations made along the way
-            "seconds": {"run": t_train, **runner.seconds,
-                        "training": t_train - sum(runner.seconds.values())},
+            "seconds": {"run": t_train, **runner.seconds, "training": t_train - sum(runner.seconds.values())},
             "objective": objective.name,
             "precision": plan.name,
             "precision_plan": plan.as_dict(),

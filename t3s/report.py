@@ -21,8 +21,16 @@ import numpy as np
 from t3s import T3SError, __version__
 from t3s.artifacts import read_json
 
-COLORS = {"sft": "C0", "t3s": "C3", "reverse": "C1", "static-high": "C4", "static-low": "C5", "random": "C7",
-          "rrt": "C2", "base": "k"}
+COLORS = {
+    "sft": "C0",
+    "t3s": "C3",
+    "reverse": "C1",
+    "static-high": "C4",
+    "static-low": "C5",
+    "random": "C7",
+    "rrt": "C2",
+    "base": "k",
+}
 
 
 def _plt():
@@ -73,17 +81,38 @@ def plot_trajectories(run: Path, seeds: list[int], out: Path) -> Path | None:
             continue
         info = read_json(run / f"seed-{s}" / "probe" / "probe.json")
         steps = [p["step"] for p in pts]
-        ax.plot(steps, [100 * p["train_accuracy"] for p in pts], "-o", ms=3, color="C0", alpha=0.8,
-                label="SFT train accuracy" if s == seeds[0] else None)
+        ax.plot(
+            steps,
+            [100 * p["train_accuracy"] for p in pts],
+            "-o",
+            ms=3,
+            color="C0",
+            alpha=0.8,
+            label="SFT train accuracy" if s == seeds[0] else None,
+        )
         if any(p.get("heldout_accuracy") is not None for p in pts):
-            ax.plot(steps, [None if p["heldout_accuracy"] is None else 100 * p["heldout_accuracy"] for p in pts],
-                    "-s", ms=3, color="C2", alpha=0.8, label="SFT held-out accuracy" if s == seeds[0] else None)
+            ax.plot(
+                steps,
+                [None if p["heldout_accuracy"] is None else 100 * p["heldout_accuracy"] for p in pts],
+                "-s",
+                ms=3,
+                color="C2",
+                alpha=0.8,
+                label="SFT held-out accuracy" if s == seeds[0] else None,
+            )
         if any(p.get("marker_rate") is not None for p in pts):
-            ax.plot(steps, [None if p["marker_rate"] is None else 100 * p["marker_rate"] for p in pts], ":",
-                    color="C4", alpha=0.8, label="teacher-style marker rate" if s == seeds[0] else None)
+            ax.plot(
+                steps,
+                [None if p["marker_rate"] is None else 100 * p["marker_rate"] for p in pts],
+                ":",
+                color="C4",
+                alpha=0.8,
+                label="teacher-style marker rate" if s == seeds[0] else None,
+            )
         if info.get("bottleneck_step") is not None and info.get("usable"):
-            ax.axvline(info["bottleneck_step"], color="k", lw=1, alpha=0.4,
-                       label="bottleneck θ_b" if s == seeds[0] else None)
+            ax.axvline(
+                info["bottleneck_step"], color="k", lw=1, alpha=0.4, label="bottleneck θ_b" if s == seeds[0] else None
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("%")
     ax.set_ylim(-2, 102)
@@ -95,8 +124,11 @@ def plot_trajectories(run: Path, seeds: list[int], out: Path) -> Path | None:
             steps = sorted({p["step"] for r in runs for p in r})
             mean = [100 * np.mean([p["train_accuracy"] for r in runs for p in r if p["step"] == st]) for st in steps]
             cx.plot(steps, mean, "-o", ms=2, color=COLORS.get(mode), label=mode)
-        for b in {read_json(p).get("bottleneck_step") for s in seeds
-                  if (p := run / f"seed-{s}" / "probe" / "probe.json").exists()} - {None}:
+        for b in {
+            read_json(p).get("bottleneck_step")
+            for s in seeds
+            if (p := run / f"seed-{s}" / "probe" / "probe.json").exists()
+        } - {None}:
             cx.axvline(b, color="k", lw=1, alpha=0.3)
         cx.set_xlabel("step")
         cx.set_ylabel("training accuracy %")
@@ -226,11 +258,11 @@ def gradient_dynamics(run: Path, seed: int, sel: Any, rows: int = 48) -> dict[st
         model = load_causal_lm(ck or conf["student"], fp32)
         params = [p for p in model.parameters() if p.requires_grad]
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
-        ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none",
-                             ignore_index=-100).view(tgt.shape)
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none", ignore_index=-100
+        ).view(tgt.shape)
         groups = [(ce * (valid & is_anchor)).sum() / n_resp, (ce * (valid & ~is_anchor)).sum() / n_resp]
-        ga, gy = (torch.cat([g.flatten() for g in torch.autograd.grad(x, params, retain_graph=True)])
-                  for x in groups)
+        ga, gy = (torch.cat([g.flatten() for g in torch.autograd.grad(x, params, retain_graph=True)]) for x in groups)
         out["steps"].append(0 if ck is None else int(ck.name.split("-")[1]))
         out["ratio"].append(float(ga.norm() / gy.norm()))
         out["cosine"].append(float(F.cosine_similarity(ga, gy, dim=0)))
@@ -286,11 +318,17 @@ def token_tables(run: Path, sel: Any, rows_shown: int = 4, top: int = 15) -> tup
     total = counts[True] + counts[False]
 
     def table(is_anchor: bool) -> str:
-        lines = [f"<tr><td><code>{html.escape(repr(tok.decode([t])))}</code></td><td>{n}</td>"
-                 f"<td>{100 * n / total[t]:.0f}%</td></tr>" for t, n in counts[is_anchor].most_common(top)]
+        lines = [
+            f"<tr><td><code>{html.escape(repr(tok.decode([t])))}</code></td><td>{n}</td>"
+            f"<td>{100 * n / total[t]:.0f}%</td></tr>"
+            for t, n in counts[is_anchor].most_common(top)
+        ]
         head = "anchor" if is_anchor else "yet-to-learn"
-        return (f"<table><tr><th>{head} token</th><th>count</th><th>share of its occurrences</th></tr>"
-                + "".join(lines) + "</table>")
+        return (
+            f"<table><tr><th>{head} token</th><th>count</th><th>share of its occurrences</th></tr>"
+            + "".join(lines)
+            + "</table>"
+        )
 
     return "\n".join(rows_html), f'<div class="cols"><div>{table(True)}</div><div>{table(False)}</div></div>'
 
@@ -344,14 +382,19 @@ def build_report(run: str | Path, *, gradients: bool = True, log: Any = print) -
     seeds = _seeds(run)
     out = run / "report"
     out.mkdir(exist_ok=True)
-    parts = [f"<h1>t3s report: {html.escape(run.name)}</h1>",
-             f'<p class="note">t3s {__version__}. Every number below is read from files in this run directory.</p>']
+    parts = [
+        f"<h1>t3s report: {html.escape(run.name)}</h1>",
+        f'<p class="note">t3s {__version__}. Every number below is read from files in this run directory.</p>',
+    ]
     if "stopped" in summary:
         parts.append(f"<h2>Stopped</h2><p><strong>{html.escape(summary['stopped'])}</strong></p>")
     else:
         parts.append("<h2>Summary</h2>" + _md_table(summary))
-    bott = {s: read_json(p).get("bottleneck_step") for s in seeds
-            if (p := run / f"seed-{s}" / "probe" / "probe.json").exists()}
+    bott = {
+        s: read_json(p).get("bottleneck_step")
+        for s in seeds
+        if (p := run / f"seed-{s}" / "probe" / "probe.json").exists()
+    }
     parts.append("<h2>Trajectories</h2>" + _img(plot_trajectories(run, seeds, out), "trajectories"))
     sel = _selection(run, seeds[0]) if seeds else None
     if sel is not None:
@@ -368,21 +411,27 @@ def build_report(run: str | Path, *, gradients: bool = True, log: Any = print) -
         if grad:
             parts.append(_img(plot_gradients(grad, b0, out), "gradients"))
             k = int(np.argmax(grad["ratio"]))
-            parts.append(f"<p>Largest norm ratio {grad['ratio'][k]:.2f}× at step {grad['steps'][k]}; "
-                         f"most negative cosine {min(grad['cosine']):+.2f}.</p>")
+            parts.append(
+                f"<p>Largest norm ratio {grad['ratio'][k]:.2f}× at step {grad['steps'][k]}; "
+                f"most negative cosine {min(grad['cosine']):+.2f}.</p>"
+            )
         else:
             parts.append("<p><em>Needs the probe's checkpoints: set <code>probe.keep_all: true</code>.</em></p>")
         heat, tables = token_tables(run, sel)
-        parts.append("<h2>Training rows coloured by Δc</h2><p class='note'>Red: anchors (gained confidence by the "
-                     "bottleneck, dropped by T3S); blue: yet-to-learn (kept). Hover for Δc.</p>" + heat)
+        parts.append(
+            "<h2>Training rows coloured by Δc</h2><p class='note'>Red: anchors (gained confidence by the "
+            "bottleneck, dropped by T3S); blue: yet-to-learn (kept). Hover for Δc.</p>" + heat
+        )
         parts.append("<h2>Most frequent anchor and yet-to-learn tokens</h2>" + tables)
     return _write_page(run, out, parts)
 
 
 def _write_page(run: Path, out: Path, parts: list[str]) -> Path:
     """report.html from its parts, written atomically."""
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>t3s report {html.escape(run.name)}</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}{CHECK_IMAGES}</body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>t3s report {html.escape(run.name)}</title>"
+        f"<style>{CSS}</style></head><body>{''.join(parts)}{CHECK_IMAGES}</body></html>"
+    )
     tmp = out / ".report.html.tmp"
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out / "report.html")
@@ -397,10 +446,12 @@ def _mixture_report(run: Path, summary: dict[str, Any], gradients: bool, log: An
         page = build_report(run / "teachers" / name, gradients=gradients, log=log)
         links.append(f"<li><a href='../{page.relative_to(run).as_posix()}'>{html.escape(name)}</a></li>")
     table = _md_table({**summary, "probes": {}}).split("<p>Probe")[0]
-    parts = [f"<h1>t3s report: {html.escape(run.name)} (teacher mixture)</h1>",
-             f'<p class="note">t3s {__version__}. Every number below is read from files in this run directory.</p>',
-             "<h2>Summary</h2>" + table, "<h2>Each teacher's probe, Δc and gradients</h2><ul>" + "".join(links)
-             + "</ul>"]
+    parts = [
+        f"<h1>t3s report: {html.escape(run.name)} (teacher mixture)</h1>",
+        f'<p class="note">t3s {__version__}. Every number below is read from files in this run directory.</p>',
+        "<h2>Summary</h2>" + table,
+        "<h2>Each teacher's probe, Δc and gradients</h2><ul>" + "".join(links) + "</ul>",
+    ]
     out = run / "report"
     out.mkdir(exist_ok=True)
     return _write_page(run, out, parts)
@@ -410,18 +461,29 @@ def _md_table(summary: dict[str, Any]) -> str:
     k = summary["k"]
     forced = "forced_fraction" in summary["rows"][0]  # the rows carry the statistic of the run's selections
     frac, col = ("forced_fraction", "forced tokens %") if forced else ("dropped_fraction", "dropped tokens %")
-    head = (f"<table><tr><th>method</th><th>accuracy % (avg@{k})</th><th>Δ vs base</th><th>pass@{k} %</th>"
-            f"<th>mean tokens</th><th>{col}</th><th>per seed</th></tr>")
+    head = (
+        f"<table><tr><th>method</th><th>accuracy % (avg@{k})</th><th>Δ vs base</th><th>pass@{k} %</th>"
+        f"<th>mean tokens</th><th>{col}</th><th>per seed</th></tr>"
+    )
     body = []
     for r in summary["rows"]:
         sd = "" if r["accuracy_sd"] is None else f" ± {100 * r['accuracy_sd']:.1f}"
         drop = "–" if r.get(frac) is None else f"{100 * r[frac]:.1f}"
         per = ", ".join(f"{100 * v:.1f}" for v in r["per_seed"].values())
-        body.append(f"<tr><td>{r['method']}</td><td>{100 * r['accuracy']:.1f}{sd}</td><td>{100 * r['delta']:+.1f}</td>"
-                    f"<td>{100 * r['pass_at_k']:.1f}</td><td>{r['mean_tokens']:.1f}</td><td>{drop}</td>"
-                    f"<td>{per}</td></tr>")
+        body.append(
+            f"<tr><td>{r['method']}</td><td>{100 * r['accuracy']:.1f}{sd}</td><td>{100 * r['delta']:+.1f}</td>"
+            f"<td>{100 * r['pass_at_k']:.1f}</td><td>{r['mean_tokens']:.1f}</td><td>{drop}</td>"
+            f"<td>{per}</td></tr>"
+        )
     probes = "".join(
         f"<li>seed {s}: {100 * p['start_accuracy']:.1f}% → {100 * p['bottleneck_accuracy']:.1f}% at step "
-        f"{p['bottleneck_step']}{'' if p['dip_found'] else ' (no dip)'}</li>" for s, p in summary["probes"].items())
-    return (head + "".join(body) + "</table>" + f"<p>Evaluated on the {summary['eval_on']}.</p>"
-            + f"<p>Probe (plain SFT), training accuracy at θ_0 → at the bottleneck:</p><ul>{probes}</ul>")
+        f"{p['bottleneck_step']}{'' if p['dip_found'] else ' (no dip)'}</li>"
+        for s, p in summary["probes"].items()
+    )
+    return (
+        head
+        + "".join(body)
+        + "</table>"
+        + f"<p>Evaluated on the {summary['eval_on']}.</p>"
+        + f"<p>Probe (plain SFT), training accuracy at θ_0 → at the bottleneck:</p><ul>{probes}</ul>"
+    )

@@ -24,8 +24,17 @@ from t3s.models import resolve_model_path
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 # Files copied from θ_0 so the result loads like the student it came from.
-_COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-         "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model")
+_COPY = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
 
 
 def _weight_map(model_dir: Path) -> dict[str, Path]:
@@ -79,8 +88,16 @@ class _Reader:
         return self.handles[path]
 
 
-def rrt(init: str, bottleneck: str, final: str, out: str | Path, *, overwrite: bool = False,
-        max_shard_bytes: int = 2 * 1024**3, progress: bool = True) -> dict:
+def rrt(
+    init: str,
+    bottleneck: str,
+    final: str,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    max_shard_bytes: int = 2 * 1024**3,
+    progress: bool = True,
+) -> dict:
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -91,7 +108,9 @@ def rrt(init: str, bottleneck: str, final: str, out: str | Path, *, overwrite: b
     archs = {k: _arch(d) for k, d in dirs.items()}
     for k in ("bottleneck", "final"):
         if archs[k] != archs["init"]:
-            raise T3SError(f"architectures differ: --init {dirs['init']} is {archs['init']}, --{k} {dirs[k]} is {archs[k]}")
+            raise T3SError(
+                f"architectures differ: --init {dirs['init']} is {archs['init']}, --{k} {dirs[k]} is {archs[k]}"
+            )
     readers = {k: _Reader(_weight_map(d)) for k, d in dirs.items()}
     names = sorted(readers["init"].wmap)
     for k in ("bottleneck", "final"):
@@ -148,8 +167,13 @@ def rrt(init: str, bottleneck: str, final: str, out: str | Path, *, overwrite: b
                 if key in cfg:
                     cfg[key] = next(iter(widened))
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        info = {"kind": "t3s-rrt", "formula": "init + (final - bottleneck)",
-                **{k: str(d) for k, d in dirs.items()}, "tensors": len(names), "bytes": total,
-                "widened_to": sorted(widened)}
+        info = {
+            "kind": "t3s-rrt",
+            "formula": "init + (final - bottleneck)",
+            **{k: str(d) for k, d in dirs.items()},
+            "tensors": len(names),
+            "bytes": total,
+            "widened_to": sorted(widened),
+        }
         write_json(tmp / "t3s_rrt.json", info)
     return info

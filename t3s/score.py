@@ -106,8 +106,19 @@ def response_logprobs(
     if batch_tokens <= 0:
         batch_tokens = default_batch_tokens(device.type)
     with _cast_once(backbone, head.weight):
-        return _score_batches(backbone, head, transform, examples, precision, device, batch_tokens, max_batch,
-                              chunk_tokens, progress, pad_id)
+        return _score_batches(
+            backbone,
+            head,
+            transform,
+            examples,
+            precision,
+            device,
+            batch_tokens,
+            max_batch,
+            chunk_tokens,
+            progress,
+            pad_id,
+        )
 
 
 @contextlib.contextmanager
@@ -130,8 +141,9 @@ def _cast_once(backbone: Any, head_weight: torch.Tensor):
             q.requires_grad_(not q.requires_grad)
 
 
-def _score_batches(backbone, head, transform, examples, precision, device, batch_tokens, max_batch, chunk_tokens,
-                   progress, pad_id) -> list[np.ndarray]:
+def _score_batches(
+    backbone, head, transform, examples, precision, device, batch_tokens, max_batch, chunk_tokens, progress, pad_id
+) -> list[np.ndarray]:
     from tqdm.auto import tqdm
 
     out: list[np.ndarray | None] = [None] * len(examples)
@@ -277,17 +289,29 @@ def check_finite_scores(examples: list[Example], logprobs: list[np.ndarray], mod
         bad = np.flatnonzero(~np.isfinite(lp))
         if bad.size:
             n = sum(int((~np.isfinite(x)).sum()) for x in logprobs)
-            raise T3SError(f"{model}: non-finite log-probabilities ({n} tokens; first: row '{e.id}', response "
-                           f"token {int(bad[0])}: {lp[bad[0]]}); the model's weights or precision are broken, "
-                           "nothing was written")
+            raise T3SError(
+                f"{model}: non-finite log-probabilities ({n} tokens; first: row '{e.id}', response "
+                f"token {int(bad[0])}: {lp[bad[0]]}); the model's weights or precision are broken, "
+                "nothing was written"
+            )
 
 
 # Max |fast scorer − model's own forward| accepted by the self-check, by precision.
 CHECK_TOL = {"float32": 1e-3, "other": 0.25}
 
 
-def run_score(model_path: str, data_path: str, out: str | Path, rcfg: RenderConfig, scfg: ScoreConfig, *, split: str | None = None,
-              trust_remote_code: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_score(
+    model_path: str,
+    data_path: str,
+    out: str | Path,
+    rcfg: RenderConfig,
+    scfg: ScoreConfig,
+    *,
+    split: str | None = None,
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """`t3s score`: render the rows, score every response token, self-check one row, write the score set."""
     import sys
 
@@ -304,15 +328,31 @@ def run_score(model_path: str, data_path: str, out: str | Path, rcfg: RenderConf
     examples, report = render_rows(rows, tok, rcfg)
     if progress:
         print(f"data: {report}", file=sys.stderr)
-        print(f"scoring {describe(precision)}" + ("" if scfg.dtype != "auto" else "; score.dtype=auto is float32, "
-              "so that rounding does not decide the sign of small Δc"), file=sys.stderr)
+        print(
+            f"scoring {describe(precision)}"
+            + (
+                ""
+                if scfg.dtype != "auto"
+                else "; score.dtype=auto is float32, so that rounding does not decide the sign of small Δc"
+            ),
+            file=sys.stderr,
+        )
     model = load_causal_lm(model_path, precision, trust_remote_code)
     # several processes: each scores a share of the rows (balanced by length), gathered back in file order
     lps = dist.map_rows(
-        lambda part: response_logprobs(model, part, precision, batch_tokens=scfg.batch_tokens,
-                                       max_batch=scfg.max_batch, chunk_tokens=scfg.chunk_tokens,
-                                       progress=progress, pad_id=tok.pad_token_id),
-        examples, [len(e.input_ids) for e in examples])
+        lambda part: response_logprobs(
+            model,
+            part,
+            precision,
+            batch_tokens=scfg.batch_tokens,
+            max_batch=scfg.max_batch,
+            chunk_tokens=scfg.chunk_tokens,
+            progress=progress,
+            pad_id=tok.pad_token_id,
+        ),
+        examples,
+        [len(e.input_ids) for e in examples],
+    )
     check_finite_scores(examples, lps, model_path)
     check = None
     if scfg.check:  # every process checks the same row (cheap), so a failure stops all of them alike
@@ -324,18 +364,22 @@ def run_score(model_path: str, data_path: str, out: str | Path, rcfg: RenderConf
                 f"self-check failed: scores differ from {type(model).__name__}'s own forward by {check:.2e} "
                 f"(> {tol}); this architecture's output head is not supported by the fast scorer"
             )
-    return dist.on_main(lambda: write_scores(  # only the main process writes; the others wait for it
-        out, examples, lps,
-        {
-            "model": str(model_path),
-            "model_fingerprint": model_fingerprint(model_path),
-            "model_step": model_step(model_path),
-            "data": str(data_path),
-            "fingerprints": fingerprints(rows, tok, rcfg),
-            "render_report": report.as_dict(),
-            "precision": precision.name,
-            "device": device_info(precision.device),
-            "self_check_max_abs_diff": check,
-        },
-        overwrite,
-    ))
+    return dist.on_main(
+        lambda: write_scores(  # only the main process writes; the others wait for it
+            out,
+            examples,
+            lps,
+            {
+                "model": str(model_path),
+                "model_fingerprint": model_fingerprint(model_path),
+                "model_step": model_step(model_path),
+                "data": str(data_path),
+                "fingerprints": fingerprints(rows, tok, rcfg),
+                "render_report": report.as_dict(),
+                "precision": precision.name,
+                "device": device_info(precision.device),
+                "self_check_max_abs_diff": check,
+            },
+            overwrite,
+        )
+    )

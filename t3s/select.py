@@ -87,8 +87,14 @@ def groups(delta: np.ndarray, c0: np.ndarray, threshold: float | str = 0.0) -> t
     return (delta > 0) & ~settled, settled
 
 
-def keep_mask(mode: str, delta: np.ndarray, c0: np.ndarray, threshold: float | str = 0.0, seed: int = 0,
-              gain: np.ndarray | None = None) -> np.ndarray:
+def keep_mask(
+    mode: str,
+    delta: np.ndarray,
+    c0: np.ndarray,
+    threshold: float | str = 0.0,
+    seed: int = 0,
+    gain: np.ndarray | None = None,
+) -> np.ndarray:
     """Flat keep-mask over all response tokens (True = the token is trained on). `gain`: c(θ_T) − c(θ_0), for
     `excess-loss`."""
     if mode not in MODES:
@@ -122,7 +128,10 @@ def _quantiles(x: np.ndarray) -> dict[str, float]:
     if x.size == 0:
         return {}
     q = np.quantile(x, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
-    return {"mean": float(x.mean()), **{k: float(v) for k, v in zip(["min", "p5", "p25", "p50", "p75", "p95", "max"], q)}}
+    return {
+        "mean": float(x.mean()),
+        **{k: float(v) for k, v in zip(["min", "p5", "p25", "p50", "p75", "p95", "max"], q)},
+    }
 
 
 @dataclass
@@ -140,8 +149,13 @@ class Selection:
 
 
 def select(
-    init: ScoreSet, bottleneck: ScoreSet, mode: str, threshold: float | str = 0.0, seed: int = 0,
-    bottleneck_step: int | None = None, reference: ScoreSet | None = None,
+    init: ScoreSet,
+    bottleneck: ScoreSet,
+    mode: str,
+    threshold: float | str = 0.0,
+    seed: int = 0,
+    bottleneck_step: int | None = None,
+    reference: ScoreSet | None = None,
 ) -> Selection:
     """The keep-mask of `mode` from the scores of θ_0 and θ_b (for `t3s-final` / `t3s-early`: the scores of θ_T or
     of the earlier checkpoint in θ_b's place). `reference`: the scores of θ_T, for `excess-loss`; its drop count
@@ -218,8 +232,13 @@ def forced_mask(mode: str, delta: np.ndarray, tau: float, seed: int = 0) -> np.n
 
 
 def select_forced(
-    init: ScoreSet, bottleneck: ScoreSet, mode: str, tau: float = 0.2, seed: int = 0,
-    bottleneck_step: int | None = None, project: Any = None,
+    init: ScoreSet,
+    bottleneck: ScoreSet,
+    mode: str,
+    tau: float = 0.2,
+    seed: int = 0,
+    bottleneck_step: int | None = None,
+    project: Any = None,
 ) -> Selection:
     """The forced set of a masked-diffusion student from an autoregressive selector's two score sets.
     `project`: None when the student shares the selector's tokenizer; otherwise a function
@@ -243,11 +262,26 @@ def select_forced(
         "no_overlap_tokens": no_overlap,
         "delta": _quantiles(delta[~np.isnan(delta)]),
     }
-    meta = {**base.meta, "mode": mode, "objective": "diffusion", "tau": tau, "threshold": None,
-            "seed": seed if mode == "random" else None, "fingerprints": fps,
-            "selector_fingerprints": base.meta["fingerprints"], "projected": project is not None, "stats": stats}
-    return Selection(meta, list(base.ids), [np.asarray(r) for r in response_ids],
-                     [np.ones(k, dtype=bool) for k in sizes], _split(delta, sizes), _split(forced, sizes))
+    meta = {
+        **base.meta,
+        "mode": mode,
+        "objective": "diffusion",
+        "tau": tau,
+        "threshold": None,
+        "seed": seed if mode == "random" else None,
+        "fingerprints": fps,
+        "selector_fingerprints": base.meta["fingerprints"],
+        "projected": project is not None,
+        "stats": stats,
+    }
+    return Selection(
+        meta,
+        list(base.ids),
+        [np.asarray(r) for r in response_ids],
+        [np.ones(k, dtype=bool) for k in sizes],
+        _split(delta, sizes),
+        _split(forced, sizes),
+    )
 
 
 def write_selection(sel: Selection, out: str | Path, overwrite: bool = False) -> None:
@@ -260,8 +294,11 @@ def write_selection(sel: Selection, out: str | Path, overwrite: bool = False) ->
             "response_ids": pa.array([x.tolist() for x in sel.response_ids], pa.list_(pa.int32())),
             "keep": pa.array([k.tolist() for k in sel.keep], pa.list_(pa.bool_())),
             "delta": pa.array([d.tolist() for d in sel.delta], pa.list_(pa.float32())),
-            **({} if sel.forced is None else
-               {"forced": pa.array([f.tolist() for f in sel.forced], pa.list_(pa.bool_()))}),
+            **(
+                {}
+                if sel.forced is None
+                else {"forced": pa.array([f.tolist() for f in sel.forced], pa.list_(pa.bool_()))}
+            ),
         }
     )
     with atomic_dir(out, overwrite) as tmp:
@@ -287,7 +324,8 @@ def load_selection(path: str | Path) -> Selection:
         keep=[np.asarray(x, dtype=bool) for x in t.column("keep").to_pylist()],
         delta=[np.asarray(x, dtype=np.float32) for x in t.column("delta").to_pylist()],
         forced=[np.asarray(x, dtype=bool) for x in t.column("forced").to_pylist()]
-        if "forced" in t.column_names else None,
+        if "forced" in t.column_names
+        else None,
     )
 
 
@@ -295,11 +333,14 @@ def summary_line(meta: dict[str, Any]) -> str:
     s = meta["stats"]
     if "forced_tokens" in s:  # a forced set (a masked-diffusion student's selection)
         extra = f", {s['no_overlap_tokens']} student tokens without a selector token" if meta.get("projected") else ""
-        return (f"mode={meta['mode']} tau={meta['tau']}: {s['tokens']} response tokens, forced (always masked) "
-                f"{s['forced_tokens']} ({100 * s['forced_fraction']:.2f}%){extra}")
+        return (
+            f"mode={meta['mode']} tau={meta['tau']}: {s['tokens']} response tokens, forced (always masked) "
+            f"{s['forced_tokens']} ({100 * s['forced_fraction']:.2f}%){extra}"
+        )
     return (
         f"mode={meta['mode']} threshold={meta['threshold']}: {s['tokens']} response tokens, "
-        f"dropped {s['dropped_tokens']} ({100 * s['dropped_fraction']:.1f}%), anchors {100 * s['anchor_fraction']:.1f}%, "
+        f"dropped {s['dropped_tokens']} ({100 * s['dropped_fraction']:.1f}%), "
+        f"anchors {100 * s['anchor_fraction']:.1f}%, "
         + (f"settled {100 * s['settled_fraction']:.1f}%, " if s.get("settled_fraction") else "")
         + f"rows with nothing kept: {s['rows_with_nothing_kept']}"
     )

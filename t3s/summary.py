@@ -24,18 +24,30 @@ def pct(mean: float, sd: float | None) -> str:
 
 def base_row(base: dict[str, Any], stat: str) -> dict[str, Any]:
     """The base model's row from its evaluation metrics."""
-    return {"method": "base", "accuracy": base["accuracy"], "accuracy_sd": None, "delta": 0.0,
-            "pass_at_k": base["pass_at_k"], "mean_tokens": base["mean_tokens"], stat: None, "per_seed": {}}
+    return {
+        "method": "base",
+        "accuracy": base["accuracy"],
+        "accuracy_sd": None,
+        "delta": 0.0,
+        "pass_at_k": base["pass_at_k"],
+        "mean_tokens": base["mean_tokens"],
+        stat: None,
+        "per_seed": {},
+    }
 
 
-def method_row(method: str, mode: str, per_seed: dict[Any, dict[str, Any]], fractions: list[float], stat: str,
-               base_accuracy: float) -> dict[str, Any]:
+def method_row(
+    method: str, mode: str, per_seed: dict[Any, dict[str, Any]], fractions: list[float], stat: str, base_accuracy: float
+) -> dict[str, Any]:
     """One method's row: accuracy mean ± sd over seeds, pass@k, mean response tokens and the mean of its
     selections' `stat` (dropped or forced fraction; 0 for a mode that trains every token, None without one)."""
     acc, sd = mean_sd([v["accuracy"] for v in per_seed.values()])
     tokens = [v["mean_tokens"] for v in per_seed.values() if v["mean_tokens"] is not None]
     return {
-        "method": method, "accuracy": acc, "accuracy_sd": sd, "delta": acc - base_accuracy,
+        "method": method,
+        "accuracy": acc,
+        "accuracy_sd": sd,
+        "delta": acc - base_accuracy,
         "pass_at_k": statistics.fmean(v["pass_at_k"] for v in per_seed.values()),
         "mean_tokens": statistics.fmean(tokens) if tokens else None,
         stat: statistics.fmean(fractions) if fractions else (0.0 if mode in EVERY_TOKEN else None),
@@ -45,13 +57,14 @@ def method_row(method: str, mode: str, per_seed: dict[Any, dict[str, Any]], frac
 
 def table(rows: list[dict[str, Any]], stat: str, header: str, k: int) -> list[str]:
     """The Markdown table of the rows."""
-    lines = [f"| method | accuracy % | Δ vs base | pass@{k} % | mean tokens | {header} |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| method | accuracy % | Δ vs base | pass@{k} % | mean tokens | {header} |", "|---|---|---|---|---|---|"]
     for r in rows:
         frac = "–" if r.get(stat) is None else f"{100 * r[stat]:.1f}"
         tokens = "–" if r["mean_tokens"] is None else f"{r['mean_tokens']:.1f}"
-        lines.append(f"| {r['method']} | {pct(r['accuracy'], r['accuracy_sd'])} | {100 * r['delta']:+.1f} | "
-                     f"{100 * r['pass_at_k']:.1f} | {tokens} | {frac} |")
+        lines.append(
+            f"| {r['method']} | {pct(r['accuracy'], r['accuracy_sd'])} | {100 * r['delta']:+.1f} | "
+            f"{100 * r['pass_at_k']:.1f} | {tokens} | {frac} |"
+        )
     return lines
 
 

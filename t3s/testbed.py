@@ -56,9 +56,13 @@ def teacher_trace(a: int, b: int) -> str:
     return " ".join(lines)
 
 
-def ungrounded_teacher_text(rng: random.Random, lead: str = "Okay, let us add column by column.",
-                            line: str = "{place}: {x} + {y} + carry {cin} = {s}, write {d}, carry {c}.",
-                            check: str = "Wait, let me check the carries.", after: str = "") -> str:
+def ungrounded_teacher_text(
+    rng: random.Random,
+    lead: str = "Okay, let us add column by column.",
+    line: str = "{place}: {x} + {y} + carry {cin} = {s}, write {d}, carry {c}.",
+    check: str = "Wait, let me check the carries.",
+    after: str = "",
+) -> str:
     """Teacher-style sentences whose arithmetic is not grounded in any question (random numbers); the defaults are
     world 1's teacher, world 2 passes its own phrasing (`after`: a sentence after every column)."""
     k = rng.randint(1, 3)
@@ -143,8 +147,10 @@ def has_chain(a: int, b: int) -> bool:
 def carry_student_trace(a: int, b: int) -> str:
     """World 2, student style: step by step, its own phrasing, its own (buggy) carries, its own answer."""
     cols = buggy_columns(a, b)
-    lines = [f"{place}: {x} + {y}" + (f" + {cin}" if cin else "") + f" = {s}, write {d}, carry {cout}."
-             for place, (x, y, cin, s, d, cout) in zip(PLACES, cols)]
+    lines = [
+        f"{place}: {x} + {y}" + (f" + {cin}" if cin else "") + f" = {s}, write {d}, carry {cout}."
+        for place, (x, y, cin, s, d, cout) in zip(PLACES, cols)
+    ]
     if cols[-1][5]:
         lines.append("Last carry 1.")
     return " ".join(lines) + f" So the answer is \\boxed{{{column_value(cols)}}}."
@@ -179,19 +185,29 @@ class CarryWorldConfig(WorldConfig):
 def make_rows(cfg: WorldConfig) -> dict[str, list[dict]]:
     """All data of the world, deterministic per seed."""
     if isinstance(cfg, CarryWorldConfig):
-        return _make_rows(cfg, CARRY_PROMPT, CARRY_OTHER_PROMPT, carry_student_trace,
-                          lambda a, b: carry_teacher_trace(a, b, cfg.interjection),
-                          lambda rng: ungrounded_teacher_text(
-                              rng, "Okay, so let me add these column by column.",
-                              "{place}: {x} + {y} + {cin} = {s}, so I write {d} and carry {c}.",
-                              "Wait, let me double-check the carries.", cfg.interjection),
-                          gold=lambda a, b: a + b)
-    return _make_rows(cfg, TASK_PROMPT, OTHER_PROMPT, student_trace, teacher_trace, ungrounded_teacher_text,
-                      gold=lambda a, b: a + b)
+        return _make_rows(
+            cfg,
+            CARRY_PROMPT,
+            CARRY_OTHER_PROMPT,
+            carry_student_trace,
+            lambda a, b: carry_teacher_trace(a, b, cfg.interjection),
+            lambda rng: ungrounded_teacher_text(
+                rng,
+                "Okay, so let me add these column by column.",
+                "{place}: {x} + {y} + {cin} = {s}, so I write {d} and carry {c}.",
+                "Wait, let me double-check the carries.",
+                cfg.interjection,
+            ),
+            gold=lambda a, b: a + b,
+        )
+    return _make_rows(
+        cfg, TASK_PROMPT, OTHER_PROMPT, student_trace, teacher_trace, ungrounded_teacher_text, gold=lambda a, b: a + b
+    )
 
 
-def _make_rows(cfg: WorldConfig, task_prompt: str, other_prompt: str, student, teacher, ungrounded,
-               gold) -> dict[str, list[dict]]:
+def _make_rows(
+    cfg: WorldConfig, task_prompt: str, other_prompt: str, student, teacher, ungrounded, gold
+) -> dict[str, list[dict]]:
     rng = random.Random(cfg.seed)
     seen: set[tuple[int, int]] = set()
 
@@ -213,8 +229,10 @@ def _make_rows(cfg: WorldConfig, task_prompt: str, other_prompt: str, student, t
     dev_pairs = [fresh() for _ in range(cfg.n_dev)]
     dev = [task_row("dev", i, a, b, None) for i, (a, b) in enumerate(dev_pairs)]
     # the same dev problems under the other prompt: how well does the student do teacher-style reasoning?
-    dev_other = [{"id": f"dev-other-{i:05d}", "prompt": other_prompt.format(a=a, b=b), "answer": str(gold(a, b))}
-                 for i, (a, b) in enumerate(dev_pairs)]
+    dev_other = [
+        {"id": f"dev-other-{i:05d}", "prompt": other_prompt.format(a=a, b=b), "answer": str(gold(a, b))}
+        for i, (a, b) in enumerate(dev_pairs)
+    ]
     pretrain = []
     for i in range(cfg.n_pretrain):
         u = rng.random()
@@ -222,11 +240,16 @@ def _make_rows(cfg: WorldConfig, task_prompt: str, other_prompt: str, student, t
         if u < cfg.share_ungrounded:
             pretrain.append({"id": f"pre-{i:06d}", "prompt": CHAT_PROMPT, "response": ungrounded(rng)})
         elif u < cfg.share_ungrounded + cfg.share_teacher_other:
-            pretrain.append({"id": f"pre-{i:06d}", "prompt": other_prompt.format(a=a, b=b),
-                             "response": teacher(a, b)})
+            pretrain.append({"id": f"pre-{i:06d}", "prompt": other_prompt.format(a=a, b=b), "response": teacher(a, b)})
         else:
-            pretrain.append({"id": f"pre-{i:06d}", "prompt": task_prompt.format(a=a, b=b),
-                             "response": student(a, b), "answer": str(gold(a, b))})
+            pretrain.append(
+                {
+                    "id": f"pre-{i:06d}",
+                    "prompt": task_prompt.format(a=a, b=b),
+                    "response": student(a, b),
+                    "answer": str(gold(a, b)),
+                }
+            )
     return {"train": train, "heldout": heldout, "dev": dev, "dev_other": dev_other, "pretrain": pretrain}
 
 
@@ -251,8 +274,15 @@ def demo_config(world: str, cfg: WorldConfig | None = None) -> dict:
         "rrt": True,
         # float32: at this size bf16 autocast saves no time on a CPU and costs generation speed
         "train": {"learning_rate": 5e-5, "max_steps": 36, "per_device_train_batch_size": 24, "dtype": "float32"},
-        "probe": {"eval_every": 2, "subset": 96, "markers": [marker], "heldout_subset": -1,
-                  "keep_all": True, "track_every": 9, "track_subset": 32},
+        "probe": {
+            "eval_every": 2,
+            "subset": 96,
+            "markers": [marker],
+            "heldout_subset": -1,
+            "keep_all": True,
+            "track_every": 9,
+            "track_subset": 32,
+        },
         "eval": {"max_new_tokens": 160, "batch_size": 128, "dtype": "float32"},
         "score": {"dtype": "float32"},
     }
@@ -310,8 +340,15 @@ def shipped_world(cfg: WorldConfig, rows: dict[str, list[dict]]) -> dict | None:
     return info
 
 
-def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False, progress: bool = True,
-                log=print, rebuild: bool = False) -> dict:
+def build_world(
+    out,
+    cfg: WorldConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    log=print,
+    rebuild: bool = False,
+) -> dict:
     """Build (or reuse, when `out` holds a world of the same config) the testbed world. The student is the one
     shipped with t3s when it was built from the same settings (its fingerprint and that of the data rows match),
     unless `rebuild`; otherwise it is pretrained here."""
@@ -337,8 +374,10 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
             log(f"testbed world in {out} is up to date (cached)")
             _write_run_config(out, cfg)
             return info
-        raise T3SError(f"{out} holds a testbed world built with other settings (or --rebuild was asked for); pass "
-                       "--overwrite to replace it")
+        raise T3SError(
+            f"{out} holds a testbed world built with other settings (or --rebuild was asked for); pass "
+            "--overwrite to replace it"
+        )
 
     rows = make_rows(cfg)
     t0 = time.perf_counter()
@@ -348,17 +387,28 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
             for name in ("train", "heldout", "dev", "dev_other", "pretrain"):
                 _write_jsonl(tmp / f"{name}.jsonl", rows[name])
             shutil.copytree(shipped_dir(cfg) / "student", tmp / "student")
-            info = {**shipped, "source": f"shipped with t3s (t3s/worlds/{shipped_dir(cfg).name}; --rebuild "
-                                         "pretrains it here)",
-                    "seconds": time.perf_counter() - t0,
-                    "files": ["student/", "train.jsonl", "heldout.jsonl", "dev.jsonl", "dev_other.jsonl",
-                              "pretrain.jsonl", "run.yaml"]}
+            info = {
+                **shipped,
+                "source": f"shipped with t3s (t3s/worlds/{shipped_dir(cfg).name}; --rebuild pretrains it here)",
+                "seconds": time.perf_counter() - t0,
+                "files": [
+                    "student/",
+                    "train.jsonl",
+                    "heldout.jsonl",
+                    "dev.jsonl",
+                    "dev_other.jsonl",
+                    "pretrain.jsonl",
+                    "run.yaml",
+                ],
+            }
             write_json(tmp / "world.json", info)
         _write_run_config(out, cfg)
         c = shipped["student"]
-        log(f"testbed world written to {out} with the student shipped with t3s (pretrained with these settings: "
+        log(
+            f"testbed world written to {out} with the student shipped with t3s (pretrained with these settings: "
             f"step {c['step']}, dev accuracy {100 * c['dev_accuracy']:.1f}% in style S, "
-            f"{100 * c['dev_other_accuracy']:.1f}% in style T under the other prompt); --rebuild pretrains it here")
+            f"{100 * c['dev_other_accuracy']:.1f}% in style T under the other prompt); --rebuild pretrains it here"
+        )
         return info
 
     with atomic_dir(out, overwrite=True) as tmp:
@@ -367,21 +417,41 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
         texts = [r["prompt"] + "\n" + r.get("response", "") for r in rows["pretrain"] + rows["train"]]
         tok = build_tokenizer(texts, cfg.vocab_size, split_digits=True)
         torch.manual_seed(cfg.seed)
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden,
-            num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-            max_position_embeddings=512, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id, bos_token_id=None))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(tok),
+                hidden_size=cfg.hidden,
+                intermediate_size=4 * cfg.hidden,
+                num_hidden_layers=cfg.layers,
+                num_attention_heads=cfg.heads,
+                num_key_value_heads=cfg.heads,
+                max_position_embeddings=512,
+                tie_word_embeddings=True,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                bos_token_id=None,
+            )
+        )
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.eos_token_id = tok.eos_token_id
         model.save_pretrained(tmp / "init")
         tok.save_pretrained(tmp / "init")
-        log(f"pretraining the student ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "
-            f"{len(rows['pretrain'])} rows until its accuracy is in {cfg.band}")
-        rc = load_config(None, [f"learning_rate={cfg.pretrain_lr}", f"max_steps={cfg.pretrain_max_steps}",
-                                f"per_device_train_batch_size={cfg.pretrain_batch}", f"seed={cfg.seed}",
-                                f"logging_steps={cfg.pretrain_eval_every}", "lr_scheduler_type=constant",
-                                f"dtype={cfg.pretrain_dtype}"])
+        log(
+            f"pretraining the student ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "
+            f"{len(rows['pretrain'])} rows until its accuracy is in {cfg.band}"
+        )
+        rc = load_config(
+            None,
+            [
+                f"learning_rate={cfg.pretrain_lr}",
+                f"max_steps={cfg.pretrain_max_steps}",
+                f"per_device_train_batch_size={cfg.pretrain_batch}",
+                f"seed={cfg.seed}",
+                f"logging_steps={cfg.pretrain_eval_every}",
+                "lr_scheduler_type=constant",
+                f"dtype={cfg.pretrain_dtype}",
+            ],
+        )
         data = prepare(str(tmp / "init"), str(tmp / "pretrain.jsonl"), rc.train, rc.render)
         precision = resolve_precision("float32")
         dev = load_rows(tmp / "dev.jsonl", need_response=False, need_answer=True)
@@ -399,12 +469,15 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
                 point = {"step": state.global_step, "dev_accuracy": acc, "dev_other_accuracy": None}
                 lo, hi = cfg.band
                 if state.global_step >= cfg.min_steps and lo <= acc <= hi:  # only then: generation is slow
-                    point["dev_other_accuracy"] = metrics(evaluate_model(
-                        model, tok, dev_other, rc.render, gen_other, precision, progress=False))["accuracy"]
+                    point["dev_other_accuracy"] = metrics(
+                        evaluate_model(model, tok, dev_other, rc.render, gen_other, precision, progress=False)
+                    )["accuracy"]
                 history.append(point)
                 other = point["dev_other_accuracy"]
-                log(f"  pretraining step {state.global_step}: dev accuracy {100 * acc:.1f}% (style S)"
-                    + ("" if other is None else f", {100 * other:.1f}% in style T under the other prompt"))
+                log(
+                    f"  pretraining step {state.global_step}: dev accuracy {100 * acc:.1f}% (style S)"
+                    + ("" if other is None else f", {100 * other:.1f}% in style T under the other prompt")
+                )
                 if other is not None and other >= cfg.min_other_accuracy:
                     model.save_pretrained(tmp / "student")
                     chosen.update(step=state.global_step, dev_accuracy=acc, dev_other_accuracy=other)
@@ -415,20 +488,40 @@ def build_world(out, cfg: WorldConfig | None = None, *, overwrite: bool = False,
         trainer.train()
         shutil.rmtree(tmp / "pretrain-trainer", ignore_errors=True)
         if not chosen:
-            raise T3SError(f"the student never reached a dev accuracy in {cfg.band} with at least "
-                           f"{cfg.min_other_accuracy:.0%} in the teacher's style within {cfg.pretrain_max_steps} steps "
-                           f"(last: {history[-1] if history else None}); change the world settings")
+            raise T3SError(
+                f"the student never reached a dev accuracy in {cfg.band} with at least "
+                f"{cfg.min_other_accuracy:.0%} in the teacher's style within {cfg.pretrain_max_steps} steps "
+                f"(last: {history[-1] if history else None}); change the world settings"
+            )
         tok.save_pretrained(tmp / "student")
         from t3s.models import device_info
 
-        info = {"kind": "t3s-testbed", "fingerprint": fp, "rows_fingerprint": rows_fingerprint(rows),
-                "config": dataclasses.asdict(cfg), "student": chosen, "source": "pretrained here",
-                "pretraining": history, "seconds": time.perf_counter() - t0, "built_on": device_info("cpu"),
-                "files": ["student/", "init/", "train.jsonl", "heldout.jsonl", "dev.jsonl", "dev_other.jsonl", "pretrain.jsonl",
-                          "run.yaml"]}
+        info = {
+            "kind": "t3s-testbed",
+            "fingerprint": fp,
+            "rows_fingerprint": rows_fingerprint(rows),
+            "config": dataclasses.asdict(cfg),
+            "student": chosen,
+            "source": "pretrained here",
+            "pretraining": history,
+            "seconds": time.perf_counter() - t0,
+            "built_on": device_info("cpu"),
+            "files": [
+                "student/",
+                "init/",
+                "train.jsonl",
+                "heldout.jsonl",
+                "dev.jsonl",
+                "dev_other.jsonl",
+                "pretrain.jsonl",
+                "run.yaml",
+            ],
+        }
         write_json(tmp / "world.json", info)
     _write_run_config(out, cfg)
-    log(f"testbed world written to {out}: student picked at pretraining step {chosen['step']} (dev accuracy "
+    log(
+        f"testbed world written to {out}: student picked at pretraining step {chosen['step']} (dev accuracy "
         f"{100 * chosen['dev_accuracy']:.1f}% in style S, {100 * chosen['dev_other_accuracy']:.1f}% in style T under "
-        f"the other prompt), {info['seconds']:.0f}s")
+        f"the other prompt), {info['seconds']:.0f}s"
+    )
     return info

@@ -59,13 +59,18 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 384, split_digits: bool
     if split_digits:
         words = Regex(r" ?\d| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+")
         tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(words, behavior="isolated"),
-             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            [
+                pre_tokenizers.Split(words, behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer)
@@ -79,24 +84,40 @@ def build_model(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=512,
-        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).to(torch.float32)
 
 
-def build_mask_model(vocab_size: int, mask_id: int, seed: int = 0, hidden: int = 64, layers: int = 2,
-                     heads: int = 4):
+def build_mask_model(vocab_size: int, mask_id: int, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4):
     """A tiny bidirectional mask predictor (ModernBERT from a config) for the diffusion path."""
     import torch
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
     cfg = ModernBertConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, max_position_embeddings=512, global_attn_every_n_layers=1,
-        pad_token_id=0, eos_token_id=1, bos_token_id=None, cls_token_id=None, sep_token_id=None,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=512,
+        global_attn_every_n_layers=1,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        cls_token_id=None,
+        sep_token_id=None,
     )
     cfg.mask_token_id = mask_id
     torch.manual_seed(seed)
@@ -111,19 +132,38 @@ def _pretrain(model_dir: Path, data: Path, steps: int, diffusion: bool) -> None:
     from t3s.objectives import Autoregressive, MaskedDiffusion
     from t3s.train import train
 
-    cfg = TrainConfig(learning_rate=3e-3, max_steps=steps, per_device_train_batch_size=16, dtype="float32",
-                      lr_scheduler_type="cosine", logging_steps=max(1, steps))
+    cfg = TrainConfig(
+        learning_rate=3e-3,
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        dtype="float32",
+        lr_scheduler_type="cosine",
+        logging_steps=max(1, steps),
+    )
     work = model_dir.with_name(f".{model_dir.name}.pretrain")
-    train(str(model_dir), str(data), work, cfg, RenderConfig(), progress=False,
-          objective=MaskedDiffusion() if diffusion else Autoregressive())
+    train(
+        str(model_dir),
+        str(data),
+        work,
+        cfg,
+        RenderConfig(),
+        progress=False,
+        objective=MaskedDiffusion() if diffusion else Autoregressive(),
+    )
     shutil.rmtree(model_dir)
     (work / "model").rename(model_dir)
     (model_dir / "t3s_step.json").unlink(missing_ok=True)  # this is θ_0 of the runs that start from it
     shutil.rmtree(work)
 
 
-def build(out: str | Path, rows: int = 64, seed: int = 0, overwrite: bool = False, diffusion: bool = False,
-          pretrain: bool = True) -> Path:
+def build(
+    out: str | Path,
+    rows: int = 64,
+    seed: int = 0,
+    overwrite: bool = False,
+    diffusion: bool = False,
+    pretrain: bool = True,
+) -> Path:
     """Write `out/model` (tokenizer + model), `out/train.jsonl` and `out/train-terse.jsonl` (the same prompts
     answered by a terser "teacher", for mixtures). `diffusion`: the tokenizer also gets a mask
     token, and `out/dllm` holds a tiny bidirectional student sharing it (`out/model` is then its AR selector);

@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterator
 from t3s import T3SError, __version__
 from t3s.artifacts import read_json, read_text, sha256_json, write_json
 from t3s.data import RenderConfig, Row
-from t3s.fields import check_fields
 from t3s.evaluate import FALLBACKS, extract_answer, is_correct
+from t3s.fields import check_fields
 
 SELECTIONS = ("random", "shortest")
 
@@ -49,22 +49,30 @@ class TracesConfig:
     select: str = field(default="random", metadata={"help": "random: one correct trace at random | shortest"})
     fallback: str = field(default="last_number", metadata={"help": "answer fallback: last_number | none"})
     teacher: str | None = field(default=None, metadata={"help": "teacher name in every row (default: the model)"})
-    reasoning_format: str = field(default="<think>\n{reasoning}\n</think>\n\n{content}",
-                                  metadata={"help": "training response when the server returns reasoning apart"})
+    reasoning_format: str = field(
+        default="<think>\n{reasoning}\n</think>\n\n{content}",
+        metadata={"help": "training response when the server returns reasoning apart"},
+    )
     # local Hugging Face teacher
     batch_size: int = field(default=32, metadata={"help": "local teacher: sequences per generate() call"})
     dtype: str = field(default="auto", metadata={"help": "local teacher: auto | float32 | bfloat16 | float16"})
     # OpenAI-compatible endpoint
     base_url: str | None = field(default=None, metadata={"help": "endpoint, e.g. http://localhost:8000/v1"})
-    api_key_env: str | None = field(default="OPENAI_API_KEY",
-                                    metadata={"help": "environment variable holding the API key (unset: no key)"})
+    api_key_env: str | None = field(
+        default="OPENAI_API_KEY", metadata={"help": "environment variable holding the API key (unset: no key)"}
+    )
     concurrency: int = field(default=8, metadata={"help": "endpoint: requests in flight at once"})
     timeout: float = field(default=3600.0, metadata={"help": "endpoint: seconds per request"})
     retries: int = field(default=5, metadata={"help": "endpoint: retries on connection errors, timeouts, 429, 5xx"})
-    stop_after_failures: int = field(default=16, metadata={
-        "help": "stop after this many failed samples in a row (the endpoint is down; rerun to resume); 0 = never"})
-    extra_body: dict[str, Any] = field(default_factory=dict, metadata={"help": "endpoint: extra request fields, "
-                                                                             "e.g. {top_k: 20}"})
+    stop_after_failures: int = field(
+        default=16,
+        metadata={
+            "help": "stop after this many failed samples in a row (the endpoint is down; rerun to resume); 0 = never"
+        },
+    )
+    extra_body: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "endpoint: extra request fields, e.g. {top_k: 20}"}
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "traces")
@@ -88,8 +96,9 @@ class TracesConfig:
             raise T3SError("reasoning_format must contain {content}")
 
 
-def load_traces_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-                       ) -> tuple[TracesConfig, RenderConfig]:
+def load_traces_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[TracesConfig, RenderConfig]:
     """The `traces` and `render` sections of a YAML file (other keys are ignored, so a run config can hold them),
     then KEY=VALUE overrides: bare keys of TracesConfig first, then RenderConfig; or `traces.KEY`, `render.KEY`."""
     import yaml
@@ -169,8 +178,7 @@ def sample_seed(seed: int, rid: str, sample: int) -> int:
     return int(hashlib.sha256(f"{seed}/{rid}/{sample}".encode()).hexdigest()[:8], 16)
 
 
-def hf_teacher(model: str | Path, cfg: TracesConfig, rcfg: RenderConfig, trust_remote_code: bool = False
-               ) -> Teacher:
+def hf_teacher(model: str | Path, cfg: TracesConfig, rcfg: RenderConfig, trust_remote_code: bool = False) -> Teacher:
     """A local Hugging Face model. Prompts are rendered as `t3s eval` renders them (chat template or plain);
     the model is loaded on the first request, so a finished directory needs no model load."""
     from t3s.data import render_prompt, template_fingerprint, tokenizer_fingerprint, uses_template
@@ -180,8 +188,12 @@ def hf_teacher(model: str | Path, cfg: TracesConfig, rcfg: RenderConfig, trust_r
     tok = load_tokenizer(model, trust_remote_code)
     template = uses_template(tok, rcfg)
     precision = resolve_precision(cfg.dtype)
-    identity = {"backend": "hf", "model": model_fingerprint(model), "tokenizer": tokenizer_fingerprint(tok),
-                "template": template_fingerprint(tok, rcfg)}
+    identity = {
+        "backend": "hf",
+        "model": model_fingerprint(model),
+        "tokenizer": tokenizer_fingerprint(tok),
+        "template": template_fingerprint(tok, rcfg),
+    }
     loaded: list[Any] = []
 
     def run(requests: list[Request]) -> Iterator[Result]:
@@ -191,12 +203,25 @@ def hf_teacher(model: str | Path, cfg: TracesConfig, rcfg: RenderConfig, trust_r
         ids = {rid: render_prompt(row, tok, rcfg, template)[0] for rid, row in rows.items()}
         # longest prompts first, as `t3s eval` batches them; each row samples from its own seed
         order = sorted(requests, key=lambda r: (-len(ids[r.row.id]), r.row.id, r.sample))
-        gcfg = GenConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_tokens, k=1,
-                         seed=cfg.seed, batch_size=cfg.batch_size)
+        gcfg = GenConfig(
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_tokens,
+            k=1,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+        )
         for start in range(0, len(order), cfg.batch_size):
             chunk = order[start : start + cfg.batch_size]
-            gens = generate(loaded[0], tok, [ids[r.row.id] for r in chunk], gcfg, precision, progress=False,
-                            row_seeds=[r.seed for r in chunk])
+            gens = generate(
+                loaded[0],
+                tok,
+                [ids[r.row.id] for r in chunk],
+                gcfg,
+                precision,
+                progress=False,
+                row_seeds=[r.seed for r in chunk],
+            )
             for r, (g,) in zip(chunk, gens):
                 yield Result(r.row.id, r.sample, g.text, None, "length" if g.truncated else "stop", len(g.token_ids))
 
@@ -240,20 +265,30 @@ def openai_teacher(model: str, cfg: TracesConfig, rcfg: RenderConfig) -> Teacher
     if not cfg.base_url:
         raise T3SError("an endpoint teacher needs base_url")
     if rcfg.template_kwargs or rcfg.chat_template != "auto":
-        raise T3SError("the endpoint applies its own chat template: pass template variables as "
-                       "extra_body={chat_template_kwargs: {...}} (vLLM, SGLang, transformers serve)")
+        raise T3SError(
+            "the endpoint applies its own chat template: pass template variables as "
+            "extra_body={chat_template_kwargs: {...}} (vLLM, SGLang, transformers serve)"
+        )
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
 
     def one(client: Any, req: Request) -> Result:
         res = Result(req.row.id, req.sample)
         try:
             resp = client.chat.completions.create(
-                model=model, messages=prompt_messages(req.row, rcfg), temperature=cfg.temperature, top_p=cfg.top_p,
-                max_tokens=cfg.max_tokens, seed=req.seed, extra_body=cfg.extra_body or None)
+                model=model,
+                messages=prompt_messages(req.row, rcfg),
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_tokens=cfg.max_tokens,
+                seed=req.seed,
+                extra_body=cfg.extra_body or None,
+            )
             res.text, res.reasoning, res.finish_reason, res.tokens = parse_completion(resp)
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-            raise T3SError(f"{cfg.base_url} refused the request ({e.status_code}): {e.message}"
-                           + (f"; is ${cfg.api_key_env} set?" if e.status_code in (401, 403) else "")) from None
+            raise T3SError(
+                f"{cfg.base_url} refused the request ({e.status_code}): {e.message}"
+                + (f"; is ${cfg.api_key_env} set?" if e.status_code in (401, 403) else "")
+            ) from None
         except openai.APIStatusError as e:
             res.error = f"HTTP {e.status_code}: {e.message}"
         except openai.APIError as e:  # connection errors, timeouts, undecodable bodies
@@ -264,8 +299,9 @@ def openai_teacher(model: str, cfg: TracesConfig, rcfg: RenderConfig) -> Teacher
 
     def run(requests: list[Request]) -> Iterator[Result]:
         # local servers take no key, but the client insists on one
-        client = openai.OpenAI(base_url=cfg.base_url, api_key=key or "EMPTY", timeout=cfg.timeout,
-                               max_retries=cfg.retries)
+        client = openai.OpenAI(
+            base_url=cfg.base_url, api_key=key or "EMPTY", timeout=cfg.timeout, max_retries=cfg.retries
+        )
         pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="t3s-traces")
         try:
             for fut in as_completed([pool.submit(one, client, r) for r in requests]):
@@ -291,8 +327,7 @@ def training_response(rec: dict[str, Any], reasoning_format: str) -> str:
     return reasoning_format.format(reasoning=rec["reasoning"], content=rec["text"])
 
 
-def choose(recs: list[dict[str, Any]], rule: str, seed: int, rid: str, reasoning_format: str
-           ) -> dict[str, Any] | None:
+def choose(recs: list[dict[str, Any]], rule: str, seed: int, rid: str, reasoning_format: str) -> dict[str, Any] | None:
     """The kept sample of one prompt, or None when no sample is usable. `random`: uniform over the usable
     samples, seeded by (seed, prompt id) so reruns agree; `shortest`: fewest completion tokens (characters of the
     training response when a token count is missing), ties to the lowest sample index."""
@@ -301,14 +336,16 @@ def choose(recs: list[dict[str, Any]], rule: str, seed: int, rid: str, reasoning
         return None
     if rule == "shortest":
         by_tokens = all(isinstance(r.get("tokens"), int) for r in ok)
-        return min(ok, key=lambda r: (r["tokens"] if by_tokens else len(training_response(r, reasoning_format)),
-                                      r["sample"]))
+        return min(
+            ok, key=lambda r: (r["tokens"] if by_tokens else len(training_response(r, reasoning_format)), r["sample"])
+        )
     rng = random.Random(int(hashlib.sha256(f"{seed}/{rid}/select".encode()).hexdigest()[:16], 16))
     return ok[rng.randrange(len(ok))]
 
 
-def summarize(rows: list[Row], records: list[dict[str, Any]], cfg: TracesConfig, teacher: str
-              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+def summarize(
+    rows: list[Row], records: list[dict[str, Any]], cfg: TracesConfig, teacher: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Training rows, per-prompt statistics and totals from the sample records (the first success of a
     (prompt, sample) counts; its errors count only while it has no success)."""
     done: dict[tuple[str, int], dict[str, Any]] = {}
@@ -326,16 +363,34 @@ def summarize(rows: list[Row], records: list[dict[str, Any]], cfg: TracesConfig,
         good = sum(usable(r) for r in recs)
         pick = choose(recs, cfg.select, cfg.seed, row.id, cfg.reasoning_format)
         status = "kept" if pick else ("dropped" if len(recs) == cfg.samples else "incomplete")
-        prompts.append({"id": row.id, "finished": len(recs), "failed": n_failed, "correct": good,
-                        "solve_rate": good / len(recs) if recs else None, "status": status,
-                        "selected": pick["sample"] if pick else None})
+        prompts.append(
+            {
+                "id": row.id,
+                "finished": len(recs),
+                "failed": n_failed,
+                "correct": good,
+                "solve_rate": good / len(recs) if recs else None,
+                "status": status,
+                "selected": pick["sample"] if pick else None,
+            }
+        )
         if pick:
-            train.append({"id": row.id, "prompt": row.prompt, "response": training_response(pick, cfg.reasoning_format),
-                          "answer": row.answer, "teacher": teacher, "sample": pick["sample"]})
+            train.append(
+                {
+                    "id": row.id,
+                    "prompt": row.prompt,
+                    "response": training_response(pick, cfg.reasoning_format),
+                    "answer": row.answer,
+                    "teacher": teacher,
+                    "sample": pick["sample"],
+                }
+            )
     rates = [p["solve_rate"] for p in prompts if p["solve_rate"] is not None]
     n = {s: sum(p["status"] == s for p in prompts) for s in ("kept", "dropped", "incomplete")}
     summary = {
-        "prompts": len(rows), "samples_per_prompt": cfg.samples, **n,
+        "prompts": len(rows),
+        "samples_per_prompt": cfg.samples,
+        **n,
         "samples_finished": sum(p["finished"] for p in prompts),
         "samples_failed": sum(p["failed"] for p in prompts),
         "mean_solve_rate": sum(rates) / len(rates) if rates else None,
@@ -346,12 +401,16 @@ def summarize(rows: list[Row], records: list[dict[str, Any]], cfg: TracesConfig,
 
 def format_summary(s: dict[str, Any]) -> str:
     rate = "n/a" if s["mean_solve_rate"] is None else f"{100 * s['mean_solve_rate']:.1f}%"
-    line = (f"{s['prompts']} prompts x {s['samples_per_prompt']} samples: {s['kept']} kept, {s['dropped']} dropped "
-            f"(no correct trace), mean solve rate {rate}")
+    line = (
+        f"{s['prompts']} prompts x {s['samples_per_prompt']} samples: {s['kept']} kept, {s['dropped']} dropped "
+        f"(no correct trace), mean solve rate {rate}"
+    )
     if not s["complete"]:
-        line += (f"; INCOMPLETE: {s['samples_failed']} failed and "
-                 f"{s['prompts'] * s['samples_per_prompt'] - s['samples_finished'] - s['samples_failed']} "
-                 f"unasked samples, {s['incomplete']} prompts undecided (rerun the same command to continue)")
+        line += (
+            f"; INCOMPLETE: {s['samples_failed']} failed and "
+            f"{s['prompts'] * s['samples_per_prompt'] - s['samples_finished'] - s['samples_failed']} "
+            f"unasked samples, {s['incomplete']} prompts undecided (rerun the same command to continue)"
+        )
     return line
 
 
@@ -401,8 +460,16 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
         raise
 
 
-def build_traces(rows: list[Row], out: str | Path, cfg: TracesConfig, rcfg: RenderConfig, teacher: Teacher,
-                 data_name: str = "", overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def build_traces(
+    rows: list[Row],
+    out: str | Path,
+    cfg: TracesConfig,
+    rcfg: RenderConfig,
+    teacher: Teacher,
+    data_name: str = "",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Sample what `out/samples.jsonl` lacks, then write `out/train.jsonl` and `out/traces.json`. Returns
     traces.json's content. Raises T3SError when `out` holds a run of other inputs or settings."""
     import fcntl
@@ -416,10 +483,17 @@ def build_traces(rows: list[Row], out: str | Path, cfg: TracesConfig, rcfg: Rend
             raise T3SError(f"{r.where}: missing field 'answer'")
     out = Path(out)
     inputs = {
-        "data": data_fingerprint(rows), "teacher": teacher.identity,
-        "sampling": {"samples": cfg.samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                     "max_tokens": cfg.max_tokens, "seed": cfg.seed, "system_prompt": rcfg.system_prompt,
-                     "extra_body": cfg.extra_body},
+        "data": data_fingerprint(rows),
+        "teacher": teacher.identity,
+        "sampling": {
+            "samples": cfg.samples,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "max_tokens": cfg.max_tokens,
+            "seed": cfg.seed,
+            "system_prompt": rcfg.system_prompt,
+            "extra_body": cfg.extra_body,
+        },
         "grading": {"fallback": cfg.fallback},
     }
     fingerprint = sha256_json(inputs)
@@ -438,14 +512,27 @@ def build_traces(rows: list[Row], out: str | Path, cfg: TracesConfig, rcfg: Rend
             raise T3SError(f"{out} exists and is not a t3s traces directory; pass --overwrite to replace it")
         if old.get("fingerprint") != fingerprint:
             was, now = _flat(old.get("inputs", {})), _flat(inputs)
-            diff = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
-                    if was.get(k) != now.get(k)]
-            raise T3SError(f"{out} holds traces of other inputs or settings ({'; '.join(diff) or 'fingerprint'}); "
-                           "use another --out, or --overwrite to start over")
+            diff = [
+                f"{k}: {was.get(k)!r} -> {now.get(k)!r}"
+                for k in sorted(set(was) | set(now))
+                if was.get(k) != now.get(k)
+            ]
+            raise T3SError(
+                f"{out} holds traces of other inputs or settings ({'; '.join(diff) or 'fingerprint'}); "
+                "use another --out, or --overwrite to start over"
+            )
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"kind": "t3s-traces", "t3s_version": __version__, "status": "running", "fingerprint": fingerprint,
-            "inputs": inputs, "data": data_name, "teacher": teacher.name, "settings": dataclasses.asdict(cfg),
-            "render": dataclasses.asdict(rcfg)}
+    meta = {
+        "kind": "t3s-traces",
+        "t3s_version": __version__,
+        "status": "running",
+        "fingerprint": fingerprint,
+        "inputs": inputs,
+        "data": data_name,
+        "teacher": teacher.name,
+        "settings": dataclasses.asdict(cfg),
+        "render": dataclasses.asdict(rcfg),
+    }
     gold = {r.id: r.answer for r in rows}
     with samples_path.open("a+b") as fh:
         try:
@@ -455,17 +542,30 @@ def build_traces(rows: list[Row], out: str | Path, cfg: TracesConfig, rcfg: Rend
         records = _read_samples(fh, samples_path)
         write_json(meta_path, meta)
         finished = {(r["id"], r["sample"]) for r in records if r.get("error") is None}
-        pending = [Request(row, j, sample_seed(cfg.seed, row.id, j)) for row in rows for j in range(cfg.samples)
-                   if (row.id, j) not in finished]
+        pending = [
+            Request(row, j, sample_seed(cfg.seed, row.id, j))
+            for row in rows
+            for j in range(cfg.samples)
+            if (row.id, j) not in finished
+        ]
         bar = tqdm(total=len(pending), unit="sample", desc="traces", disable=not progress, dynamic_ncols=True)
         in_a_row, failed_now = 0, 0
         results = teacher.generate(pending) if pending else iter(())
         try:
             for res in results:
-                rec = {"id": res.id, "sample": res.sample, "teacher": teacher.name,
-                       "seed": sample_seed(cfg.seed, res.id, res.sample), "text": res.text,
-                       "reasoning": res.reasoning, "finish_reason": res.finish_reason, "tokens": res.tokens,
-                       "extracted": None, "correct": False, "error": res.error}
+                rec = {
+                    "id": res.id,
+                    "sample": res.sample,
+                    "teacher": teacher.name,
+                    "seed": sample_seed(cfg.seed, res.id, res.sample),
+                    "text": res.text,
+                    "reasoning": res.reasoning,
+                    "finish_reason": res.finish_reason,
+                    "tokens": res.tokens,
+                    "extracted": None,
+                    "correct": False,
+                    "error": res.error,
+                }
                 if res.error is None:  # graded here, in the main thread (math-verify's timeouts need it)
                     rec["extracted"] = extract_answer(res.text, cfg.fallback)
                     rec["correct"] = is_correct(rec["extracted"], gold[res.id])
@@ -493,14 +593,23 @@ def build_traces(rows: list[Row], out: str | Path, cfg: TracesConfig, rcfg: Rend
         (out / "train.jsonl").unlink(missing_ok=True)
     write_json(meta_path, meta)
     if not train and summary["complete"]:
-        raise T3SError(f"no prompt has a correct trace among {cfg.samples} samples: nothing to train on "
-                       f"(see {meta_path})")
+        raise T3SError(
+            f"no prompt has a correct trace among {cfg.samples} samples: nothing to train on (see {meta_path})"
+        )
     return meta
 
 
-def run_traces(data: str | Path, out: str | Path, cfg: TracesConfig, rcfg: RenderConfig, model: str,
-               split: str | None = None, trust_remote_code: bool = False, overwrite: bool = False,
-               progress: bool = True) -> dict[str, Any]:
+def run_traces(
+    data: str | Path,
+    out: str | Path,
+    cfg: TracesConfig,
+    rcfg: RenderConfig,
+    model: str,
+    split: str | None = None,
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """`t3s traces`: prompts with gold answers in, `out/train.jsonl` out. The teacher is `model`: a local
     Hugging Face model, or, with `cfg.base_url`, the name of a model behind an OpenAI-compatible endpoint."""
     from t3s.data import load_rows

@@ -19,18 +19,24 @@ from typing import Any
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import check_outside, read_json, sha256_json, swap_in, write_json
-from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
 from t3s.config import MANAGED, NORMALIZE, DiffusionConfig, TrainConfig  # noqa: F401 -- imported from here by users
-from t3s.models import (TrainingPlan, check_finite_weights, describe, device_info, load_tokenizer,
-                        model_fingerprint)
+from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
+from t3s.models import TrainingPlan, check_finite_weights, describe, device_info, load_tokenizer, model_fingerprint
 from t3s.objectives import Objective, Prepared, as_objective
 from t3s.objectives.ar import apply_selection  # noqa: F401 -- imported from here by users
 from t3s.objectives.base import finite_loss_callback, plan_for, training_arguments  # noqa: F401 -- likewise
 from t3s.objectives.masked import forced_sets  # noqa: F401 -- likewise
 from t3s.select import MATCH_KEYS, load_selection
 
-def prepare(model_path: str, data_path: str, cfg: TrainConfig, rcfg: RenderConfig,
-            selection_path: str | None = None, objective: Objective | DiffusionConfig | None = None) -> Prepared:
+
+def prepare(
+    model_path: str,
+    data_path: str,
+    cfg: TrainConfig,
+    rcfg: RenderConfig,
+    selection_path: str | None = None,
+    objective: Objective | DiffusionConfig | None = None,
+) -> Prepared:
     """Render the training data and apply a selection as the objective's training columns (default: an
     autoregressive student; a DiffusionConfig stands for a masked-diffusion one)."""
     import datasets
@@ -53,8 +59,15 @@ def prepare(model_path: str, data_path: str, cfg: TrainConfig, rcfg: RenderConfi
     return Prepared(tok, rows, examples, report, fps, sel, datasets.Dataset.from_dict(columns), objective)
 
 
-def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, output_dir: str | Path, *,
-                 progress: bool = True, callbacks: list | None = None) -> Any:
+def make_trainer(
+    model: Any,
+    data: Prepared,
+    cfg: TrainConfig,
+    output_dir: str | Path,
+    *,
+    progress: bool = True,
+    callbacks: list | None = None,
+) -> Any:
     """The Trainer of the objective the data was prepared for (TRL's SFTTrainer for an autoregressive student)."""
     return data.objective.trainer(model, data, cfg, output_dir, progress=progress, callbacks=callbacks)
 
@@ -104,11 +117,15 @@ def train(
     elif finished:
         raise T3SError(f"{out} already holds a finished training run; pass --overwrite to replace it")
     elif (out / started_name).exists():
-        raise T3SError(f"{out} holds an unfinished training run (it was interrupted); pass --resume to continue "
-                       "it or --overwrite to start over")
+        raise T3SError(
+            f"{out} holds an unfinished training run (it was interrupted); pass --resume to continue "
+            "it or --overwrite to start over"
+        )
     else:
-        raise T3SError(f"{out} already exists and is not a t3s training run; choose another --out, or pass "
-                       "--overwrite to replace it")
+        raise T3SError(
+            f"{out} already exists and is not a t3s training run; choose another --out, or pass "
+            "--overwrite to replace it"
+        )
 
     dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
     plan = plan_for(cfg)
@@ -140,15 +157,18 @@ def train(
             work.mkdir(parents=True, exist_ok=True)
         started = work / started_name
         if mode == "resume" and read_json(started).get("run_fingerprint") != run_fp:
-            raise T3SError(f"{out}: cannot resume, the unfinished run was started with another model, data or "
-                           "config (pass --overwrite to start over)")
+            raise T3SError(
+                f"{out}: cannot resume, the unfinished run was started with another model, data or "
+                "config (pass --overwrite to start over)"
+            )
         write_json(started, {"run_fingerprint": run_fp, **run})
         return str(work)
 
     work = Path(dist.on_main(begin))
     try:
-        summary = _train_in(work, model_path, cfg, data, plan, run, run_fp, progress, callbacks,
-                            resume=mode == "resume")
+        summary = _train_in(
+            work, model_path, cfg, data, plan, run, run_fp, progress, callbacks, resume=mode == "resume"
+        )
         if mode == "staged":
             dist.on_main(lambda: swap_in(work, out))
     except BaseException as e:
@@ -160,8 +180,10 @@ def train(
 
 def brief(summary: dict[str, Any]) -> dict[str, Any]:
     """The part of a training run's summary that `t3s run` keeps in its stage record."""
-    return {k: summary.get(k) for k in ("global_step", "train_loss", "kept_tokens", "forced_tokens", "response_tokens",
-                                        "train_seconds")}
+    return {
+        k: summary.get(k)
+        for k in ("global_step", "train_loss", "kept_tokens", "forced_tokens", "response_tokens", "train_seconds")
+    }
 
 
 def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -196,15 +218,25 @@ def _abandon(out: Path, work: Path, mode: str, e: BaseException) -> None:
         e.add_note(note)
 
 
-def _train_in(work: Path, model_path: str, cfg: TrainConfig, data: Prepared, plan: TrainingPlan,
-              run: dict[str, Any], run_fp: str, progress: bool, callbacks: list | None,
-              resume: bool) -> dict[str, Any]:
+def _train_in(
+    work: Path,
+    model_path: str,
+    cfg: TrainConfig,
+    data: Prepared,
+    plan: TrainingPlan,
+    run: dict[str, Any],
+    run_fp: str,
+    progress: bool,
+    callbacks: list | None,
+    resume: bool,
+) -> dict[str, Any]:
     """The training run itself, in its working directory `work` (the run directory or its staged copy)."""
     final_dir, ckpt_dir = work / "model", work / "checkpoints"
     have_ckpt = resume and bool(dist.on_main(lambda: [str(p) for p in complete_checkpoints(ckpt_dir)]))
     zero3 = dist.zero3_init_args(training_arguments(cfg, ckpt_dir, progress))  # noqa: F841 -- held while loading
-    model = data.objective.load(model_path, plan.inference(), cfg.trust_remote_code,
-                                place=not dist.launched())  # several processes: the Trainer places it
+    model = data.objective.load(
+        model_path, plan.inference(), cfg.trust_remote_code, place=not dist.launched()
+    )  # several processes: the Trainer places it
     trainer = make_trainer(model, data, cfg, ckpt_dir, progress=progress, callbacks=callbacks)
     tok, report, kept = data.tokenizer, data.report, data.kept_tokens
     t0 = time.perf_counter()

@@ -31,8 +31,10 @@ def require_vllm() -> Any:
     try:
         import vllm
     except ImportError as e:
-        raise T3SError(f"the vllm backend needs vLLM, which is not installed ({e}); on a CUDA machine run "
-                       "`pip install vllm` (or `pip install -e '.[vllm]'`), or use backend=hf") from None
+        raise T3SError(
+            f"the vllm backend needs vLLM, which is not installed ({e}); on a CUDA machine run "
+            "`pip install vllm` (or `pip install -e '.[vllm]'`), or use backend=hf"
+        ) from None
     return vllm
 
 
@@ -58,8 +60,9 @@ def sampling_kwargs(cfg: GenConfig, stops: list[int], index: int, gen_config: An
     return out
 
 
-def to_generations(completions: list[tuple[list[int], str | None]], stops: list[int],
-                   decode: Callable[[list[int]], str]) -> list[Any]:
+def to_generations(
+    completions: list[tuple[list[int], str | None]], stops: list[int], decode: Callable[[list[int]], str]
+) -> list[Any]:
     """(token ids, finish reason) of one prompt's completions -> t3s Generations: the tokens before the first stop
     token (vLLM keeps the stop token in its output), truncated = the budget ran out."""
     from t3s.generation import Generation
@@ -77,13 +80,27 @@ def engine_kwargs(model_path: str, cfg: GenConfig, trust_remote_code: bool = Fal
     """vllm.LLM arguments: the model and its tokenizer, t3s's dtype names, vLLM's neutral sampling defaults
     (`generation_config="vllm"`: t3s passes every sampling setting itself), then `eval.vllm` as given."""
     dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[cfg.dtype]
-    return {"model": model_path, "tokenizer": model_path, "dtype": dtype, "seed": cfg.seed,
-            "trust_remote_code": trust_remote_code, "generation_config": "vllm", **cfg.vllm}
+    return {
+        "model": model_path,
+        "tokenizer": model_path,
+        "dtype": dtype,
+        "seed": cfg.seed,
+        "trust_remote_code": trust_remote_code,
+        "generation_config": "vllm",
+        **cfg.vllm,
+    }
 
 
-def generate_with(llm: Any, tok: Any, prompts: list[list[int]], cfg: GenConfig, stops: list[int],
-                  indices: list[int] | None = None, progress: bool = False, gen_config: Any = None
-                  ) -> list[list[Any]]:
+def generate_with(
+    llm: Any,
+    tok: Any,
+    prompts: list[list[int]],
+    cfg: GenConfig,
+    stops: list[int],
+    indices: list[int] | None = None,
+    progress: bool = False,
+    gen_config: Any = None,
+) -> list[list[Any]]:
     """k generations per prompt from a vLLM engine; `indices`: the prompts' numbers in the whole set (seeds);
     `gen_config`: the model's GenerationConfig (read only with `model_defaults`)."""
     vllm = require_vllm()
@@ -102,8 +119,10 @@ class Engine:
 
     def __init__(self, model_path: str, tok: Any, cfg: GenConfig, trust_remote_code: bool = False):
         if dist.launched():
-            raise T3SError("the vllm backend runs as one process and uses the GPUs through vLLM "
-                           "(eval.vllm.tensor_parallel_size=N); start it without torchrun / accelerate launch")
+            raise T3SError(
+                "the vllm backend runs as one process and uses the GPUs through vLLM "
+                "(eval.vllm.tensor_parallel_size=N); start it without torchrun / accelerate launch"
+            )
         vllm = require_vllm()
         from types import SimpleNamespace
 
@@ -121,7 +140,9 @@ class Engine:
         self.gen = gen
         self.llm = vllm.LLM(**engine_kwargs(path, cfg, trust_remote_code))
 
-    def __call__(self, prompts: list[list[int]], cfg: GenConfig, progress: bool = True, desc: str = "") -> list[list[Any]]:
+    def __call__(
+        self, prompts: list[list[int]], cfg: GenConfig, progress: bool = True, desc: str = ""
+    ) -> list[list[Any]]:
         return generate_with(self.llm, self.tok, prompts, cfg, self.stops, progress=progress, gen_config=self.gen)
 
 
@@ -129,30 +150,44 @@ class ProbeGenerator:
     """The probe's vLLM backend: a colocated engine per training process (TRL's VLLMGeneration), refreshed with
     the current weights in memory before each evaluation step."""
 
-    ENGINE_KEYS = {"tensor_parallel_size": "tensor_parallel_size", "gpu_memory_utilization": "gpu_memory_utilization",
-                   "max_model_len": "max_model_length", "max_num_seqs": "max_num_seqs"}
+    ENGINE_KEYS = {
+        "tensor_parallel_size": "tensor_parallel_size",
+        "gpu_memory_utilization": "gpu_memory_utilization",
+        "max_model_len": "max_model_length",
+        "max_num_seqs": "max_num_seqs",
+    }
 
     def __init__(self, trainer: Any, tok: Any, cfg: GenConfig, trust_remote_code: bool = False):
         require_vllm()
         unknown = sorted(set(cfg.vllm) - set(self.ENGINE_KEYS))
         if unknown:
-            raise T3SError(f"eval.vllm: the probe's colocated engine takes {', '.join(sorted(self.ENGINE_KEYS))}; "
-                           f"not {', '.join(unknown)}")
+            raise T3SError(
+                f"eval.vllm: the probe's colocated engine takes {', '.join(sorted(self.ENGINE_KEYS))}; "
+                f"not {', '.join(unknown)}"
+            )
         self.trainer, self.tok, self.cfg, self.trust_remote_code = trainer, tok, cfg, trust_remote_code
         self.engine_args = {self.ENGINE_KEYS[k]: v for k, v in cfg.vllm.items()}
         self.engine_args.setdefault("gpu_memory_utilization", 0.3)  # training holds the rest of the GPU
         self.vg = None
         self.synced_step = -1
 
-    def __call__(self, prompts: list[list[int]], cfg: GenConfig, progress: bool = True, desc: str = "") -> list[list[Any]]:
+    def __call__(
+        self, prompts: list[list[int]], cfg: GenConfig, progress: bool = True, desc: str = ""
+    ) -> list[list[Any]]:
         from t3s.generation import eos_ids
 
         model = self.trainer.model
         if self.vg is None:  # created once training has prepared (wrapped, sharded) the model
             from trl.generation.vllm_generation import VLLMGeneration
 
-            self.vg = VLLMGeneration(model, self.trainer.accelerator, self.tok, mode="colocate",
-                                     trust_remote_code=self.trust_remote_code, **self.engine_args)
+            self.vg = VLLMGeneration(
+                model,
+                self.trainer.accelerator,
+                self.tok,
+                mode="colocate",
+                trust_remote_code=self.trust_remote_code,
+                **self.engine_args,
+            )
         step = self.trainer.state.global_step
         if step != self.synced_step:  # every process takes part (gathering sharded weights is a collective)
             self.vg.sync_weights()
@@ -161,6 +196,17 @@ class ProbeGenerator:
         stops = eos_ids(model, self.tok)
         # engines are per tensor-parallel group: the members of a group generate the same prompts
         return dist.map_rows(
-            lambda part: generate_with(self.vg.llm, self.tok, [p for _, p in part], cfg, stops, [i for i, _ in part],
-                                       gen_config=getattr(model, "generation_config", None)),
-            list(enumerate(prompts)), [len(p) for p in prompts], part=dist.rank() // tp, parts=dist.world() // tp)
+            lambda part: generate_with(
+                self.vg.llm,
+                self.tok,
+                [p for _, p in part],
+                cfg,
+                stops,
+                [i for i, _ in part],
+                gen_config=getattr(model, "generation_config", None),
+            ),
+            list(enumerate(prompts)),
+            [len(p) for p in prompts],
+            part=dist.rank() // tp,
+            parts=dist.world() // tp,
+        )

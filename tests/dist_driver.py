@@ -38,8 +38,9 @@ def selftest(out: str) -> None:
         if dist.is_main():
             (tmp / "x.txt").write_text("main")
     visible = (Path(out).with_suffix(".dir") / "x.txt").read_text()  # on every process, after the rename
-    results = gather_object([{"rank": dist.rank(), "world": dist.world(), "got": got, "error": error,
-                              "visible": visible}])
+    results = gather_object(
+        [{"rank": dist.rank(), "world": dist.world(), "got": got, "error": error, "visible": visible}]
+    )
     if dist.is_main():
         Path(out).write_text(json.dumps({"results": results, "parts": parts, "items": items, "costs": costs}))
 

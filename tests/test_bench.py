@@ -26,9 +26,17 @@ def test_table_has_a_row_per_target_and_the_report_names_the_machine(smoke):
     assert "| # | measurement | measured | target | met |" in md
     for r in res["table"]:
         assert f"| {r['id']} | {r['what']} |" in md
-    for key in ("**Machine**", "**CPU capability**", "**Versions**", "**Measured matmul peak**",
-                "## 5. Anchor flips", "## What limits the rest", res["machine"]["versions"]["torch"],
-                res["machine"]["date"], res["machine"]["cpu_capability"]):
+    for key in (
+        "**Machine**",
+        "**CPU capability**",
+        "**Versions**",
+        "**Measured matmul peak**",
+        "## 5. Anchor flips",
+        "## What limits the rest",
+        res["machine"]["versions"]["torch"],
+        res["machine"]["date"],
+        res["machine"]["cpu_capability"],
+    ):
         assert key in md
 
 
@@ -55,18 +63,24 @@ def test_every_ratio_is_computed_from_the_measurements(smoke):
     assert sc["max_abs_diff"] < 0.05 and sc["max_abs_diff_chunked"] < 0.05  # the same tokens scored (bf16 autocast)
 
     tr = res["training"][0]
-    assert len(tr["run_medians"]["sft"]) == len(tr["run_medians"]["t3s"]) == res["sizes"]["train"][0].get("reps", res["sizes"]["reps"])
+    assert (
+        len(tr["run_medians"]["sft"])
+        == len(tr["run_medians"]["t3s"])
+        == res["sizes"]["train"][0].get("reps", res["sizes"]["reps"])
+    )
     assert 0 < tr["dropped_fraction"] < 1  # a real selection dropped some tokens, not all
     for r, seq in enumerate(tr["step_sequences"]):  # the two runs took their steps in turn, starting alternately
         first = ("sft", "t3s")[r % 2]
         assert seq == [first, ("t3s" if first == "sft" else "sft")] * res["sizes"]["train"][0]["steps"]
     assert rows["2a"]["value"] == pytest.approx(
-        statistics.median(tr["run_medians"]["t3s"]) / statistics.median(tr["run_medians"]["sft"]))
+        statistics.median(tr["run_medians"]["t3s"]) / statistics.median(tr["run_medians"]["sft"])
+    )
 
     g = res["generation"][0]
     assert g["identical_outputs"] == g["prompts"]
     assert rows["3a"]["value"] == pytest.approx(
-        statistics.median(g["times"]["loop"]) / statistics.median(g["times"]["batched"]))
+        statistics.median(g["times"]["loop"]) / statistics.median(g["times"]["batched"])
+    )
 
     f = res["flips"]
     assert set(f["precisions"]) == {"float32", "bfloat16 autocast (fp32 weights)", "bfloat16 weights"}
@@ -144,11 +158,16 @@ def test_claims_tables_are_read_from_the_runs_files(tmp_path):
         return d
 
     def row(method, accs, drop=None):
-        return {"method": method, "accuracy": statistics.fmean(accs), "per_seed": {str(i): a for i, a in enumerate(accs)},
-                "dropped_fraction": drop}
+        return {
+            "method": method,
+            "accuracy": statistics.fmean(accs),
+            "per_seed": {str(i): a for i, a in enumerate(accs)},
+            "dropped_fraction": drop,
+        }
 
-    t0 = summary("t0", [row("base", [0.5]), row("sft", [0.2, 0.4], 0.0), row("t3s", [0.6, 0.8], 0.3),
-                        row("rrt", [0.1, 0.3])])
+    t0 = summary(
+        "t0", [row("base", [0.5]), row("sft", [0.2, 0.4], 0.0), row("t3s", [0.6, 0.8], 0.3), row("rrt", [0.1, 0.3])]
+    )
     (t0 / "eval-base").mkdir()
     (t0 / "eval-base" / "samples.jsonl").write_text("{}\n" * 100)
     summary("auto", [row("base", [0.5]), row("t3s", [0.7, 0.7], 0.2)])
@@ -157,9 +176,14 @@ def test_claims_tables_are_read_from_the_runs_files(tmp_path):
             d = tmp_path / name / f"seed-{s}" / "selections" / "t3s"
             d.mkdir(parents=True)
             (d / "selection.json").write_text(json.dumps({"stats": {"anchor_fraction": frac, "settled_fraction": 0.1}}))
-    (tmp_path / "rrt-sweep.json").write_text(json.dumps({
-        "0/step-2": {"seed": 0, "step": 2, "accuracy": 0.25, "bottleneck": True},
-        "1/step-2": {"seed": 1, "step": 2, "accuracy": 0.75, "bottleneck": False}}))
+    (tmp_path / "rrt-sweep.json").write_text(
+        json.dumps(
+            {
+                "0/step-2": {"seed": 0, "step": 2, "accuracy": 0.25, "bottleneck": True},
+                "1/step-2": {"seed": 1, "step": 2, "accuracy": 0.75, "bottleneck": False},
+            }
+        )
+    )
     md = claims.render(tmp_path)
     assert "base model 50.0% on n = 100 prompts (standard error of one evaluation ≈ 5.0 points" in md
     sd = 100 * statistics.stdev([0.6, 0.8])
@@ -177,13 +201,18 @@ def test_students_table_reads_each_runs_records(tmp_path):
     (world / "world.json").write_text(json.dumps({"config": {"seed": 7}}))
     run = tmp_path / "run"
     run.mkdir()
-    rows = [{"method": "base", "accuracy": 0.8, "per_seed": {}},
-            {"method": "sft", "accuracy": 0.15, "per_seed": {"0": 0.1, "1": 0.2}},
-            {"method": "t3s", "accuracy": 0.7, "per_seed": {"0": 0.7, "1": 0.7}}]
-    probes = {"0": {"start_accuracy": 0.78, "bottleneck_accuracy": 0.0, "dip_found": True},
-              "1": {"start_accuracy": 0.78, "bottleneck_accuracy": 0.05, "dip_found": False}}
-    (run / "summary.json").write_text(json.dumps({"rows": rows, "probes": probes,
-                                                  "config": {"student": str(world / "student")}}))
+    rows = [
+        {"method": "base", "accuracy": 0.8, "per_seed": {}},
+        {"method": "sft", "accuracy": 0.15, "per_seed": {"0": 0.1, "1": 0.2}},
+        {"method": "t3s", "accuracy": 0.7, "per_seed": {"0": 0.7, "1": 0.7}},
+    ]
+    probes = {
+        "0": {"start_accuracy": 0.78, "bottleneck_accuracy": 0.0, "dip_found": True},
+        "1": {"start_accuracy": 0.78, "bottleneck_accuracy": 0.05, "dip_found": False},
+    }
+    (run / "summary.json").write_text(
+        json.dumps({"rows": rows, "probes": probes, "config": {"student": str(world / "student")}})
+    )
     for s, frac in ((0, 0.1), (1, 0.2)):
         d = run / f"seed-{s}" / "selections" / "t3s"
         d.mkdir(parents=True)

@@ -40,20 +40,51 @@ def test_train_and_rrt_bad_input(tiny, tmp_path):
     assert r.returncode == 2 and "unknown config key 'lr'" in r.stderr and not (tmp_path / "t").exists()
     r = t3s("train", "--model", tmp_path / "nope", "--data", tiny / "train.jsonl", "--out", tmp_path / "t")
     assert r.returncode == 2 and "nope: no such model directory" in r.stderr and not (tmp_path / "t").exists()
-    r = t3s("rrt", "--init", tiny / "model", "--bottleneck", tiny / "model", "--final", tmp_path / "nope",
-            "--out", tmp_path / "r")
+    r = t3s(
+        "rrt",
+        "--init",
+        tiny / "model",
+        "--bottleneck",
+        tiny / "model",
+        "--final",
+        tmp_path / "nope",
+        "--out",
+        tmp_path / "r",
+    )
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "r").exists()
     r = t3s("score", "--model", tiny / "model", "--data", tmp_path / "missing.jsonl", "--out", tmp_path / "s")
     assert r.returncode == 2 and "missing.jsonl: no such file" in r.stderr
-    r = t3s("score", "--model", tiny / "model", "--data", tiny / "train.jsonl", "--out", tmp_path / "s",
-            "--dtype", "float16")
+    r = t3s(
+        "score",
+        "--model",
+        tiny / "model",
+        "--data",
+        tiny / "train.jsonl",
+        "--out",
+        tmp_path / "s",
+        "--dtype",
+        "float16",
+    )
     assert r.returncode == 2 and "float16 is not supported on CPU" in r.stderr and not (tmp_path / "s").exists()
 
 
 def test_whole_chain_score_select_train_rrt(tiny, tmp_path):
     m, d = tiny / "model", tiny / "train.jsonl"
-    r = t3s("train", "--model", m, "--data", d, "--out", tmp_path / "sft", "--quiet", "max_steps=4",
-            "save_steps=2", "keep_checkpoints=true", "learning_rate=1e-2", "per_device_train_batch_size=4")
+    r = t3s(
+        "train",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--out",
+        tmp_path / "sft",
+        "--quiet",
+        "max_steps=4",
+        "save_steps=2",
+        "keep_checkpoints=true",
+        "learning_rate=1e-2",
+        "per_device_train_batch_size=4",
+    )
     assert r.returncode == 0, r.stderr
     theta_b = tmp_path / "sft" / "checkpoints" / "checkpoint-2"
     for name, model in (("s0", m), ("sb", theta_b)):
@@ -63,8 +94,17 @@ def test_whole_chain_score_select_train_rrt(tiny, tmp_path):
     assert meta["self_check_max_abs_diff"] < 1e-4 and set(meta["fingerprints"]) == {"data", "tokenizer", "template"}
     counts = {}
     for mode in ("t3s", "reverse", "static-high", "static-low", "random", "none"):
-        r = t3s("select", "--init", tmp_path / "s0", "--bottleneck", tmp_path / "sb", "--mode", mode,
-                "--out", tmp_path / f"sel-{mode}")
+        r = t3s(
+            "select",
+            "--init",
+            tmp_path / "s0",
+            "--bottleneck",
+            tmp_path / "sb",
+            "--mode",
+            mode,
+            "--out",
+            tmp_path / f"sel-{mode}",
+        )
         assert r.returncode == 0, r.stderr
         sel = json.loads((tmp_path / f"sel-{mode}" / "selection.json").read_text())
         counts[mode] = sel["stats"]["dropped_tokens"]
@@ -72,15 +112,37 @@ def test_whole_chain_score_select_train_rrt(tiny, tmp_path):
     n = sel["stats"]["tokens"]
     assert counts["t3s"] == counts["static-high"] == counts["static-low"] == counts["random"]
     assert counts["reverse"] == n - counts["t3s"] and counts["none"] == 0
-    r = t3s("select", "--init", tmp_path / "s0", "--bottleneck", tmp_path / "sb", "--mode", "t3s",
-            "--out", tmp_path / "sel-t3s")
+    r = t3s(
+        "select",
+        "--init",
+        tmp_path / "s0",
+        "--bottleneck",
+        tmp_path / "sb",
+        "--mode",
+        "t3s",
+        "--out",
+        tmp_path / "sel-t3s",
+    )
     assert r.returncode == 2 and "already exists" in r.stderr
-    r = t3s("train", "--model", m, "--data", d, "--out", tmp_path / "t3s", "--selection", tmp_path / "sel-t3s",
-            "--quiet", "max_steps=2", "per_device_train_batch_size=4")
+    r = t3s(
+        "train",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--out",
+        tmp_path / "t3s",
+        "--selection",
+        tmp_path / "sel-t3s",
+        "--quiet",
+        "max_steps=2",
+        "per_device_train_batch_size=4",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "t3s" / "train.json").read_text())["kept_tokens"] == n - counts["t3s"]
-    r = t3s("rrt", "--init", m, "--bottleneck", theta_b, "--final", tmp_path / "sft", "--out", tmp_path / "rrt",
-            "--quiet")
+    r = t3s(
+        "rrt", "--init", m, "--bottleneck", theta_b, "--final", tmp_path / "sft", "--out", tmp_path / "rrt", "--quiet"
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "rrt" / "model.safetensors").exists() and (tmp_path / "rrt" / "tokenizer.json").exists()
 

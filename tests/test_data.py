@@ -84,8 +84,10 @@ def test_render_messages_system_prompt_and_plain(tmp_path, tok):
     assert tok.decode(ex.input_ids[: ex.prompt_len]) == "What is 1 + 2?\n"
     assert tok.decode(ex.response_ids) == "It is 3.<|eos|>"
     # the rendering is part of the fingerprint
-    assert fingerprints(rows, tok, RenderConfig())["template"] != fingerprints(
-        rows, tok, RenderConfig(chat_template="off"))["template"]
+    assert (
+        fingerprints(rows, tok, RenderConfig())["template"]
+        != fingerprints(rows, tok, RenderConfig(chat_template="off"))["template"]
+    )
 
 
 def test_overlong_policies(tmp_path, tok):

@@ -10,8 +10,17 @@ from conftest import write_jsonl
 from t3s import T3SError
 from t3s.config import load_config
 from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
-from t3s.diffusion import (Collator, DiffusionConfig, build_mask, draw_noise, load_mask_predictor, project_row,
-                           projector, response_spans, sample)
+from t3s.diffusion import (
+    Collator,
+    DiffusionConfig,
+    build_mask,
+    draw_noise,
+    load_mask_predictor,
+    project_row,
+    projector,
+    response_spans,
+    sample,
+)
 from t3s.evaluate import GenConfig
 from t3s.models import load_tokenizer, resolve_precision
 from t3s.select import Selection, forced_mask, load_selection, select_forced, write_selection
@@ -35,8 +44,15 @@ def test_forced_positions_always_masked_and_prompt_never(dtiny):
     rows = load_rows(dtiny / "train.jsonl")
     examples, _ = render_rows(rows, tok, RenderConfig())
     rng = np.random.default_rng(0)
-    items = [{"input_ids": e.input_ids, "prompt_len": e.prompt_len, "row": i,
-              "forced": (rng.random(len(e.response_ids)) < 0.2).tolist()} for i, e in enumerate(examples[:6])]
+    items = [
+        {
+            "input_ids": e.input_ids,
+            "prompt_len": e.prompt_len,
+            "row": i,
+            "forced": (rng.random(len(e.response_ids)) < 0.2).tolist(),
+        }
+        for i, e in enumerate(examples[:6])
+    ]
     batch = Collator(tok.eos_token_id)(items)
     for schedule in ("llada", "dfactory"):
         cfg = DiffusionConfig(mask_schedule=schedule)
@@ -86,18 +102,30 @@ def _forced_selection(path, tok, data_path, pattern):
     examples, _ = render_rows(rows, tok, RenderConfig())
     forced = [np.array([pattern(i, j) for j in range(len(e.response_ids))]) for i, e in enumerate(examples)]
     sel = Selection(
-        meta={"kind": "t3s-selection", "mode": "crafted", "objective": "diffusion", "tau": 0.2, "threshold": None,
-              "seed": None, "fingerprints": fingerprints(rows, tok, RenderConfig()), "stats": {}},
-        ids=[e.id for e in examples], response_ids=[np.array(e.response_ids) for e in examples],
-        keep=[np.ones(len(f), dtype=bool) for f in forced], delta=[np.zeros(len(f), np.float32) for f in forced],
+        meta={
+            "kind": "t3s-selection",
+            "mode": "crafted",
+            "objective": "diffusion",
+            "tau": 0.2,
+            "threshold": None,
+            "seed": None,
+            "fingerprints": fingerprints(rows, tok, RenderConfig()),
+            "stats": {},
+        },
+        ids=[e.id for e in examples],
+        response_ids=[np.array(e.response_ids) for e in examples],
+        keep=[np.ones(len(f), dtype=bool) for f in forced],
+        delta=[np.zeros(len(f), np.float32) for f in forced],
         forced=forced,
     )
     write_selection(sel, path)
     return examples, forced
 
 
-@pytest.mark.parametrize("schedule, forced_weight",
-                         [("llada", "one"), ("llada", "inverse_t"), ("dfactory", "one"), ("dfactory", "inverse_t")])
+@pytest.mark.parametrize(
+    "schedule, forced_weight",
+    [("llada", "one"), ("llada", "inverse_t"), ("dfactory", "one"), ("dfactory", "inverse_t")],
+)
 def test_one_sgd_step_equals_the_documented_loss(dtiny, tmp_path, schedule, forced_weight):
     """2 rows x 2 accumulation steps, one SGD step: θ − lr·∇L, computed row by row with its own log-softmax:
     llada:    L = mean over rows of (Σ_random CE / t + Σ_forced w_f·CE) / L_answer
@@ -109,11 +137,30 @@ def test_one_sgd_step_equals_the_documented_loss(dtiny, tmp_path, schedule, forc
     data = _equal_length_rows(tmp_path / "d.jsonl")
     examples, forced = _forced_selection(tmp_path / "sel", tok, data, lambda i, j: (i + 2 * j) % 5 == 0)
     lr = 0.5
-    cfg = load_config(None, ["optim=sgd", f"learning_rate={lr}", "max_steps=1", "per_device_train_batch_size=2",
-                             "gradient_accumulation_steps=2", "max_grad_norm=0", "dtype=float32",
-                             f"diffusion.mask_schedule={schedule}", f"diffusion.forced_weight={forced_weight}"])
-    s = train(str(dtiny / "dllm"), str(data), tmp_path / "run", cfg.train, cfg.render, str(tmp_path / "sel"),
-              progress=False, objective=cfg.diffusion)
+    cfg = load_config(
+        None,
+        [
+            "optim=sgd",
+            f"learning_rate={lr}",
+            "max_steps=1",
+            "per_device_train_batch_size=2",
+            "gradient_accumulation_steps=2",
+            "max_grad_norm=0",
+            "dtype=float32",
+            f"diffusion.mask_schedule={schedule}",
+            f"diffusion.forced_weight={forced_weight}",
+        ],
+    )
+    s = train(
+        str(dtiny / "dllm"),
+        str(data),
+        tmp_path / "run",
+        cfg.train,
+        cfg.render,
+        str(tmp_path / "sel"),
+        progress=False,
+        objective=cfg.diffusion,
+    )
     assert s["forced_tokens"] == sum(int(f.sum()) for f in forced) > 0
 
     model = load_mask_predictor(dtiny / "dllm", FP32)
@@ -126,10 +173,10 @@ def test_one_sgd_step_equals_the_documented_loss(dtiny, tmp_path, schedule, forc
         f = torch.tensor(f, dtype=torch.bool)
         rand = (u < t) & ~f
         masked = torch.zeros(len(e.input_ids), dtype=torch.bool)
-        masked[e.prompt_len:] = rand | f
+        masked[e.prompt_len :] = rand | f
         x = torch.tensor(e.input_ids).masked_fill(masked, mask_id)
         logp = model(input_ids=x[None]).logits[0].log_softmax(-1)
-        ce = -logp[e.prompt_len:].gather(1, torch.tensor(e.response_ids)[:, None])[:, 0]
+        ce = -logp[e.prompt_len :].gather(1, torch.tensor(e.response_ids)[:, None])[:, 0]
         w_rand = 1.0 / t if schedule == "llada" else 1.0
         w_forced = 1.0 / t if forced_weight == "inverse_t" else 1.0
         row = (ce * rand).sum() * w_rand + (ce * f).sum() * w_forced
@@ -157,8 +204,15 @@ def test_forced_weight_one_keeps_the_forced_share_of_the_loss_bounded(dtiny):
 
     tok = load_tokenizer(dtiny / "dllm")
     examples, _ = render_rows(load_rows(dtiny / "train.jsonl"), tok, RenderConfig())
-    items = [{"input_ids": e.input_ids, "prompt_len": e.prompt_len, "row": i,
-              "forced": [j % 20 == 0 for j in range(len(e.response_ids))]} for i, e in enumerate(examples[:8])]
+    items = [
+        {
+            "input_ids": e.input_ids,
+            "prompt_len": e.prompt_len,
+            "row": i,
+            "forced": [j % 20 == 0 for j in range(len(e.response_ids))],
+        }
+        for i, e in enumerate(examples[:8])
+    ]
     batch = Collator(tok.eos_token_id)(items)
     shares = {}
     for fw in ("one", "inverse_t"):
@@ -188,8 +242,15 @@ def test_diffusion_loss_runs_with_the_batch_on_another_device(dtiny):
 
     tok = load_tokenizer(dtiny / "dllm")
     examples, _ = render_rows(load_rows(dtiny / "train.jsonl"), tok, RenderConfig())
-    items = [{"input_ids": e.input_ids, "prompt_len": e.prompt_len, "row": i,
-              "forced": [j % 3 == 0 for j in range(len(e.response_ids))]} for i, e in enumerate(examples[:4])]
+    items = [
+        {
+            "input_ids": e.input_ids,
+            "prompt_len": e.prompt_len,
+            "row": i,
+            "forced": [j % 3 == 0 for j in range(len(e.response_ids))],
+        }
+        for i, e in enumerate(examples[:4])
+    ]
     batch = Collator(tok.eos_token_id)(items)
     on_meta = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}  # what the Trainer does
     cfg = DiffusionConfig()
@@ -207,7 +268,7 @@ def test_diffusion_loss_runs_with_the_batch_on_another_device(dtiny):
     m_cpu, f_cpu, _, _ = build_mask(batch, cfg, seed=0, step=0)
     for i, it in enumerate(items):
         p = it["prompt_len"]
-        assert f_cpu[i, p:p + len(it["forced"])].tolist() == it["forced"] and not m_cpu[i, :p].any()
+        assert f_cpu[i, p : p + len(it["forced"])].tolist() == it["forced"] and not m_cpu[i, :p].any()
 
 
 def test_sampler_step_runs_with_logits_on_another_device():
@@ -223,8 +284,9 @@ def test_sampler_step_runs_with_logits_on_another_device():
         assert out.device.type == "meta" and out.shape == (2, 4)
     # on the CPU it commits exactly k positions per row, the most confident ones
     logits = torch.randn((2, 4, 11), generator=torch.Generator().manual_seed(1))
-    out = commit_step(logits, torch.full((2, 4), 99), torch.ones((2, 4), dtype=torch.bool), 2, 0.0,
-                      "low_confidence", g)  # 99: the mask id, outside the 11-token vocabulary
+    out = commit_step(
+        logits, torch.full((2, 4), 99), torch.ones((2, 4), dtype=torch.bool), 2, 0.0, "low_confidence", g
+    )  # 99: the mask id, outside the 11-token vocabulary
     assert ((out != 99).sum(1) == 2).all()
     conf = logits.softmax(-1).max(-1).values
     assert ((out != 99) == (conf >= conf.topk(2, dim=-1).values[:, -1:])).all()
@@ -280,8 +342,8 @@ def test_sampler_fills_every_mask_block_by_block_and_is_deterministic(dtiny):
         masked = canvas == mask_id
         # earlier blocks complete, later blocks untouched, the current one has 2 commits per step so far
         assert not masked[:, : blk * 8].any()
-        assert masked[:, (blk + 1) * 8:].all()
-        assert (masked[:, blk * 8:(blk + 1) * 8].sum(1) == 8 - 2 * j).all()
+        assert masked[:, (blk + 1) * 8 :].all()
+        assert (masked[:, blk * 8 : (blk + 1) * 8].sum(1) == 8 - 2 * j).all()
         assert (x[1, :2] == tok.pad_token_id).all()  # left padding of the shorter prompt (longest first)
     final = model.seen[-1][:, P:]
     assert (final == mask_id).sum() == 2 * 2  # the last step commits the last two positions of each row
@@ -310,8 +372,8 @@ class EOSAfter(torch.nn.Module):
         B, L = input_ids.shape
         logits = torch.zeros(B, L, self.vocab)
         logits[:, :, self.eos] = 5.0
-        logits[:, self.start:self.start + 5, self.eos] = 0.0
-        logits[:, self.start:self.start + 5, 7] = 5.0
+        logits[:, self.start : self.start + 5, self.eos] = 0.0
+        logits[:, self.start : self.start + 5, 7] = 5.0
         return type("O", (), {"logits": logits})()
 
 
@@ -350,9 +412,13 @@ def test_projection_between_two_tokenizers_matches_a_character_map(dtiny):
     examples, _ = render_rows(rows, sel_tok, rcfg)
     rng = np.random.default_rng(0)
     deltas = [rng.normal(size=len(e.response_ids)).astype(np.float32) for e in examples]
-    base = Selection(meta={"fingerprints": {}}, ids=[e.id for e in examples],
-                     response_ids=[np.array(e.response_ids) for e in examples],
-                     keep=[np.ones(len(d), bool) for d in deltas], delta=deltas)
+    base = Selection(
+        meta={"fingerprints": {}},
+        ids=[e.id for e in examples],
+        response_ids=[np.array(e.response_ids) for e in examples],
+        keep=[np.ones(len(d), bool) for d in deltas],
+        delta=deltas,
+    )
     projected, stu_ids, fps, missing = projector(rows, stu_tok, sel_tok, rcfg)(base)
     assert fps == fingerprints(rows, stu_tok, rcfg)
     assert missing == len(rows)  # exactly the student's EOS per row has no characters
@@ -362,7 +428,7 @@ def test_projection_between_two_tokenizers_matches_a_character_map(dtiny):
         pos = 0
         for k, tid in enumerate(sel_tok(text, add_special_tokens=False)["input_ids"]):
             piece = sel_tok.decode([tid])
-            owner[pos:pos + len(piece)] = k
+            owner[pos : pos + len(piece)] = k
             pos += len(piece)
         assert pos == len(text)
         pos = 0
@@ -371,7 +437,7 @@ def test_projection_between_two_tokenizers_matches_a_character_map(dtiny):
                 assert np.isnan(p[j])
                 continue
             piece = stu_tok.decode([tid])
-            want = min(d[k] for k in set(owner[pos:pos + len(piece)]))
+            want = min(d[k] for k in set(owner[pos : pos + len(piece)]))
             assert p[j] == pytest.approx(want)
             pos += len(piece)
 
@@ -417,10 +483,23 @@ def test_tiny_diffusion_run_end_to_end(dtiny, tmp_path):
     from t3s.pipeline import run
 
     t0 = time.perf_counter()
-    cfg = load_config("examples/tiny-diffusion-run.yaml", [
-        f"student={dtiny / 'dllm'}", f"selector={dtiny / 'model'}", f"train_data={dtiny / 'train.jsonl'}",
-        "train.max_steps=4", "selector_train.max_steps=4", "probe.eval_every=2", "probe.subset=6",
-        "eval.max_new_tokens=16", "diffusion.block_length=8", "diffusion.steps=8", "diffusion.tau=0.0"], flat=())
+    cfg = load_config(
+        "examples/tiny-diffusion-run.yaml",
+        [
+            f"student={dtiny / 'dllm'}",
+            f"selector={dtiny / 'model'}",
+            f"train_data={dtiny / 'train.jsonl'}",
+            "train.max_steps=4",
+            "selector_train.max_steps=4",
+            "probe.eval_every=2",
+            "probe.subset=6",
+            "eval.max_new_tokens=16",
+            "diffusion.block_length=8",
+            "diffusion.steps=8",
+            "diffusion.tau=0.0",
+        ],
+        flat=(),
+    )
     summary, code = run(cfg, tmp_path / "run", progress=False)
     assert code == 0
     assert time.perf_counter() - t0 < 180
@@ -453,32 +532,93 @@ def test_command_line_diffusion_chain(dtiny, tmp_path):
     from test_cli import t3s
 
     sel, stu, d = dtiny / "model", dtiny / "dllm", dtiny / "train.jsonl"
-    r = t3s("train", "--model", sel, "--data", d, "--out", tmp_path / "selector", "--quiet", "max_steps=3",
-            "learning_rate=1e-2", "per_device_train_batch_size=4", "dtype=float32")
+    r = t3s(
+        "train",
+        "--model",
+        sel,
+        "--data",
+        d,
+        "--out",
+        tmp_path / "selector",
+        "--quiet",
+        "max_steps=3",
+        "learning_rate=1e-2",
+        "per_device_train_batch_size=4",
+        "dtype=float32",
+    )
     assert r.returncode == 0, r.stderr
     for name, model in (("s0", sel), ("sb", tmp_path / "selector")):
         r = t3s("score", "--model", model, "--data", d, "--out", tmp_path / name, "--quiet", "--dtype", "float32")
         assert r.returncode == 0, r.stderr
-    r = t3s("select", "--forced", "--init", tmp_path / "s0", "--bottleneck", tmp_path / "sb", "--mode", "t3s",
-            "--tau", "0", "--student", stu, "--out", tmp_path / "forced")
+    r = t3s(
+        "select",
+        "--forced",
+        "--init",
+        tmp_path / "s0",
+        "--bottleneck",
+        tmp_path / "sb",
+        "--mode",
+        "t3s",
+        "--tau",
+        "0",
+        "--student",
+        stu,
+        "--out",
+        tmp_path / "forced",
+    )
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "forced" / "selection.json").read_text())
     assert meta["objective"] == "diffusion" and not meta["projected"] and meta["stats"]["forced_tokens"] > 0
     assert "forced (always masked)" in r.stdout
-    r = t3s("train", "--model", stu, "--data", d, "--selection", tmp_path / "forced", "--out", tmp_path / "dtrain",
-            "--quiet", "max_steps=2", "per_device_train_batch_size=4", "dtype=float32")
+    r = t3s(
+        "train",
+        "--model",
+        stu,
+        "--data",
+        d,
+        "--selection",
+        tmp_path / "forced",
+        "--out",
+        tmp_path / "dtrain",
+        "--quiet",
+        "max_steps=2",
+        "per_device_train_batch_size=4",
+        "dtype=float32",
+    )
     assert r.returncode == 0, r.stderr
     tr = json.loads((tmp_path / "dtrain" / "train.json").read_text())
     assert tr["objective"] == "diffusion" and tr["forced_tokens"] == meta["stats"]["forced_tokens"]
-    r = t3s("eval", "--model", tmp_path / "dtrain", "--data", d, "--out", tmp_path / "ev", "--quiet",
-            "max_new_tokens=16", "diffusion.block_length=8", "dtype=float32")
+    r = t3s(
+        "eval",
+        "--model",
+        tmp_path / "dtrain",
+        "--data",
+        d,
+        "--out",
+        tmp_path / "ev",
+        "--quiet",
+        "max_new_tokens=16",
+        "diffusion.block_length=8",
+        "dtype=float32",
+    )
     assert r.returncode == 0, r.stderr
     ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert ev["diffusion"]["block_length"] == 8 and ev["metrics"]["mean_tokens"] is not None
     samples = [json.loads(x) for x in (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()]
     assert all(s["tokens"] <= 16 for s in samples)
-    r = t3s("train", "--model", sel, "--data", d, "--selection", tmp_path / "forced", "--out", tmp_path / "bad",
-            "--quiet", "max_steps=1")
+    r = t3s(
+        "train",
+        "--model",
+        sel,
+        "--data",
+        d,
+        "--selection",
+        tmp_path / "forced",
+        "--out",
+        tmp_path / "bad",
+        "--quiet",
+        "max_steps=1",
+    )
     assert r.returncode == 2 and "forced set for a masked-diffusion student" in r.stderr
     assert not (tmp_path / "bad" / "model").exists()
 
@@ -501,7 +641,7 @@ def _import_remote_code(src, files: dict):
         sys.path.remove(str(src.parent))
 
 
-REMOTE_CONFIG = '''
+REMOTE_CONFIG = """
 from transformers import PretrainedConfig
 
 
@@ -511,7 +651,7 @@ class TinyLladaConfig(PretrainedConfig):
     def __init__(self, vocab_size=8, hidden=32, mask_token_id=None, **kw):
         self.vocab_size, self.hidden, self.mask_token_id = vocab_size, hidden, mask_token_id
         super().__init__(**kw)
-'''
+"""
 
 REMOTE_MODEL = '''
 import torch
@@ -553,8 +693,10 @@ def test_remote_code_student_like_llada(dtiny, tmp_path):
     for f in ("configuration_tinyllada.py", "modeling_tinyllada.py"):
         shutil.copy(src / f, d / f)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["auto_map"] = {"AutoConfig": "configuration_tinyllada.TinyLladaConfig",
-                       "AutoModel": "modeling_tinyllada.TinyLladaModelLM"}
+    cfg["auto_map"] = {
+        "AutoConfig": "configuration_tinyllada.TinyLladaConfig",
+        "AutoModel": "modeling_tinyllada.TinyLladaModelLM",
+    }
     (d / "config.json").write_text(json.dumps(cfg))
     load_tokenizer(dtiny / "dllm").save_pretrained(d)
 
@@ -565,13 +707,26 @@ def test_remote_code_student_like_llada(dtiny, tmp_path):
         load_mask_predictor(d, FP32)  # remote code needs trust_remote_code
     model = load_mask_predictor(d, FP32, trust_remote_code=True)
     assert type(model).__name__ == "TinyLladaModelLM" and mask_token_id(model, tok) == 384
-    out = sample(model, tok, [[5, 6, 7], [5, 6]], GenConfig(max_new_tokens=8, batch_size=2),
-                 DiffusionConfig(block_length=4), FP32, progress=False)
+    out = sample(
+        model,
+        tok,
+        [[5, 6, 7], [5, 6]],
+        GenConfig(max_new_tokens=8, batch_size=2),
+        DiffusionConfig(block_length=4),
+        FP32,
+        progress=False,
+    )
     assert all(len(o[0].token_ids) <= 8 and 384 not in o[0].token_ids for o in out)
-    cfg = load_config(None, ["max_steps=2", "per_device_train_batch_size=4", "dtype=float32",
-                             "trust_remote_code=true"])
-    s = train(str(d), str(dtiny / "train.jsonl"), tmp_path / "run", cfg.train, cfg.render, progress=False,
-              objective=cfg.diffusion)
+    cfg = load_config(None, ["max_steps=2", "per_device_train_batch_size=4", "dtype=float32", "trust_remote_code=true"])
+    s = train(
+        str(d),
+        str(dtiny / "train.jsonl"),
+        tmp_path / "run",
+        cfg.train,
+        cfg.render,
+        progress=False,
+        objective=cfg.diffusion,
+    )
     assert s["global_step"] == 2 and np.isfinite(s["train_loss"])
 
 
@@ -627,17 +782,20 @@ def _llada2_dir(tmp_path, tok, auto_map_keys=("AutoModel", "AutoModelForCausalLM
     import shutil
 
     src = tmp_path / "src2"
-    mod = _import_remote_code(src, {"configuration_tinyllada2.py": LLADA2_CONFIG,
-                                    "modeling_tinyllada2.py": LLADA2_MODEL})
+    mod = _import_remote_code(
+        src, {"configuration_tinyllada2.py": LLADA2_CONFIG, "modeling_tinyllada2.py": LLADA2_MODEL}
+    )
     d = tmp_path / "llada2"
     torch.manual_seed(0)
     mod.TinyLlada2ModelLM(mod.TinyLlada2Config(vocab_size=len(tok), mask_token_id=tok.mask_token_id)).save_pretrained(d)
     for f in ("configuration_tinyllada2.py", "modeling_tinyllada2.py"):
         shutil.copy(src / f, d / f)
     cfg = json.loads((d / "config.json").read_text())
-    full = {"AutoConfig": "configuration_tinyllada2.TinyLlada2Config",
-            "AutoModel": "modeling_tinyllada2.TinyLlada2Model",
-            "AutoModelForCausalLM": "modeling_tinyllada2.TinyLlada2ModelLM"}
+    full = {
+        "AutoConfig": "configuration_tinyllada2.TinyLlada2Config",
+        "AutoModel": "modeling_tinyllada2.TinyLlada2Model",
+        "AutoModelForCausalLM": "modeling_tinyllada2.TinyLlada2ModelLM",
+    }
     cfg["auto_map"] = {k: v for k, v in full.items() if k == "AutoConfig" or k in auto_map_keys}
     if "AutoModelForCausalLM" not in auto_map_keys:
         cfg["architectures"] = ["TinyLlada2Model"]  # a checkpoint of the bare backbone
@@ -658,8 +816,15 @@ def test_llada2_layout_loads_with_its_head(dtiny, tmp_path):
     assert type(model).__name__ == "TinyLlada2ModelLM"
     ids = torch.tensor([[5, 6, tok.mask_token_id]])
     assert model(input_ids=ids).logits.shape == (1, 3, len(tok))
-    out = sample(model, tok, [[5, 6, 7]], GenConfig(max_new_tokens=8, batch_size=1), DiffusionConfig(block_length=4),
-                 FP32, progress=False)
+    out = sample(
+        model,
+        tok,
+        [[5, 6, 7]],
+        GenConfig(max_new_tokens=8, batch_size=1),
+        DiffusionConfig(block_length=4),
+        FP32,
+        progress=False,
+    )
     assert len(out[0][0].token_ids) <= 8
 
 
@@ -673,13 +838,22 @@ def test_a_headless_mask_predictor_is_refused(dtiny, tmp_path):
 def test_mask_predictor_class_choice():
     from t3s.diffusion import mask_predictor_class
 
-    llada2 = {"architectures": ["LLaDA2MoeModelLM"],
-              "auto_map": {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
-                           "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
-                           "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"}}
-    llada = {"architectures": ["LLaDAModelLM"],
-             "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
-                          "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"}}
+    llada2 = {
+        "architectures": ["LLaDA2MoeModelLM"],
+        "auto_map": {
+            "AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+            "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+            "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM",
+        },
+    }
+    llada = {
+        "architectures": ["LLaDAModelLM"],
+        "auto_map": {
+            "AutoConfig": "configuration_llada.LLaDAConfig",
+            "AutoModel": "modeling_llada.LLaDAModelLM",
+            "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+        },
+    }
     assert mask_predictor_class(llada2) == "AutoModelForCausalLM"
     assert mask_predictor_class(llada) in ("AutoModel", "AutoModelForCausalLM")  # both name the LM
     assert mask_predictor_class({"architectures": ["ModernBertForMaskedLM"]}) == "AutoModelForMaskedLM"
@@ -693,25 +867,46 @@ def test_is_mask_predictor_reads_a_hub_id_from_the_offline_cache(dtiny, tmp_path
     import sys
 
     cache = tmp_path / "hub"
-    for repo, cfg in (("inclusionAI/LLaDA2.0-mini", {"architectures": ["LLaDA2MoeModelLM"],
-                                                      "model_type": "llada2_moe",
-                                                      "auto_map": {"AutoModel": "modeling_llada2_moe.LLaDA2MoeModel"}}),
-                      ("Qwen/Qwen3-8B", {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"})):
+    for repo, cfg in (
+        (
+            "inclusionAI/LLaDA2.0-mini",
+            {
+                "architectures": ["LLaDA2MoeModelLM"],
+                "model_type": "llada2_moe",
+                "auto_map": {"AutoModel": "modeling_llada2_moe.LLaDA2MoeModel"},
+            },
+        ),
+        ("Qwen/Qwen3-8B", {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"}),
+    ):
         snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / "abc123"
         snap.mkdir(parents=True)
         (snap / "config.json").write_text(json.dumps(cfg))
         (snap.parent.parent / "refs").mkdir()
         (snap.parent.parent / "refs" / "main").write_text("abc123")
-    code = ("from t3s.diffusion import is_mask_predictor as m; "
-            "print(m('inclusionAI/LLaDA2.0-mini'), m('Qwen/Qwen3-8B'))")
+    code = "from t3s.diffusion import is_mask_predictor as m; print(m('inclusionAI/LLaDA2.0-mini'), m('Qwen/Qwen3-8B'))"
     env = {**__import__("os").environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "False"]
     # a hub id that is not in the cache (offline): one clear error
-    r = subprocess.run([sys.executable, "-m", "t3s", "eval", "--model", "nobody/nothing", "--data",
-                        str(dtiny / "train.jsonl"), "--out", str(tmp_path / "e")], env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "t3s",
+            "eval",
+            "--model",
+            "nobody/nothing",
+            "--data",
+            str(dtiny / "train.jsonl"),
+            "--out",
+            str(tmp_path / "e"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "cannot read the config of 'nobody/nothing'" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -722,15 +917,43 @@ def test_vllm_with_a_diffusion_student_is_refused_before_any_work(dtiny, tmp_pat
     with pytest.raises(T3SError, match="diffusion student"):
         load_config(None, ["objective=diffusion", "modes=[sft,t3s]", "eval.backend=vllm"], flat=())
     with pytest.raises(T3SError, match="probe_student"):
-        load_config(None, ["objective=diffusion", "modes=[sft]", "probe_student=true", "probe.backend=vllm"],
-                    flat=())
+        load_config(None, ["objective=diffusion", "modes=[sft]", "probe_student=true", "probe.backend=vllm"], flat=())
     load_config(None, ["objective=diffusion", "modes=[sft]", "probe.backend=vllm"], flat=())  # the AR selector's
     out = tmp_path / "e"
-    assert main(["eval", "--model", str(dtiny / "dllm"), "--data", str(dtiny / "train.jsonl"), "--out", str(out),
-                 "--backend", "vllm", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(dtiny / "dllm"),
+                "--data",
+                str(dtiny / "train.jsonl"),
+                "--out",
+                str(out),
+                "--backend",
+                "vllm",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert not out.exists()
-    assert main(["probe", "--model", str(dtiny / "dllm"), "--data", str(dtiny / "train.jsonl"), "--out",
-                 str(tmp_path / "p"), "--quiet", "probe.backend=vllm"]) == 2
+    assert (
+        main(
+            [
+                "probe",
+                "--model",
+                str(dtiny / "dllm"),
+                "--data",
+                str(dtiny / "train.jsonl"),
+                "--out",
+                str(tmp_path / "p"),
+                "--quiet",
+                "probe.backend=vllm",
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "p").exists()
 
 
@@ -746,10 +969,20 @@ def test_a_setting_reruns_only_the_stages_that_read_it(dtiny, tmp_path):
     from t3s.objectives import objective_for
     from t3s.pipeline import run
 
-    overrides = [f"student={dtiny / 'dllm'}", f"selector={dtiny / 'model'}", f"train_data={dtiny / 'train.jsonl'}",
-                 "modes=[sft,t3s]", "train.max_steps=2", "selector_train.max_steps=2", "probe.eval_every=1",
-                 "probe.subset=4", "eval.max_new_tokens=8", "diffusion.block_length=8", "diffusion.steps=8",
-                 "diffusion.tau=0.0"]
+    overrides = [
+        f"student={dtiny / 'dllm'}",
+        f"selector={dtiny / 'model'}",
+        f"train_data={dtiny / 'train.jsonl'}",
+        "modes=[sft,t3s]",
+        "train.max_steps=2",
+        "selector_train.max_steps=2",
+        "probe.eval_every=1",
+        "probe.subset=4",
+        "eval.max_new_tokens=8",
+        "diffusion.block_length=8",
+        "diffusion.steps=8",
+        "diffusion.tau=0.0",
+    ]
     out = tmp_path / "run"
 
     def ran(*more: str) -> set[str]:
@@ -766,15 +999,23 @@ def test_a_setting_reruns_only_the_stages_that_read_it(dtiny, tmp_path):
     samplers = {"eval-base", "seed-0/eval-sft", "seed-0/eval-t3s", "seed-0/probe-student"}
     assert ran("diffusion.steps=4") == samplers
     assert ran("diffusion.tau=0.1") == {"seed-0/select-t3s", "seed-0/train-t3s", "seed-0/eval-t3s"}
-    assert ran("diffusion.forced_weight=inverse_t") == {"seed-0/probe-student", "seed-0/train-sft",
-                                                        "seed-0/train-t3s", "seed-0/eval-sft", "seed-0/eval-t3s"}
+    assert ran("diffusion.forced_weight=inverse_t") == {
+        "seed-0/probe-student",
+        "seed-0/train-sft",
+        "seed-0/train-t3s",
+        "seed-0/eval-sft",
+        "seed-0/eval-t3s",
+    }
     assert ran() == set()
     # a tracked training samples along the way: then a sampler setting reaches it too
     cfg = load_config(None, ["objective=diffusion", "modes=[sft]"], flat=())
     tracked = load_config(None, ["objective=diffusion", "modes=[sft]", "probe.track_every=1"], flat=())
-    steps = load_config(None, ["objective=diffusion", "modes=[sft]", "probe.track_every=1", "diffusion.steps=4"],
-                        flat=())
+    steps = load_config(
+        None, ["objective=diffusion", "modes=[sft]", "probe.track_every=1", "diffusion.steps=4"], flat=()
+    )
     untracked_steps = load_config(None, ["objective=diffusion", "modes=[sft]", "diffusion.steps=4"], flat=())
-    fp = {name: train_inputs(c, objective_for(c), c.train) for name, c in
-          (("cfg", cfg), ("tracked", tracked), ("steps", steps), ("untracked_steps", untracked_steps))}
+    fp = {
+        name: train_inputs(c, objective_for(c), c.train)
+        for name, c in (("cfg", cfg), ("tracked", tracked), ("steps", steps), ("untracked_steps", untracked_steps))
+    }
     assert fp["cfg"] == fp["untracked_steps"] and fp["tracked"] != fp["steps"]

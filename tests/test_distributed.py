@@ -31,30 +31,103 @@ def commands(w: Path, x: Path, ref: Path, two: bool) -> list[list[str]]:
     Per-device batches halve on two processes, so every optimizer step sees the same rows."""
     q = ["--quiet", "--dtype", "float32"]
     eight, data = str(w / "eight.jsonl"), str(w / "train.jsonl")
-    probe = ["probe", "--model", str(w / "model"), "--data", eight, "--out", str(x / "probe"), *q,
-             "learning_rate=3e-3", "max_steps=4", "eval_every=2", "eval.max_new_tokens=16", "continue_without_dip=true",
-             f"per_device_train_batch_size={2 if two else 4}"]
+    probe = [
+        "probe",
+        "--model",
+        str(w / "model"),
+        "--data",
+        eight,
+        "--out",
+        str(x / "probe"),
+        *q,
+        "learning_rate=3e-3",
+        "max_steps=4",
+        "eval_every=2",
+        "eval.max_new_tokens=16",
+        "continue_without_dip=true",
+        f"per_device_train_batch_size={2 if two else 4}",
+    ]
 
     def score(model, out):
         return ["score", "--model", model, "--data", data, "--out", str(x / out), *q]
 
     def ev(out, *kv):
-        return ["eval", "--model", str(w / "model"), "--data", data, "--out", str(x / out), *q, "max_new_tokens=12",
-                "batch_size=3", *kv]
+        return [
+            "eval",
+            "--model",
+            str(w / "model"),
+            "--data",
+            data,
+            "--out",
+            str(x / out),
+            *q,
+            "max_new_tokens=12",
+            "batch_size=3",
+            *kv,
+        ]
 
     sgd = ["optim=sgd", "learning_rate=0.5", "max_steps=3", "max_grad_norm=0", "logging_steps=1"]
-    ar = ["train", "--model", str(w / "model"), "--data", eight, "--selection", str(w / "sel"),
-          "--out", str(x / "train"), *q, *sgd,
-          *(["per_device_train_batch_size=1", "gradient_accumulation_steps=2"] if two else
-            ["per_device_train_batch_size=4"])]
+    ar = [
+        "train",
+        "--model",
+        str(w / "model"),
+        "--data",
+        eight,
+        "--selection",
+        str(w / "sel"),
+        "--out",
+        str(x / "train"),
+        *q,
+        *sgd,
+        *(
+            ["per_device_train_batch_size=1", "gradient_accumulation_steps=2"]
+            if two
+            else ["per_device_train_batch_size=4"]
+        ),
+    ]
     # diffusion pads each micro-batch to its longest response: the same micro-batches on both sides
-    dlm = ["train", "--model", str(w / "dllm"), "--data", data, "--selection", str(x / "forced"),
-           "--out", str(x / "dtrain"), *q, "learning_rate=1e-3", "max_steps=3", "logging_steps=1", "max_grad_norm=0",
-           "per_device_train_batch_size=2", f"gradient_accumulation_steps={1 if two else 2}"]
-    forced = ["select", "--init", str(x / "s0"), "--bottleneck", str(x / "sb"), "--mode", "t3s", "--forced",
-              "--tau", "0", "--out", str(x / "forced")]
-    return [probe, score(str(w / "model"), "s0"), score(str(ref / "probe" / "bottleneck"), "sb"),
-            ev("eval"), ev("eval-k2", "k=2", "temperature=1.0", "seed=3"), ar, forced, dlm]
+    dlm = [
+        "train",
+        "--model",
+        str(w / "dllm"),
+        "--data",
+        data,
+        "--selection",
+        str(x / "forced"),
+        "--out",
+        str(x / "dtrain"),
+        *q,
+        "learning_rate=1e-3",
+        "max_steps=3",
+        "logging_steps=1",
+        "max_grad_norm=0",
+        "per_device_train_batch_size=2",
+        f"gradient_accumulation_steps={1 if two else 2}",
+    ]
+    forced = [
+        "select",
+        "--init",
+        str(x / "s0"),
+        "--bottleneck",
+        str(x / "sb"),
+        "--mode",
+        "t3s",
+        "--forced",
+        "--tau",
+        "0",
+        "--out",
+        str(x / "forced"),
+    ]
+    return [
+        probe,
+        score(str(w / "model"), "s0"),
+        score(str(ref / "probe" / "bottleneck"), "sb"),
+        ev("eval"),
+        ev("eval-k2", "k=2", "temperature=1.0", "seed=3"),
+        ar,
+        forced,
+        dlm,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +142,9 @@ def runs(tmp_path_factory):
     rows = [json.loads(line) for line in open(w / "train.jsonl")][:8]
     write_jsonl(w / "eight.jsonl", rows)
     # uneven kept-token counts across rows: a per-process mean of the loss would not equal the global mean
-    crafted_selection(w / "sel", load_tokenizer(w / "model"), w / "eight.jsonl",
-                      lambda i, j: (j < 4) if i % 2 else (i + j) % 3 != 0)
+    crafted_selection(
+        w / "sel", load_tokenizer(w / "model"), w / "eight.jsonl", lambda i, j: (j < 4) if i % 2 else (i + j) % 3 != 0
+    )
     one, two = root / "one", root / "two"
     t0, threads = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(1)  # as each of the two processes (OMP_NUM_THREADS=1); spinning threads crawl on a busy CPU
@@ -83,9 +157,22 @@ def runs(tmp_path_factory):
     cmds = root / "commands.json"
     cmds.write_text(json.dumps([["selftest", str(two / "selftest.json")], *commands(w, two, one, two=True)]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(HERE / "dist_driver.py"), str(cmds)], env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(HERE / "dist_driver.py"),
+            str(cmds),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, f"torchrun failed:\n{r.stdout[-3000:]}\n{r.stderr[-30000:]}"
     print(f"1 process (in-process): {t1 - t0:.1f}s; 2 processes (torchrun): {time.perf_counter() - t1:.1f}s")
     return w, one, two

@@ -68,8 +68,12 @@ def test_grading_is_safe_in_threads():
 
 
 def test_metrics_avg_and_pass_at_k():
-    s = [Sample("a", 0, "", "1", True, 10, False), Sample("a", 1, "", None, False, 30, True),
-         Sample("b", 0, "", "2", False, 20, False), Sample("b", 1, "", "3", False, 40, False)]
+    s = [
+        Sample("a", 0, "", "1", True, 10, False),
+        Sample("a", 1, "", None, False, 30, True),
+        Sample("b", 0, "", "2", False, 20, False),
+        Sample("b", 1, "", "3", False, 40, False),
+    ]
     m = metrics(s)
     assert (m["accuracy"], m["pass_at_k"], m["k"], m["prompts"]) == (0.25, 0.5, 2, 2)
     assert (m["mean_tokens"], m["median_tokens"], m["no_answer_rate"], m["truncated_rate"]) == (25, 25, 0.25, 0.25)
@@ -84,8 +88,13 @@ def test_batched_greedy_equals_one_prompt_at_a_time(tiny, tok, trained):
     cfg = GenConfig(max_new_tokens=24, batch_size=6)
     batched = generate(model, tok, prompts, cfg, FP32, progress=False)
     for p, (g,) in zip(prompts, batched):
-        ref = model.generate(input_ids=torch.tensor([p]), max_new_tokens=24, do_sample=False,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
+        ref = model.generate(
+            input_ids=torch.tensor([p]),
+            max_new_tokens=24,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )[0, len(p) :].tolist()
         ref = ref[: ref.index(tok.eos_token_id)] if tok.eos_token_id in ref else ref
         assert g.token_ids == ref
         assert g.truncated == (len(ref) == 24 and tok.eos_token_id not in ref)
@@ -107,20 +116,39 @@ def test_eval_cli_model_and_responses(tiny, trained, tmp_path):
     def t3s(*a):
         return subprocess.run([sys.executable, "-m", "t3s", *map(str, a)], capture_output=True, text=True)
 
-    r = t3s("eval", "--model", trained, "--data", tiny / "train.jsonl", "--out", tmp_path / "ev", "--quiet",
-            "max_new_tokens=48")
+    r = t3s(
+        "eval",
+        "--model",
+        trained,
+        "--data",
+        tiny / "train.jsonl",
+        "--out",
+        tmp_path / "ev",
+        "--quiet",
+        "max_new_tokens=48",
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
     lines = [json.loads(x) for x in open(tmp_path / "ev" / "samples.jsonl")]
-    assert len(lines) == 16 and set(lines[0]) == {"id", "sample", "response", "extracted", "correct", "tokens",
-                                                   "truncated"}
+    assert len(lines) == 16 and set(lines[0]) == {
+        "id",
+        "sample",
+        "response",
+        "extracted",
+        "correct",
+        "tokens",
+        "truncated",
+    }
     assert m["accuracy"] == sum(x["correct"] for x in lines) / 16
     assert f"accuracy (avg@1) {100 * m['accuracy']:.2f}%" in r.stdout
-    resp = write_jsonl(tmp_path / "resp.jsonl", [
-        {"id": "a", "response": r"so \boxed{\dfrac{1}{2}}", "answer": "0.5"},
-        {"id": "a", "response": "the answer is 3", "answer": "0.5"},
-        {"id": "b", "response": "no idea", "answer": "7"},
-    ])
+    resp = write_jsonl(
+        tmp_path / "resp.jsonl",
+        [
+            {"id": "a", "response": r"so \boxed{\dfrac{1}{2}}", "answer": "0.5"},
+            {"id": "a", "response": "the answer is 3", "answer": "0.5"},
+            {"id": "b", "response": "no idea", "answer": "7"},
+        ],
+    )
     r = t3s("eval", "--responses", resp, "--out", tmp_path / "graded")
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "graded" / "metrics.json").read_text())["metrics"]
@@ -165,9 +193,16 @@ def test_generation_uses_exactly_the_configured_settings(tiny, tok, trained, tmp
     d = tmp_path / "vendor"
     model.save_pretrained(d)
     tok.save_pretrained(d)
-    GenerationConfig(do_sample=True, temperature=0.7, top_k=3, repetition_penalty=5.0, num_beams=2,
-                     no_repeat_ngram_size=2, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
-                     ).save_pretrained(d)
+    GenerationConfig(
+        do_sample=True,
+        temperature=0.7,
+        top_k=3,
+        repetition_penalty=5.0,
+        num_beams=2,
+        no_repeat_ngram_size=2,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    ).save_pretrained(d)
     vendor = load_causal_lm(d, FP32)
     assert vendor.generation_config.repetition_penalty == 5.0
     rows = load_rows(tiny / "train.jsonl")[:4]

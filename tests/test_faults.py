@@ -37,10 +37,24 @@ def ws(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     shutil.copytree(tiny, root / "tiny")
     model, data = root / "tiny" / "model", root / "tiny" / "train.jsonl"
-    assert main(["train", "--model", str(model), "--data", str(data), "--out", str(root / "run"), "--quiet",
-                 "max_steps=2", "dtype=float32"]) == 0
-    assert main(["score", "--model", str(model), "--data", str(data), "--out", str(root / "scores"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(model),
+                "--data",
+                str(data),
+                "--out",
+                str(root / "run"),
+                "--quiet",
+                "max_steps=2",
+                "dtype=float32",
+            ]
+        )
+        == 0
+    )
+    assert main(["score", "--model", str(model), "--data", str(data), "--out", str(root / "scores"), "--quiet"]) == 0
     (root / "existing").mkdir()
     (root / "existing" / "notes.txt").write_text("mine\n")
     shutil.copytree(model, root / "nan")  # a model whose weights a diverged run left NaN
@@ -57,8 +71,9 @@ def ws(tiny, tmp_path_factory):
     for p in (root / "notok").glob("tokenizer*"):
         p.unlink()
     lines = data.read_bytes().splitlines(keepends=True)
-    (root / "latin1.jsonl").write_bytes(b"".join(lines[:2]) + lines[2].replace(b"+", "\u00d7".encode("latin-1"))
-                                        + b"".join(lines[3:]))
+    (root / "latin1.jsonl").write_bytes(
+        b"".join(lines[:2]) + lines[2].replace(b"+", "\u00d7".encode("latin-1")) + b"".join(lines[3:])
+    )
     (root / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(range(256)) * 4)  # an image
     (root / "latin1.yaml").write_bytes("render:\n  system_prompt: r\u00e9sum\u00e9\n".encode("latin-1"))
     (root / "both.yaml").write_text("train:\n  weight_decay: 0.1\n  trainer:\n    weight_decay: 0.0\n")
@@ -69,100 +84,134 @@ def ws(tiny, tmp_path_factory):
 CASES = {
     "train --out is the input model's run": (
         "train --model {ws}/run/model --data {ws}/tiny/train.jsonl --out {ws}/run --overwrite max_steps=1",
-        "contains the input model"),
+        "contains the input model",
+    ),
     "train --out an existing run": (
         "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/run max_steps=1",
-        "already holds a finished training run; pass --overwrite"),
+        "already holds a finished training run; pass --overwrite",
+    ),
     "train --out an existing directory": (
         "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/existing max_steps=1",
-        "already exists and is not a t3s training run"),
+        "already exists and is not a t3s training run",
+    ),
     "train --overwrite with a diverging run keeps the old run": (
         "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/run --overwrite optim=sgd "
         "learning_rate=10 max_grad_norm=0 max_steps=40 dtype=float32",
-        "training diverged at step"),
+        "training diverged at step",
+    ),
     "train diverging into a new directory": (
         "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new optim=sgd "
         "learning_rate=10 max_grad_norm=0 max_steps=40 dtype=float32",
-        "training diverged at step"),
+        "training diverged at step",
+    ),
     "train from NaN weights": (
         "train --model {ws}/nan --data {ws}/tiny/train.jsonl --out {ws}/new max_steps=2",
-        "training diverged at step 1: loss is nan"),
+        "training diverged at step 1: loss is nan",
+    ),
     "train max_steps < 0": (
         "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new max_steps=-1",
-        "train.max_steps must be >= 0"),
+        "train.max_steps must be >= 0",
+    ),
     "train num_train_epochs < 0": (
         "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new max_steps=0 num_train_epochs=-1",
-        "train.num_train_epochs must be > 0"),
+        "train.num_train_epochs must be > 0",
+    ),
     "train batch size 0": (
         "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new per_device_train_batch_size=0",
-        "train.per_device_train_batch_size must be >= 1"),
+        "train.per_device_train_batch_size must be >= 1",
+    ),
     "train negative learning rate, --overwrite": (
         "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/run --overwrite learning_rate=-1e-5",
-        "train.learning_rate must be > 0"),
+        "train.learning_rate must be > 0",
+    ),
     "train NaN learning rate": (
         "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new learning_rate=nan",
-        "expected a finite number"),
+        "expected a finite number",
+    ),
     "train a key both first-class and under trainer:": (
         "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new --config {ws}/both.yaml",
-        "train.trainer.weight_decay: t3s sets 'weight_decay' itself; use train.weight_decay"),
+        "train.trainer.weight_decay: t3s sets 'weight_decay' itself; use train.weight_decay",
+    ),
     "train a key t3s sets under trainer:": (
         "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new train.trainer.bf16=true",
-        "t3s sets 'bf16' itself; use train.dtype"),
+        "t3s sets 'bf16' itself; use train.dtype",
+    ),
     "train non-UTF-8 data": (
         "train --model {ws}/tiny/model --data {ws}/latin1.jsonl --out {ws}/new",
-        "latin1.jsonl:3: not UTF-8 text (byte 0xd7"),
+        "latin1.jsonl:3: not UTF-8 text (byte 0xd7",
+    ),
     "score binary data": (
         "score --model {ws}/tiny/model --data {ws}/binary.jsonl --out {ws}/new",
-        "binary.jsonl:1: not UTF-8 text (byte 0x89 at column 1); this looks like a binary file"),
+        "binary.jsonl:1: not UTF-8 text (byte 0x89 at column 1); this looks like a binary file",
+    ),
     "score non-UTF-8 YAML config": (
         "score --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new --config {ws}/latin1.yaml",
-        "latin1.yaml:2: not UTF-8 text"),
+        "latin1.yaml:2: not UTF-8 text",
+    ),
     "score NaN weights": (
         "score --model {ws}/nan --data {ws}/tiny/train.jsonl --out {ws}/new",
-        "non-finite log-probabilities"),
+        "non-finite log-probabilities",
+    ),
     "score --overwrite NaN weights keeps the old scores": (
         "score --model {ws}/nan --data {ws}/tiny/train.jsonl --out {ws}/scores --overwrite",
-        "non-finite log-probabilities"),
+        "non-finite log-probabilities",
+    ),
     "score no tokenizer": (
-        "score --model {ws}/notok --data {ws}/tiny/train.jsonl --out {ws}/new", "no tokenizer files"),
+        "score --model {ws}/notok --data {ws}/tiny/train.jsonl --out {ws}/new",
+        "no tokenizer files",
+    ),
     "score truncated safetensors": (
-        "score --model {ws}/trunc --data {ws}/tiny/train.jsonl --out {ws}/new", "truncated or corrupt"),
+        "score --model {ws}/trunc --data {ws}/tiny/train.jsonl --out {ws}/new",
+        "truncated or corrupt",
+    ),
     "score missing model directory": (
         "score --model {ws}/does/not/exist --data {ws}/tiny/train.jsonl --out {ws}/new",
-        "no such model directory"),
+        "no such model directory",
+    ),
     "score --out is its data's directory": (
         "score --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/tiny --overwrite",
-        "contains the input model"),
+        "contains the input model",
+    ),
     "score batch of 0 rows": (
         "score --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new max_batch=0",
-        "score.max_batch must be >= 1"),
+        "score.max_batch must be >= 1",
+    ),
     "rrt corrupt config.json": (
         "rrt --init {ws}/tiny/model --bottleneck {ws}/badcfg --final {ws}/run/model --out {ws}/new",
-        "badcfg/config.json:2: bad JSON"),
+        "badcfg/config.json:2: bad JSON",
+    ),
     "rrt truncated safetensors": (
         "rrt --init {ws}/tiny/model --bottleneck {ws}/trunc --final {ws}/run/model --out {ws}/new",
-        "trunc/model.safetensors: not a readable safetensors file"),
+        "trunc/model.safetensors: not a readable safetensors file",
+    ),
     "rrt --out over an input": (
         "rrt --init {ws}/tiny/model --bottleneck {ws}/run/model --final {ws}/run/model --out {ws}/run --overwrite",
-        "contains the input bottleneck"),
+        "contains the input bottleneck",
+    ),
     "select --out over an input": (
         "select --init {ws}/scores --bottleneck {ws}/scores --mode t3s --out {ws}/scores --overwrite",
-        "contains the input init"),
+        "contains the input init",
+    ),
     "eval NaN weights": (
         "eval --model {ws}/nan --data {ws}/tiny/train.jsonl --out {ws}/new eval.max_new_tokens=4",
-        "parameter tensor(s) hold NaN or inf"),
+        "parameter tensor(s) hold NaN or inf",
+    ),
     "eval top_p 0": (
         "eval --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new top_p=0",
-        "eval.top_p must be > 0"),
+        "eval.top_p must be > 0",
+    ),
     "probe --out over its model": (
         "probe --model {ws}/run/model --data {ws}/tiny/train.jsonl --out {ws}/run --overwrite",
-        "contains the input model"),
+        "contains the input model",
+    ),
     "probe NaN weights": (
         "probe --model {ws}/nan --data {ws}/tiny/train.jsonl --out {ws}/new max_steps=2 eval.max_new_tokens=4",
-        "hold NaN or inf"),
+        "hold NaN or inf",
+    ),
     "probe patience 0": (
         "probe --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new probe.patience=0",
-        "probe.patience must be >= 1"),
+        "probe.patience must be >= 1",
+    ),
 }
 
 
@@ -230,10 +279,12 @@ def test_disk_full_while_writing_is_one_line_and_leaves_nothing(ws, monkeypatch,
     monkeypatch.setattr(t3s.score, "write_json", full)
     monkeypatch.setattr(t3s.train, "write_json", full)
     before = snapshot(ws)
-    for line in (f"score --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new",
-                 f"score --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/scores --overwrite",
-                 f"train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/run --overwrite max_steps=1",
-                 f"train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new max_steps=1"):
+    for line in (
+        f"score --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new",
+        f"score --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/scores --overwrite",
+        f"train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/run --overwrite max_steps=1",
+        f"train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new max_steps=1",
+    ):
         assert main([*line.split(), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert "error: no space left on device (" in err and "Traceback" not in err, err
@@ -241,8 +292,15 @@ def test_disk_full_while_writing_is_one_line_and_leaves_nothing(ws, monkeypatch,
 
 
 def t3s_process(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "t3s", *args, "--quiet"], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "t3s", *args, "--quiet"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        **kw,
+    )
 
 
 def wait_for(cond, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -256,8 +314,18 @@ def wait_for(cond, proc: subprocess.Popen, timeout: float = 120.0) -> None:
 def test_sigterm_during_train_keeps_a_resumable_run_and_says_how(tiny, tmp_path):
     """A scheduler's pre-emption: SIGTERM stops training with one line naming the last complete checkpoint;
     `--resume` continues it to the end."""
-    args = ["train", "--model", str(tiny / "model"), "--data", str(tiny / "train.jsonl"), "--out",
-            str(tmp_path / "run"), "max_steps=200", "save_steps=10", "dtype=float32"]
+    args = [
+        "train",
+        "--model",
+        str(tiny / "model"),
+        "--data",
+        str(tiny / "train.jsonl"),
+        "--out",
+        str(tmp_path / "run"),
+        "max_steps=200",
+        "save_steps=10",
+        "dtype=float32",
+    ]
     proc = t3s_process(args, tmp_path)
     wait_for(lambda: (tmp_path / "run" / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists(), proc)
     proc.send_signal(signal.SIGTERM)
@@ -275,8 +343,19 @@ def test_sigterm_during_train_keeps_a_resumable_run_and_says_how(tiny, tmp_path)
 
 
 def test_sigterm_during_probe_leaves_nothing(tiny, tmp_path):
-    args = ["probe", "--model", str(tiny / "model"), "--data", str(tiny / "train.jsonl"), "--out", "probe",
-            "max_steps=100000", "probe.eval_every=20", "eval.max_new_tokens=4", "dtype=float32"]
+    args = [
+        "probe",
+        "--model",
+        str(tiny / "model"),
+        "--data",
+        str(tiny / "train.jsonl"),
+        "--out",
+        "probe",
+        "max_steps=100000",
+        "probe.eval_every=20",
+        "eval.max_new_tokens=4",
+        "dtype=float32",
+    ]
     proc = t3s_process(args, tmp_path)
     wait_for(lambda: any(tmp_path.glob(".probe.*.tmp/trajectory.jsonl")), proc)
     time.sleep(1.0)  # mid-training
@@ -296,8 +375,11 @@ def test_a_real_file_size_limit_while_saving_the_model(tiny, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
     assert (tiny / "model" / "model.safetensors").stat().st_size > 200_000  # the save must hit the limit
-    proc = t3s_process(["train", "--model", str(tiny / "model"), "--data", str(tiny / "train.jsonl"), "--out", "run",
-                        "max_steps=1"], tmp_path, preexec_fn=limit)
+    proc = t3s_process(
+        ["train", "--model", str(tiny / "model"), "--data", str(tiny / "train.jsonl"), "--out", "run", "max_steps=1"],
+        tmp_path,
+        preexec_fn=limit,
+    )
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err
     assert "t3s train: error: file too large (a file-size limit of this machine or job) (writing run)" in err, err
@@ -310,9 +392,14 @@ def test_a_diverging_run_stops_at_its_first_training_stage(tiny, tmp_path, capsy
     no summary (a rerun with a sane learning rate starts that stage afresh)."""
     import yaml
 
-    cfg = {"student": str(tiny / "model"), "train_data": str(tiny / "train.jsonl"), "modes": ["sft", "t3s"],
-           "train": {"optim": "sgd", "learning_rate": 10, "max_grad_norm": 0, "max_steps": 40, "dtype": "float32"},
-           "probe": {"eval_every": 20}, "eval": {"max_new_tokens": 4}}
+    cfg = {
+        "student": str(tiny / "model"),
+        "train_data": str(tiny / "train.jsonl"),
+        "modes": ["sft", "t3s"],
+        "train": {"optim": "sgd", "learning_rate": 10, "max_grad_norm": 0, "max_steps": 40, "dtype": "float32"},
+        "probe": {"eval_every": 20},
+        "eval": {"max_new_tokens": 4},
+    }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -329,10 +416,24 @@ def test_ctrl_c_is_one_line_and_exit_130(ws, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(t3s.score, "run_score", interrupted)
-    assert main(["score", "--model", f"{ws}/tiny/model", "--data", f"{ws}/tiny/train.jsonl", "--out",
-                 f"{ws}/new", "--quiet"]) == 130
-    assert capsys.readouterr().err.strip() == ("t3s score: interrupted (Ctrl-C); nothing partial was written: "
-                                               "rerun the command")
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                f"{ws}/tiny/model",
+                "--data",
+                f"{ws}/tiny/train.jsonl",
+                "--out",
+                f"{ws}/new",
+                "--quiet",
+            ]
+        )
+        == 130
+    )
+    assert capsys.readouterr().err.strip() == (
+        "t3s score: interrupted (Ctrl-C); nothing partial was written: rerun the command"
+    )
 
 
 def test_nonfinite_weights_flags_each_bad_tensor_and_skips_meta_and_empty_ones():

@@ -13,9 +13,20 @@ from t3s.select import Selection, load_selection, write_selection
 
 def _sel(path, ids, keep, fps):
     keep = [np.array(k, dtype=bool) for k in keep]
-    sel = Selection({"kind": "t3s-selection", "mode": "t3s", "threshold": 0.0, "seed": None, "fingerprints": fps,
-                     "stats": {"dropped_fraction": 0.5}}, ids, [np.arange(len(k)) for k in keep], keep,
-                    [np.zeros(len(k), np.float32) for k in keep])
+    sel = Selection(
+        {
+            "kind": "t3s-selection",
+            "mode": "t3s",
+            "threshold": 0.0,
+            "seed": None,
+            "fingerprints": fps,
+            "stats": {"dropped_fraction": 0.5},
+        },
+        ids,
+        [np.arange(len(k)) for k in keep],
+        keep,
+        [np.zeros(len(k), np.float32) for k in keep],
+    )
     write_selection(sel, path)
     return str(path)
 
@@ -29,7 +40,9 @@ def test_union_keeps_each_teachers_own_mask(tiny, tmp_path):
     a = _sel(tmp_path / "sa", ["r1", "r2"], [[1, 0, 1], [0, 0]], fps)
     b = _sel(tmp_path / "sb", ["r1"], [[1, 1, 1, 0]], fps)
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"id": i, "prompt": "p", "response": "r"}) + "\n" for i in ["a/r1", "a/r2", "b/r1"]))
+    data.write_text(
+        "".join(json.dumps({"id": i, "prompt": "p", "response": "r"}) + "\n" for i in ["a/r1", "a/r2", "b/r1"])
+    )
     res = union_selection({"a": a, "b": b}, str(data), "t3s", tmp_path / "u")
     u = load_selection(tmp_path / "u")
     assert u.ids == ["a/r1", "a/r2", "b/r1"]
@@ -44,16 +57,33 @@ def test_union_keeps_each_teachers_own_mask(tiny, tmp_path):
 def test_two_teacher_mixture_end_to_end(tiny, tmp_path):
     from t3s.pipeline import run
 
-    cfg = load_config("examples/tiny-mixture-run.yaml", [
-        f"student={tiny / 'model'}", f"teachers={{steps: {tiny / 'train.jsonl'}, terse: {tiny / 'train-terse.jsonl'}}}",
-        f"eval_data={tiny / 'train.jsonl'}", "train.max_steps=3", "probe.eval_every=3", "probe.subset=4",
-        "eval.max_new_tokens=12", "probe.markers=[]"], flat=())
+    cfg = load_config(
+        "examples/tiny-mixture-run.yaml",
+        [
+            f"student={tiny / 'model'}",
+            f"teachers={{steps: {tiny / 'train.jsonl'}, terse: {tiny / 'train-terse.jsonl'}}}",
+            f"eval_data={tiny / 'train.jsonl'}",
+            "train.max_steps=3",
+            "probe.eval_every=3",
+            "probe.subset=4",
+            "eval.max_new_tokens=12",
+            "probe.markers=[]",
+        ],
+        flat=(),
+    )
     summary, code = run(cfg, tmp_path / "run", progress=False)
     assert code == 0
     out = tmp_path / "run"
     methods = [r["method"] for r in summary["rows"]]
-    assert methods == ["base", "steps: sft", "steps: t3s", "terse: sft", "terse: t3s",
-                       "mixture: sft (plain mixture)", "mixture: t3s"]
+    assert methods == [
+        "base",
+        "steps: sft",
+        "steps: t3s",
+        "terse: sft",
+        "terse: t3s",
+        "mixture: sft (plain mixture)",
+        "mixture: t3s",
+    ]
     by = {r["method"]: r for r in summary["rows"]}
     for name in ("steps", "terse"):  # each teacher alone: exactly its own run's numbers
         sub = json.loads((out / "teachers" / name / "summary.json").read_text())
@@ -71,8 +101,12 @@ def test_two_teacher_mixture_end_to_end(tiny, tmp_path):
     assert "teacher terse: the base model's evaluation is shared" in (out / "run.log").read_text()
     assert "eval-base: running" not in (out / "teachers" / "terse" / "run.log").read_text()
     # the t3s mixture trains on exactly the union of the teachers' kept tokens
-    kept = sum(json.loads((out / "teachers" / n / "seed-0" / "selections" / "t3s" / "selection.json").read_text())
-               ["stats"]["kept_tokens"] for n in ("steps", "terse"))
+    kept = sum(
+        json.loads((out / "teachers" / n / "seed-0" / "selections" / "t3s" / "selection.json").read_text())["stats"][
+            "kept_tokens"
+        ]
+        for n in ("steps", "terse")
+    )
     tr = json.loads((out / "mixture" / "seed-0" / "train" / "t3s" / "train.json").read_text())
     assert tr["kept_tokens"] == kept
     # the report: the combined table and one linked report per teacher
@@ -84,7 +118,7 @@ def test_two_teacher_mixture_end_to_end(tiny, tmp_path):
     # a rerun redoes nothing
     log = (out / "run.log").read_text()
     summary2, _ = run(cfg, out, progress=False)
-    new = (out / "run.log").read_text()[len(log):]
+    new = (out / "run.log").read_text()[len(log) :]
     assert "running" not in new and summary2["rows"] == summary["rows"]
 
 
@@ -94,7 +128,14 @@ def test_mixture_config_errors(tiny, tmp_path):
     one = load_config(None, [f"student={tiny / 'model'}", f"teachers={{a: {tiny / 'train.jsonl'}}}"], flat=())
     with pytest.raises(T3SError, match="at least two teachers"):
         run(one, tmp_path / "r")
-    both = load_config(None, [f"student={tiny / 'model'}", f"train_data={tiny / 'train.jsonl'}",
-                              f"teachers={{a: {tiny / 'train.jsonl'}, b: {tiny / 'train.jsonl'}}}"], flat=())
+    both = load_config(
+        None,
+        [
+            f"student={tiny / 'model'}",
+            f"train_data={tiny / 'train.jsonl'}",
+            f"teachers={{a: {tiny / 'train.jsonl'}, b: {tiny / 'train.jsonl'}}}",
+        ],
+        flat=(),
+    )
     with pytest.raises(T3SError, match="not both"):
         run(both, tmp_path / "r")

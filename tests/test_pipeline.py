@@ -14,8 +14,7 @@ CONFIG = {
     "modes": ["sft", "t3s", "random"],
     "seeds": [0],
     "train": {"learning_rate": 3e-3, "max_steps": 6, "per_device_train_batch_size": 8, "dtype": "float32"},
-    "probe": {"eval_every": 2, "continue_without_dip": True, "markers": ["Ones"], "track_every": 3,
-              "track_subset": 4},
+    "probe": {"eval_every": 2, "continue_without_dip": True, "markers": ["Ones"], "track_every": 3, "track_subset": 4},
     "eval": {"max_new_tokens": 16, "dtype": "float32"},
     "score": {"dtype": "float32"},
 }
@@ -23,16 +22,23 @@ CONFIG = {
 
 @pytest.fixture()
 def config(tiny, tmp_path):
-    cfg = {**CONFIG, "student": str(tiny / "model"), "train_data": str(tiny / "train.jsonl"),
-           "eval_data": str(tiny / "train.jsonl")}
+    cfg = {
+        **CONFIG,
+        "student": str(tiny / "model"),
+        "train_data": str(tiny / "train.jsonl"),
+        "eval_data": str(tiny / "train.jsonl"),
+    }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def t3s_run(config, out, *extra):
-    return subprocess.run([sys.executable, "-m", "t3s", "run", str(config), "--out", str(out), "--quiet", *extra],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "t3s", "run", str(config), "--out", str(out), "--quiet", *extra],
+        capture_output=True,
+        text=True,
+    )
 
 
 def records(out):
@@ -69,14 +75,24 @@ def test_run_end_to_end_then_rerun_skips_everything(config, tmp_path):
     assert r.returncode == 0, r.stderr
     after = records(out)
     redone = {k for k in after if after[k]["produced"] != before[k]["produced"]}
-    assert redone == {"seed-0__select-t3s", "seed-0__select-random", "seed-0__train-t3s", "seed-0__train-random",
-                      "seed-0__eval-t3s", "seed-0__eval-random"}
+    assert redone == {
+        "seed-0__select-t3s",
+        "seed-0__select-random",
+        "seed-0__train-t3s",
+        "seed-0__train-random",
+        "seed-0__eval-t3s",
+        "seed-0__eval-random",
+    }
 
 
 def test_killed_run_resumes_without_redoing_finished_stages(config, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "t3s", "run", str(config), "--out", str(out), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "t3s", "run", str(config), "--out", str(out), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     marker = out / "stages" / "scores-init.json"
     deadline = time.time() + 120
     while not marker.exists() and time.time() < deadline and proc.poll() is None:
@@ -118,9 +134,15 @@ def test_controls_of_the_papers_claims_as_modes(tiny, tmp_path):
     from t3s.score import load_scores
     from t3s.select import groups, load_selection
 
-    cfg = {**CONFIG, "student": str(tiny / "model"), "train_data": str(tiny / "train.jsonl"),
-           "modes": ["sft", "random"], "threshold": "auto", "rrt": False,
-           "probe": {**CONFIG["probe"], "track_every": 0}}
+    cfg = {
+        **CONFIG,
+        "student": str(tiny / "model"),
+        "train_data": str(tiny / "train.jsonl"),
+        "modes": ["sft", "random"],
+        "threshold": "auto",
+        "rrt": False,
+        "probe": {**CONFIG["probe"], "track_every": 0},
+    }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
     assert t3s_run(tmp_path / "run.yaml", out).returncode == 0
@@ -130,8 +152,9 @@ def test_controls_of_the_papers_claims_as_modes(tiny, tmp_path):
     r = t3s_run(tmp_path / "run.yaml", out)
     assert r.returncode == 0, r.stderr + r.stdout
     after = records(out)  # adding the controls redoes nothing of the modes that do not read their scores
-    assert all(after[k]["produced"] == before[k]["produced"] for k in before), \
-        [k for k in before if after[k]["produced"] != before[k]["produced"]]
+    assert all(after[k]["produced"] == before[k]["produced"] for k in before), [
+        k for k in before if after[k]["produced"] != before[k]["produced"]
+    ]
     seed = out / "seed-0"
     c0 = np.concatenate(load_scores(out / "scores-init").logprobs)
     cb = np.concatenate(load_scores(seed / "scores-bottleneck").logprobs)

@@ -18,17 +18,20 @@ AVX512_BF16 = {"sse2", "avx", "avx2", "avx512f", "avx512_bf16"}
 AVX2_ONLY = {"sse2", "avx", "avx2", "fma"}
 
 
-@pytest.mark.parametrize("flags, cap, isa, env, want", [
-    (AVX512_BF16, "AVX512", None, None, True),
-    ({"sse2", "avx2", "avx512f", "amx_bf16", "amx_tile"}, "AVX512", None, None, True),
-    (AVX2_ONLY, "AVX2", None, None, False),  # e.g. AMD EPYC (Zen 2/3), most laptops: bf16 at ~1 GFLOP/s
-    ({"sse2", "avx2", "avx512f"}, "AVX512", None, None, False),  # AVX-512 without BF16 (Skylake, Cascade Lake)
-    (AVX512_BF16, "AVX2", None, None, False),  # ATEN_CPU_CAPABILITY=avx2 lowers PyTorch's kernels
-    (AVX512_BF16, "AVX512", "AVX2", None, False),  # ONEDNN_MAX_CPU_ISA caps the matmuls
-    (AVX512_BF16, "AVX512", "AVX512_CORE_BF16", None, True),
-    (AVX2_ONLY, "AVX2", None, "1", True),  # T3S_CPU_BF16 forces the answer
-    (AVX512_BF16, "AVX512", None, "0", False),
-])
+@pytest.mark.parametrize(
+    "flags, cap, isa, env, want",
+    [
+        (AVX512_BF16, "AVX512", None, None, True),
+        ({"sse2", "avx2", "avx512f", "amx_bf16", "amx_tile"}, "AVX512", None, None, True),
+        (AVX2_ONLY, "AVX2", None, None, False),  # e.g. AMD EPYC (Zen 2/3), most laptops: bf16 at ~1 GFLOP/s
+        ({"sse2", "avx2", "avx512f"}, "AVX512", None, None, False),  # AVX-512 without BF16 (Skylake, Cascade Lake)
+        (AVX512_BF16, "AVX2", None, None, False),  # ATEN_CPU_CAPABILITY=avx2 lowers PyTorch's kernels
+        (AVX512_BF16, "AVX512", "AVX2", None, False),  # ONEDNN_MAX_CPU_ISA caps the matmuls
+        (AVX512_BF16, "AVX512", "AVX512_CORE_BF16", None, True),
+        (AVX2_ONLY, "AVX2", None, "1", True),  # T3S_CPU_BF16 forces the answer
+        (AVX512_BF16, "AVX512", None, "0", False),
+    ],
+)
 def test_bf16_decision_on_x86(flags, cap, isa, env, want):
     assert bf16_decision(flags, cap, isa, env)[0] is want
 
@@ -77,10 +80,11 @@ def test_trainer_arguments_follow_the_plan():
 
 
 def _resolved_in(env: dict) -> str:
-    code = ("from t3s.models import resolve_precision, training_plan, cpu_bf16_fast; "
-            "print(resolve_precision('auto', 'cpu').name, training_plan('auto', 'cpu').compute, cpu_bf16_fast()[1])")
-    e = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                                                            "T3S_CPU_BF16")}
+    code = (
+        "from t3s.models import resolve_precision, training_plan, cpu_bf16_fast; "
+        "print(resolve_precision('auto', 'cpu').name, training_plan('auto', 'cpu').compute, cpu_bf16_fast()[1])"
+    )
+    e = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "T3S_CPU_BF16")}
     r = subprocess.run([sys.executable, "-c", code], env={**e, **env}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return r.stdout
@@ -119,12 +123,12 @@ def test_pure_bf16_weights_lose_a_1e5_adamw_update_that_the_default_keeps(tiny, 
     before = load_file(str(tiny / "model" / "model.safetensors"))
     common = ["max_steps=1", "learning_rate=1e-5", "per_device_train_batch_size=8", "max_grad_norm=0"]
     cfg = load_config(None, common + ["dtype=bfloat16"])
-    s = train(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "default", cfg.train, cfg.render,
-              progress=False)
+    s = train(
+        str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "default", cfg.train, cfg.render, progress=False
+    )
     assert s["precision_plan"]["master"] == "float32"
     cfg = load_config(None, common + ["dtype=bfloat16", "pure_bf16=true"])
-    s = train(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "pure", cfg.train, cfg.render,
-              progress=False)
+    s = train(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "pure", cfg.train, cfg.render, progress=False)
     assert s["precision_plan"]["master"] == "bfloat16"
     kept = load_file(str(tmp_path / "default" / "model" / "model.safetensors"))
     pure = load_file(str(tmp_path / "pure" / "model" / "model.safetensors"))

@@ -74,15 +74,40 @@ def test_probe_run_writes_trajectory_plot_and_keeps_only_the_bottleneck(tiny, tm
     from t3s.config import load_config
     from t3s.probe import run_probe
 
-    cfg = load_config(None, ["max_steps=6", "learning_rate=3e-3", "eval_every=2", "eval.max_new_tokens=8",
-                             "subset=8", "markers=[Ones]", "per_device_train_batch_size=4"],
-                      flat=("probe", "train"))
-    s = run_probe(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "p", cfg, progress=False,
-                  heldout_path=str(tiny / "train.jsonl"), log=lambda *a: None)
+    cfg = load_config(
+        None,
+        [
+            "max_steps=6",
+            "learning_rate=3e-3",
+            "eval_every=2",
+            "eval.max_new_tokens=8",
+            "subset=8",
+            "markers=[Ones]",
+            "per_device_train_batch_size=4",
+        ],
+        flat=("probe", "train"),
+    )
+    s = run_probe(
+        str(tiny / "model"),
+        str(tiny / "train.jsonl"),
+        tmp_path / "p",
+        cfg,
+        progress=False,
+        heldout_path=str(tiny / "train.jsonl"),
+        log=lambda *a: None,
+    )
     pts = [json.loads(x) for x in open(tmp_path / "p" / "trajectory.jsonl")]
     assert [p["step"] for p in pts] == [0, 2, 4, 6]
-    assert set(pts[0]) >= {"step", "loss", "train_accuracy", "heldout_accuracy", "confidence", "length",
-                           "marker_rate", "time"}
+    assert set(pts[0]) >= {
+        "step",
+        "loss",
+        "train_accuracy",
+        "heldout_accuracy",
+        "confidence",
+        "length",
+        "marker_rate",
+        "time",
+    }
     assert pts[0]["loss"] is None and all(p["loss"] > 0 for p in pts[1:])
     assert all(p["heldout_accuracy"] is not None for p in pts)
     b = find_bottleneck(pts, 0.03)
@@ -102,11 +127,24 @@ def test_online_probe_stops_early_and_keeps_no_final_model(tiny, tmp_path):
     from t3s.probe import run_probe
 
     # margin 0: accuracy that merely stays at its running minimum for `patience` evaluations confirms it
-    cfg = load_config(None, ["max_steps=20", "learning_rate=3e-3", "eval_every=2", "eval.max_new_tokens=4",
-                             "subset=4", "online=true", "margin=0", "patience=2", "per_device_train_batch_size=4"],
-                      flat=("probe", "train"))
-    s = run_probe(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "p", cfg, progress=False,
-                  log=lambda *a: None)
+    cfg = load_config(
+        None,
+        [
+            "max_steps=20",
+            "learning_rate=3e-3",
+            "eval_every=2",
+            "eval.max_new_tokens=4",
+            "subset=4",
+            "online=true",
+            "margin=0",
+            "patience=2",
+            "per_device_train_batch_size=4",
+        ],
+        flat=("probe", "train"),
+    )
+    s = run_probe(
+        str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "p", cfg, progress=False, log=lambda *a: None
+    )
     pts = [json.loads(x) for x in open(tmp_path / "p" / "trajectory.jsonl")]
     assert s["stopped_early"] and not s["completed"] and s["steps_run"] == pts[-1]["step"] < 20
     assert online_should_stop([p["train_accuracy"] for p in pts], 0.0, 2)
@@ -119,11 +157,20 @@ def test_probe_reports_its_noise_and_auto_margin(tiny, tmp_path):
     from t3s.config import load_config
     from t3s.probe import auto_margin, run_probe
 
-    cfg = load_config(None, ["max_steps=2", "learning_rate=3e-3", "eval_every=1", "eval.max_new_tokens=4",
-                             "subset=8", "per_device_train_batch_size=4"], flat=("probe", "train"))
+    cfg = load_config(
+        None,
+        [
+            "max_steps=2",
+            "learning_rate=3e-3",
+            "eval_every=1",
+            "eval.max_new_tokens=4",
+            "subset=8",
+            "per_device_train_batch_size=4",
+        ],
+        flat=("probe", "train"),
+    )
     lines = []
-    s = run_probe(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "p", cfg, progress=False,
-                  log=lines.append)
+    s = run_probe(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "p", cfg, progress=False, log=lines.append)
     p0 = s["start_accuracy"]
     assert s["noise"]["margin_auto"] and s["noise"]["samples"] == 8
     assert s["margin"] == pytest.approx(auto_margin(p0, 8))
@@ -135,10 +182,22 @@ def test_probe_with_lora_scores_and_saves_merged_checkpoints(tiny, tmp_path):
     from t3s.models import load_causal_lm, resolve_precision
     from t3s.probe import run_probe
 
-    cfg = load_config(None, ["max_steps=2", "learning_rate=1e-2", "eval_every=1", "eval.max_new_tokens=4",
-                             "subset=4", "lora_r=4", "per_device_train_batch_size=4"], flat=("probe", "train"))
-    s = run_probe(str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "p", cfg, progress=False,
-                  log=lambda *a: None)
+    cfg = load_config(
+        None,
+        [
+            "max_steps=2",
+            "learning_rate=1e-2",
+            "eval_every=1",
+            "eval.max_new_tokens=4",
+            "subset=4",
+            "lora_r=4",
+            "per_device_train_batch_size=4",
+        ],
+        flat=("probe", "train"),
+    )
+    s = run_probe(
+        str(tiny / "model"), str(tiny / "train.jsonl"), tmp_path / "p", cfg, progress=False, log=lambda *a: None
+    )
     assert s["completed"] and s["steps_run"] == 2
     pts = [json.loads(x) for x in open(tmp_path / "p" / "trajectory.jsonl")]
     assert len(pts) == 3 and pts[-1]["confidence"] != pts[0]["confidence"]  # LoRA layers were active when scoring

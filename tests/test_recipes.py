@@ -13,8 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import estimate  # noqa: E402
 
-ACCELERATE = {"ddp": ("MULTI_GPU", None), "deepspeed-zero2": ("DEEPSPEED", 2), "deepspeed-zero3": ("DEEPSPEED", 3),
-              "fsdp2": ("FSDP", None)}
+ACCELERATE = {
+    "ddp": ("MULTI_GPU", None),
+    "deepspeed-zero2": ("DEEPSPEED", 2),
+    "deepspeed-zero3": ("DEEPSPEED", 3),
+    "fsdp2": ("FSDP", None),
+}
 
 
 @pytest.mark.parametrize("name", sorted(ACCELERATE))
@@ -65,8 +69,9 @@ def test_parameter_counts_match_published_sizes():
 def test_memory_arithmetic_per_zero_stage():
     r = estimate.RECIPES[0]
     n = r.arch.params()[0]
-    by_stage = {z: estimate.memory_gb(r.arch, estimate.Recipe(**{**r.__dict__, "zero": z}), 0)["states"]
-                for z in (0, 2, 3)}
+    by_stage = {
+        z: estimate.memory_gb(r.arch, estimate.Recipe(**{**r.__dict__, "zero": z}), 0)["states"] for z in (0, 2, 3)
+    }
     assert by_stage[0] * estimate.GIB == pytest.approx(16 * n)  # 2 + 2 + 12 bytes per parameter, unsharded
     assert by_stage[3] * estimate.GIB == pytest.approx(16 * n / r.gpus)
     assert by_stage[0] > by_stage[2] > by_stage[3]

@@ -32,8 +32,13 @@ def rows() -> list[dict]:
     out = []
     for r in make_rows(8, seed=0):
         reasoning, answer = r["response"].split(" So the answer is ")
-        out.append({**r, "response": f"<think>\n{reasoning} Wait, let me check the ones again.\n</think>\n\n"
-                                     f"So the answer is {answer}"})
+        out.append(
+            {
+                **r,
+                "response": f"<think>\n{reasoning} Wait, let me check the ones again.\n</think>\n\n"
+                f"So the answer is {answer}",
+            }
+        )
     return out
 
 
@@ -59,16 +64,39 @@ def run(tiny_model: Path, work: Path) -> dict:
     loaded = load_rows(data)
     examples, _ = render_rows(loaded, tok, RenderConfig())
     keep = [np.array([(i + j) % 3 != 0 for j in range(len(e.response_ids))]) for i, e in enumerate(examples)]
-    sel = Selection(meta={"kind": "t3s-selection", "mode": "crafted", "threshold": 0.0, "seed": None,
-                          "fingerprints": fingerprints(loaded, tok, RenderConfig()), "stats": {}},
-                    ids=[e.id for e in examples], response_ids=[np.array(e.response_ids) for e in examples],
-                    keep=keep, delta=[np.zeros(len(k), dtype=np.float32) for k in keep])
+    sel = Selection(
+        meta={
+            "kind": "t3s-selection",
+            "mode": "crafted",
+            "threshold": 0.0,
+            "seed": None,
+            "fingerprints": fingerprints(loaded, tok, RenderConfig()),
+            "stats": {},
+        },
+        ids=[e.id for e in examples],
+        response_ids=[np.array(e.response_ids) for e in examples],
+        keep=keep,
+        delta=[np.zeros(len(k), dtype=np.float32) for k in keep],
+    )
     write_selection(sel, work / "selection")
-    cfg = load_config(None, ["max_steps=4", "learning_rate=1e-3", "per_device_train_batch_size=2",
-                             "gradient_accumulation_steps=2", "dtype=float32", "logging_steps=1", "seed=0"])
+    cfg = load_config(
+        None,
+        [
+            "max_steps=4",
+            "learning_rate=1e-3",
+            "per_device_train_batch_size=2",
+            "gradient_accumulation_steps=2",
+            "dtype=float32",
+            "logging_steps=1",
+            "seed=0",
+        ],
+    )
     s = train(str(model), str(data), work / "run", cfg.train, cfg.render, str(work / "selection"), progress=False)
-    return {"response_tokens": s["response_tokens"], "kept_tokens": s["kept_tokens"],
-            "losses": [round(h["loss"], 6) for h in s["log_history"] if "loss" in h]}
+    return {
+        "response_tokens": s["response_tokens"],
+        "kept_tokens": s["kept_tokens"],
+        "losses": [round(h["loss"], 6) for h in s["log_history"] if "loss" in h],
+    }
 
 
 def test_logged_losses_are_pinned(tiny, tmp_path):

@@ -16,11 +16,22 @@ from t3s.report import build_report
 @pytest.fixture(scope="module")
 def tiny_run(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
-    cfg = load_config(None, [
-        f"student={tiny / 'model'}", f"train_data={tiny / 'train.jsonl'}", "modes=[sft, t3s, reverse]",
-        "train.max_steps=4", "train.learning_rate=3e-3", "train.dtype=float32", "probe.eval_every=2",
-        "probe.keep_all=true", "probe.continue_without_dip=true", "eval.max_new_tokens=8", "score.dtype=float32",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"student={tiny / 'model'}",
+            f"train_data={tiny / 'train.jsonl'}",
+            "modes=[sft, t3s, reverse]",
+            "train.max_steps=4",
+            "train.learning_rate=3e-3",
+            "train.dtype=float32",
+            "probe.eval_every=2",
+            "probe.keep_all=true",
+            "probe.continue_without_dip=true",
+            "eval.max_new_tokens=8",
+            "score.dtype=float32",
+        ],
+    )
     summary, code = run(cfg, out, progress=False)
     assert code == 0
     return out
@@ -45,23 +56,37 @@ def _chromium():
     return None
 
 
-@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
-                    reason="Chromium is not installed (apt-get install chromium); CI installs it")
+@pytest.mark.skipif(
+    _chromium() is None and not os.environ.get("CI"),
+    reason="Chromium is not installed (apt-get install chromium); CI installs it",
+)
 def test_report_renders_its_images_in_headless_chromium(tiny_run):
     path = build_report(tiny_run, gradients=False, log=lambda *a: None)
     exe = _chromium()
     assert exe, "CI must install Chromium (see .ci/run)"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tempfile.mkdtemp()}", "--virtual-time-budget=10000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp()}",
+        "--virtual-time-budget=10000",
+    ]
     dom = subprocess.run([exe, *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
     m = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom.stdout)
     assert m, dom.stderr[-2000:]
     loaded, total = map(int, m.groups())
     assert total == 3 and loaded == total  # trajectories, Δc histogram, bifurcation
     shot = path.parent / "screenshot.png"
-    subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,1600", path.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [exe, *flags, f"--screenshot={shot}", "--window-size=1200,1600", path.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.stat().st_size > 20_000  # a page with pictures, not a blank one
 
 

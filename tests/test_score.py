@@ -6,8 +6,14 @@ import torch.nn.functional as F
 from t3s import T3SError
 from t3s.data import RenderConfig, load_rows, render_rows
 from t3s.models import load_causal_lm, resolve_precision
-from t3s.score import (default_batch_tokens, default_chunk_tokens, length_batches, load_scores,
-                       response_logprobs, write_scores)
+from t3s.score import (
+    default_batch_tokens,
+    default_chunk_tokens,
+    length_batches,
+    load_scores,
+    response_logprobs,
+    write_scores,
+)
 
 FP32 = resolve_precision("float32")
 
@@ -33,9 +39,20 @@ def other_architectures(vocab, tmp_path):
 
     torch.manual_seed(1)
     yield "gpt2", GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=256))
-    yield "qwen2", Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                                                num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                                tie_word_embeddings=True))
+    yield (
+        "qwen2",
+        Qwen2ForCausalLM(
+            Qwen2Config(
+                vocab_size=vocab,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                tie_word_embeddings=True,
+            )
+        ),
+    )
 
 
 def test_scores_equal_independent_cross_entropy(tiny, tok, examples, tmp_path):
@@ -124,9 +141,12 @@ def test_scoring_casts_the_head_once_and_keeps_no_copies_of_backbone_weights(tin
         head.weight.requires_grad_(not head_frozen)
         before = {n: q.requires_grad for n, q in model.named_parameters()}
         seen, seen_head = [], []
-        hooks = [model.base_model.register_forward_pre_hook(lambda mod, args: seen.append(
-                     [q.requires_grad for q in mod.parameters() if q is not head.weight])),
-                 head.register_forward_pre_hook(lambda mod, args: seen_head.append(mod.weight.requires_grad))]
+        hooks = [
+            model.base_model.register_forward_pre_hook(
+                lambda mod, args: seen.append([q.requires_grad for q in mod.parameters() if q is not head.weight])
+            ),
+            head.register_forward_pre_hook(lambda mod, args: seen_head.append(mod.weight.requires_grad)),
+        ]
         got = response_logprobs(model, examples, bf16, chunk_tokens=8, progress=False)
         for h in hooks:
             h.remove()

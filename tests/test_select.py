@@ -12,7 +12,8 @@ def scoreset(lps, fps=FPS, precision="float32", ids=None, path="s"):
     ids = ids or [f"r{i}" for i in range(len(lps))]
     return ScoreSet(
         meta={"fingerprints": dict(fps), "precision": precision, "path": path, "model_step": 6},
-        ids=ids, prompt_lens=[3] * len(lps),
+        ids=ids,
+        prompt_lens=[3] * len(lps),
         response_ids=[np.arange(len(x)) for x in lps],
         logprobs=[np.asarray(x, dtype=np.float32) for x in lps],
     )

@@ -19,7 +19,7 @@ LAYERS = [
     {"objectives", "objectives.base", "objectives.ar", "objectives.masked", "diffusion"},  # the two objectives
     {"train", "probe", "evaluate", "rrt", "report", "traces"},  # stages
     {"mixture", "pipeline", "tiny", "testbed"},  # orchestration, built-in worlds
-    {"cli", "__main__"},
+    {"cli", "__main__", "reference"},  # the command line; the generated configuration reference
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 
@@ -73,8 +73,11 @@ def test_imports_point_one_way_and_no_private_names():
         for target, names, line in edges:
             if LAYER[target] > LAYER[mod]:
                 bad.append(f"t3s/{mod}:{line} imports {target} (layer {LAYER[target]} above {LAYER[mod]})")
-            bad += [f"t3s/{mod}:{line} imports the private name {target}.{n}" for n in names
-                    if n.startswith("_") and not n.startswith("__")]
+            bad += [
+                f"t3s/{mod}:{line} imports the private name {target}.{n}"
+                for n in names
+                if n.startswith("_") and not n.startswith("__")
+            ]
     assert bad == []
 
 
@@ -86,7 +89,7 @@ def test_no_import_cycle():
         state[node] = "open"
         for t in sorted(g.get(node, ())):
             if state.get(t) == "open":
-                cycles.append(" -> ".join(path[path.index(t):] + [t]))
+                cycles.append(" -> ".join(path[path.index(t) :] + [t]))
             elif t not in state:
                 visit(t, path + [t])
         state[node] = "done"
@@ -100,26 +103,38 @@ def test_no_import_cycle():
 def test_the_checks_above_can_fail(tmp_path):
     """The layer and cycle checks see a lazy import inside a function, and skip TYPE_CHECKING blocks."""
     f = tmp_path / "m.py"
-    f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from t3s.train import X\n"
-                 "def f():\n    from t3s.pipeline import _private\n    from t3s import dist\n")
+    f.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from t3s.train import X\n"
+        "def f():\n    from t3s.pipeline import _private\n    from t3s import dist\n"
+    )
     got = imports(f)
     assert ("pipeline", ["_private"], 5) in got and ("dist", [], 6) in got
     assert not any(t == "train" for t, _, _ in got)
 
 
 def test_reading_a_config_loads_no_torch_and_no_stage():
-    code = ("import sys, t3s.config as c; c.load_config(None, ['learning_rate=1e-4']); "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('t3s.')))")
+    code = (
+        "import sys, t3s.config as c; c.load_config(None, ['learning_rate=1e-4']); "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('t3s.')))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "['t3s.artifacts', 't3s.config', 't3s.fields', 't3s.modes']"
 
 
 # The objective is chosen in t3s/objectives/__init__.py; outside the two implementations (and the config that
 # names it) no code asks which objective it has.
-OBJECTIVE_HOMES = {"objectives/__init__.py", "objectives/base.py", "objectives/ar.py", "objectives/masked.py",
-                   "diffusion.py", "config.py"}
-BRANCH = re.compile(r"objective[\"']?\)?\s*[!=]=|\.objective\s+in\b|diffusion\s+is\s+(not\s+)?None|is_mask_predictor\(|"
-                    r"objective\.name\s*[!=]=|isinstance\([^)]*(MaskedDiffusion|Autoregressive|DiffusionConfig)")
+OBJECTIVE_HOMES = {
+    "objectives/__init__.py",
+    "objectives/base.py",
+    "objectives/ar.py",
+    "objectives/masked.py",
+    "diffusion.py",
+    "config.py",
+}
+BRANCH = re.compile(
+    r"objective[\"']?\)?\s*[!=]=|\.objective\s+in\b|diffusion\s+is\s+(not\s+)?None|is_mask_predictor\(|"
+    r"objective\.name\s*[!=]=|isinstance\([^)]*(MaskedDiffusion|Autoregressive|DiffusionConfig)"
+)
 
 
 def branches(text: str) -> list[str]:
@@ -135,8 +150,42 @@ def test_no_objective_branches_outside_the_objectives():
     assert found == {}
 
 
-@pytest.mark.parametrize("line", ['if cfg.objective == "diffusion":', "if diffusion is None:",
-                                  "x = MaskedDiffusion(c) if is_mask_predictor(m) else None",
-                                  'if objective.name != "ar":', 'if meta.get("objective") == "diffusion":'])
+@pytest.mark.parametrize(
+    "line",
+    [
+        'if cfg.objective == "diffusion":',
+        "if diffusion is None:",
+        "x = MaskedDiffusion(c) if is_mask_predictor(m) else None",
+        'if objective.name != "ar":',
+        'if meta.get("objective") == "diffusion":',
+    ],
+)
 def test_the_branch_pattern_finds_branches(line):
     assert branches(line) == [line]
+
+
+def test_the_configuration_reference_is_generated_and_complete():
+    """docs/config.md is what `python -m t3s.reference` prints (regenerate it after changing a config field), and
+    every key has help text."""
+    import dataclasses
+
+    from t3s.config import SECTIONS, RunConfig
+    from t3s.reference import reference
+
+    page = (PKG.parent / "docs" / "config.md").read_text(encoding="utf-8")
+    assert page == reference(), "docs/config.md is stale: python -m t3s.reference > docs/config.md"
+    for cls in (RunConfig, *SECTIONS.values()):
+        for f in dataclasses.fields(cls):
+            if f.name not in SECTIONS:
+                assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+                assert f"`{f.name}`" in page or f".{f.name}`" in page
+
+
+def test_every_diffusion_key_is_read_by_some_stage():
+    """A `diffusion` key that no stage's fingerprint holds would change results without re-running anything."""
+    import dataclasses
+
+    from t3s.config import DIFFUSION_SAMPLER_KEYS, DIFFUSION_SELECTION_KEYS, DIFFUSION_TRAINING_KEYS, DiffusionConfig
+
+    read = {*DIFFUSION_SAMPLER_KEYS, *DIFFUSION_SELECTION_KEYS, *DIFFUSION_TRAINING_KEYS}
+    assert {f.name for f in dataclasses.fields(DiffusionConfig)} == read

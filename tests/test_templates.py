@@ -13,7 +13,9 @@ from t3s.data import RenderConfig, Row, render_prompt, render_row, render_rows, 
 from t3s.models import load_tokenizer
 
 TEMPLATES = Path(trl.__file__).parent / "chat_templates"
-THINK = "<think>\nLet me add. 12 + 34 = 46. Wait, check: 4 + 2 = 6, 3 + 1 = 4.\n</think>\n\nSo the answer is \\boxed{46}."
+THINK = (
+    "<think>\nLet me add. 12 + 34 = 46. Wait, check: 4 + 2 = 6, 3 + 1 = 4.\n</think>\n\nSo the answer is \\boxed{46}."
+)
 RAW_R1 = "Let me add. 12 + 34 = 46.\n</think>\n\nSo the answer is \\boxed{46}."  # R1's output: <think> prefilled
 PLAIN = "Let me add. 12 + 34 = 46. So the answer is \\boxed{46}."
 
@@ -36,8 +38,9 @@ def _render(tok, response, **kw):
     p, r = render_row(row, tok, cfg, True)
     dp, dr = tok.decode(p, skip_special_tokens=False), tok.decode(r, skip_special_tokens=False)
     # independent check 1: the prompt is the template's own generation prompt, character for character
-    gen_prompt = tok.apply_chat_template([{"role": "user", "content": row.prompt}], tokenize=False,
-                                         add_generation_prompt=True, **kw)
+    gen_prompt = tok.apply_chat_template(
+        [{"role": "user", "content": row.prompt}], tokenize=False, add_generation_prompt=True, **kw
+    )
     assert dp == gen_prompt
     # independent check 2: prompt + response hold every part of the trace exactly once
     for part in trace_parts(response):
@@ -51,8 +54,17 @@ ALL = sorted(p.stem for p in TEMPLATES.glob("*.jinja"))
 # Templates written for image messages: they cannot render a text-only row (refused, with a message).
 MULTIMODAL = ("idefics3", "llava_next", "smolvlm")
 # Thinking-mode templates that would render a trace without <think> as a non-thinking answer (refused).
-THINKING = {"glm4moe", "nemotron_3_5_lightning", "nemotron_3_nano", "nemotron_3_super", "nemotron_3_ultra", "qwen3",
-            "qwen3_5_think", "qwen3_6", "qwen3_8"}
+THINKING = {
+    "glm4moe",
+    "nemotron_3_5_lightning",
+    "nemotron_3_nano",
+    "nemotron_3_super",
+    "nemotron_3_ultra",
+    "qwen3",
+    "qwen3_5_think",
+    "qwen3_6",
+    "qwen3_8",
+}
 
 
 def _refuses(name: str, response: str) -> str | None:
@@ -76,13 +88,24 @@ def test_every_trl_template_renders_the_trace_once_or_refuses_clearly(tokenizer,
             assert "rows.jsonl:1" in str(e.value)
 
 
-@pytest.mark.parametrize("name, end, prefilled", [
-    ("qwen3", "<|im_end|>\n", False), ("qwen3_8", "<|im_end|>\n", True), ("qwen3_5_think", "<|im_end|>\n", True),
-    ("qwen2_5", "<|im_end|>\n", False), ("deepseek_r1_distill", "<｜end▁of▁sentence｜>", True),
-    ("deepseekv3", "<｜end▁of▁sentence｜>", True), ("nemotron_3_nano", "<|im_end|>\n", True),
-    ("llama3", "<|eot_id|>", False), ("llama3_1", "<|eot_id|>", False), ("gemma3", "<end_of_turn>\n", False),
-    ("gptoss", "<|return|>", False), ("phi3", "<|end|>\n<|eos|>", False), ("glm4moe", "<|eos|>", False),
-])
+@pytest.mark.parametrize(
+    "name, end, prefilled",
+    [
+        ("qwen3", "<|im_end|>\n", False),
+        ("qwen3_8", "<|im_end|>\n", True),
+        ("qwen3_5_think", "<|im_end|>\n", True),
+        ("qwen2_5", "<|im_end|>\n", False),
+        ("deepseek_r1_distill", "<｜end▁of▁sentence｜>", True),
+        ("deepseekv3", "<｜end▁of▁sentence｜>", True),
+        ("nemotron_3_nano", "<|im_end|>\n", True),
+        ("llama3", "<|eot_id|>", False),
+        ("llama3_1", "<|eot_id|>", False),
+        ("gemma3", "<end_of_turn>\n", False),
+        ("gptoss", "<|return|>", False),
+        ("phi3", "<|end|>\n<|eos|>", False),
+        ("glm4moe", "<|eos|>", False),
+    ],
+)
 def test_reasoning_trace_is_what_the_model_generates(tokenizer, name, end, prefilled):
     """A <think> trace: the response ends the turn as the template does; where the generation prompt prefills
     `<think>\\n` (DeepSeek-R1-distill, Qwen3.5+, Nemotron) the response starts after it, never with a second one."""

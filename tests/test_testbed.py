@@ -37,8 +37,21 @@ def test_every_trace_is_correct_and_both_styles_agree():
 
 
 def test_build_caches_and_refuses_other_settings(tmp_path):
-    tiny = WorldConfig(n_train=16, n_heldout=8, n_dev=8, n_pretrain=64, layers=1, hidden=32, heads=2,
-                       pretrain_max_steps=2, pretrain_eval_every=1, pretrain_batch=8, band=(0.0, 1.0), min_other_accuracy=0.0, min_steps=1)
+    tiny = WorldConfig(
+        n_train=16,
+        n_heldout=8,
+        n_dev=8,
+        n_pretrain=64,
+        layers=1,
+        hidden=32,
+        heads=2,
+        pretrain_max_steps=2,
+        pretrain_eval_every=1,
+        pretrain_batch=8,
+        band=(0.0, 1.0),
+        min_other_accuracy=0.0,
+        min_steps=1,
+    )
     info = build_world(tmp_path / "w", tiny, progress=False, log=lambda *a: None)
     assert info["student"]["step"] == 1
     for f in ("student/config.json", "train.jsonl", "heldout.jsonl", "run.yaml", "world.json"):
@@ -76,8 +89,9 @@ def test_default_build_copies_the_shipped_student_without_pretraining(tmp_path):
     msgs = []
     info = build_world(tmp_path / "w", progress=False, log=msgs.append)
     assert info["source"].startswith("shipped") and "shipped with t3s" in msgs[0]
-    assert filecmp.cmp(tmp_path / "w" / "student" / "model.safetensors", SHIPPED / "student" / "model.safetensors",
-                       shallow=False)
+    assert filecmp.cmp(
+        tmp_path / "w" / "student" / "model.safetensors", SHIPPED / "student" / "model.safetensors", shallow=False
+    )
     for f in ("train.jsonl", "heldout.jsonl", "run.yaml", "world.json"):
         assert (tmp_path / "w" / f).exists(), f
     with pytest.raises(T3SError, match="--overwrite"):  # --rebuild over an existing world needs --overwrite
@@ -95,8 +109,9 @@ def test_carry_world_student_is_wrong_exactly_on_carry_chains_and_the_teacher_ne
     rng, wrong = random.Random(3), 0
     for _ in range(2000):
         a, b = rng.randint(1000, 9999), rng.randint(1000, 9999)
-        chain = any((a // 10**i % 10) + (b // 10**i % 10) == 9 and
-                    (a % 10**i) + (b % 10**i) >= 10**i for i in range(1, 4))  # a carry arrives at a 9-column
+        chain = any(
+            (a // 10**i % 10) + (b // 10**i % 10) == 9 and (a % 10**i) + (b % 10**i) >= 10**i for i in range(1, 4)
+        )  # a carry arrives at a 9-column
         assert has_chain(a, b) == chain
         assert extract_answer(carry_teacher_trace(a, b)) == str(a + b)
         assert (extract_answer(carry_student_trace(a, b)) == str(a + b)) == (not chain)
@@ -123,9 +138,21 @@ def test_carry_world_builds_with_its_own_run_config(tmp_path):
 
     from t3s.testbed import CarryWorldConfig
 
-    tiny = CarryWorldConfig(n_train=16, n_heldout=8, n_dev=8, n_pretrain=64, layers=1, hidden=32, heads=2,
-                            pretrain_max_steps=2, pretrain_eval_every=1, pretrain_batch=8, band=(0.0, 1.0),
-                            min_other_accuracy=0.0, min_steps=1)
+    tiny = CarryWorldConfig(
+        n_train=16,
+        n_heldout=8,
+        n_dev=8,
+        n_pretrain=64,
+        layers=1,
+        hidden=32,
+        heads=2,
+        pretrain_max_steps=2,
+        pretrain_eval_every=1,
+        pretrain_batch=8,
+        band=(0.0, 1.0),
+        min_other_accuracy=0.0,
+        min_steps=1,
+    )
     info = build_world(tmp_path / "w", tiny, progress=False, log=lambda *a: None)
     assert info["config"]["world"] == "carry" and info["source"] == "pretrained here"
     run = yaml.safe_load((tmp_path / "w" / "run.yaml").read_text())

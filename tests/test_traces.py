@@ -19,14 +19,23 @@ from conftest import write_jsonl
 from t3s import T3SError
 from t3s.data import Row, load_rows
 from t3s.evaluate import extract_answer, is_correct
-from t3s.traces import (TracesConfig, build_traces, load_traces_config, openai_teacher, parse_completion,
-                        run_traces, summarize)
+from t3s.traces import (
+    TracesConfig,
+    build_traces,
+    load_traces_config,
+    openai_teacher,
+    parse_completion,
+    run_traces,
+    summarize,
+)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 PAIRS = [(12, 34), (25, 17), (40, 41), (33, 9), (70, 18)]
 # every prompt was taught to the teacher; the last one's gold answer is wrong, so it can never be solved
-PROMPTS = [{"id": f"p{i}", "prompt": f"What is {a} + {b}?", "answer": str(a + b) if i < 4 else "-1"}
-           for i, (a, b) in enumerate(PAIRS)]
+PROMPTS = [
+    {"id": f"p{i}", "prompt": f"What is {a} + {b}?", "answer": str(a + b) if i < 4 else "-1"}
+    for i, (a, b) in enumerate(PAIRS)
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,9 +80,12 @@ def teacher(tiny, tmp_path_factory):
     model.generation_config.do_sample = True  # `transformers serve` samples only when the model asks for it
     model.save_pretrained(out)
     tok.response_template = {
-        "defaults": {"role": "assistant"}, "start_anchor": "<|assistant|>\n",
-        "fields": {"reasoning_content": {"open": "<think>", "close": "</think>", "content": "text"},
-                   "content": {"close": "<|eos|>", "content": "text"}},
+        "defaults": {"role": "assistant"},
+        "start_anchor": "<|assistant|>\n",
+        "fields": {
+            "reasoning_content": {"open": "<think>", "close": "</think>", "content": "text"},
+            "content": {"close": "<|eos|>", "content": "text"},
+        },
     }
     tok.save_pretrained(out)
     return out
@@ -94,8 +106,10 @@ def check_run(out, prompts, k, reasoning_format=None):
         assert r["correct"] == is_correct(extract_answer(r["text"]), gold[r["id"]])
     meta = json.loads((out / "traces.json").read_text())
     assert meta["status"] == "complete" and meta["summary"]["complete"]
-    usable = {p["id"]: [r for r in recs if r["id"] == p["id"] and r["correct"] and r["finish_reason"] != "length"]
-              for p in prompts}
+    usable = {
+        p["id"]: [r for r in recs if r["id"] == p["id"] and r["correct"] and r["finish_reason"] != "length"]
+        for p in prompts
+    }
     for p in meta["prompts"]:
         assert p["solve_rate"] == len(usable[p["id"]]) / k
         assert p["status"] == ("kept" if usable[p["id"]] else "dropped")
@@ -106,8 +120,11 @@ def check_run(out, prompts, k, reasoning_format=None):
     assert [r.id for r in rows] == [p for p, v in usable.items() if v]
     for row, r in zip(rows, raw):
         pick = next(s for s in usable[row.id] if s["sample"] == r["sample"])
-        want = pick["text"] if pick["reasoning"] is None else reasoning_format.format(
-            reasoning=pick["reasoning"], content=pick["text"])
+        want = (
+            pick["text"]
+            if pick["reasoning"] is None
+            else reasoning_format.format(reasoning=pick["reasoning"], content=pick["text"])
+        )
         assert row.response == want and row.answer == gold[row.id] and r["teacher"] == meta["teacher"]
     return recs, meta
 
@@ -116,8 +133,16 @@ def check_run(out, prompts, k, reasoning_format=None):
 
 
 def rec(rid, j, correct, tokens=10, finish="stop", error=None, text=None, reasoning=None):
-    return {"id": rid, "sample": j, "text": text or f"{rid}-{j} " + "x" * tokens, "reasoning": reasoning,
-            "finish_reason": finish, "tokens": tokens, "correct": correct, "error": error}
+    return {
+        "id": rid,
+        "sample": j,
+        "text": text or f"{rid}-{j} " + "x" * tokens,
+        "reasoning": reasoning,
+        "finish_reason": finish,
+        "tokens": tokens,
+        "correct": correct,
+        "error": error,
+    }
 
 
 def test_selection_and_drop_rules_on_crafted_samples():
@@ -125,16 +150,26 @@ def test_selection_and_drop_rules_on_crafted_samples():
     cfg = TracesConfig(samples=4)
     samples = [
         # a: correct 1 and 3; 0 is correct but cut off; 2 wrong
-        rec("a", 0, True, 3, finish="length"), rec("a", 1, True, 20), rec("a", 2, False, 1), rec("a", 3, True, 9),
+        rec("a", 0, True, 3, finish="length"),
+        rec("a", 1, True, 20),
+        rec("a", 2, False, 1),
+        rec("a", 3, True, 9),
         # b: nothing correct in 4 finished samples: dropped
         *[rec("b", j, False) for j in range(4)],
         # c: one correct sample, but it failed once before succeeding; another sample only failed
-        rec("c", 0, False), rec("c", 1, None, error="APIConnectionError"), rec("c", 1, True, 7), rec("c", 2, False),
+        rec("c", 0, False),
+        rec("c", 1, None, error="APIConnectionError"),
+        rec("c", 1, True, 7),
+        rec("c", 2, False),
         rec("c", 3, None, error="HTTP 500"),
         # d: no correct sample so far and one never asked: undecided, not dropped
-        rec("d", 0, False), rec("d", 1, False), rec("d", 2, False),
+        rec("d", 0, False),
+        rec("d", 1, False),
+        rec("d", 2, False),
         # e: reasoning returned apart
-        rec("e", 0, True, 5, text="so \\boxed{1}", reasoning="think"), rec("e", 1, False), rec("e", 2, False),
+        rec("e", 0, True, 5, text="so \\boxed{1}", reasoning="think"),
+        rec("e", 1, False),
+        rec("e", 2, False),
         rec("e", 3, False),
     ]
     train, prompts, s = summarize(rows, samples, cfg, "T")
@@ -163,27 +198,44 @@ def test_selection_and_drop_rules_on_crafted_samples():
 
 
 def test_config_and_response_parsing():
-    cfg, rcfg = load_traces_config(None, ["samples=2", "traces.top_p=0.9", "system_prompt=Be brief.",
-                                          "extra_body={top_k: 20}"])
+    cfg, rcfg = load_traces_config(
+        None, ["samples=2", "traces.top_p=0.9", "system_prompt=Be brief.", "extra_body={top_k: 20}"]
+    )
     assert (cfg.samples, cfg.top_p, rcfg.system_prompt, cfg.extra_body) == (2, 0.9, "Be brief.", {"top_k": 20})
-    for bad, msg in ((["nope=1"], "unknown key 'nope'"), (["select=best"], "select must be one of"),
-                     (["samples=4", "temperature=0"], "need temperature > 0"),
-                     (["reasoning_format={thought}"], "reasoning_format")):
+    for bad, msg in (
+        (["nope=1"], "unknown key 'nope'"),
+        (["select=best"], "select must be one of"),
+        (["samples=4", "temperature=0"], "need temperature > 0"),
+        (["reasoning_format={thought}"], "reasoning_format"),
+    ):
         with pytest.raises(T3SError, match=msg):
             load_traces_config(None, bad)
     from openai.types.chat import ChatCompletion
 
     def completion(message, **extra):
-        return ChatCompletion.model_validate({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                                              "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                                              **extra})
+        return ChatCompletion.model_validate(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                **extra,
+            }
+        )
 
-    ok = completion({"role": "assistant", "content": "\\boxed{2}", "reasoning": "1+1"},
-                    usage={"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10})
+    ok = completion(
+        {"role": "assistant", "content": "\\boxed{2}", "reasoning": "1+1"},
+        usage={"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10},
+    )
     assert parse_completion(ok) == ("\\boxed{2}", "1+1", "stop", 7)
     assert parse_completion(completion({"role": "assistant", "content": "2"}))[1:] == (None, "stop", None)
-    for bad in (completion({"role": "assistant", "content": None}),
-                ChatCompletion.model_construct(choices=[]), "<html>502</html>", None):
+    for bad in (
+        completion({"role": "assistant", "content": None}),
+        ChatCompletion.model_construct(choices=[]),
+        "<html>502</html>",
+        None,
+    ):
         with pytest.raises(ValueError):
             parse_completion(bad)
 
@@ -260,9 +312,21 @@ class Server:
         self.model, self.port, self.log, self.proc = model, port, log, None
 
     def start(self):
-        cmd = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve",
-               str(self.model), "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu", "--dtype",
-               "float32"]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from transformers.cli.transformers import main; main()",
+            "serve",
+            str(self.model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+        ]
         self.fh = open(self.log, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.fh, stderr=subprocess.STDOUT, env=ENV)
         deadline = time.time() + 90
@@ -290,15 +354,24 @@ def test_endpoint_teacher_against_a_real_server_stopped_and_restarted(teacher, t
     data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     k, port = 3, free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    keys = [f"samples={k}", "max_tokens=40", "teacher=tiny-teacher", "concurrency=2", "retries=1", "timeout=30",
-            "stop_after_failures=4", "api_key_env=T3S_TEST_NO_KEY"]
+    keys = [
+        f"samples={k}",
+        "max_tokens=40",
+        "teacher=tiny-teacher",
+        "concurrency=2",
+        "retries=1",
+        "timeout=30",
+        "stop_after_failures=4",
+        "api_key_env=T3S_TEST_NO_KEY",
+    ]
     cfg, rcfg = load_traces_config(None, keys + [f"base_url={url}"])
     rows = load_rows(data, need_response=False, need_answer=True)
     first = Server(teacher, port, tmp_path / "serve1.log").start()
     try:
         # a request the server refuses (a model it does not serve): recorded per sample, the run stops, no crash
-        m = build_traces(rows, tmp_path / "refused", cfg, rcfg, openai_teacher("not-this-one", cfg, rcfg),
-                         progress=False)
+        m = build_traces(
+            rows, tmp_path / "refused", cfg, rcfg, openai_teacher("not-this-one", cfg, rcfg), progress=False
+        )
         errs = records(tmp_path / "refused" / "samples.jsonl")
         assert len(errs) == 4 and all(e["error"].startswith("HTTP 400") for e in errs)
         assert not m["summary"]["complete"] and not (tmp_path / "refused" / "train.jsonl").exists()
@@ -326,8 +399,12 @@ def test_endpoint_teacher_against_a_real_server_stopped_and_restarted(teacher, t
 
     second = Server(teacher, port, tmp_path / "serve2.log").start()
     try:
-        r = subprocess.run(t3s_cmd("--model", teacher, "--base-url", url, "--data", data, "--out", tmp_path / "out",
-                                   "--quiet", *keys), env=ENV, capture_output=True, text=True)
+        r = subprocess.run(
+            t3s_cmd("--model", teacher, "--base-url", url, "--data", data, "--out", tmp_path / "out", "--quiet", *keys),
+            env=ENV,
+            capture_output=True,
+            text=True,
+        )
         asked = second.requests()
         assert r.returncode == 0, r.stderr
     finally:

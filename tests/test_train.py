@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from conftest import write_jsonl
 
 from t3s import T3SError
+from t3s.config import load_config
 from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
 from t3s.models import load_causal_lm, resolve_precision
 from t3s.select import Selection, write_selection
-from t3s.config import load_config
 from t3s.train import TrainConfig, make_trainer, prepare, train
 
 FP32 = resolve_precision("float32")
@@ -18,9 +18,19 @@ FP32 = resolve_precision("float32")
 
 def _tr(cfg):
     return cfg.train, cfg.render
+
+
 # One optimizer step of plain SGD over exactly one global batch: 2 rows x 2 accumulation steps.
-SGD = dict(optim="sgd", learning_rate=0.5, max_steps=1, per_device_train_batch_size=2,
-           gradient_accumulation_steps=2, max_grad_norm=0.0, dtype="float32", logging_steps=1)
+SGD = dict(
+    optim="sgd",
+    learning_rate=0.5,
+    max_steps=1,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=2,
+    max_grad_norm=0.0,
+    dtype="float32",
+    logging_steps=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +45,18 @@ def crafted_selection(path, tok, data_path, pattern):
     examples, _ = render_rows(rows, tok, RenderConfig())
     keep = [np.array([pattern(i, j) for j in range(len(e.response_ids))]) for i, e in enumerate(examples)]
     sel = Selection(
-        meta={"kind": "t3s-selection", "mode": "crafted", "threshold": 0.0, "seed": None,
-              "fingerprints": fingerprints(rows, tok, RenderConfig()), "stats": {}},
-        ids=[e.id for e in examples], response_ids=[np.array(e.response_ids) for e in examples],
-        keep=keep, delta=[np.zeros(len(k), dtype=np.float32) for k in keep],
+        meta={
+            "kind": "t3s-selection",
+            "mode": "crafted",
+            "threshold": 0.0,
+            "seed": None,
+            "fingerprints": fingerprints(rows, tok, RenderConfig()),
+            "stats": {},
+        },
+        ids=[e.id for e in examples],
+        response_ids=[np.array(e.response_ids) for e in examples],
+        keep=keep,
+        delta=[np.zeros(len(k), dtype=np.float32) for k in keep],
     )
     write_selection(sel, path)
     return examples, keep
@@ -58,8 +76,9 @@ def expected_sgd_step(model_dir, examples, keep, lr, normalize):
     return {n: (p - lr * p.grad).detach() for n, p in model.named_parameters()}, float(loss)
 
 
-@pytest.mark.parametrize("normalize, loss_kwargs", [("kept", True), ("response", True), ("kept", False),
-                                                    ("response", False)])
+@pytest.mark.parametrize(
+    "normalize, loss_kwargs", [("kept", True), ("response", True), ("kept", False), ("response", False)]
+)
 def test_one_step_equals_masked_cross_entropy(tiny, tok, four, tmp_path, monkeypatch, normalize, loss_kwargs):
     """loss_kwargs=False: a model class that declares `accepts_loss_kwargs = False` (several multimodal and newer
     classes), for which transformers computes no `num_items_in_batch`: the mean must still be exact."""
@@ -93,6 +112,7 @@ def test_dropped_positions_get_no_gradient(tiny, tok, four, tmp_path):
     trainer = make_trainer(model, data, cfg, tmp_path / "ck", progress=False)
     batch = trainer.data_collator([data.dataset[i] for i in range(4)])
     grads = {}
+
     # The final norm's output at position p feeds only the prediction of token p + 1.
     def keep_grad(module, inputs, output):
         output.register_hook(lambda g: grads.setdefault("g", g))
@@ -152,7 +172,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, four, tmp_
 
 
 def test_lora_training_saves_merged_model_and_adapter(tiny, four, tmp_path):
-    cfg, rcfg = _tr(load_config(None, ["max_steps=1", "lora_r=4", "learning_rate=1e-2", "per_device_train_batch_size=4"]))
+    cfg, rcfg = _tr(
+        load_config(None, ["max_steps=1", "lora_r=4", "learning_rate=1e-2", "per_device_train_batch_size=4"])
+    )
     train(str(tiny / "model"), str(four), tmp_path / "run", cfg, rcfg, progress=False)
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
     merged = dict(load_causal_lm(tmp_path / "run", FP32).named_parameters())
@@ -163,7 +185,8 @@ def test_lora_training_saves_merged_model_and_adapter(tiny, four, tmp_path):
 
 def test_config_file_and_errors(tmp_path):
     (tmp_path / "c.yaml").write_text(
-        "train:\n  learning_rate: 1e-5\n  max_steps: 7\n  trainer:\n    adam_beta2: 0.95\nrender:\n  max_length: 128\n")
+        "train:\n  learning_rate: 1e-5\n  max_steps: 7\n  trainer:\n    adam_beta2: 0.95\nrender:\n  max_length: 128\n"
+    )
     cfg, rcfg = _tr(load_config(tmp_path / "c.yaml", ["max_steps=9", "trainer.adam_epsilon=1e-6"]))
     assert cfg.learning_rate == 1e-5 and cfg.max_steps == 9 and rcfg.max_length == 128
     assert cfg.trainer == {"adam_beta2": 0.95, "adam_epsilon": 1e-6}
@@ -192,8 +215,10 @@ def test_token_count_runs_on_the_batch_device(tiny, tok, four, tmp_path, normali
     cfg = TrainConfig(**{**SGD, "normalize": normalize})
     data = prepare(str(tiny / "model"), str(four), cfg, RenderConfig(), str(tmp_path / "sel"))
     trainer = make_trainer(load_causal_lm(tiny / "model", FP32), data, cfg, tmp_path / "ck", progress=False)
-    batches = [trainer.data_collator([data.dataset[i] for i in (0, 1)]),
-               trainer.data_collator([data.dataset[i] for i in (2, 3)])]
+    batches = [
+        trainer.data_collator([data.dataset[i] for i in (0, 1)]),
+        trainer.data_collator([data.dataset[i] for i in (2, 3)]),
+    ]
     on_meta = [{k: v.to("meta") if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
     assert trainer._get_num_items_in_batch(on_meta, torch.device("meta")).device.type == "meta"
     key = "labels" if normalize == "kept" else "response_labels"

@@ -27,12 +27,36 @@ def test_missing_vllm_is_one_clear_error(tiny, tmp_path, no_vllm, capsys):
     with pytest.raises(T3SError, match="pip install vllm"):
         require_vllm()
     out = tmp_path / "e"
-    code = t3s(["eval", "--model", str(tiny / "model"), "--data", str(tiny / "train.jsonl"), "--out", str(out),
-                "--backend", "vllm", "--quiet"])
+    code = t3s(
+        [
+            "eval",
+            "--model",
+            str(tiny / "model"),
+            "--data",
+            str(tiny / "train.jsonl"),
+            "--out",
+            str(out),
+            "--backend",
+            "vllm",
+            "--quiet",
+        ]
+    )
     assert code == 2 and not out.exists()
     assert "needs vLLM" in capsys.readouterr().err
-    code = t3s(["probe", "--model", str(tiny / "model"), "--data", str(tiny / "train.jsonl"), "--out", str(out),
-                "--quiet", "backend=vllm", "max_steps=2"])
+    code = t3s(
+        [
+            "probe",
+            "--model",
+            str(tiny / "model"),
+            "--data",
+            str(tiny / "train.jsonl"),
+            "--out",
+            str(out),
+            "--quiet",
+            "backend=vllm",
+            "max_steps=2",
+        ]
+    )
     assert code == 2 and not out.exists()
     with pytest.raises(T3SError, match="backend must be hf or vllm"):
         GenConfig(backend="tgi")
@@ -46,8 +70,15 @@ def test_engine_refuses_torchrun(monkeypatch, tok):
 
 def test_sampling_settings_translation():
     greedy = sampling_kwargs(GenConfig(max_new_tokens=64, seed=2, top_p=0.5), [1, 7], 3)
-    assert greedy == {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 64, "seed": 2 * 100_003 + 3,
-                      "stop_token_ids": [1, 7], "detokenize": False}
+    assert greedy == {
+        "n": 1,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "max_tokens": 64,
+        "seed": 2 * 100_003 + 3,
+        "stop_token_ids": [1, 7],
+        "detokenize": False,
+    }
     s = sampling_kwargs(GenConfig(temperature=0.6, top_p=0.95, k=16, seed=2), [1], 4)
     assert (s["n"], s["temperature"], s["top_p"]) == (16, 0.6, 0.95)
     assert s["seed"] != sampling_kwargs(GenConfig(temperature=0.6, k=16, seed=2), [1], 5)["seed"]  # per prompt
@@ -57,8 +88,11 @@ def test_sampling_settings_translation():
 
 
 def test_outputs_cut_at_the_first_stop_token(tok):
-    gens = to_generations([([5, 6, 1, 9], "stop"), ([5, 6, 7], "length"), ([5, 2], "stop"), ([5], "stop")],
-                          [1, 2], lambda ids: tok.decode(ids, skip_special_tokens=True))
+    gens = to_generations(
+        [([5, 6, 1, 9], "stop"), ([5, 6, 7], "length"), ([5, 2], "stop"), ([5], "stop")],
+        [1, 2],
+        lambda ids: tok.decode(ids, skip_special_tokens=True),
+    )
     assert [g.token_ids for g in gens] == [[5, 6], [5, 6, 7], [5], [5]]
     assert [g.truncated for g in gens] == [False, True, False, False]
     assert gens[0].text == tok.decode([5, 6], skip_special_tokens=True)
@@ -85,12 +119,18 @@ def fake_vllm():
                 assert sp.temperature == 0.0 and sp.n == 1
                 ids = torch.tensor([p["prompt_token_ids"]])
                 with torch.no_grad():
-                    seq = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                              max_new_tokens=sp.max_tokens, eos_token_id=sp.stop_token_ids,
-                                              pad_token_id=sp.stop_token_ids[0])[0, ids.shape[1]:].tolist()
+                    seq = self.model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        do_sample=False,
+                        max_new_tokens=sp.max_tokens,
+                        eos_token_id=sp.stop_token_ids,
+                        pad_token_id=sp.stop_token_ids[0],
+                    )[0, ids.shape[1] :].tolist()
                 end = next((j for j, t in enumerate(seq) if t in sp.stop_token_ids), None)
-                done = types.SimpleNamespace(token_ids=seq if end is None else seq[: end + 1],
-                                             finish_reason="length" if end is None else "stop")
+                done = types.SimpleNamespace(
+                    token_ids=seq if end is None else seq[: end + 1], finish_reason="length" if end is None else "stop"
+                )
                 out.append(types.SimpleNamespace(outputs=[done]))
             return out
 
@@ -100,8 +140,17 @@ def fake_vllm():
 def test_eval_through_the_vllm_glue_writes_what_hf_writes(tiny, trained, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm())
     data = write_jsonl(tmp_path / "eight.jsonl", [json.loads(r) for r in open(tiny / "train.jsonl")][:8])
-    common = ["--model", str(trained), "--data", str(data), "--quiet", "--dtype", "float32",
-              "max_new_tokens=39", "batch_size=1"]
+    common = [
+        "--model",
+        str(trained),
+        "--data",
+        str(data),
+        "--quiet",
+        "--dtype",
+        "float32",
+        "max_new_tokens=39",
+        "batch_size=1",
+    ]
     assert t3s(["eval", *common, "--out", str(tmp_path / "hf")]) == 0
     assert t3s(["eval", *common, "--out", str(tmp_path / "vllm"), "--backend", "vllm"]) == 0
     a = (tmp_path / "hf" / "samples.jsonl").read_text().splitlines()

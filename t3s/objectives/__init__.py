@@ -18,8 +18,15 @@ from t3s.objectives.masked import MaskedDiffusion
 if TYPE_CHECKING:
     from t3s.config import RunConfig
 
-__all__ = ["Autoregressive", "MaskedDiffusion", "Objective", "Prepared", "as_objective", "objective_for",
-           "objective_of"]
+__all__ = [
+    "Autoregressive",
+    "MaskedDiffusion",
+    "Objective",
+    "Prepared",
+    "as_objective",
+    "objective_for",
+    "objective_of",
+]
 
 
 def objective_for(cfg: RunConfig) -> Objective:

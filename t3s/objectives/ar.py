@@ -36,44 +36,75 @@ class Autoregressive(Objective):
     selection_stat, selection_header = "dropped_fraction", "dropped tokens %"
     samples_with = "transformers generate"
 
-    def load(self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *,
-             place: bool = True) -> Any:
+    def load(
+        self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *, place: bool = True
+    ) -> Any:
         return load_causal_lm(path, precision, trust_remote_code, place=place)
 
-    def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig
-                ) -> dict[str, list]:
+    def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig) -> dict[str, list]:
         if sel is not None and sel.forced is not None:
-            raise T3SError(f"the selection {where} is a forced set for a masked-diffusion student, not a "
-                           "keep-mask; the student is an autoregressive model")
+            raise T3SError(
+                f"the selection {where} is a forced set for a masked-diffusion student, not a "
+                "keep-mask; the student is an autoregressive model"
+            )
         columns = {"input_ids": [e.input_ids for e in examples], "labels": apply_selection(examples, sel, where)}
         if cfg.normalize == "response":
             columns["response_labels"] = [e.labels() for e in examples]
         return columns
 
-    def trainer(self, model: Any, data: Prepared, cfg: TrainConfig, output_dir: str | Path, *,
-                progress: bool = True, callbacks: list | None = None) -> Any:
+    def trainer(
+        self,
+        model: Any,
+        data: Prepared,
+        cfg: TrainConfig,
+        output_dir: str | Path,
+        *,
+        progress: bool = True,
+        callbacks: list | None = None,
+    ) -> Any:
         return make_trainer(model, data, cfg, output_dir, progress=progress, callbacks=callbacks)
 
-    def generate(self, model: Any, tok: Any, prompts: list[list[int]], gcfg: GenConfig, precision: Precision,
-                 progress: bool = True, desc: str = "generate") -> list[list[Generation]]:
+    def generate(
+        self,
+        model: Any,
+        tok: Any,
+        prompts: list[list[int]],
+        gcfg: GenConfig,
+        precision: Precision,
+        progress: bool = True,
+        desc: str = "generate",
+    ) -> list[list[Generation]]:
         from t3s.generation import generate
 
         return generate(model, tok, prompts, gcfg, precision, progress, desc)
 
-    def select(self, init: ScoreSet, bottleneck: ScoreSet, mode: str, *, threshold: float | str, seed: int,
-               bottleneck_step: int | None, reference: ScoreSet | None = None, project: Any = None) -> Selection:
+    def select(
+        self,
+        init: ScoreSet,
+        bottleneck: ScoreSet,
+        mode: str,
+        *,
+        threshold: float | str,
+        seed: int,
+        bottleneck_step: int | None,
+        reference: ScoreSet | None = None,
+        project: Any = None,
+    ) -> Selection:
         from t3s.select import select
 
-        return select(init, bottleneck, mode, threshold, seed=seed, bottleneck_step=bottleneck_step,
-                      reference=reference)
+        return select(
+            init, bottleneck, mode, threshold, seed=seed, bottleneck_step=bottleneck_step, reference=reference
+        )
 
-    def confidence(self, model: Any, examples: list[Example], precision: Precision, pad_id: int
-                   ) -> list[np.ndarray]:
+    def confidence(self, model: Any, examples: list[Example], precision: Precision, pad_id: int) -> list[np.ndarray]:
         from t3s.score import response_logprobs
 
         return dist.map_forward(  # several processes share the rows
-            model, lambda part: response_logprobs(model, part, precision, progress=False, pad_id=pad_id),
-            examples, [len(e.input_ids) for e in examples])
+            model,
+            lambda part: response_logprobs(model, part, precision, progress=False, pad_id=pad_id),
+            examples,
+            [len(e.input_ids) for e in examples],
+        )
 
     def trained_on(self, summary: dict[str, Any]) -> str:
         return f"{summary['kept_tokens']}/{summary['response_tokens']} response tokens trained on"
@@ -140,8 +171,15 @@ def _trainer_class():
     return T3STrainer, Collator
 
 
-def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, output_dir: str | Path, *,
-                 progress: bool = True, callbacks: list | None = None) -> Any:
+def make_trainer(
+    model: Any,
+    data: Prepared,
+    cfg: TrainConfig,
+    output_dir: str | Path,
+    *,
+    progress: bool = True,
+    callbacks: list | None = None,
+) -> Any:
     """TRL SFTTrainer configured from a TrainConfig (precision, checkpoints, LoRA, loss normalisation)."""
     from trl import SFTConfig
 
@@ -155,8 +193,11 @@ def make_trainer(model: Any, data: Prepared, cfg: TrainConfig, output_dir: str |
         from peft import LoraConfig
 
         peft_config = LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM",
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules,
+            task_type="CAUSAL_LM",
         )
     T3STrainer, Collator = _trainer_class()
     trainer = T3STrainer(

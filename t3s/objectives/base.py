@@ -49,29 +49,56 @@ class Objective:
     # separate autoregressive `selector` (whose probe is then not the student's SFT)
     needs_selector: bool = False
 
-    def load(self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *,
-             place: bool = True) -> Any:
+    def load(
+        self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *, place: bool = True
+    ) -> Any:
         raise NotImplementedError
 
-    def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig
-                ) -> dict[str, list]:
+    def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig) -> dict[str, list]:
         """The training columns of `examples` with the selection `sel` applied (None: every token)."""
         raise NotImplementedError
 
-    def trainer(self, model: Any, data: Prepared, cfg: TrainConfig, output_dir: str | Path, *,
-                progress: bool = True, callbacks: list | None = None) -> Any:
+    def trainer(
+        self,
+        model: Any,
+        data: Prepared,
+        cfg: TrainConfig,
+        output_dir: str | Path,
+        *,
+        progress: bool = True,
+        callbacks: list | None = None,
+    ) -> Any:
         raise NotImplementedError
 
-    def generate(self, model: Any, tok: Any, prompts: list[list[int]], gcfg: GenConfig, precision: Precision,
-                 progress: bool = True, desc: str = "generate") -> list[list[Generation]]:
+    def generate(
+        self,
+        model: Any,
+        tok: Any,
+        prompts: list[list[int]],
+        gcfg: GenConfig,
+        precision: Precision,
+        progress: bool = True,
+        desc: str = "generate",
+    ) -> list[list[Generation]]:
         raise NotImplementedError
 
-    def select(self, init: ScoreSet, bottleneck: ScoreSet, mode: str, *, threshold: float | str, seed: int,
-               bottleneck_step: int | None, reference: ScoreSet | None = None, project: Any = None) -> Selection:
+    def select(
+        self,
+        init: ScoreSet,
+        bottleneck: ScoreSet,
+        mode: str,
+        *,
+        threshold: float | str,
+        seed: int,
+        bottleneck_step: int | None,
+        reference: ScoreSet | None = None,
+        project: Any = None,
+    ) -> Selection:
         raise NotImplementedError
 
-    def confidence(self, model: Any, examples: list[Example], precision: Precision, pad_id: int
-                   ) -> list[np.ndarray] | None:
+    def confidence(
+        self, model: Any, examples: list[Example], precision: Precision, pad_id: int
+    ) -> list[np.ndarray] | None:
         """Per example, the teacher-forced log-probabilities of its response tokens; None where the objective
         has no such thing."""
         raise NotImplementedError
@@ -151,8 +178,10 @@ def finite_loss_callback() -> Any:
             for key in ("loss", "grad_norm") if not args.fp16 else ("loss",):
                 value = (logs or {}).get(key)
                 if value is not None and not math.isfinite(float(value)):
-                    raise T3SError(f"training diverged at step {state.global_step}: {key} is {value} (lower "
-                                   "train.learning_rate, or check the data and train.dtype)")
+                    raise T3SError(
+                        f"training diverged at step {state.global_step}: {key} is {value} (lower "
+                        "train.learning_rate, or check the data and train.dtype)"
+                    )
 
     return FiniteLoss()
 
@@ -162,8 +191,9 @@ def plan_for(cfg: TrainConfig) -> TrainingPlan:
     return training_plan(cfg.dtype, pure_bf16=cfg.pure_bf16, lora=cfg.lora_r > 0)
 
 
-def training_arguments(cfg: TrainConfig, output_dir: str | Path, progress: bool,
-                       plan: TrainingPlan | None = None) -> dict[str, Any]:
+def training_arguments(
+    cfg: TrainConfig, output_dir: str | Path, progress: bool, plan: TrainingPlan | None = None
+) -> dict[str, Any]:
     """transformers TrainingArguments from a TrainConfig (shared by the AR and the diffusion trainers); `plan`:
     the precision plan (default: this machine's, `plan_for`)."""
     plan = plan or plan_for(cfg)

@@ -34,43 +34,76 @@ class MaskedDiffusion(Objective):
     def __init__(self, cfg: DiffusionConfig | None = None):
         self.cfg = cfg or DiffusionConfig()
 
-    def load(self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *,
-             place: bool = True) -> Any:
+    def load(
+        self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *, place: bool = True
+    ) -> Any:
         from t3s.diffusion import load_mask_predictor
 
         return load_mask_predictor(path, precision, trust_remote_code)
 
-    def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig
-                ) -> dict[str, list]:
-        return {"input_ids": [e.input_ids for e in examples], "prompt_len": [e.prompt_len for e in examples],
-                "forced": forced_sets(examples, sel, where), "row": list(range(len(examples)))}
+    def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig) -> dict[str, list]:
+        return {
+            "input_ids": [e.input_ids for e in examples],
+            "prompt_len": [e.prompt_len for e in examples],
+            "forced": forced_sets(examples, sel, where),
+            "row": list(range(len(examples))),
+        }
 
-    def trainer(self, model: Any, data: Prepared, cfg: TrainConfig, output_dir: str | Path, *,
-                progress: bool = True, callbacks: list | None = None) -> Any:
+    def trainer(
+        self,
+        model: Any,
+        data: Prepared,
+        cfg: TrainConfig,
+        output_dir: str | Path,
+        *,
+        progress: bool = True,
+        callbacks: list | None = None,
+    ) -> Any:
         from t3s.diffusion import make_trainer
 
         return make_trainer(model, data, cfg, self.cfg, output_dir, progress=progress, callbacks=callbacks)
 
-    def generate(self, model: Any, tok: Any, prompts: list[list[int]], gcfg: GenConfig, precision: Precision,
-                 progress: bool = True, desc: str = "generate") -> list[list[Generation]]:
+    def generate(
+        self,
+        model: Any,
+        tok: Any,
+        prompts: list[list[int]],
+        gcfg: GenConfig,
+        precision: Precision,
+        progress: bool = True,
+        desc: str = "generate",
+    ) -> list[list[Generation]]:
         from t3s.diffusion import sample
 
         return sample(model, tok, prompts, gcfg, self.cfg, precision, progress, desc)
 
-    def select(self, init: ScoreSet, bottleneck: ScoreSet, mode: str, *, threshold: float | str, seed: int,
-               bottleneck_step: int | None, reference: ScoreSet | None = None, project: Any = None) -> Selection:
+    def select(
+        self,
+        init: ScoreSet,
+        bottleneck: ScoreSet,
+        mode: str,
+        *,
+        threshold: float | str,
+        seed: int,
+        bottleneck_step: int | None,
+        reference: ScoreSet | None = None,
+        project: Any = None,
+    ) -> Selection:
         from t3s.select import select_forced
 
-        return select_forced(init, bottleneck, mode, self.cfg.tau, seed=seed, bottleneck_step=bottleneck_step,
-                             project=project)
+        return select_forced(
+            init, bottleneck, mode, self.cfg.tau, seed=seed, bottleneck_step=bottleneck_step, project=project
+        )
 
     def confidence(self, model: Any, examples: list[Example], precision: Precision, pad_id: int) -> None:
         return None
 
     def check_backend(self, backend: str, setting: str) -> None:
         if backend == "vllm":
-            raise T3SError(f"{setting}=vllm generates with autoregressive models only (vLLM has no masked-diffusion "
-                           f"models); a masked-diffusion student generates with its own sampler: {setting}=hf")
+            raise T3SError(
+                f"{setting}=vllm generates with autoregressive models only (vLLM has no masked-diffusion "
+                f"models); a masked-diffusion student generates with its own sampler: {setting}=hf"
+            )
 
     def training_inputs(self) -> dict[str, Any]:
         return self.cfg.training()
@@ -87,8 +120,10 @@ class MaskedDiffusion(Objective):
         return {"objective": self.name, "diffusion": dataclasses.asdict(self.cfg)}
 
     def trained_on(self, summary: dict[str, Any]) -> str:
-        return (f"diffusion objective, {summary['forced_tokens']}/{summary['response_tokens']} response tokens "
-                "always masked")
+        return (
+            f"diffusion objective, {summary['forced_tokens']}/{summary['response_tokens']} response tokens "
+            "always masked"
+        )
 
 
 def forced_sets(examples: list[Example], sel: Selection | None, where: str = "") -> list[list[bool]]:
@@ -96,6 +131,8 @@ def forced_sets(examples: list[Example], sel: Selection | None, where: str = "")
     if sel is None:
         return [[False] * len(e.response_ids) for e in examples]
     if sel.forced is None:
-        raise T3SError(f"the selection {where} is a keep-mask for an autoregressive student; a diffusion student "
-                       "needs a forced set (`t3s select --forced`)")
+        raise T3SError(
+            f"the selection {where} is a keep-mask for an autoregressive student; a diffusion student "
+            "needs a forced set (`t3s select --forced`)"
+        )
     return [[bool(x) for x in sel.forced[i]] for i in selection_rows(examples, sel, where)]
