@@ -203,6 +203,21 @@ def students_table(runs: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CONTROLS = ["static-high", "static-low", "t3s-final", "t3s-early", "excess-loss", "dft", "rrt"]
+
+
+def controls_table(runs: list[Path]) -> str:
+    """The other modes and controls per student (mean ± sd over seeds), where the runs trained them."""
+    lines = ["| student (world seed) | " + " | ".join(CONTROLS) + " |", "|---|" + "---|" * len(CONTROLS)]
+    for run in runs:
+        s = json.loads((run / "summary.json").read_text())
+        rows = {r["method"]: r for r in s["rows"]}
+        world = json.loads((Path(s["config"]["student"]).parent / "world.json").read_text())
+        cells = [_ms(list(rows[m]["per_seed"].values())) if m in rows else "–" for m in CONTROLS]
+        lines.append(f"| {world['config']['seed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.claims", description=__doc__.split("\n")[0])
     p.add_argument("--world", default="runs/testbed-world", help="the world directory (built when missing)")
@@ -223,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.students:
         print(students_table([Path(r) for r in args.students]))
+        print(controls_table([Path(r) for r in args.students]))
         return 0
     out = Path(args.out)
     if not args.render:

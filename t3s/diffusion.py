@@ -470,7 +470,7 @@ def sample(
     desc: str = "sample",
 ) -> list[list[Any]]:
     """k samples per prompt with the reverse process described in the module docstring. Same output as
-    `t3s.evaluate.generate`: per prompt a list of Generation(token_ids before the first EOS, text, truncated)."""
+    `t3s.generation.generate`: per prompt a list of Generation(token_ids before the first EOS, text, truncated)."""
     from tqdm.auto import tqdm
 
     from t3s.generation import Generation, eos_ids

@@ -1,5 +1,5 @@
 """Generation with vLLM (optional, GPU only): the same prompts, settings, outputs and grading as the Hugging Face
-backend (`t3s.evaluate.generate`), much faster for long reasoning traces.
+backend (`t3s.generation.generate`), much faster for long reasoning traces.
 
 - `t3s eval --backend vllm` (and `eval.backend: vllm`): one vLLM engine on the model directory; vLLM spreads it
   over GPUs itself (`eval.vllm: {tensor_parallel_size: 8}`), so the command runs as one process, not under
@@ -11,7 +11,7 @@ backend (`t3s.evaluate.generate`), much faster for long reasoning traces.
 
 Each prompt gets its own sampling seed (`seed * 100003 + prompt index`), so results do not depend on how
 prompts are batched or split; they are not the same draws as the Hugging Face backend's. Responses are cut at
-the first stop token and decoded with the model's tokenizer exactly as in `t3s.evaluate.generate`.
+the first stop token and decoded with the model's tokenizer exactly as in `t3s.generation.generate`.
 
 This module cannot run without vLLM and a GPU; only its pure helpers are tested on CPU.
 """
@@ -115,7 +115,7 @@ def generate_with(
 
 
 class Engine:
-    """`t3s eval --backend vllm`: a vLLM engine on a model directory, with `t3s.evaluate.generate`'s interface."""
+    """`t3s eval --backend vllm`: a vLLM engine on a model directory, with `t3s.generation.generate`'s interface."""
 
     def __init__(self, model_path: str, tok: Any, cfg: GenConfig, trust_remote_code: bool = False):
         if dist.launched():
