@@ -167,7 +167,6 @@ def cmd_eval(args) -> None:
         check_can_write(out, args.overwrite)
         check_outside(out, model=args.model, data=args.data)
         objective = objective_of(args.model, cfg, args.trust_remote_code)
-        objective.check_backend(gcfg.backend, "--backend")  # before any work
         rows = load_rows(args.data, args.split, need_response=False, need_answer=True)
         m = run_eval(
             args.model,

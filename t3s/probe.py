@@ -34,6 +34,7 @@ import numpy as np
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import write_json
 from t3s.config import DiffusionConfig, GenConfig, ProbeConfig, RenderConfig, RunConfig  # noqa: F401 -- ProbeConfig: imported from here
+from t3s.data import Row
 from t3s.models import Precision
 from t3s.objectives import Objective, Prepared
 
@@ -141,17 +142,16 @@ class ProbeRunner:
     def __init__(
         self,
         out: Path,
-        data: Any,
-        heldout: list | None,
+        data: Prepared,
+        heldout: list[Row] | None,
         cfg: ProbeConfig,
-        gen: Any,
+        gen: GenConfig,
         rcfg: RenderConfig,
         precision: Precision,
         max_steps: int,
         progress: bool,
         log: Any = print,
         track: bool = False,
-        objective: Objective | None = None,
     ):
         self.out, self.cfg, self.rcfg, self.precision, self.progress, self.log = (
             out,
@@ -163,7 +163,7 @@ class ProbeRunner:
         )
         self.tok = data.tokenizer
         self.track = track  # tracking a trained mode: no checkpoints, no held-out set
-        self.objective = objective or data.objective  # how the student generates, and its confidence
+        self.objective = data.objective  # how the student generates, and its confidence
         self.every = cfg.track_every if track else cfg.eval_every  # 0: set at the start of training
         if self.every <= 0 and max_steps > 0:
             self.every = max(1, round(max_steps / 15))
