@@ -13,7 +13,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 # recorded with `python tests/test_regression.py` (see the module docstring)
@@ -46,11 +45,10 @@ def run(tiny_model: Path, work: Path) -> dict:
     """Train 4 steps (2 rows × 2 accumulation steps each) on `rows()` from the tiny model with the Qwen3 template
     and a fixed keep-mask; returns the counts and the logged losses."""
     import trl
+    from test_train import crafted_selection  # tests/ is on the path under pytest and when run as a script
 
     from t3s.config import load_config
-    from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
     from t3s.models import load_tokenizer
-    from t3s.select import Selection, write_selection
     from t3s.train import train
 
     model = work / "model"
@@ -60,25 +58,7 @@ def run(tiny_model: Path, work: Path) -> dict:
     tok.save_pretrained(model)
     data = work / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows()))
-    tok = load_tokenizer(model)
-    loaded = load_rows(data)
-    examples, _ = render_rows(loaded, tok, RenderConfig())
-    keep = [np.array([(i + j) % 3 != 0 for j in range(len(e.response_ids))]) for i, e in enumerate(examples)]
-    sel = Selection(
-        meta={
-            "kind": "t3s-selection",
-            "mode": "crafted",
-            "threshold": 0.0,
-            "seed": None,
-            "fingerprints": fingerprints(loaded, tok, RenderConfig()),
-            "stats": {},
-        },
-        ids=[e.id for e in examples],
-        response_ids=[np.array(e.response_ids) for e in examples],
-        keep=keep,
-        delta=[np.zeros(len(k), dtype=np.float32) for k in keep],
-    )
-    write_selection(sel, work / "selection")
+    crafted_selection(work / "selection", load_tokenizer(model), data, lambda i, j: (i + j) % 3 != 0)
     cfg = load_config(
         None,
         [
