@@ -1,4 +1,4 @@
-from t3s.cli import main
+from t3s.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -221,10 +221,30 @@ def cmd_probe(args) -> None:
     )
 
 
+# `t3s run` flags that are shortcuts for `launch.KEY=VALUE`
+LAUNCH_FLAGS = {
+    "launcher": "launcher",
+    "num_processes": "num_processes",
+    "accelerate_config": "config_file",
+    "nodes": "nodes",
+    "main_address": "main_address",
+    "main_port": "main_port",
+}
+
+
 def cmd_run(args) -> int:
     from t3s.pipeline import main_run
 
-    return main_run(args.config, args.out, args.overrides, args.force or [], _progress(args))
+    launch = [f"launch.{key}={getattr(args, flag)}" for flag, key in LAUNCH_FLAGS.items() if getattr(args, flag)]
+    return main_run(
+        args.config,
+        args.out,
+        list(args.overrides) + launch,
+        args.force or [],
+        _progress(args),
+        stage=args.stage,
+        plan=args.plan,
+    )
 
 
 def cmd_report(args) -> None:
@@ -443,6 +463,28 @@ def build_parser() -> argparse.ArgumentParser:
         "eval (repeatable)",
     )
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the stages in order with the exact command of each, the launch, global batch, precision and "
+        "(for a known model) the estimate; run nothing",
+    )
+    sp.add_argument(
+        "--stage",
+        metavar="ID",
+        help="run this one stage (e.g. seed-0/probe; see --plan) after the stages before it; what `t3s run` "
+        "starts under the launcher, and the manual fallback",
+    )
+    sp.add_argument(
+        "--launcher",
+        choices=["auto", "none", "torchrun", "accelerate"],
+        help="= launch.launcher: run probe, score, train and eval under this launcher",
+    )
+    sp.add_argument("--num-processes", type=int, metavar="N", help="= launch.num_processes (over all nodes)")
+    sp.add_argument("--accelerate-config", metavar="FILE", help="= launch.config_file (implies accelerate)")
+    sp.add_argument("--nodes", type=int, metavar="N", help="= launch.nodes")
+    sp.add_argument("--main-address", metavar="HOST", help="= launch.main_address (nodes > 1)")
+    sp.add_argument("--main-port", type=int, metavar="PORT", help="= launch.main_port")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.learning_rate=1e-5 seeds=[0,1]")
     sp.set_defaults(fn=cmd_run)
 
@@ -521,6 +563,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = list(args.overrides) + extra
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    stage = getattr(args, "stage", None) if args.command == "run" else None
+    if stage:  # one stage of a launched `t3s run`: its output goes to its own log file
+        from t3s.launch import worker_output
+
+        worker_output(stage)
     if dist.launched() and not dist.is_main():  # several processes: one set of messages and progress bars
         args.quiet = True
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- for the life of the process
@@ -532,12 +579,13 @@ def main(argv: list[str] | None = None) -> int:
         datasets.disable_progress_bars()
     previous = _handle_sigterm()
     try:
-        if dist.launched() and args.command in ("run", "testbed"):  # they drive Trainers of their own
+        if dist.launched() and args.command in ("run", "testbed") and not stage:  # they start processes themselves
             raise T3SError(
-                f"`t3s {args.command}` runs as one process; under torchrun / accelerate launch run the "
-                "stages one by one (probe, score, select, train, eval: README, 'Scaling out')"
+                f"`t3s {args.command}` is the orchestrator: run it as one process, and give it the launcher instead "
+                "(`t3s run CONFIG launch.num_processes=8`, or the `launch:` section: README, 'Scaling out'); under "
+                "a launcher only `t3s run --stage ID` (one stage) runs"
             )
-        if dist.launched() and args.command not in DISTRIBUTED:
+        if dist.launched() and args.command not in DISTRIBUTED and not stage:
             code = dist.on_main(lambda: args.fn(args))  # one process does it, the others wait
         else:
             code = args.fn(args)
@@ -562,6 +610,15 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return code or 0
+
+
+def entry() -> None:
+    """The `t3s` command and `python -m t3s`: `main`, then, when launched on several processes and successful, the
+    exit all processes take together (`dist.finish`)."""
+    code = main()
+    if code == 0:
+        dist.finish()
+    raise SystemExit(code)
 
 
 # What an interrupted command left, when the command itself added no note.
@@ -614,4 +671,4 @@ def _message(e: BaseException, command: str, out: str | None = None) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

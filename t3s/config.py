@@ -12,6 +12,7 @@ probe: {eval_every: 5}          # ProbeConfig
 eval: {max_new_tokens: 1024}    # GenConfig
 score: {dtype: float32}         # ScoreConfig
 diffusion: {tau: 0.2}           # DiffusionConfig (objective: diffusion)
+launch: {num_processes: 8}      # LaunchConfig (`t3s run`: the stages under torchrun / accelerate)
 ```
 
 Every section is a dataclass here, with each key's help text and bounds next to it; this module imports no stage
@@ -346,6 +347,94 @@ class ScoreConfig:
         check_fields(self, "score")
 
 
+LAUNCHERS = ("auto", "none", "torchrun", "accelerate")
+
+
+@dataclass
+class LaunchConfig:
+    """How `t3s run` starts its distributed stages (probe, score, train, eval): in its own process, or each as a
+    subprocess under an existing launcher (`torchrun`, `accelerate launch`), with select, RRT and the summary in
+    the orchestrating process. Part of no fingerprint, except that a training's global batch (rows per device ×
+    accumulation × processes) counts the processes."""
+
+    launcher: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | none | torchrun | accelerate. auto: accelerate when config_file is set, torchrun when "
+            "num_processes or nodes > 1, else none (every stage in this process)"
+        },
+    )
+    num_processes: int | None = field(
+        default=None,
+        metadata={"help": "processes over all nodes (default: the accelerate config's num_processes, else 1)", "ge": 1},
+    )
+    config_file: str | None = field(
+        default=None, metadata={"help": "accelerate config file (DDP, DeepSpeed, FSDP: examples/accelerate/)"}
+    )
+    nodes: int = field(default=1, metadata={"help": "machines; each runs num_processes / nodes processes", "ge": 1})
+    main_address: str | None = field(default=None, metadata={"help": "nodes > 1: the address of node 0"})
+    main_port: int | None = field(
+        default=None,
+        metadata={
+            "help": "rendezvous port (default: a free one on one node, 29500 over several)",
+            "ge": 1,
+            "le": 65535,
+        },
+    )
+    prefix: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "command that starts the launcher once on every node, e.g. [srun, --nodes=2, "
+            "--ntasks-per-node=1] (torchrun); without it, nodes > 1 prints each other node's command per stage"
+        },
+    )
+    args: list[str] = field(default_factory=list, metadata={"help": "extra launcher arguments, passed as is"})
+    env: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "environment variables of the stage processes (e.g. NCCL_DEBUG: INFO)"}
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "launch")
+        if self.launcher not in LAUNCHERS:
+            raise T3SError(f"launch.launcher must be one of {', '.join(LAUNCHERS)}, got '{self.launcher}'")
+        for key in ("prefix", "args"):
+            value = getattr(self, key)
+            if not isinstance(value, list) or not all(isinstance(x, (str, int, float)) for x in value):
+                raise T3SError(f"launch.{key} must be a list of words, got {value!r}")
+            setattr(self, key, [str(x) for x in value])
+        if not isinstance(self.env, dict):
+            raise T3SError(f"launch.env must be a mapping, got {self.env!r}")
+        self.env = {str(k): str(v) for k, v in self.env.items()}
+        if self.config_file and self.launcher in ("torchrun", "none"):
+            raise T3SError(
+                f"launch.config_file is an accelerate config: set launch.launcher: accelerate (or auto), not "
+                f"{self.launcher}"
+            )
+        if self.launcher == "none" and ((self.num_processes or 1) > 1 or self.nodes > 1):
+            raise T3SError("launch.launcher: none runs every stage in this one process: num_processes and nodes are 1")
+        if self.nodes > 1:
+            if not self.main_address:
+                raise T3SError("launch.nodes > 1 needs launch.main_address (the address of node 0)")
+            if self.num_processes is not None and self.num_processes % self.nodes:
+                raise T3SError(
+                    f"launch.num_processes ({self.num_processes}) must be a multiple of launch.nodes ({self.nodes})"
+                )
+            if self.prefix and self.kind() == "accelerate":
+                raise T3SError(
+                    "launch.prefix starts one launcher per node, which needs a rendezvous that assigns node ranks: "
+                    "use launch.launcher: torchrun (DeepSpeed / FSDP through train.trainer.deepspeed / fsdp), or "
+                    "no prefix (t3s prints each other node's command)"
+                )
+
+    def kind(self) -> str:
+        """The launcher in use: none, torchrun or accelerate (auto resolved; see `launcher`)."""
+        if self.launcher != "auto":
+            return self.launcher
+        if self.config_file:
+            return "accelerate"
+        return "torchrun" if (self.num_processes or 1) > 1 or self.nodes > 1 else "none"
+
+
 SECTIONS: dict[str, type] = {
     "render": RenderConfig,
     "train": TrainConfig,
@@ -353,6 +442,7 @@ SECTIONS: dict[str, type] = {
     "eval": GenConfig,
     "score": ScoreConfig,
     "diffusion": DiffusionConfig,
+    "launch": LaunchConfig,
 }
 OBJECTIVES = ("ar", "diffusion")
 
@@ -397,6 +487,7 @@ class RunConfig:
     eval: GenConfig = field(default_factory=GenConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def __post_init__(self) -> None:
         check_fields(self, "")
@@ -513,6 +604,23 @@ def _set(raw: dict[str, Any], path: list[str], value: Any) -> None:
         if not isinstance(raw, dict):
             raise T3SError(f"override {'.'.join(path)}: '{p}' is not a mapping")
     raw[path[-1]] = value
+
+
+def read_resolved(path: str | Path) -> RunConfig:
+    """A run's own `config.yaml` (what `t3s run` wrote: every key, typed): the values are taken as they are, not
+    converted, so the config a stage's own process reads is the orchestrator's to the bit (an integer default of a
+    float key stays an integer) and every fingerprint agrees."""
+    try:
+        raw = yaml.safe_load(read_text(path)) or {}
+    except yaml.YAMLError as e:
+        raise T3SError(f"{path}: cannot read config ({e})") from None
+    if not isinstance(raw, dict):
+        raise T3SError(f"{path}: a config must be a mapping of keys to values")
+    try:
+        sections = {name: cls(**(raw.pop(name, None) or {})) for name, cls in SECTIONS.items()}
+        return RunConfig(**raw, **sections)
+    except TypeError as e:
+        raise T3SError(f"{path}: not a config written by `t3s run` ({e})") from None
 
 
 def load_config(

@@ -59,6 +59,22 @@ def barrier() -> None:
         s.wait_for_everyone()
 
 
+def finish() -> None:
+    """End a launched command's process once every process is done: wait for the others, then exit at once
+    (`os._exit(0)`: no interpreter teardown). Left to the teardown, a gloo communication thread still running
+    sometimes aborts the process (`terminate called without an active exception`) and the launcher reports a
+    finished command as failed. A no-op in a single-process run."""
+    if not launched():
+        return
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized():
+        barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 def deal(costs: Sequence[float], part: int, parts: int) -> list[int]:
     """Indices of part `part` of `parts`: items sorted by cost (largest first, ties by index), dealt round-robin."""
     order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))

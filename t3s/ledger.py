@@ -6,6 +6,11 @@ a stage interrupted midway has no record and is redone from scratch; `force` red
 kinds and, because their outputs are newly produced, everything downstream. `adopt` takes another run's
 finished stage (a teacher mixture shares the base model's evaluation between its teachers).
 
+A `Session` says how this process runs its stages: all here (the default); as the orchestrator of a launched
+run, which hands the distributed kinds to a runner (`t3s.launch`) and reads the records their processes write;
+or as one of those processes (`t3s run --stage ID`), which replays the run from the records of the stages before
+ID, runs ID on every process, writes its record from the main process and stops (`StageDone`).
+
 The second half names what each kind of stage reads (`probe_inputs`, `train_inputs`, ...): a stage's
 fingerprint holds exactly those settings, so that changing a sampler setting re-runs only the stages that sample.
 """
@@ -16,12 +21,13 @@ import dataclasses
 import shutil
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
-from t3s import T3SError, __version__
+from t3s import T3SError, __version__, dist
 from t3s.artifacts import read_json, sha256_json, write_json
 
 if TYPE_CHECKING:
@@ -29,24 +35,77 @@ if TYPE_CHECKING:
     from t3s.objectives import Objective
 
 STAGE_KINDS = ("probe", "score", "select", "train", "rrt", "eval")
+DISTRIBUTED_KINDS = ("probe", "score", "train", "eval")  # the kinds that run on every process of a launch
+TRAINING_KINDS = ("probe", "train")  # their result depends on the number of processes (the global batch)
+
+
+class StageDone(Exception):
+    """Raised in a `t3s run --stage ID` process once stage ID is done: nothing after it runs in this process."""
+
+    def __init__(self, record: dict[str, Any]):
+        super().__init__(record["key"])
+        self.record = record
+
+
+@dataclass
+class Session:
+    """How the stages of this process run (see the module docstring). `processes`: the run's process count; above
+    1 it joins the fingerprints of the training stages, whose global batch it multiplies."""
+
+    root: Path
+    runner: Callable[[str, str], None] | None = None  # orchestrator: runner(stage_id, kind) runs it elsewhere
+    target: str | None = None  # a stage's own process: the one stage it runs
+    processes: int = 1
+    seen: list[str] = field(default_factory=list)  # the stages replayed before the target
+    active: bool = False  # the target is running: its messages go to the logs
 
 
 class Ledger:
-    def __init__(self, out: Path, force: set[str] | tuple[str, ...] = ()):
+    def __init__(
+        self, out: Path, force: set[str] | tuple[str, ...] = (), session: Session | None = None, clean: bool = True
+    ):
         bad = set(force) - set(STAGE_KINDS)
         if bad:
             raise T3SError(f"--force takes stage kinds {', '.join(STAGE_KINDS)}; got {', '.join(sorted(bad))}")
         self.out, self.force = Path(out), set(force)
+        self.session = session or Session(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        clean_stale(self.out)
+        if clean and self.session.target is None:  # a stage's own process never cleans: others may be writing
+            clean_stale(self.out)
         self.logfile = self.out / "run.log"
 
+    def sub(self, out: Path) -> Ledger:
+        """The ledger of a run nested in this one (a teacher's run of a mixture), in the same session."""
+        return Ledger(out, self.force, self.session, clean=False)
+
+    def stage_id(self, key: str) -> str:
+        """The stage's name from the top of the session's run directory (`teachers/r1/seed-0/probe`)."""
+        rel = self.out.resolve().relative_to(self.session.root.resolve()).as_posix()
+        return key if rel == "." else f"{rel}/{key}"
+
     def log(self, msg: str, console: bool = True) -> None:
+        s = self.session
+        if s.target is not None and not s.active:
+            return  # a stage's own process replaying the stages before its own: they were logged when they ran
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
         if console:
             print(line, flush=True)
-        with self.logfile.open("a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        if s.target is None or dist.is_main():
+            with self.logfile.open("a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+
+    def end(self) -> bool:
+        """Called where a run writes its summary: whether to write it. A stage's own process never gets to the end
+        of the run that holds its stage (an error: no such stage); the end of a run nested in it (a teacher's run
+        of a mixture, replayed from its records) writes nothing there."""
+        s = self.session
+        if s.target is None:
+            return True
+        if s.target.startswith(self.stage_id("")):
+            raise T3SError(
+                f"--stage {s.target}: this run has no such stage, or it is not reached (stages: {', '.join(s.seen)})"
+            )
+        return False
 
     def record_path(self, key: str) -> Path:
         return self.out / "stages" / (key.replace("/", "__") + ".json")
@@ -60,18 +119,36 @@ class Ledger:
 
     def stage(self, key: str, kind: str, path: Path, inputs: dict[str, Any], fn: Callable[[Path], Any]) -> dict:
         """Run `fn(path)` unless a matching record says it is done. Returns the stage record."""
+        s = self.session
+        if s.processes > 1 and kind in TRAINING_KINDS:
+            inputs = {**inputs, "processes": s.processes}
         fp = sha256_json({"key": key, "inputs": inputs, "t3s": __version__})
         rec_path = self.record_path(key)
-        if kind not in self.force and rec_path.exists() and path.exists():
-            rec = read_json(rec_path)
-            if rec.get("fingerprint") == fp:
-                self.log(f"{key}: done earlier, skipped")
-                return rec
+        done = rec_path.exists() and path.exists() and read_json(rec_path).get("fingerprint") == fp
+        if s.target is not None:
+            return self._own(key, kind, path, fp, fn, done)
+        if kind not in self.force and done:
+            self.log(f"{key}: done earlier, skipped")
+            return read_json(rec_path)
         rec_path.unlink(missing_ok=True)
         self.log(f"{key}: running")
         t0 = time.perf_counter()
-        result = fn(path)
-        rec = {
+        if s.runner is not None and kind in DISTRIBUTED_KINDS:  # its own processes write the record
+            s.runner(self.stage_id(key), kind)
+            rec = read_json(rec_path) if rec_path.exists() else {}
+            if rec.get("fingerprint") != fp or not path.exists():
+                raise T3SError(
+                    f"stage {self.stage_id(key)}: its processes exited without writing its outputs and record "
+                    f"({rec_path}); see its logs under {self.session.root / 'logs'}"
+                )
+        else:
+            rec = self._record(key, kind, path, fp, t0, fn(path))
+            write_json(rec_path, rec)
+        self.log(f"{key}: finished in {time.perf_counter() - t0:.1f}s")
+        return rec
+
+    def _record(self, key: str, kind: str, path: Path, fp: str, t0: float, result: Any) -> dict[str, Any]:
+        return {
             "key": key,
             "kind": kind,
             "path": str(path.relative_to(self.out)),
@@ -80,15 +157,45 @@ class Ledger:
             "seconds": time.perf_counter() - t0,
             "result": result,
         }
-        write_json(rec_path, rec)
+
+    def _own(self, key: str, kind: str, path: Path, fp: str, fn: Callable[[Path], Any], done: bool) -> dict:
+        """`t3s run --stage ID`: the stages before ID must be done (their records are read, nothing reruns); ID
+        runs on every process of the launch (select and RRT on the main one), then `StageDone` stops the run."""
+        s, sid = self.session, self.stage_id(key)
+        rec_path = self.record_path(key)
+        if sid != s.target:
+            if not done:
+                raise T3SError(
+                    f"--stage {s.target}: stage {sid}, which comes before it, is not done or its inputs changed; "
+                    "run `t3s run` without --stage (it runs every stage in order)"
+                )
+            s.seen.append(sid)
+            return read_json(rec_path)
+        s.active = True
+        if done and kind not in self.force:
+            self.log(f"{key}: done earlier, skipped")
+            raise StageDone(read_json(rec_path))
+        if kind in TRAINING_KINDS and dist.launched() and dist.world() != s.processes:
+            raise T3SError(
+                f"--stage {sid}: the run is planned for {s.processes} process(es) (launch.num_processes: the global "
+                f"batch counts them), but {dist.world()} were launched"
+            )
+        dist.on_main(lambda: rec_path.unlink(missing_ok=True))
+        self.log(f"{key}: running")
+        t0 = time.perf_counter()
+        result = fn(path) if kind in DISTRIBUTED_KINDS else dist.on_main(lambda: fn(path))
+        rec = self._record(key, kind, path, fp, t0, result)
+        dist.on_main(lambda: write_json(rec_path, rec))
         self.log(f"{key}: finished in {rec['seconds']:.1f}s")
-        return rec
+        raise StageDone(rec)
 
     def adopt(self, src: Path, key: str, kind: str, rel: str) -> bool:
         """Take stage `key` (its output `rel` and its record) from the finished run `src`, unless this run already
         has the same one. The record carries the fingerprint of the stage's inputs, so a run whose inputs differ
         still redoes the stage. Returns whether anything was copied."""
         src_rec, dst_rec = src / "stages" / self.record_path(key).name, self.record_path(key)
+        if self.session.target is not None:  # a stage's own process: the orchestrator has adopted it already
+            return False
         if kind in self.force or not src_rec.exists() or not (src / rel).exists():
             return False
         if (
@@ -110,6 +217,8 @@ class Ledger:
         return True
 
     def write_config(self, cfg: RunConfig) -> None:
+        if self.session.target is not None:
+            return
         tmp = self.out / ".config.yaml.tmp"
         tmp.write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
         tmp.replace(self.out / "config.yaml")

@@ -150,7 +150,7 @@ def train_mixtures(cfg: RunConfig, ledger: Ledger, subs: dict[str, dict], progre
         log=ledger.log,
     )
     ev_in = {**eval_inputs(cfg, objective), "data": file_fingerprint(cfg.eval_data, False)}
-    teachers = {name: Ledger(out / "teachers" / name) for name in names}
+    teachers = {name: ledger.sub(out / "teachers" / name) for name in names}
     evals, sels = {}, {}
     for s in cfg.seeds:
         tcfg = mixture_train_config(dataclasses.replace(cfg.train, seed=s), scale, len(names))
@@ -207,6 +207,7 @@ def train_mixtures(cfg: RunConfig, ledger: Ledger, subs: dict[str, dict], progre
             )["result"]
 
     # one table: base, every teacher alone, every mixture
+    ledger.end()
     base = subs[names[0]]["rows"][0]
     stat = objective.selection_stat
     rows = [dict(base, method="base")]

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from t3s import T3SError, __version__
-from t3s.ledger import Ledger, eval_inputs, probe_inputs, score_inputs, selection_inputs, train_inputs
+from t3s.ledger import (
+    Ledger,
+    Session,
+    StageDone,
+    eval_inputs,
+    probe_inputs,
+    score_inputs,
+    selection_inputs,
+    train_inputs,
+)
 from t3s.modes import READS_EARLY, READS_FINAL, SELECTION_MODES
 from t3s.summary import base_row, method_row, table, write_summary
 
@@ -49,22 +58,44 @@ def early_checkpoint(probe_dir: Path, bottleneck_step: int) -> Path:
     return found[min(before, key=lambda k: (abs(k - bottleneck_step / 2), k))]
 
 
-def run(cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True) -> tuple[dict, int]:
+def run(
+    cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True, stage: str | None = None
+) -> tuple[dict, int]:
     """Run (or resume) the method: a single-teacher run, or with `teachers:` a teacher mixture. Returns
-    (summary, exit code)."""
+    (summary, exit code). With a launcher (`launch`), the distributed stages run as their own processes
+    (`t3s.launch`); `stage`: be one of those, run that stage only (it raises `StageDone`)."""
+    from t3s.launch import StageRunner, resolve
+
+    launch = resolve(cfg.launch)  # a bad launch setting stops the run here, before any stage
+    session = Session(Path(out), target=stage, processes=launch.processes)
+    if stage is None:
+        ledger = Ledger(session.root, force, session)
+        ledger.write_config(cfg)  # what the stages' own processes read
+        if launch.kind != "none":
+            session.runner = StageRunner(cfg, session.root, progress, ledger.log)
+            ledger.log(
+                f"launch: probe, score, train and eval under {launch.kind} on {launch.processes} process(es)"
+                + (f" over {launch.nodes} nodes" if launch.nodes > 1 else "")
+                + "; select, rrt and the summary here"
+            )
     if cfg.teachers:
-        return run_mixture(cfg, out, force=force, progress=progress)
-    return run_single(cfg, out, force=force, progress=progress)
+        return run_mixture(cfg, out, force=force, progress=progress, session=session)
+    return run_single(cfg, out, force=force, progress=progress, session=session)
 
 
 def run_mixture(
-    cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    force: tuple[str, ...] = (),
+    progress: bool = True,
+    session: Session | None = None,
 ) -> tuple[dict, int]:
     """Every teacher alone (an ordinary run each, sharing the base model's evaluation), then the mixtures."""
     from t3s.mixture import check_mixture, train_mixtures
 
     check_mixture(cfg)
-    ledger = Ledger(Path(out), set(force))
+    ledger = Ledger(Path(out), set(force), session)
     names = list(cfg.teachers)
     ledger.log(f"teacher mixture of {', '.join(names)}: each teacher alone, then the mixtures")
     subs = {}
@@ -73,10 +104,10 @@ def run_mixture(
         where = ledger.out / "teachers" / name
         ledger.log(f"teacher {name}: run in {where}")
         if name != names[0]:
-            sub_ledger = Ledger(where, set(force))
+            sub_ledger = ledger.sub(where)
             if sub_ledger.adopt(ledger.out / "teachers" / names[0], "eval-base", "eval", "eval-base"):
                 ledger.log(f"teacher {name}: the base model's evaluation is shared from teacher {names[0]}")
-        summary, code = run_single(sub, where, force=force, progress=progress)
+        summary, code = run_single(sub, where, force=force, progress=progress, session=ledger.session)
         if code != 0:
             return {**summary, "stopped": f"teacher {name}: {summary['stopped']}"}, code
         subs[name] = summary
@@ -84,7 +115,12 @@ def run_mixture(
 
 
 def run_single(
-    cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    force: tuple[str, ...] = (),
+    progress: bool = True,
+    session: Session | None = None,
 ) -> tuple[dict, int]:
     """The single-teacher pipeline (see the module docstring). Returns (summary, exit code)."""
     from t3s.data import file_fingerprint, load_rows
@@ -110,7 +146,7 @@ def run_single(
     if any(m in READS_EARLY for m in cfg.modes) and not cfg.probe.keep_all:
         # t3s-early scores an evaluated checkpoint before the bottleneck: the probe keeps them all
         cfg = dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, keep_all=True))
-    ledger = Ledger(Path(out), set(force))
+    ledger = Ledger(Path(out), set(force), session)
     out = ledger.out
     student, train_data, eval_data = cfg.student, cfg.train_data, cfg.eval_data or cfg.train_data
     selector = student if own else cfg.selector
@@ -201,7 +237,8 @@ def run_single(
             "probes": {s: probes[s]["result"] for s in cfg.seeds},
             "markdown": f"**{msg}**\n",
         }
-        write_summary(out, summary, "t3s run")
+        if ledger.end():
+            write_summary(out, summary, "t3s run")
         ledger.log(msg)
         return summary, NO_DIP_EXIT
 
@@ -398,6 +435,7 @@ def run_single(
         eval_on_train=not cfg.eval_data,
         student_probes=student_probes,
         selector_probed=not own,
+        write=ledger.end(),
     )
     ledger.log("summary:\n" + summary["markdown"], console=False)
     return summary, 0
@@ -436,6 +474,7 @@ def summarize(
     eval_on_train: bool,
     student_probes: dict | None = None,
     selector_probed: bool = False,
+    write: bool = True,
 ) -> dict[str, Any]:
     """The comparison table: every number is read from the eval/selection/probe records of this run."""
     base = evals[(None, "base")]
@@ -504,17 +543,164 @@ def summarize(
         },
         "markdown": md,
     }
-    write_summary(out, summary, "t3s run summary")
+    if write:
+        write_summary(out, summary, "t3s run summary")
     return summary
 
 
-def main_run(config_path: str, out: str | None, overrides: list[str], force: list[str], progress: bool) -> int:
-    from t3s.config import load_config
+def plan_stages(cfg: RunConfig, prefix: str = "") -> list[tuple[str, str]]:
+    """Every stage of the run in the order `run` takes them, as (stage id, kind), without running anything. It
+    assumes what only running tells: every probe finds a usable bottleneck and runs to its end. (A test holds it
+    to the stages a real run records.)"""
+    from t3s.objectives import objective_for
 
-    cfg = load_config(config_path, overrides, flat=())
+    if cfg.teachers:
+        out: list[tuple[str, str]] = []
+        for name, data in cfg.teachers.items():
+            out += plan_stages(dataclasses.replace(cfg, teachers={}, train_data=data), f"teachers/{name}/")
+        out.append(("mixture/data", "select"))
+        for s in cfg.seeds:
+            for mode in cfg.modes:
+                if mode in SELECTION_MODES:
+                    out.append((f"mixture/seed-{s}/select-{mode}", "select"))
+                out += [(f"mixture/seed-{s}/train-{mode}", "train"), (f"mixture/seed-{s}/eval-{mode}", "eval")]
+        return out
+    own = not objective_for(cfg).needs_selector
+    stages = []
+    for s in cfg.seeds:
+        stages.append((f"seed-{s}/probe", "probe"))
+        if not own and cfg.probe_student:
+            stages.append((f"seed-{s}/probe-student", "probe"))
+    stages.append(("scores-init", "score"))
+    for s in cfg.seeds:
+        stages.append((f"seed-{s}/scores-bottleneck", "score"))
+        if any(m in READS_FINAL for m in cfg.modes):
+            stages.append((f"seed-{s}/scores-final", "score"))
+        if any(m in READS_EARLY for m in cfg.modes):
+            stages.append((f"seed-{s}/scores-early", "score"))
+    stages += [(f"seed-{s}/select-{m}", "select") for s in cfg.seeds for m in cfg.modes if m in SELECTION_MODES]
+    methods = [(s, m) for s in cfg.seeds for m in cfg.modes]
+    stages += [(f"seed-{s}/train-{m}", "train") for s, m in methods if not (m == "sft" and own)]
+    if cfg.rrt and own and "sft" in cfg.modes:
+        stages += [(f"seed-{s}/rrt", "rrt") for s in cfg.seeds]
+        methods += [(s, "rrt") for s in cfg.seeds]
+    stages.append(("eval-base", "eval"))
+    stages += [(f"seed-{s}/eval-{m}", "eval") for s, m in methods]
+    return [(prefix + key, kind) for key, kind in stages]
+
+
+def plan_text(cfg: RunConfig, out: Path, progress: bool = True) -> str:
+    """`t3s run --plan`: the stages in order with the exact command of each, the launch, the global batch, the
+    precision plan and, for a known model, the estimate. Runs and writes nothing."""
+    import shlex
+
+    from t3s.estimate import for_run
+    from t3s.launch import Launch, accelerate_settings, one_process, resolve, stage_command
+    from t3s.ledger import DISTRIBUTED_KINDS
+    from t3s.models import default_device, training_plan
+
+    launch: Launch = resolve(cfg.launch)
+    t = cfg.train
+    batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * launch.processes
+    lines = [f"t3s run --plan: {len(plan_stages(cfg))} stages into {out} (nothing is run or written)"]
+    if launch.kind == "none":
+        lines.append("launch: every stage in this process (launch.num_processes: 1)")
+    else:
+        lines.append(
+            f"launch: probe, score, train and eval under {launch.kind} on {launch.processes} process(es)"
+            + (f" over {launch.nodes} nodes ({launch.per_node} each)" if launch.nodes > 1 else "")
+            + (f", accelerate config {cfg.launch.config_file}" if cfg.launch.config_file else "")
+            + "; select, rrt and the summary in this process"
+        )
+    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.num_train_epochs:g} epoch(s)"
+    lines.append(
+        f"training: global batch {batch} = {t.per_device_train_batch_size} rows per device × "
+        f"{t.gradient_accumulation_steps} accumulation step(s) × {launch.processes} process(es); {steps}; "
+        f"lr {t.learning_rate:g}; seeds {cfg.seeds}; modes {', '.join(cfg.modes)}"
+    )
+    here = default_device()
+    for where, plan in (
+        (f"here ({here})", training_plan(t.dtype, here, pure_bf16=t.pure_bf16, lora=t.lora_r > 0)),
+        ("on a bf16 GPU", training_plan(t.dtype, "cuda", pure_bf16=t.pure_bf16, lora=t.lora_r > 0, gpu_bf16=True)),
+    ):
+        lines.append(f"precision (train.dtype {t.dtype}) {where}: {plan.name}")
+    zero = 0
+    if cfg.launch.config_file:
+        body = accelerate_settings(cfg.launch.config_file)
+        zero = (
+            3
+            if body.get("distributed_type") == "FSDP"
+            else int((body.get("deepspeed_config") or {}).get("zero_stage", 0))
+        )
+    setup = cfg.launch.config_file or launch.kind
+    est = for_run(
+        str(cfg.student),
+        launch.processes,
+        zero,
+        setup,
+        batch * t.max_steps if t.max_steps else None,
+        cfg.eval.max_new_tokens,
+    )
+    lines += [x.replace("# estimate:", "estimate:") for x in est or []]
+    if est is None:
+        lines.append(f"estimate: none for {cfg.student} (bench/estimate.py knows {', '.join(_known())})")
+    lines += ["", "stages, in order (assuming every probe finds a usable bottleneck):"]
+    config = out / "config.yaml"
+    for i, (sid, kind) in enumerate(plan_stages(cfg), 1):
+        lines.append(f"{i:3d}. {sid}  [{kind}]")
+        if launch.kind == "none" or kind not in DISTRIBUTED_KINDS:
+            lines.append("       in this process")
+            continue
+        by_hand = launch.nodes > 1 and not cfg.launch.prefix and not one_process(kind, cfg)
+        for rank in range(launch.nodes if by_hand else 1):
+            cmd = stage_command(launch, kind, cfg, config, out, sid, not progress, node_rank=rank if by_hand else None)
+            lines.append(f"       {'node ' + str(rank) + ': ' if by_hand else ''}{shlex.join(cmd)}")
+    lines += [
+        "",
+        f"The commands read {config}, which `t3s run` writes first; each stage's logs go to {out}/logs/STAGE/.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _known() -> list[str]:
+    from t3s.estimate import KNOWN
+
+    return list(KNOWN)
+
+
+def main_run(
+    config_path: str,
+    out: str | None,
+    overrides: list[str],
+    force: list[str],
+    progress: bool,
+    stage: str | None = None,
+    plan: bool = False,
+) -> int:
+    from t3s.config import load_config, read_resolved
+
     target = out or Path(config_path).with_suffix("").name
     if out is None:
         target = str(Path("runs") / target)
+    if stage is not None:  # one stage's own process: it reads the run's resolved config, as the orchestrator wrote it
+        own = Path(target) / "config.yaml"
+        if not own.exists() or Path(config_path).resolve() != own.resolve() or overrides:
+            raise T3SError(
+                f"--stage reads the run's own config: `t3s run {own} --out {target} --stage {stage}` without "
+                "overrides (`t3s run CONFIG --plan` prints every stage's command; `t3s run` writes that file)"
+            )
+        cfg = read_resolved(own)
+    else:
+        cfg = load_config(config_path, overrides, flat=())
+    if plan:
+        print(plan_text(cfg, Path(target), progress), end="")
+        return 0
+    if stage is not None:
+        try:
+            run(cfg, target, force=tuple(force), progress=progress, stage=stage)
+        except StageDone:
+            return 0
+        raise T3SError(f"--stage {stage}: not reached")  # `Ledger.end` raises first; kept as a guard
     summary, code = run(cfg, target, force=tuple(force), progress=progress)
     if code == 0:
         print("\n" + summary["markdown"])

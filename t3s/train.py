@@ -107,25 +107,31 @@ def train(
     out = Path(out)
     check_outside(out, model=model_path, data=data_path, selection=selection_path)
     started_name = "train.started.json"
-    finished = (out / "train.json").exists()
-    if not out.exists():
-        mode = "new"
-    elif resume and not finished and (out / started_name).exists():
-        mode = "resume"
-    elif overwrite:
-        mode = "staged"
-    elif finished:
-        raise T3SError(f"{out} already holds a finished training run; pass --overwrite to replace it")
-    elif (out / started_name).exists():
-        raise T3SError(
-            f"{out} holds an unfinished training run (it was interrupted); pass --resume to continue "
-            "it or --overwrite to start over"
-        )
-    else:
+
+    def decide() -> str:
+        finished = (out / "train.json").exists()
+        if not out.exists():
+            return "new"
+        if resume and not finished and (out / started_name).exists():
+            return "resume"
+        if overwrite:
+            return "staged"
+        if finished:
+            raise T3SError(f"{out} already holds a finished training run; pass --overwrite to replace it")
+        if (out / started_name).exists():
+            raise T3SError(
+                f"{out} holds an unfinished training run (it was interrupted); pass --resume to continue "
+                "it or --overwrite to start over"
+            )
         raise T3SError(
             f"{out} already exists and is not a t3s training run; choose another --out, or pass "
             "--overwrite to replace it"
         )
+
+    # several processes: the main one decides and tells the others, before any of them creates anything (a
+    # process that looked after the main one had made `out` would take another branch, and the collectives of
+    # the two branches would no longer pair up)
+    mode = dist.on_main(decide)
 
     dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
     plan = plan_for(cfg)

@@ -40,3 +40,18 @@ def write_jsonl(path, rows):
         for r in rows:
             fh.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
     return path
+
+
+def started(out, last=False):
+    """The stages of a `t3s run` directory in the order the run took them (its log's `running` and `skipped`
+    lines; `last`: of its last run only); a mixture's teachers log in their own run directories."""
+    keys, lines = [], (out / "run.log").read_text().splitlines()
+    if last:
+        lines = lines[max(i for i, x in enumerate(lines) if " run in " in x) :]
+    for line in lines:
+        for word in (": running", ": done earlier, skipped"):
+            if line.endswith(word):
+                key = line.split("] ", 1)[1][: -len(word)]
+                if key not in keys:
+                    keys.append(key)
+    return keys

@@ -479,8 +479,10 @@ def test_select_forced_reports_the_forced_fraction(tmp_path):
 def test_tiny_diffusion_run_end_to_end(dtiny, tmp_path):
     import time
 
+    from conftest import started
+
     from t3s.config import load_config
-    from t3s.pipeline import run
+    from t3s.pipeline import plan_stages, run
 
     t0 = time.perf_counter()
     cfg = load_config(
@@ -504,6 +506,7 @@ def test_tiny_diffusion_run_end_to_end(dtiny, tmp_path):
     assert code == 0
     assert time.perf_counter() - t0 < 180
     out = tmp_path / "run"
+    assert started(out) == [k for k, _ in plan_stages(cfg)]  # `t3s run --plan` lists the stages the run took
     rows = {r["method"]: r for r in summary["rows"]}
     assert list(rows) == ["base", "sft", "t3s", "random"]
     for m in ("sft", "t3s", "random"):

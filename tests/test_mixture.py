@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import started
 
 from t3s import T3SError
 from t3s.config import load_config
@@ -55,7 +56,7 @@ def test_union_keeps_each_teachers_own_mask(tiny, tmp_path):
 
 
 def test_two_teacher_mixture_end_to_end(tiny, tmp_path):
-    from t3s.pipeline import run
+    from t3s.pipeline import plan_stages, run
 
     cfg = load_config(
         "examples/tiny-mixture-run.yaml",
@@ -74,6 +75,9 @@ def test_two_teacher_mixture_end_to_end(tiny, tmp_path):
     summary, code = run(cfg, tmp_path / "run", progress=False)
     assert code == 0
     out = tmp_path / "run"
+    # `t3s run --plan` lists exactly the stages the run took, in its order
+    took = [f"teachers/{n}/{k}" for n in ("steps", "terse") for k in started(out / "teachers" / n)] + started(out)
+    assert took == [k for k, _ in plan_stages(cfg)]
     methods = [r["method"] for r in summary["rows"]]
     assert methods == [
         "base",

@@ -9,6 +9,10 @@ import time
 
 import pytest
 import yaml
+from conftest import started
+
+from t3s.config import load_config
+from t3s.pipeline import plan_stages
 
 CONFIG = {
     "modes": ["sft", "t3s", "random"],
@@ -175,6 +179,8 @@ def test_controls_of_the_papers_claims_as_modes(tiny, tmp_path):
     assert dft["log_history"][0]["loss"] < 0.1
     s = json.loads((out / "summary.json").read_text())
     assert [row["method"] for row in s["rows"]] == ["base", "sft", "random", "t3s-final", "excess-loss", "dft"]
+    # `t3s run --plan` lists the stages the run took (the θ_T scores of the controls included), in its order
+    assert started(out, last=True) == [k for k, _ in plan_stages(load_config(tmp_path / "run.yaml", [], flat=()))]
 
 
 def test_early_checkpoint_is_the_one_closest_to_half_the_bottleneck(tmp_path):
