@@ -335,17 +335,10 @@ def header(r: Recipe) -> list[str]:
 KNOWN = {"Qwen/Qwen3-8B": QWEN3_8B, "Qwen/Qwen3-32B": QWEN3_32B, "inclusionAI/LLaDA2.0-mini": LLADA2_MINI}
 
 
-def for_run(
-    student: str,
-    gpus: int,
-    zero: int,
-    setup: str,
-    train_seqs: int | None = None,
-    gen_max: int | None = None,
-) -> list[str] | None:
-    """The estimate of a run on a known model (`KNOWN`): its recipe's assumptions (trace lengths and the longest
-    sequence, probe points, MFU) with this run's GPUs, sharding, sequences per training run and generation
-    budget. None for any other model."""
+def for_run(student: str, gpus: int, zero: int, setup: str, train_seqs: int | None = None) -> list[str] | None:
+    """The estimate of a run on a known model (`KNOWN`): its recipe's assumptions (trace and answer lengths,
+    probe points and prompts, MFU) with this run's GPUs, sharding and sequences per training run. None for any
+    other model."""
     arch = KNOWN.get(student)
     if arch is None:
         return None
@@ -358,8 +351,6 @@ def for_run(
         tp=min(r.tp, gpus),
         train_seqs=train_seqs or r.train_seqs,
         probe_seqs=train_seqs if train_seqs and r.selector is r.arch else r.probe_seqs,
-        gen_max=gen_max or r.gen_max,
-        gen_mean=min(r.gen_mean, gen_max or r.gen_max),
     )
     return header(r)
 

@@ -639,7 +639,6 @@ def plan_text(cfg: RunConfig, out: Path, progress: bool = True) -> str:
         zero,
         setup,
         batch * t.max_steps if t.max_steps else None,
-        cfg.eval.max_new_tokens,
     )
     lines += [x.replace("# estimate:", "estimate:") for x in est or []]
     if est is None:

@@ -180,16 +180,17 @@ def test_plan_prints_every_stage_and_its_command_and_writes_nothing(config, tmp_
             assert below.endswith(f"--out {out} --stage {sid} --quiet") and f"{out}/config.yaml" in below
 
 
-def test_plan_of_a_known_model_has_the_estimate(tmp_path, capsys):
-    code = t3s(["run", str(ROOT / "examples" / "recipes" / "qwen3-8b.yaml"), "--out", str(tmp_path / "q"), "--plan"])
+@pytest.mark.parametrize("recipe", ["qwen3-8b", "llada2-mini"])
+def test_plan_of_a_known_model_has_the_estimate(tmp_path, capsys, recipe):
+    path = ROOT / "examples" / "recipes" / f"{recipe}.yaml"
+    code = t3s(["run", str(path), "--out", str(tmp_path / "q"), "--plan"])
     text = capsys.readouterr().out
     assert code == 0
-    assert "accelerate on 8 process(es), accelerate config examples/accelerate/deepspeed-zero3.yaml" in text
+    config = "deepspeed-zero3" if recipe == "qwen3-8b" else "fsdp2"
+    assert f"accelerate on 8 process(es), accelerate config examples/accelerate/{config}.yaml" in text
     assert "global batch 64 = 1 rows per device × 8 accumulation step(s) × 8 process(es)" in text
     # the recipe's own numbers: its header is bench/estimate.py's for the same settings
-    header = [
-        x[2:] for x in (ROOT / "examples/recipes/qwen3-8b.yaml").read_text().splitlines() if x.startswith("# estimate:")
-    ]
+    header = [x[2:] for x in path.read_text().splitlines() if x.startswith("# estimate:")]
     assert [x for x in text.splitlines() if x.startswith("estimate:")] == header
     assert "on a bf16 GPU: weights float32, compute bfloat16, optimizer state float32" in text
 
