@@ -1,7 +1,7 @@
 """Stage 1: training rows -> validated rows -> token ids with response labels.
 
 A row is `{"prompt": str | [{"role", "content"}, ...], "response": str, "answer": str (optional),
-"id": str (optional)}`. Rows come from JSONL, Parquet or a saved Hugging Face dataset directory. Rendering uses
+"id": str (optional)}`, or one of TRL's formats (`messages`; `prompt` + `completion`, see `from_trl`). Rows come from JSONL, Parquet or a saved Hugging Face dataset directory. Rendering uses
 the tokenizer's chat template (prompt as the user turn, response as the assistant turn) or, without a template,
 plain concatenation; labels cover the response tokens only.
 """
@@ -36,12 +36,51 @@ def stable_id(prompt: Any, response: str) -> str:
     return sha256_json({"prompt": prompt, "response": response})[:16]
 
 
+def from_trl(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """TRL's dataset formats as t3s rows (other keys, such as `answer` and `id`, are kept):
+    - conversational language modeling, `messages`: the last turn, when it is the assistant's, is the response and
+      the turns before it are the prompt (without an assistant turn at the end, all of them are the prompt);
+    - prompt-completion, `prompt` + `completion`: strings (standard) or lists of messages (conversational, the
+      completion being one assistant message).
+    A row in t3s's own form (`prompt` + `response`) is returned as it is."""
+
+    def bad(msg: str) -> T3SError:
+        return T3SError(f"{where}: {msg}")
+
+    if raw.get("messages") is not None:
+        clash = [k for k in ("prompt", "response", "completion") if raw.get(k) is not None]
+        if clash:
+            raise bad(f"field 'messages' and field '{clash[0]}': one format per row (messages, or prompt + response)")
+        msgs = raw["messages"]
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+            raise bad(f"field 'messages' must be a list of {{role, content}} objects, got {type(msgs).__name__}")
+        last = msgs[-1] if msgs else {}
+        if last.get("role") == "assistant":
+            prompt, response = msgs[:-1], last.get("content")
+            if not prompt:
+                raise bad("field 'messages' has no turn before the assistant's (the prompt)")
+        else:
+            prompt, response = msgs, None
+        return {**{k: v for k, v in raw.items() if k != "messages"}, "prompt": prompt, "response": response}
+    if raw.get("completion") is not None:
+        if raw.get("response") is not None:
+            raise bad("field 'response' and field 'completion': one of them holds the response")
+        completion = raw["completion"]
+        if isinstance(completion, list):
+            if len(completion) != 1 or not isinstance(completion[0], dict) or completion[0].get("role") != "assistant":
+                raise bad("a conversational 'completion' must be one assistant message")
+            completion = completion[0].get("content")
+        return {**{k: v for k, v in raw.items() if k != "completion"}, "response": completion}
+    return raw
+
+
 def _check_row(raw: Any, where: str, need_response: bool = True, need_answer: bool = False) -> Row:
     def bad(msg: str) -> T3SError:
         return T3SError(f"{where}: {msg}")
 
     if not isinstance(raw, dict):
         raise bad(f"a row must be a JSON object, got {type(raw).__name__}")
+    raw = from_trl(raw, where)
     needed = ["prompt"] + (["response"] if need_response else []) + (["answer"] if need_answer else [])
     for key in needed:
         if key not in raw or raw[key] is None:

@@ -104,3 +104,89 @@ def test_overlong_policies(tmp_path, tok):
     assert (rep.kept, rep.truncated, rep.dropped) == (1, 0, 1) and [e.id for e in ex] == [rows[0].id]
     with pytest.raises(T3SError, match="overlong must be one of"):
         RenderConfig(overlong="cut")
+
+
+# ----------------------------------------------------------------------------------------------- TRL's formats
+
+USER = {"role": "user", "content": "What is 2 + 2?"}
+SYSTEM = {"role": "system", "content": "Be brief."}
+REPLY = {"role": "assistant", "content": "It is \\boxed{4}."}
+
+
+@pytest.mark.parametrize(
+    "raw, prompt, response",
+    [
+        # t3s's own form
+        ({"prompt": "What is 2 + 2?", "response": "It is \\boxed{4}."}, "What is 2 + 2?", "It is \\boxed{4}."),
+        # conversational language modeling: the last assistant turn is the response
+        ({"messages": [USER, REPLY]}, [USER], "It is \\boxed{4}."),
+        ({"messages": [SYSTEM, USER, REPLY]}, [SYSTEM, USER], "It is \\boxed{4}."),
+        # prompt-completion, standard and conversational
+        ({"prompt": "What is 2 + 2?", "completion": "It is \\boxed{4}."}, "What is 2 + 2?", "It is \\boxed{4}."),
+        ({"prompt": [USER], "completion": [REPLY]}, [USER], "It is \\boxed{4}."),
+    ],
+)
+def test_trl_formats_become_rows(tmp_path, raw, prompt, response):
+    rows = load_rows(write_jsonl(tmp_path / "d.jsonl", [{**raw, "answer": 4, "id": "r1"}]))
+    assert (rows[0].prompt, rows[0].response, rows[0].answer, rows[0].id) == (prompt, response, "4", "r1")
+
+
+def test_messages_without_an_assistant_turn_are_prompts_for_evaluation(tmp_path):
+    rows = load_rows(write_jsonl(tmp_path / "e.jsonl", [{"messages": [USER], "answer": "4"}]), need_response=False)
+    assert rows[0].prompt == [USER] and rows[0].response is None
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"messages": [REPLY]}, "field 'messages' has no turn before the assistant's (the prompt)"),
+        ({"messages": "hi"}, "field 'messages' must be a list of {role, content} objects, got str"),
+        ({"messages": [USER, REPLY], "prompt": "x"}, "field 'messages' and field 'prompt': one format per row"),
+        ({"messages": [USER]}, "missing field 'response'"),
+        ({"prompt": "x", "completion": "y", "response": "z"}, "field 'response' and field 'completion'"),
+        ({"prompt": [USER], "completion": [REPLY, REPLY]}, "a conversational 'completion' must be one assistant"),
+        ({"prompt": [USER], "completion": [USER]}, "a conversational 'completion' must be one assistant"),
+        ({"messages": [USER, {"role": "assistant", "content": ""}]}, "field 'response' is empty"),
+    ],
+)
+def test_malformed_trl_rows_name_file_and_line(tmp_path, raw, message):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "ok", "response": "fine"}, raw])
+    with pytest.raises(T3SError) as e:
+        load_rows(path)
+    assert str(e.value).startswith(f"{path}:2: ") and message in str(e.value), str(e.value)
+
+
+def test_a_messages_dataset_runs_through_t3s_run_like_its_rows(tiny, tmp_path):
+    """The tiny training set rewritten as `messages` gives the run the same summary (accuracies, lengths, dropped
+    fractions) as the original rows: they render to the same tokens."""
+    import yaml
+
+    from t3s.config import load_config
+    from t3s.pipeline import run
+
+    rows = [json.loads(x) for x in (tiny / "train.jsonl").read_text().splitlines()]
+    msgs = [
+        {
+            "id": r["id"],
+            "messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}],
+            "answer": r["answer"],
+        }
+        for r in rows
+    ]
+    write_jsonl(tmp_path / "messages.jsonl", msgs)
+    base = {
+        "student": str(tiny / "model"),
+        "modes": ["sft", "t3s"],
+        "rrt": False,
+        "train": {"learning_rate": 3e-3, "max_steps": 2, "dtype": "float32"},
+        "probe": {"eval_every": 1, "continue_without_dip": True, "markers": []},
+        "eval": {"max_new_tokens": 8, "dtype": "float32"},
+        "score": {"dtype": "float32"},
+    }
+    summaries = []
+    for name, data in (("rows", tiny / "train.jsonl"), ("messages", tmp_path / "messages.jsonl")):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**base, "train_data": str(data)}))
+        summary, code = run(load_config(tmp_path / f"{name}.yaml", [], flat=()), tmp_path / name, progress=False)
+        assert code == 0
+        summaries.append(summary["rows"])
+    assert summaries[0] == summaries[1]
