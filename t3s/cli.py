@@ -151,10 +151,10 @@ def cmd_eval(args) -> None:
     if args.responses:
         if args.model or args.data:
             raise T3SError("--responses grades a file of responses; do not pass --model or --data with it")
-        samples = grade(load_responses(args.responses), gcfg.fallback)
+        samples = grade(load_responses(args.responses), gcfg.fallback, gcfg.grader)
         out = args.out or f"runs/eval/{Path(args.responses).stem}-graded"
         check_outside(out, responses=args.responses)
-        meta = {"responses": str(args.responses), "fallback": gcfg.fallback}
+        meta = {"responses": str(args.responses), "fallback": gcfg.fallback, "grader": gcfg.grader}
         m = dist.on_main(lambda: write_eval(out, samples, meta, args.overwrite))  # the others wait for it
     else:
         if not (args.model and args.data):
@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="temperature, top_p, max_new_tokens, k, seed, batch_size, fallback, dtype, rendering keys",
+        help="temperature, top_p, max_new_tokens, k, seed, batch_size, fallback, grader, dtype, rendering keys",
     )
     sp.set_defaults(fn=cmd_eval)
 

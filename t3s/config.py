@@ -40,6 +40,24 @@ from t3s.modes import DIFFUSION_MODES, RUN_MODES, canonical
 
 OVERLONG_POLICIES = ("error", "truncate", "drop")
 FALLBACKS = ("last_number", "none")
+GRADERS = ("math", "exact", "choice", "regex:PATTERN", "module:function")
+
+
+def check_grader(spec: Any) -> None:
+    """Refuse a malformed grader name (t3s.graders): a config check, no import and no work."""
+    if not isinstance(spec, str):
+        raise T3SError(f"grader must be one of {', '.join(GRADERS)}, got {spec!r}")
+    if spec in ("math", "exact", "choice"):
+        return
+    if spec.startswith("regex:"):
+        try:
+            re.compile(spec[len("regex:") :])
+        except re.error as e:
+            raise T3SError(f"grader {spec}: bad regular expression ({e})") from None
+        return
+    module, _, name = spec.partition(":")
+    if not (module and name and all(p.isidentifier() for p in module.split(".")) and name.isidentifier()):
+        raise T3SError(f"grader must be one of {', '.join(GRADERS)}, got '{spec}'")
 
 
 @dataclass
@@ -208,6 +226,13 @@ class GenConfig:
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     batch_size: int = field(default=32, metadata={"help": "prompts per generate() call"})
     fallback: str = field(default="last_number", metadata={"help": "answer fallback: last_number | none"})
+    grader: str = field(
+        default="math",
+        metadata={
+            "help": "math (math-verify) | exact | choice (multiple-choice letters) | regex:PATTERN (e.g. "
+            "'regex:####\\s*(.+)') | module:function (your own); see t3s/graders.py"
+        },
+    )
     dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 (GPU only)"})
     backend: str = field(default="hf", metadata={"help": "hf (transformers generate) | vllm (GPU, optional)"})
     model_defaults: bool = field(
@@ -230,6 +255,7 @@ class GenConfig:
         check_fields(self, "eval")
         if self.fallback not in FALLBACKS:
             raise T3SError(f"fallback must be one of {FALLBACKS}, got '{self.fallback}'")
+        check_grader(self.grader)
         if self.backend not in ("hf", "vllm"):
             raise T3SError(f"backend must be hf or vllm, got '{self.backend}'")
         if self.k < 1 or self.max_new_tokens < 1 or self.batch_size < 1:

@@ -1,9 +1,10 @@
 """Stage 1: training rows -> validated rows -> token ids with response labels.
 
 A row is `{"prompt": str | [{"role", "content"}, ...], "response": str, "answer": str (optional),
-"id": str (optional)}`, or one of TRL's formats (`messages`; `prompt` + `completion`, see `from_trl`). Rows come from JSONL, Parquet or a saved Hugging Face dataset directory. Rendering uses
-the tokenizer's chat template (prompt as the user turn, response as the assistant turn) or, without a template,
-plain concatenation; labels cover the response tokens only.
+"id": str (optional)}`, or one of TRL's formats (`messages`; `prompt` + `completion`, see `from_trl`). Rows come
+from JSONL, Parquet or a saved Hugging Face dataset directory. Rendering uses the tokenizer's chat template
+(prompt as the user turn, response as the assistant turn) or, without a template, plain concatenation; labels
+cover the response tokens only.
 """
 
 from __future__ import annotations

@@ -1,24 +1,16 @@
-"""Stage 6: generate answers, extract the final answer, check it with math-verify, and report.
-
-Extraction order: the last `\\boxed{...}` (nested braces allowed), then the last "the answer is ...", then a
-configurable fallback (`last_number` or `none`). Checking uses math-verify on both sides wrapped as LaTeX math,
-so `\\dfrac{1}{2}`, `0.5`, `1/2`, `50\\%`, `1,000` and intervals compare as mathematicians expect.
-"""
+"""Stage 6: generate answers, grade them (t3s.graders: math-verify by default, or `eval.grader`), and report."""
 
 from __future__ import annotations
 
 import json
-import logging
-import re
 import statistics
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import atomic_dir, write_json
-from t3s.config import FALLBACKS, GenConfig, RenderConfig
+from t3s.config import GenConfig, RenderConfig
 
 # re-exported (`x as x`): generation lived here before t3s.generation
 from t3s.generation import MODEL_SAMPLING_KEYS as MODEL_SAMPLING_KEYS
@@ -28,88 +20,16 @@ from t3s.generation import generate as generate
 from t3s.generation import own_generation_config as own_generation_config
 from t3s.generation import sampling_settings as sampling_settings
 
+# re-exported (`x as x`): answer extraction and checking live in t3s.graders
+from t3s.graders import extract_answer as extract_answer
+from t3s.graders import grader as grader
+from t3s.graders import is_correct as is_correct
+from t3s.graders import last_boxed as last_boxed
+
 if TYPE_CHECKING:
     from t3s.data import Row
     from t3s.models import Precision
     from t3s.objectives import Objective
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*")
-_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:|=)\s*:?\s*(.+?)\s*(?:\.\s|\.$|\n|$)", re.I)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?|-?\.\d+")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}), with nested braces; None if there is none."""
-    for m in reversed(list(_BOX.finditer(text))):
-        i = m.end()
-        if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                depth += {"{": 1, "}": -1}.get(text[j], 0)
-                if depth == 0:
-                    return text[i + 1 : j].strip()
-                j += 1
-            continue  # unbalanced: try an earlier one
-        tail = re.match(r"([^\s$]+)", text[i:])  # "\boxed 5"
-        if tail:
-            return tail.group(1)
-    return None
-
-
-def _clean(ans: str) -> str:
-    ans = ans.strip().strip("$").strip()
-    ans = re.sub(r"^\\\(|\\\)$", "", ans).strip()
-    return ans.rstrip(".").strip()
-
-
-def extract_answer(text: str, fallback: str = "last_number") -> str | None:
-    if fallback not in FALLBACKS:
-        raise T3SError(f"answer fallback must be one of {FALLBACKS}, got '{fallback}'")
-    boxed = last_boxed(text)
-    if boxed:
-        return boxed
-    hits = _ANSWER_IS.findall(text)
-    if hits and _clean(hits[-1]):
-        inner = last_boxed(hits[-1])
-        return inner or _clean(hits[-1])
-    if fallback == "last_number":
-        nums = _NUMBER.findall(text)
-        if nums:
-            return nums[-1]
-    return None
-
-
-def is_correct(pred: str | None, gold: str) -> bool:
-    """math-verify equivalence of an extracted answer and the gold answer. In the main thread math-verify's
-    signal-based timeouts protect against pathological inputs; elsewhere (threads) they are disabled, since
-    `signal.alarm` only works in the main thread."""
-    if pred is None:
-        return False
-    from math_verify import parse, verify
-
-    main = threading.current_thread() is threading.main_thread()
-    timeout = 5 if main else None
-    if not main:
-        logging.getLogger("math_verify").setLevel(logging.ERROR)
-
-    def p(x: str):
-        x = x.strip()
-        return parse(x if x.startswith("$") else f"${x}$", parsing_timeout=timeout)
-
-    try:
-        g, a = p(gold), p(pred)
-        if verify(g, a, timeout_seconds=timeout):
-            return True
-    except Exception:
-        pass
-    # Text answers (names, words): compare normalised strings.
-    return _norm_text(pred) == _norm_text(gold)
-
-
-def _norm_text(s: str) -> str:
-    """A text answer without \\text{...}, math delimiters and case."""
-    return re.sub(r"\\text\{([^}]*)\}", r"\1", s).strip().strip("$").strip().lower()
-
-
 # ----------------------------------------------------------------------------------------------- grading
 
 
@@ -136,12 +56,16 @@ class Sample:
     truncated: bool
 
 
-def grade(responses: list[Response], fallback: str) -> list[Sample]:
-    """Extract each response's final answer and check it against the gold one."""
+def grade(responses: list[Response], fallback: str, spec: str = "math") -> list[Sample]:
+    """Extract each response's final answer and check it against the gold one (`spec`: the grader, t3s.graders)."""
+    check = grader(spec, fallback)
     out = []
     for r in responses:
-        ans = extract_answer(r.response, fallback)
-        out.append(Sample(r.id, r.sample, r.response, ans, is_correct(ans, r.answer), r.tokens, r.truncated))
+        try:
+            ans, ok = check(r.response, r.answer)
+        except T3SError as e:
+            raise T3SError(f"grading row {r.id}: {e}") from None
+        out.append(Sample(r.id, r.sample, r.response, ans, ok, r.tokens, r.truncated))
     return out
 
 
@@ -197,7 +121,7 @@ def evaluate_model(
         for r, g in zip(rows, gens)
         for j, x in enumerate(g)
     ]
-    return grade(responses, gcfg.fallback)
+    return grade(responses, gcfg.fallback, gcfg.grader)
 
 
 def run_eval(
@@ -221,6 +145,7 @@ def run_eval(
     from t3s.models import describe, device_info, load_tokenizer, model_fingerprint, resolve_precision
 
     objective.check_backend(gcfg.backend, "eval.backend")  # before any work
+    grader(gcfg.grader, gcfg.fallback)  # a user grader that does not import fails here, not after generating
     dist.state()  # several processes: join the group and pick this process's GPU before loading
     precision = resolve_precision(gcfg.dtype)
     if log is not None and gcfg.backend == "hf":

@@ -241,6 +241,8 @@ def clean_stale(out: Path) -> None:
 def generation_inputs(cfg: RunConfig, sampled: bool) -> dict[str, Any]:
     """The `eval` keys the probe (and the tracking of every mode) reads: greedy unless probe.k > 1."""
     gen = {k: getattr(cfg.eval, k) for k in ("max_new_tokens", "batch_size", "fallback", "model_defaults")}
+    if cfg.eval.grader != "math":  # the default is left out: runs made before graders existed keep their fingerprints
+        gen["grader"] = cfg.eval.grader
     if sampled:
         gen.update(temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.eval.seed)
     return gen
@@ -302,8 +304,7 @@ def train_inputs(cfg: RunConfig, objective: Objective, train: TrainConfig) -> di
 
 def eval_inputs(cfg: RunConfig, objective: Objective) -> dict[str, Any]:
     """An evaluation: the generation settings, the rendering and the objective's own sampler settings."""
-    return {
-        "eval": dataclasses.asdict(cfg.eval),
-        "render": dataclasses.asdict(cfg.render),
-        "diffusion": objective.sampler_inputs(),
-    }
+    gen = dataclasses.asdict(cfg.eval)
+    if gen["grader"] == "math":  # the default is left out: runs made before graders existed keep their fingerprints
+        del gen["grader"]
+    return {"eval": gen, "render": dataclasses.asdict(cfg.render), "diffusion": objective.sampler_inputs()}

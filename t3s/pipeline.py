@@ -64,9 +64,11 @@ def run(
     """Run (or resume) the method: a single-teacher run, or with `teachers:` a teacher mixture. Returns
     (summary, exit code). With a launcher (`launch`), the distributed stages run as their own processes
     (`t3s.launch`); `stage`: be one of those, run that stage only (it raises `StageDone`)."""
+    from t3s.graders import grader
     from t3s.launch import StageRunner, resolve
 
     launch = resolve(cfg.launch)  # a bad launch setting stops the run here, before any stage
+    grader(cfg.eval.grader, cfg.eval.fallback)  # so does a user grader that does not import
     session = Session(Path(out), target=stage, processes=launch.processes)
     if stage is None:
         ledger = Ledger(session.root, force, session)

@@ -29,9 +29,10 @@ from typing import Any, Callable, Iterator
 
 from t3s import T3SError, __version__
 from t3s.artifacts import read_json, read_text, sha256_json, write_json
+from t3s.config import FALLBACKS, check_grader
 from t3s.data import RenderConfig, Row
-from t3s.evaluate import FALLBACKS, extract_answer, is_correct
 from t3s.fields import check_fields
+from t3s.graders import grader
 
 SELECTIONS = ("random", "shortest")
 
@@ -48,6 +49,10 @@ class TracesConfig:
     seed: int = field(default=0, metadata={"help": "base seed: each (prompt, sample) draws from its own seed"})
     select: str = field(default="random", metadata={"help": "random: one correct trace at random | shortest"})
     fallback: str = field(default="last_number", metadata={"help": "answer fallback: last_number | none"})
+    grader: str = field(
+        default="math",
+        metadata={"help": "math | exact | choice | regex:PATTERN | module:function (as eval.grader; t3s/graders.py)"},
+    )
     teacher: str | None = field(default=None, metadata={"help": "teacher name in every row (default: the model)"})
     reasoning_format: str = field(
         default="<think>\n{reasoning}\n</think>\n\n{content}",
@@ -86,6 +91,7 @@ class TracesConfig:
             raise T3SError(f"select must be one of {SELECTIONS}, got '{self.select}'")
         if self.fallback not in FALLBACKS:
             raise T3SError(f"fallback must be one of {FALLBACKS}, got '{self.fallback}'")
+        check_grader(self.grader)
         if self.retries < 0 or self.timeout <= 0 or self.stop_after_failures < 0:
             raise T3SError("retries and stop_after_failures must be >= 0 and timeout > 0")
         try:
@@ -494,9 +500,11 @@ def build_traces(
             "system_prompt": rcfg.system_prompt,
             "extra_body": cfg.extra_body,
         },
-        "grading": {"fallback": cfg.fallback},
+        # the default grader is left out: traces made before graders existed keep their fingerprint
+        "grading": {"fallback": cfg.fallback, **({"grader": cfg.grader} if cfg.grader != "math" else {})},
     }
     fingerprint = sha256_json(inputs)
+    grade = grader(cfg.grader, cfg.fallback)  # a user function that does not import fails here, before any sampling
     meta_path, samples_path = out / "traces.json", out / "samples.jsonl"
     if out.exists() and overwrite:
         shutil.rmtree(out)
@@ -567,8 +575,7 @@ def build_traces(
                     "error": res.error,
                 }
                 if res.error is None:  # graded here, in the main thread (math-verify's timeouts need it)
-                    rec["extracted"] = extract_answer(res.text, cfg.fallback)
-                    rec["correct"] = is_correct(rec["extracted"], gold[res.id])
+                    rec["extracted"], rec["correct"] = grade(res.text, gold[res.id])
                 fh.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
                 fh.flush()
                 os.fsync(fh.fileno())
