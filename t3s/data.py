@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from t3s import T3SError
 from t3s.artifacts import not_utf8, sha256_json
 from t3s.config import RenderConfig
@@ -126,8 +128,91 @@ def _check_row(raw: Any, where: str, need_response: bool = True, need_answer: bo
     return Row(id=rid, prompt=prompt, response=response, answer=answer, where=where)
 
 
+SPEC_KEYS = ("source", "name", "split", "columns", "response")
+
+
+def spec_rows(path: Path, split: str | None) -> list[tuple[str, Any]]:
+    """A dataset spec (`*.yaml`): a dataset as its authors published it, mapped to t3s's fields.
+
+    ```yaml
+    source: simplescaling/s1K     # a Hub id, a local dataset directory, or a .jsonl / .parquet file
+    name: null                    # the Hub config, if the dataset has several
+    split: train
+    columns: {prompt: question, answer: solution}    # t3s field: the dataset's column
+    response: "<think>\n{thinking_trajectories[0]}\n</think>\n\n{attempt}"   # built from the row's columns
+    ```
+    Relative paths in `source` are read from the spec's folder first, then from the current directory."""
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise T3SError(f"{path}: cannot read the dataset spec ({e})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("source"), str):
+        raise T3SError(f"{path}: a dataset spec is a mapping with at least `source` (keys: {', '.join(SPEC_KEYS)})")
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise T3SError(f"{path}: unknown key(s) {', '.join(unknown)} (keys: {', '.join(SPEC_KEYS)})")
+    columns, template = spec.get("columns") or {}, spec.get("response")
+    if not isinstance(columns, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in columns.items()):
+        raise T3SError(f"{path}: `columns` maps t3s fields to column names, e.g. {{prompt: question}}")
+    bad = sorted(set(columns) - {"prompt", "response", "answer", "id", "messages", "completion"})
+    if bad:
+        raise T3SError(
+            f"{path}: `columns` maps t3s fields (prompt, response, answer, id, messages, completion), not {bad}"
+        )
+    if template is not None and not isinstance(template, str):
+        raise T3SError(f"{path}: `response` is a template string such as '{{reasoning}}\\n\\n{{answer}}'")
+    source = spec["source"]
+    local = next((p for p in (path.parent / source, Path(source)) if p.exists()), None)
+    split = split or spec.get("split")
+    raw = raw_rows(local, split) if local is not None else hub_rows(source, spec.get("name"), split)
+    out = []
+    for where, row in raw:
+        if not isinstance(row, dict):
+            raise T3SError(f"{where}: a row must be a mapping of columns, got {type(row).__name__}")
+        mapped = dict(row)
+        for t3s_field, column in columns.items():
+            if column not in row:
+                raise T3SError(
+                    f"{where}: no column '{column}' ({path} maps {t3s_field} to it; columns: {', '.join(row)})"
+                )
+            mapped[t3s_field] = row[column]
+        if template is not None:
+            try:
+                mapped["response"] = template.format_map(row)
+            except (KeyError, IndexError, AttributeError, ValueError) as e:
+                raise T3SError(f"{where}: {path}'s response template: {type(e).__name__} {e}") from None
+        out.append((f"{where} (via {path})", mapped))
+    return out
+
+
+def hub_rows(source: str, name: str | None, split: str | None) -> list[tuple[str, Any]]:
+    """Rows of a Hugging Face Hub dataset (`datasets.load_dataset`, which works from its cache when offline)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, name, split=split or "train")
+    except Exception as e:  # noqa: BLE001 -- the library's many errors become one line naming the dataset
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        hint = " (offline: only datasets in the local cache load)" if offline else ""
+        raise T3SError(f"{source}: cannot load the dataset{hint}: {' '.join(str(e).split())[:300]}") from None
+    return [(f"{source} row {i + 1}", r) for i, r in enumerate(ds)]
+
+
+def _hub_id(path: Path) -> bool:
+    """`org/name` that is not a local path: a Hub dataset id."""
+    text = str(path)
+    return not path.exists() and text.count("/") == 1 and not path.suffix and not text.startswith((".", "/", "~"))
+
+
 def raw_rows(path: Path, split: str | None) -> list[tuple[str, Any]]:
-    """(location, raw object) pairs from any supported source."""
+    """(location, raw object) pairs from any supported source: a .jsonl / .parquet file, a saved dataset
+    directory, a directory of data files, a dataset spec (.yaml, `spec_rows`) or a Hub dataset id."""
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return spec_rows(path, split)
+    if _hub_id(path):
+        return hub_rows(str(path), None, split)
+    if path.is_dir() and not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        return hub_rows(str(path), None, split)  # a folder of data files (or a Hub-style repo) on disk
     if path.is_dir():
         import datasets
 
@@ -166,7 +251,10 @@ def raw_rows(path: Path, split: str | None) -> list[tuple[str, Any]]:
                 except json.JSONDecodeError as e:
                     raise T3SError(f"{path}:{lineno}: bad JSON ({e.msg} at column {e.colno})") from None
         return out
-    raise T3SError(f"{path}: unsupported data format (use .jsonl, .parquet or a saved dataset directory)")
+    raise T3SError(
+        f"{path}: unsupported data format (use .jsonl, .parquet, a dataset directory, a dataset spec .yaml or a "
+        "Hub dataset id)"
+    )
 
 
 def load_rows(

@@ -156,14 +156,33 @@ def test_malformed_trl_rows_name_file_and_line(tmp_path, raw, message):
     assert str(e.value).startswith(f"{path}:2: ") and message in str(e.value), str(e.value)
 
 
-def test_a_messages_dataset_runs_through_t3s_run_like_its_rows(tiny, tmp_path):
-    """The tiny training set rewritten as `messages` gives the run the same summary (accuracies, lengths, dropped
-    fractions) as the original rows: they render to the same tokens."""
+def summary_rows(tiny, tmp_path, name, train, ev=None):
+    """The summary table of a short `t3s run` of the tiny model on these data (every stage, two modes)."""
     import yaml
 
     from t3s.config import load_config
     from t3s.pipeline import run
 
+    cfg = {
+        "student": str(tiny / "model"),
+        "train_data": str(train),
+        "eval_data": None if ev is None else str(ev),
+        "modes": ["sft", "t3s"],
+        "rrt": False,
+        "train": {"learning_rate": 3e-3, "max_steps": 2, "dtype": "float32"},
+        "probe": {"eval_every": 1, "continue_without_dip": True, "markers": []},
+        "eval": {"max_new_tokens": 8, "dtype": "float32"},
+        "score": {"dtype": "float32"},
+    }
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    summary, code = run(load_config(tmp_path / f"{name}.yaml", [], flat=()), tmp_path / name, progress=False)
+    assert code == 0
+    return summary["rows"]
+
+
+def test_a_messages_dataset_runs_through_t3s_run_like_its_rows(tiny, tmp_path):
+    """The tiny training set rewritten as `messages` gives the run the same summary (accuracies, lengths, dropped
+    fractions) as the original rows: they render to the same tokens."""
     rows = [json.loads(x) for x in (tiny / "train.jsonl").read_text().splitlines()]
     msgs = [
         {
@@ -174,19 +193,85 @@ def test_a_messages_dataset_runs_through_t3s_run_like_its_rows(tiny, tmp_path):
         for r in rows
     ]
     write_jsonl(tmp_path / "messages.jsonl", msgs)
-    base = {
-        "student": str(tiny / "model"),
-        "modes": ["sft", "t3s"],
-        "rrt": False,
-        "train": {"learning_rate": 3e-3, "max_steps": 2, "dtype": "float32"},
-        "probe": {"eval_every": 1, "continue_without_dip": True, "markers": []},
-        "eval": {"max_new_tokens": 8, "dtype": "float32"},
-        "score": {"dtype": "float32"},
-    }
-    summaries = []
-    for name, data in (("rows", tiny / "train.jsonl"), ("messages", tmp_path / "messages.jsonl")):
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**base, "train_data": str(data)}))
-        summary, code = run(load_config(tmp_path / f"{name}.yaml", [], flat=()), tmp_path / name, progress=False)
-        assert code == 0
-        summaries.append(summary["rows"])
-    assert summaries[0] == summaries[1]
+    rows_run = summary_rows(tiny, tmp_path, "rows", tiny / "train.jsonl")
+    assert summary_rows(tiny, tmp_path, "messages", tmp_path / "messages.jsonl") == rows_run
+
+
+# ----------------------------------------------------------------------------------------------- datasets as published
+
+
+def s1k_like(tiny, folder):
+    """The tiny training set in an s1K-like layout (question, solution, a list of reasoning traces), as a folder
+    of Parquet data files such as a Hub dataset repository holds (`load_dataset` reads it, offline)."""
+    rows = [json.loads(x) for x in (tiny / "train.jsonl").read_text().splitlines()]
+    table = pa.Table.from_pylist(
+        [
+            {
+                "uid": r["id"],
+                "question": r["prompt"],
+                "solution": r["answer"],
+                "trajectories": [r["response"], "unused"],
+            }
+            for r in rows
+        ]
+    )
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(table, folder / "data" / "train-00000-of-00001.parquet")
+    return rows
+
+
+def test_a_dataset_folder_through_a_spec_maps_columns_and_builds_the_response(tiny, tmp_path):
+    rows = s1k_like(tiny, tmp_path / "s1k-like")
+    spec = tmp_path / "s1k.yaml"
+    spec.write_text(
+        "source: s1k-like\n"  # relative to the spec's folder
+        "split: train\n"
+        "columns: {prompt: question, answer: solution, id: uid}\n"
+        "response: '{trajectories[0]}'\n"
+    )
+    got = load_rows(spec)
+    assert [(r.id, r.prompt, r.response, r.answer) for r in got] == [
+        (r["id"], r["prompt"], r["response"], r["answer"]) for r in rows
+    ]
+    # the folder itself is a source too (its own columns: no response, so only as prompts... with a mapping)
+    with pytest.raises(T3SError, match="missing field 'prompt'"):
+        load_rows(tmp_path / "s1k-like")
+
+
+@pytest.mark.parametrize(
+    "body, message, row",
+    [
+        ("split: train\n", "a dataset spec is a mapping with at least `source`", False),
+        ("source: s1k-like\nfilter: x\n", "unknown key(s) filter", False),
+        ("source: s1k-like\ncolumns: {question: prompt}\n", "`columns` maps t3s fields", False),
+        ("source: s1k-like\ncolumns: {prompt: problem}\n", "no column 'problem'", True),
+        ("source: s1k-like\ncolumns: {prompt: question}\nresponse: '{reasoning}'\n", "KeyError 'reasoning'", True),
+        ("source: s1k-like\ncolumns: {prompt: question}\nresponse: '{trajectories[5]}'\n", "IndexError", True),
+    ],
+)
+def test_bad_dataset_specs_are_one_error_naming_spec_and_row(tiny, tmp_path, body, message, row):
+    s1k_like(tiny, tmp_path / "s1k-like")
+    (tmp_path / "bad.yaml").write_text(body)
+    with pytest.raises(T3SError) as e:
+        load_rows(tmp_path / "bad.yaml")
+    assert message in str(e.value) and "bad.yaml" in str(e.value), str(e.value)
+    assert ("row 1" in str(e.value)) == row, str(e.value)
+
+
+def test_a_hub_id_offline_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    with pytest.raises(T3SError, match=r"^nobody/no-such-dataset: cannot load the dataset \(offline"):
+        load_rows("nobody/no-such-dataset")
+
+
+def test_a_mapped_dataset_runs_through_t3s_run_like_its_rows(tiny, tmp_path):
+    """`train_data` and `eval_data` as dataset specs over an s1K-like folder: the same summary as the rows."""
+    s1k_like(tiny, tmp_path / "s1k-like")
+    (tmp_path / "train.yaml").write_text(
+        "source: s1k-like\ncolumns: {prompt: question, answer: solution, id: uid}\nresponse: '{trajectories[0]}'\n"
+    )
+    (tmp_path / "eval.yaml").write_text("source: s1k-like\ncolumns: {prompt: question, answer: solution, id: uid}\n")
+    rows_run = summary_rows(tiny, tmp_path, "rows", tiny / "train.jsonl", tiny / "train.jsonl")
+    assert summary_rows(tiny, tmp_path, "mapped", tmp_path / "train.yaml", tmp_path / "eval.yaml") == rows_run
