@@ -18,7 +18,7 @@ LAYERS = [
     {"score", "select", "vllm_backend"},  # pure functions of score sets; the vLLM engine
     {"objectives", "objectives.base", "objectives.ar", "objectives.masked", "diffusion"},  # the two objectives
     {"train", "probe", "evaluate", "rrt", "report", "traces"},  # stages
-    {"mixture", "pipeline", "tiny", "testbed"},  # orchestration, built-in worlds
+    {"mixture", "pipeline", "tiny", "testbed", "api"},  # orchestration, built-in worlds, the public API
     {"cli", "__main__", "reference"},  # the command line; the generated configuration reference
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}

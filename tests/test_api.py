@@ -1,0 +1,115 @@
+"""T3S in users' own training code (t3s.api): the probe as a callback in a TRL SFTTrainer run, scores and selections
+as functions, a selection as a `labels` column, and examples/trl_script.py end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from t3s import T3SError
+from t3s.api import ProbeCallback, labeled_dataset, score, select
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trainer_for(tiny, dataset, out, steps=4, callbacks=()):
+    args = SFTConfig(
+        output_dir=str(out),
+        max_steps=steps,
+        learning_rate=3e-3,
+        per_device_train_batch_size=8,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        seed=0,
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny / "model")
+    tok = AutoTokenizer.from_pretrained(tiny / "model")
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=list(callbacks))
+
+
+class Recorder(TrainerCallback):
+    """Stands in for a report_to tracker: it sees every `Trainer.log` call."""
+
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        self.logs.append((state.global_step, dict(logs or {})))
+
+
+def test_probe_callback_in_an_sft_trainer(tiny, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny / "model")
+    data = str(tiny / "train.jsonl")
+    tracker = Recorder()
+    trainer = trainer_for(tiny, labeled_dataset(data, None, tok), tmp_path / "sft", callbacks=[tracker])
+    probe = ProbeCallback(
+        trainer, data, tmp_path / "probe", every=2, generation={"max_new_tokens": 8}, log=lambda m: None
+    )
+    trainer.add_callback(probe)
+    trainer.train()
+    points = [json.loads(x) for x in (tmp_path / "probe" / "trajectory.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in points] == [0, 2, 4]
+    # the trackers get every evaluation through Trainer.log
+    logged = [(s, x["t3s/train_accuracy"], x["t3s/confidence"]) for s, x in tracker.logs if "t3s/train_accuracy" in x]
+    assert logged == [(p["step"], p["train_accuracy"], p["confidence"]) for p in points]
+    # the step-0 confidence is θ_0's mean teacher-forced log-prob, as `t3s score` computes it independently
+    init = score(str(tiny / "model"), data, tmp_path / "scores-init", settings={"dtype": "float32"}, progress=False)
+    assert points[0]["confidence"] == pytest.approx(float(np.concatenate(init.logprobs).mean()), abs=1e-4)
+    assert probe.result["bottleneck_step"] in (2, 4) and (tmp_path / "probe" / "bottleneck" / "config.json").exists()
+    assert json.loads((tmp_path / "probe" / "probe.json").read_text())["eval_every"] == 2
+
+
+def test_a_selection_as_a_labels_column(tiny, trained, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny / "model")
+    data = str(tiny / "train.jsonl")
+    init = score(str(tiny / "model"), data, tmp_path / "a", settings={"dtype": "float32"}, progress=False)
+    b = score(str(trained), data, tmp_path / "b", settings={"dtype": "float32"}, progress=False)
+    median = float(np.median(np.concatenate(b.logprobs) - np.concatenate(init.logprobs)))
+    sel = select(init, tmp_path / "b", "t3s", threshold=median)  # about half are anchors; a directory works too
+    ds = labeled_dataset(data, sel, tok)
+    plain = labeled_dataset(data, None, tok)
+    assert ds["input_ids"] == plain["input_ids"]
+    for labels, full, keep in zip(ds["labels"], plain["labels"], sel.keep):
+        response = [x for x in full if x != -100]
+        kept = [x for x in labels if x != -100]
+        assert kept == [t for t, k in zip(response, keep) if k]  # exactly the kept response tokens are labels
+    assert (
+        0 < sum(x != -100 for lab in ds["labels"] for x in lab) < sum(x != -100 for lab in plain["labels"] for x in lab)
+    )
+    # TRL's SFTTrainer trains on it as it is (a pre-tokenized labels column)
+    trainer_for(tiny, ds, tmp_path / "t3s", steps=1).train()
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join((tiny / "train.jsonl").read_text().splitlines()[:-1]) + "\n")
+    with pytest.raises(T3SError, match="the selection was made with a different data"):
+        labeled_dataset(str(other), sel, tok)
+    everything = select(init, tmp_path / "b", "t3s", threshold=-1e9)  # every token an anchor: all dropped
+    with pytest.raises(T3SError, match="keeps no token .* nothing to train on"):
+        labeled_dataset(data, everything, tok)
+
+
+def test_the_trl_example_script(tmp_path):
+    from t3s.tiny import build
+
+    tiny = build(tmp_path / "tiny", rows=64)  # as the script's docstring has it (`t3s tiny` makes 64 rows)
+    out = tmp_path / "trl"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "trl_script.py"), "--model", str(tiny / "model")]
+        + ["--data", str(tiny / "train.jsonl"), "--out", str(out), "--steps", "8"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "probe: lowest training accuracy at step" in r.stdout and "t3s: trained on" in r.stdout
+    assert (out / "probe" / "trajectory.png").exists() and (out / "t3s" / "model" / "config.json").exists()
+    points = [json.loads(x) for x in (out / "probe" / "trajectory.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in points] == [0, 4, 8]
