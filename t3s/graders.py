@@ -120,11 +120,11 @@ def _exact(pred: str | None, gold: str) -> bool:
     return pred is not None and norm(pred) == norm(gold)
 
 
-_CHOICE = [
-    re.compile(
-        r"(?:final answer|the answer|answer|choice|option)\s*(?:is|:)?\s*:?\s*\**\(?([A-Za-z])\)?\**(?![\w])", re.I
-    ),
-]
+# "the answer is (B)", "Answer: B", "option (c)": a capital letter, or any letter in parentheses (so that "the
+# answer is a bit unclear" names no choice)
+_CHOICE = re.compile(
+    r"(?i:final answer|the answer|answer|choice|option)\s*(?i:is)?\s*:?\s*\**(?:\(([A-Za-z])\)|([A-Z]))\**(?![\w])"
+)
 
 
 def extract_choice(text: str) -> str | None:
@@ -135,9 +135,9 @@ def extract_choice(text: str) -> str | None:
         m = re.fullmatch(r"\s*(?:\\text\{)?\(?([A-Za-z])\)?\}?\s*", boxed)
         if m:
             return m.group(1).upper()
-    hits = _CHOICE[0].findall(text)
+    hits = _CHOICE.findall(text)
     if hits:
-        return hits[-1].upper()
+        return "".join(hits[-1]).upper()
     m = re.fullmatch(r"\s*\(?([A-Za-z])\)?[.)]?\s*", text)
     return m.group(1).upper() if m else None
 

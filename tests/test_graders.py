@@ -37,7 +37,9 @@ GSM8K = r"regex:####\s*(-?[\d,.]+)"
         ("regex:ANSWER: [A-Z]+", "ANSWER: YES", "answer: yes", "ANSWER: YES", True),  # no group: the whole match
         # choice: multiple-choice letters
         ("choice", "... so the answer is (B).", "B", "B", True),
-        ("choice", "Answer: c", "(C)", "C", True),
+        ("choice", "Answer: C", "(c)", "C", True),
+        ("choice", "I pick option (c).", "C", "C", True),
+        ("choice", "The answer is a bit unclear.", "A", None, False),  # a lowercase word is no choice
         ("choice", "\\boxed{D}", "D", "D", True),
         ("choice", "\\boxed{(A)}", "a", "A", True),
         ("choice", " E ", "E", "E", True),
