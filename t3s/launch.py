@@ -84,12 +84,15 @@ def resolve(lc: LaunchConfig) -> Launch:
     processes, nodes = lc.num_processes, lc.nodes
     if lc.config_file:
         body = accelerate_settings(lc.config_file)
-        if processes is None and body.get("num_processes") is not None:
+
+        def number(key: str) -> int | None:
             try:
-                processes = int(body["num_processes"])
+                return None if body.get(key) is None else int(body[key])
             except (TypeError, ValueError):
-                raise T3SError(f"launch.config_file: {lc.config_file}: num_processes is not a number") from None
-        machines = int(body.get("num_machines") or 1)
+                raise T3SError(f"launch.config_file: {lc.config_file}: {key} is not a number") from None
+
+        processes = processes if processes is not None else number("num_processes")
+        machines = number("num_machines") or 1
         if machines > 1 and nodes == 1:
             raise T3SError(
                 f"launch.config_file: {lc.config_file} is for {machines} machines: set launch.nodes: {machines} and "
