@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Callable
 import yaml
 
 from t3s import T3SError
-from t3s.ledger import DISTRIBUTED_KINDS, TRAINING_KINDS  # noqa: F401 -- also t3s.launch's names
 
 if TYPE_CHECKING:
     from t3s.config import LaunchConfig, RunConfig
