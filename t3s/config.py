@@ -436,15 +436,10 @@ class LaunchConfig:
                 f"launch.config_file is an accelerate config: set launch.launcher: accelerate (or auto), not "
                 f"{self.launcher}"
             )
-        if self.launcher == "none" and ((self.num_processes or 1) > 1 or self.nodes > 1):
-            raise T3SError("launch.launcher: none runs every stage in this one process: num_processes and nodes are 1")
+        # the process counts are checked by t3s.launch.resolve, which also reads the accelerate config's
         if self.nodes > 1:
             if not self.main_address:
                 raise T3SError("launch.nodes > 1 needs launch.main_address (the address of node 0)")
-            if self.num_processes is not None and self.num_processes % self.nodes:
-                raise T3SError(
-                    f"launch.num_processes ({self.num_processes}) must be a multiple of launch.nodes ({self.nodes})"
-                )
             if self.prefix and self.kind() == "accelerate":
                 raise T3SError(
                     "launch.prefix starts one launcher per node, which needs a rendezvous that assigns node ranks: "

@@ -103,7 +103,7 @@ def resolve(lc: LaunchConfig) -> Launch:
     if processes % nodes:
         raise T3SError(f"launch.num_processes ({processes}) must be a multiple of launch.nodes ({nodes})")
     if kind == "none" and processes > 1:
-        raise T3SError("launch.launcher: none runs every stage in this one process: num_processes must be 1")
+        raise T3SError("launch.launcher: none runs every stage in this one process: num_processes and nodes are 1")
     return Launch(kind, processes, nodes, lc)
 
 

@@ -596,7 +596,7 @@ def plan_text(cfg: RunConfig, out: Path, progress: bool = True) -> str:
     precision plan and, for a known model, the estimate. Runs and writes nothing."""
     import shlex
 
-    from t3s.estimate import for_run
+    from t3s.estimate import KNOWN, for_run
     from t3s.launch import Launch, accelerate_settings, one_process, resolve, stage_command
     from t3s.ledger import DISTRIBUTED_KINDS
     from t3s.models import default_device, training_plan
@@ -604,7 +604,8 @@ def plan_text(cfg: RunConfig, out: Path, progress: bool = True) -> str:
     launch: Launch = resolve(cfg.launch)
     t = cfg.train
     batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * launch.processes
-    lines = [f"t3s run --plan: {len(plan_stages(cfg))} stages into {out} (nothing is run or written)"]
+    stages = plan_stages(cfg)
+    lines = [f"t3s run --plan: {len(stages)} stages into {out} (nothing is run or written)"]
     if launch.kind == "none":
         lines.append("launch: every stage in this process (launch.num_processes: 1)")
     else:
@@ -644,10 +645,10 @@ def plan_text(cfg: RunConfig, out: Path, progress: bool = True) -> str:
     )
     lines += [x.replace("# estimate:", "estimate:") for x in est or []]
     if est is None:
-        lines.append(f"estimate: none for {cfg.student} (bench/estimate.py knows {', '.join(_known())})")
+        lines.append(f"estimate: none for {cfg.student} (bench/estimate.py knows {', '.join(KNOWN)})")
     lines += ["", "stages, in order (assuming every probe finds a usable bottleneck):"]
     config = out / "config.yaml"
-    for i, (sid, kind) in enumerate(plan_stages(cfg), 1):
+    for i, (sid, kind) in enumerate(stages, 1):
         lines.append(f"{i:3d}. {sid}  [{kind}]")
         if launch.kind == "none" or kind not in DISTRIBUTED_KINDS:
             lines.append("       in this process")
@@ -661,12 +662,6 @@ def plan_text(cfg: RunConfig, out: Path, progress: bool = True) -> str:
         f"The commands read {config}, which `t3s run` writes first; each stage's logs go to {out}/logs/STAGE/.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _known() -> list[str]:
-    from t3s.estimate import KNOWN
-
-    return list(KNOWN)
 
 
 def main_run(

@@ -128,6 +128,12 @@ def test_two_processes_match_one_and_a_killed_worker_is_redone(config, tmp_path)
     assert {s.parent.parent.name for s in ran} == {"eval-base", "seed-0__eval-sft", "seed-0__eval-rrt"}
     assert "on node 1 run: sh " in out and "--node_rank 0" in (two / "run.log").read_text()
     assert_same_evals(one, two, ["base", "sft", "rrt"])
+    # (c) accelerate launch instead of torchrun (on a CPU: --multi_gpu with gloo; without it, one process)
+    r = t3s_run(config, two, *launch, "launch.launcher=accelerate", "modes=[sft]", "--force", "eval")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "-m accelerate.commands.launch --multi_gpu --num_processes 2" in (two / "run.log").read_text()
+    assert (two / "logs" / "eval-base" / "attempt-4" / "rank-1.log").exists()  # two processes did run
+    assert_same_evals(one, two, ["base", "sft", "rrt"])
 
 
 def free_port() -> int:
