@@ -30,11 +30,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-from transformers import TrainerCallback
-
 from t3s import T3SError, dist
 from t3s.config import GenConfig, ProbeConfig, RenderConfig, ScoreConfig
 from t3s.data import fingerprints, load_rows, render_rows
+from t3s.probe import ProbeRunner, ProbeTrainerCallback, find_bottleneck, no_dip_message, plot_trajectory
 from t3s.score import ScoreSet, load_scores, run_score
 from t3s.select import MATCH_KEYS, Selection
 from t3s.select import select as _select
@@ -114,7 +113,7 @@ def labeled_dataset(data: str, selection: Selection | None, tokenizer: Any, rend
     return datasets.Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": labels})
 
 
-class ProbeCallback(TrainerCallback):
+class ProbeCallback(ProbeTrainerCallback):
     """`t3s probe` inside your own Trainer: at step 0 and every `every` steps, generate on the training prompts
     (and `heldout`), grade, log `t3s/*` metrics through `trainer.log` (so every `report_to` tracker gets them),
     append to `out/trajectory.jsonl`, and keep the lowest-accuracy checkpoint as `out/bottleneck/`; with
@@ -140,9 +139,8 @@ class ProbeCallback(TrainerCallback):
         from t3s.models import Precision
         from t3s.objectives import Autoregressive
         from t3s.objectives.base import Prepared
-        from t3s.probe import ProbeRunner
 
-        self.trainer, self.out = trainer, Path(out)
+        self.out = Path(out)
         pcfg = _section(ProbeConfig, {"eval_every": every, **probe}, "probe")
         gcfg = _section(GenConfig, generation, "generation")
         rcfg = _section(RenderConfig, render, "render")
@@ -163,47 +161,13 @@ class ProbeCallback(TrainerCallback):
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "trajectory.jsonl").unlink(missing_ok=True)
-        self.runner = ProbeRunner(
-            self.out, prepared, held, pcfg, gcfg, rcfg, precision, max(args.max_steps, 0), False, log
-        )
-        self.runner.trainer = trainer
+        runner = ProbeRunner(self.out, prepared, held, pcfg, gcfg, rcfg, precision, max(args.max_steps, 0), False, log)
+        runner.trainer = trainer  # saves sharded (ZeRO-3 / FSDP) checkpoints through it
+        super().__init__(runner, trainer)
         self.result: dict[str, Any] | None = None
-        self._logging = False
-
-    def _evaluate(self, model: Any, state: Any) -> None:
-        point = self.runner.evaluate(model, state.global_step, state.log_history)
-        metrics = {f"t3s/{k}": v for k, v in point.items() if k not in ("step", "loss", "time") and v is not None}
-        self._logging = True  # trainer.log calls every callback's on_log, this one included
-        try:
-            self.trainer.log(metrics)
-        finally:
-            self._logging = False
-
-    def on_train_begin(self, args, state, control, model=None, **kw):
-        if self.runner.every <= 0:  # epoch-based runs know their length only now
-            self.runner.every = max(1, round(state.max_steps / 15))
-        if not self.runner.points:
-            self._evaluate(model, state)
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step % self.runner.every == 0 or state.global_step >= state.max_steps:
-            control.should_log = True  # the loss of this step is logged before the evaluation
-
-    def on_log(self, args, state, control, model=None, logs=None, **kw):
-        from t3s.probe import online_should_stop
-
-        s, r = state.global_step, self.runner
-        if self._logging or not ((s % r.every == 0 or s >= state.max_steps) and s > r.last_step):
-            return control
-        self._evaluate(model, state)
-        if r.cfg.online and online_should_stop([p["train_accuracy"] for p in r.points], r.margin, r.cfg.patience):
-            r.stopped_early = True
-            control.should_training_stop = True
-        return control
 
     def on_train_end(self, args, state, control, **kw):
         from t3s.artifacts import write_json
-        from t3s.probe import find_bottleneck, no_dip_message, plot_trajectory
 
         r = self.runner
         b = find_bottleneck(r.points, r.margin)

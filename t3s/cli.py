@@ -148,6 +148,10 @@ def cmd_eval(args) -> None:
     backend = [f"eval.backend={args.backend}"] if args.backend else []
     cfg = load_config(args.config, _overrides(args, "eval") + backend, flat=("eval", "render", "diffusion"))
     gcfg, rcfg = cfg.eval, cfg.render
+    if args.harness:
+        return _eval_harness(args, gcfg, rcfg)
+    if args.tasks or args.include_path or args.limit is not None or args.num_fewshot is not None:
+        raise T3SError("--tasks, --include-path, --limit and --num-fewshot go with --harness lm-eval")
     if args.responses:
         if args.model or args.data:
             raise T3SError("--responses grades a file of responses; do not pass --model or --data with it")
@@ -182,6 +186,37 @@ def cmd_eval(args) -> None:
             log=(lambda msg: print(msg, file=sys.stderr)) if _progress(args) else None,
         )
     print(f"{format_metrics(m['metrics'])}\nwrote {out}/samples.jsonl and {out}/metrics.json")
+
+
+def _eval_harness(args, gcfg, rcfg) -> None:
+    """t3s eval --harness lm-eval: benchmarks through lm-evaluation-harness (t3s.harness)."""
+    from t3s.harness import format_tasks, run_harness
+
+    if args.responses or args.data:
+        raise T3SError("--harness evaluates the harness's own tasks: pass --model and --tasks, not --data/--responses")
+    if not args.model:
+        raise T3SError("--harness lm-eval needs --model")
+    if gcfg.backend != "hf":
+        raise T3SError("--harness runs the Hugging Face backend; for vLLM use lm-eval's own `--model vllm`")
+    tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    out = args.out or f"runs/eval/{Path(args.model).name}-lm-eval"
+    check_can_write(out, args.overwrite)
+    check_outside(out, model=args.model)
+    record = run_harness(
+        args.model,
+        tasks,
+        out,
+        include_path=args.include_path,
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        batch_size=gcfg.batch_size,
+        dtype=gcfg.dtype,
+        render=rcfg,
+        trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
+        log=(lambda msg: print(msg, file=sys.stderr)) if _progress(args) else None,
+    )
+    print(f"{format_tasks(record)}\nwrote {out}/samples.jsonl and {out}/metrics.json")
 
 
 def cmd_probe(args) -> None:
@@ -444,6 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="generation engine: hf (default) or vllm (GPU only, `pip install vllm`; untested here)",
     )
     sp.add_argument("--trust-remote-code", action="store_true")
+    sp.add_argument(
+        "--harness",
+        choices=["lm-eval"],
+        help="run benchmarks through lm-evaluation-harness instead (pip install 't3s[harness]'): --model, --tasks",
+    )
+    sp.add_argument("--tasks", help="--harness: comma-separated task names (e.g. gpqa_diamond_zeroshot,ifeval)")
+    sp.add_argument("--include-path", help="--harness: a directory of your own task YAML files")
+    sp.add_argument("--limit", type=float, help="--harness: documents per task (a number, or a fraction below 1)")
+    sp.add_argument("--num-fewshot", type=int, help="--harness: few-shot examples (default: each task's own)")
     sp.add_argument(
         "overrides",
         nargs="*",

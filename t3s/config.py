@@ -149,7 +149,13 @@ class TrainConfig:
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)", "ge": 0})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep Trainer checkpoints after success"})
     logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps", "ge": 1})
-    report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | ..."})
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "none | tensorboard | wandb | a comma-separated list: every probe and training stage logs its loss "
+            "and the probe's t3s/* metrics there, and `t3s run` its final table (changes no result)"
+        },
+    )
     lora_r: int = field(
         default=0, metadata={"help": "PEFT LoRA rank (0: full fine-tuning); the saved model is merged", "ge": 0}
     )

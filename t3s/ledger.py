@@ -256,12 +256,19 @@ def sampling_inputs(cfg: RunConfig, objective: Objective) -> dict[str, Any]:
     return gen if sampler is None else {**gen, "diffusion": sampler}
 
 
+def training_settings(train: TrainConfig) -> dict[str, Any]:
+    """The training settings a result depends on: trackers (`report_to`) do not count, so adding TensorBoard to a
+    finished run logs what is new and redoes nothing (written as the default, "none", which runs made before
+    this rule recorded)."""
+    return dataclasses.asdict(dataclasses.replace(train, report_to="none"))
+
+
 def probe_inputs(cfg: RunConfig, objective: Objective, train: TrainConfig) -> dict[str, Any]:
     """A probe: its training, its evaluation schedule and its sampling (tracking keys excluded)."""
     probe = {k: v for k, v in dataclasses.asdict(cfg.probe).items() if not k.startswith("track_")}
     training = objective.training_inputs()
     return {
-        "train": dataclasses.asdict(train),
+        "train": training_settings(train),
         "probe": probe,
         "gen": sampling_inputs(cfg, objective),
         **({} if training is None else {"diffusion": training}),
@@ -295,7 +302,7 @@ def train_inputs(cfg: RunConfig, objective: Objective, train: TrainConfig) -> di
     """A training run: its settings, the rendering, the objective's loss settings and, when modes are tracked,
     the tracking's sampling."""
     return {
-        "train": dataclasses.asdict(train),
+        "train": training_settings(train),
         "render": dataclasses.asdict(cfg.render),
         "track": tracking_inputs(cfg, objective),
         "diffusion": objective.training_inputs(),

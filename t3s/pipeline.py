@@ -81,8 +81,16 @@ def run(
                 + "; select, rrt and the summary here"
             )
     if cfg.teachers:
-        return run_mixture(cfg, out, force=force, progress=progress, session=session)
-    return run_single(cfg, out, force=force, progress=progress, session=session)
+        summary, code = run_mixture(cfg, out, force=force, progress=progress, session=session)
+    else:
+        summary, code = run_single(cfg, out, force=force, progress=progress, session=session)
+    if code == 0 and stage is None:  # the results table to report_to's trackers (t3s.trackers)
+        from t3s.trackers import log_summary
+
+        sent = log_summary(cfg.train.report_to, session.root, summary)
+        if sent:
+            Ledger(session.root, (), session, clean=False).log(f"summary sent to {', '.join(sent)}")
+    return summary, code
 
 
 def run_mixture(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers import TrainerCallback
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import write_json
@@ -292,41 +293,60 @@ class ProbeRunner:
 
 def tracking_callback(
     out: Path, data: Prepared, cfg: RunConfig, precision: Precision, max_steps: int, progress: bool, log: Any = print
-):
+) -> ProbeTrainerCallback:
     """A callback that evaluates a training run like the probe (on `probe.track_subset` prompts, every
     `probe.track_every` steps) and appends to `out/trajectory.jsonl` (from the start of training, after
-    `t3s.train.train` has cleared `out`); nothing else is saved."""
+    `t3s.train.train` has cleared `out`; a rerun trains in a staged copy, and the points go there); nothing else
+    is saved. `t3s.train.train` hands it the Trainer, through
+    which its points reach the `report_to` trackers."""
     runner = ProbeRunner(
         out, data, None, cfg.probe, cfg.eval, cfg.render, precision, max_steps, progress, log, track=True
     )
-    return _callback(runner)
+    return ProbeTrainerCallback(runner)
 
 
-def _callback(runner: ProbeRunner):
-    from transformers import TrainerCallback
+class ProbeTrainerCallback(TrainerCallback):
+    """The probe inside a Trainer: evaluate at step 0 and every `runner.every` steps, and log each point's
+    metrics as `t3s/<name>` through `trainer.log`, so that every `report_to` tracker (TensorBoard, W&B, ...)
+    receives them next to the Trainer's own loss. `trainer`: set before training (None: nothing is logged)."""
 
-    class ProbeCallback(TrainerCallback):
-        def on_train_begin(self, args, state, control, model=None, **kw):
-            if runner.every <= 0:  # epoch-based runs know their length only now
-                runner.every = max(1, round(state.max_steps / 15))
-            if not runner.points:
-                runner.evaluate(model, 0, state.log_history)
+    def __init__(self, runner: ProbeRunner, trainer: Any = None):
+        self.runner, self.trainer = runner, trainer
+        self._logging = False  # trainer.log calls every callback's on_log, this one included
 
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step % runner.every == 0 or state.global_step >= state.max_steps:
-                control.should_log = True  # so the loss of this step is logged before we evaluate
+    def _evaluate(self, model: Any, state: Any) -> None:
+        point = self.runner.evaluate(model, state.global_step, state.log_history)
+        if self.trainer is None:
+            return
+        skip = ("step", "loss", "time")  # the Trainer logs its own step and loss
+        metrics = {f"t3s/{k}": v for k, v in point.items() if k not in skip and v is not None}
+        self._logging = True
+        try:
+            self.trainer.log(metrics)
+        finally:
+            self._logging = False
 
-        def on_log(self, args, state, control, model=None, **kw):
-            s = state.global_step
-            if (s % runner.every == 0 or s >= state.max_steps) and s > runner.last_step:
-                runner.evaluate(model, s, state.log_history)
-                accs = [p["train_accuracy"] for p in runner.points]
-                if runner.cfg.online and online_should_stop(accs, runner.margin, runner.cfg.patience):
-                    runner.stopped_early = True
-                    control.should_training_stop = True
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        if self.runner.every <= 0:  # epoch-based runs know their length only now
+            self.runner.every = max(1, round(state.max_steps / 15))
+        if self.runner.track:  # a tracked training run writes where it trains: next to its checkpoints, in the
+            self.runner.out = Path(args.output_dir).parent  # staged copy that replaces the run when it is rerun
+        if not self.runner.points:
+            self._evaluate(model, state)
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step % self.runner.every == 0 or state.global_step >= state.max_steps:
+            control.should_log = True  # so the loss of this step is logged before we evaluate
+
+    def on_log(self, args, state, control, model=None, **kw):
+        s, r = state.global_step, self.runner
+        if self._logging or not ((s % r.every == 0 or s >= state.max_steps) and s > r.last_step):
             return control
-
-    return ProbeCallback()
+        self._evaluate(model, state)
+        if r.cfg.online and online_should_stop([p["train_accuracy"] for p in r.points], r.margin, r.cfg.patience):
+            r.stopped_early = True
+            control.should_training_stop = True
+        return control
 
 
 def plot_trajectory(points: list[dict[str, Any]], bottleneck_step: int | None, path: Path, title: str = "") -> None:
@@ -426,7 +446,7 @@ def run_probe(
             from t3s.vllm_backend import ProbeGenerator
 
             runner.generator = ProbeGenerator(trainer, data.tokenizer, cfg.eval, tcfg.trust_remote_code)
-        trainer.add_callback(_callback(runner))
+        trainer.add_callback(ProbeTrainerCallback(runner, trainer))
         t_train = time.perf_counter()
         trainer.train()
         t_train = time.perf_counter() - t_train

@@ -68,8 +68,28 @@ def make_trainer(
     progress: bool = True,
     callbacks: list | None = None,
 ) -> Any:
-    """The Trainer of the objective the data was prepared for (TRL's SFTTrainer for an autoregressive student)."""
-    return data.objective.trainer(model, data, cfg, output_dir, progress=progress, callbacks=callbacks)
+    """The Trainer of the objective the data was prepared for (TRL's SFTTrainer for an autoregressive student).
+
+    Trackers: TensorBoard writes next to `output_dir` (`<its parent>/tensorboard`: the probe's or training run's
+    own directory, kept when the Trainer's working folder goes; TENSORBOARD_LOGGING_DIR still wins), and callbacks
+    with a `trainer` attribute (t3s.probe's) get the Trainer, through which their metrics reach every tracker."""
+    from transformers import TrainerCallback
+    from transformers.integrations import TensorBoardCallback
+
+    from t3s.trackers import end_stage
+
+    class EndStage(TrainerCallback):  # each stage its own W&B run (t3s.trackers)
+        def on_train_end(self, args, state, control, **kw):
+            end_stage()
+
+    callbacks = [*(callbacks or []), EndStage()]
+    trainer = data.objective.trainer(model, data, cfg, output_dir, progress=progress, callbacks=callbacks)
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None:
+            cb.logging_dir = str(Path(output_dir).parent / "tensorboard")
+        if getattr(cb, "trainer", False) is None:
+            cb.trainer = trainer
+    return trainer
 
 
 def config_for_mode(cfg: TrainConfig, mode: str) -> TrainConfig:

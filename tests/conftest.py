@@ -55,3 +55,16 @@ def started(out, last=False):
                 if key not in keys:
                     keys.append(key)
     return keys
+
+
+def scalars(logdir):
+    """Every scalar in a TensorBoard log directory: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer().AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    out = {}
+    for run, tags in mux.Runs().items():
+        for tag in tags["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in mux.Scalars(run, tag))
+    return {k: sorted(v) for k, v in out.items()}

@@ -17,7 +17,7 @@ from t3s.api import ProbeCallback, labeled_dataset, score, select
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def trainer_for(tiny, dataset, out, steps=4, callbacks=()):
+def trainer_for(tiny, dataset, out, steps=4, callbacks=(), peft_config=None, **settings):
     args = SFTConfig(
         output_dir=str(out),
         max_steps=steps,
@@ -28,13 +28,21 @@ def trainer_for(tiny, dataset, out, steps=4, callbacks=()):
         report_to="none",
         use_cpu=True,
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         disable_tqdm=True,
         seed=0,
+        **settings,
     )
     model = AutoModelForCausalLM.from_pretrained(tiny / "model")
     tok = AutoTokenizer.from_pretrained(tiny / "model")
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=list(callbacks))
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        callbacks=list(callbacks),
+        peft_config=peft_config,
+    )
 
 
 class Recorder(TrainerCallback):
@@ -95,6 +103,50 @@ def test_a_selection_as_a_labels_column(tiny, trained, tmp_path):
     everything = select(init, tmp_path / "b", "t3s", threshold=-1e9)  # every token an anchor: all dropped
     with pytest.raises(T3SError, match="keeps no token .* nothing to train on"):
         labeled_dataset(data, everything, tok)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"packing": True, "max_length": 96},  # best-fit decreasing packing, padding-free batches
+        {"packing": True, "max_length": 96, "packing_strategy": "wrapped"},
+        {"padding_free": True, "max_length": None},  # rows are rendered (and truncated) by t3s
+        {"peft": True},
+    ],
+    ids=["packing", "packing-wrapped", "padding-free", "lora"],
+)
+def test_a_labels_column_survives_trls_batching(tiny, trained, tmp_path, settings):
+    """Packing, padding-free batches and LoRA (PEFT) leave the selection intact: every trained label in the
+    batches TRL builds is a kept token of the selection, each kept token is trained exactly once, and a label
+    sits on the token it is (Liger kernels need a GPU: not run here)."""
+    from collections import Counter
+
+    from peft import LoraConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny / "model")
+    data = str(tiny / "train.jsonl")
+    init = score(str(tiny / "model"), data, tmp_path / "a", settings={"dtype": "float32"}, progress=False)
+    b = score(str(trained), data, tmp_path / "b", settings={"dtype": "float32"}, progress=False)
+    median = float(np.median(np.concatenate(b.logprobs) - np.concatenate(init.logprobs)))
+    ds = labeled_dataset(data, select(init, b, "t3s", threshold=median), tok)
+    # what the selection trains: (input token, label) of every kept position, counted
+    wanted = Counter((t, lab) for ids, labels in zip(ds["input_ids"], ds["labels"]) for t, lab in zip(ids, labels))
+    wanted = Counter({k: n for k, n in wanted.items() if k[1] != -100})
+    settings = dict(settings)
+    peft = LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM") if settings.pop("peft", False) else None
+    trainer = trainer_for(tiny, ds, tmp_path / "run", steps=2, peft_config=peft, **settings)
+    seen = Counter()
+    for batch in trainer.get_train_dataloader():
+        ids, labels = batch["input_ids"], batch["labels"]
+        assert ids.shape == labels.shape
+        if settings.get("padding_free") or settings.get("packing_strategy", "bfd") == "bfd" and "packing" in settings:
+            assert ids.shape[0] == 1 and "position_ids" in batch  # several rows in one, no padding
+        seen.update((int(t), int(lab)) for t, lab in zip(ids.flatten(), labels.flatten()) if lab != -100)
+    assert seen == wanted and sum(seen.values()) > 0
+    trainer.train()
+    assert all(np.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
+    if peft is not None:
+        assert hasattr(trainer.model, "peft_config")
 
 
 def test_the_trl_example_script(tmp_path):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import yaml
-from conftest import started
+from conftest import scalars, started
 
 from t3s.config import load_config
 from t3s.pipeline import plan_stages
@@ -74,7 +74,18 @@ def test_run_end_to_end_then_rerun_skips_everything(config, tmp_path):
     r = t3s_run(config, out)
     assert r.returncode == 0 and "running" not in r.stdout and r.stdout.count("done earlier, skipped") == len(before)
     assert records(out) == before
-    # --force select redoes the selections and what depends on them, nothing upstream
+    # trackers change no result: with report_to added nothing is redone, and the table goes to TensorBoard
+    cfg = yaml.safe_load(config.read_text())
+    cfg["train"]["report_to"] = "tensorboard"
+    config.write_text(yaml.safe_dump(cfg))
+    r = t3s_run(config, out)
+    assert r.returncode == 0 and "running" not in r.stdout and "summary sent to tensorboard" in r.stdout, r.stdout
+    assert records(out) == before
+    table = scalars(out / "tensorboard" / "summary")
+    assert table["summary/t3s/accuracy"] == [(0, pytest.approx(s["rows"][2]["accuracy"], rel=1e-5))]
+    assert table["summary/t3s/dropped_fraction"] == [(0, pytest.approx(s["rows"][2]["dropped_fraction"], rel=1e-5))]
+    # --force select redoes the selections and what depends on them, nothing upstream; the retrained modes log
+    # their loss and their tracked accuracy to TensorBoard, in their own directories
     r = t3s_run(config, out, "--force", "select")
     assert r.returncode == 0, r.stderr
     after = records(out)
@@ -87,6 +98,13 @@ def test_run_end_to_end_then_rerun_skips_everything(config, tmp_path):
         "seed-0__eval-t3s",
         "seed-0__eval-random",
     }
+    events = scalars(out / "seed-0" / "train" / "t3s" / "tensorboard")
+    assert [step for step, _ in events["train/loss"]] == list(range(1, 7))
+    tracked = [json.loads(x) for x in open(out / "seed-0" / "train" / "t3s" / "trajectory.jsonl")]
+    assert events["train/t3s/train_accuracy"] == [
+        (p["step"], pytest.approx(p["train_accuracy"], rel=1e-5)) for p in tracked
+    ]
+    assert not (out / "seed-0" / "train" / "sft" / "tensorboard").exists()  # not retrained
 
 
 def test_killed_run_resumes_without_redoing_finished_stages(config, tmp_path):

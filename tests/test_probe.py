@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import scalars
 
 from t3s import T3SError
 from t3s.probe import find_bottleneck, online_should_stop
@@ -84,6 +85,7 @@ def test_probe_run_writes_trajectory_plot_and_keeps_only_the_bottleneck(tiny, tm
             "subset=8",
             "markers=[Ones]",
             "per_device_train_batch_size=4",
+            "report_to=tensorboard",
         ],
         flat=("probe", "train"),
     )
@@ -113,7 +115,20 @@ def test_probe_run_writes_trajectory_plot_and_keeps_only_the_bottleneck(tiny, tm
     b = find_bottleneck(pts, 0.03)
     assert s["bottleneck_step"] == b["bottleneck_step"] and s["completed"] and s["steps_run"] == 6
     kept = sorted(p.name for p in (tmp_path / "p").iterdir())
-    assert kept == ["bottleneck", "final", "probe.json", "token_logprobs.npz", "trajectory.jsonl", "trajectory.png"]
+    assert kept == [
+        "bottleneck",
+        "final",
+        "probe.json",
+        "tensorboard",
+        "token_logprobs.npz",
+        "trajectory.jsonl",
+        "trajectory.png",
+    ]
+    # report_to gets the trajectory next to the Trainer's loss
+    events = scalars(tmp_path / "p" / "tensorboard")
+    for key in ("train_accuracy", "heldout_accuracy", "confidence", "length", "marker_rate"):
+        assert events[f"train/t3s/{key}"] == [(p["step"], pytest.approx(p[key], rel=1e-5)) for p in pts]
+    assert [step for step, _ in events["train/loss"]] == list(range(1, 7))
     step = json.loads((tmp_path / "p" / "bottleneck" / "t3s_step.json").read_text())["global_step"]
     assert step == s["bottleneck_step"]
     lp = np.load(tmp_path / "p" / "token_logprobs.npz")

@@ -14,10 +14,10 @@ PKG = Path(__file__).resolve().parents[1] / "t3s"
 # Each module's layer: a module may import modules of its own layer or below, never above.
 LAYERS = [
     {"__init__", "fields", "modes", "artifacts", "config", "estimate"},  # leaves without torch
-    {"dist", "data", "models", "generation", "ledger", "summary", "launch", "graders"},  # leaves
+    {"dist", "data", "models", "generation", "ledger", "summary", "launch", "graders", "trackers"},  # leaves
     {"score", "select", "vllm_backend"},  # pure functions of score sets; the vLLM engine
     {"objectives", "objectives.base", "objectives.ar", "objectives.masked", "diffusion"},  # the two objectives
-    {"train", "probe", "evaluate", "rrt", "report", "traces"},  # stages
+    {"train", "probe", "evaluate", "harness", "rrt", "report", "traces"},  # stages
     {"mixture", "pipeline", "tiny", "testbed", "api"},  # orchestration, built-in worlds, the public API
     {"cli", "__main__", "reference"},  # the command line; the generated configuration reference
 ]

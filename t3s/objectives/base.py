@@ -196,6 +196,8 @@ def training_arguments(
 ) -> dict[str, Any]:
     """transformers TrainingArguments from a TrainConfig (shared by the AR and the diffusion trainers); `plan`:
     the precision plan (default: this machine's, `plan_for`)."""
+    from t3s.trackers import wanted
+
     plan = plan or plan_for(cfg)
     return dict(
         output_dir=str(output_dir),
@@ -217,7 +219,7 @@ def training_arguments(
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
         logging_steps=cfg.logging_steps,
-        report_to=cfg.report_to,
+        report_to=wanted(cfg.report_to) or "none",  # transformers takes a list, not a comma-separated string
         remove_unused_columns=False,
         logging_nan_inf_filter=False,  # a NaN loss must reach the log, where FiniteLoss stops the run
         disable_tqdm=not progress,
