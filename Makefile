@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format demo bench install clean lock
+.PHONY: test lint format demo bench install clean lock experiment-smollm
 
 # pyproject.toml has compatible ranges; constraints.txt pins the exact set the tests run with
 $(STAMP): pyproject.toml constraints.txt
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # ruff (format and lint, configured in pyproject.toml) first: a formatting slip fails in a second, not after the suite
-LINTED := t3s tests bench examples
+LINTED := t3s tests bench examples experiments
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINTED)
@@ -51,3 +51,8 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs/demo
+
+# issue 19: the whole method on SmolLM2-135M-Instruct (about an hour on 2 cores; resumes when rerun); writes
+# runs/experiment-smollm/{run/report/report.html, RESULTS.md}. Not part of `make test` (a smoke test is).
+experiment-smollm: $(BENCH_STAMP)
+	$(BIN)/python -m experiments.smollm

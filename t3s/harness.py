@@ -94,7 +94,7 @@ def run_harness(
     `system_prompt` apply, as when t3s renders prompts."""
     from t3s import dist
     from t3s.data import uses_template
-    from t3s.models import device_info, load_tokenizer, model_fingerprint, resolve_precision
+    from t3s.models import device_info, load_tokenizer, model_fingerprint, resolve_model_path, resolve_precision
 
     if not tasks:
         raise T3SError("--harness lm-eval needs --tasks (comma-separated lm-evaluation-harness task names)")
@@ -126,7 +126,7 @@ def run_harness(
     if log is not None:
         log(f"lm-evaluation-harness on {model_path}: {', '.join(tasks)} ({precision.name}, {precision.device})")
     lm = HFLM(
-        pretrained=model_path,
+        pretrained=resolve_model_path(model_path),  # a `t3s train` directory works too (its model/)
         device=precision.device,
         dtype=str(precision.weights).removeprefix("torch."),
         mixed_precision_dtype=precision.autocast,  # a CPU with fast bf16: fp32 weights, bf16 autocast (t3s eval's rule)

@@ -292,6 +292,17 @@ def plot_gradients(data: dict[str, Any], bottleneck: int | None, out: Path) -> P
 # ----------------------------------------------------------------------------------------------- tokens
 
 
+def frequent_tokens(sel: Any, tok: Any, top: int = 15) -> dict[bool, list[tuple[str, int, float]]]:
+    """The most frequent anchor (True) and yet-to-learn (False) tokens of a selection: (decoded text, count, share
+    of that token's occurrences in the responses that fall in the group)."""
+    counts: dict[bool, Counter] = {True: Counter(), False: Counter()}
+    for ids, anc in zip(sel.response_ids, _anchor_rows(sel)):
+        for t, is_a in zip(ids.tolist(), anc.tolist()):
+            counts[bool(is_a)][t] += 1
+    total = counts[True] + counts[False]
+    return {g: [(tok.decode([t]), n, n / total[t]) for t, n in counts[g].most_common(top)] for g in (True, False)}
+
+
 def token_tables(run: Path, sel: Any, rows_shown: int = 4, top: int = 15) -> tuple[str, str]:
     """A Δc heatmap of a few rows (HTML) and the most frequent anchor / yet-to-learn tokens (HTML table)."""
     import yaml
@@ -311,17 +322,12 @@ def token_tables(run: Path, sel: Any, rows_shown: int = 4, top: int = 15) -> tup
             text = html.escape(tok.decode([t])) or "&#9633;"
             spans.append(f'<span class="tk" style="background:{color}" title="Δc={v:+.4f}">{text}</span>')
         rows_html.append('<div class="row">' + "".join(spans) + "</div>")
-    counts: dict[bool, Counter] = {True: Counter(), False: Counter()}
-    for ids, anc in zip(sel.response_ids, anchor_rows):
-        for t, is_a in zip(ids.tolist(), anc.tolist()):
-            counts[bool(is_a)][t] += 1
-    total = counts[True] + counts[False]
+    frequent = frequent_tokens(sel, tok, top)
 
     def table(is_anchor: bool) -> str:
         lines = [
-            f"<tr><td><code>{html.escape(repr(tok.decode([t])))}</code></td><td>{n}</td>"
-            f"<td>{100 * n / total[t]:.0f}%</td></tr>"
-            for t, n in counts[is_anchor].most_common(top)
+            f"<tr><td><code>{html.escape(repr(text))}</code></td><td>{n}</td><td>{100 * share:.0f}%</td></tr>"
+            for text, n, share in frequent[is_anchor]
         ]
         head = "anchor" if is_anchor else "yet-to-learn"
         return (

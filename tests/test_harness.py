@@ -85,9 +85,9 @@ def test_harness_tasks_write_t3s_metrics(tiny, trained, tmp_path):
     values = [m["tasks"][t]["value"] for t in ("tiny_choice", "tiny_add")]
     assert m["metrics"]["accuracy"] == pytest.approx(sum(values) / 2) and m["metrics"]["prompts"] == 2 * len(rows)
     assert m["tasks"]["tiny_add"]["value"] == pytest.approx(sum(s["correct"] for s in gen) / len(gen))
-    # the chat template, as t3s renders prompts (auto: the tiny tokenizer has one)
+    # the chat template, as t3s renders prompts (auto: the tiny tokenizer has one); a `t3s train` directory
     r = t3s_eval(
-        "--harness", "lm-eval", "--model", str(trained), "--tasks", "tiny_choice", "--include-path", str(where),
+        "--harness", "lm-eval", "--model", str(trained.parent), "--tasks", "tiny_choice", "--include-path", str(where),
         "--out", str(tmp_path / "chat"), "--limit", "3", "dtype=float32",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
