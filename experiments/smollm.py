@@ -183,8 +183,8 @@ def _story_sub(rng: random.Random) -> tuple[str, int]:
 
 
 def screen(out: Path, log: Any = print) -> dict[str, Any]:
-    """The base student's accuracy on each candidate task (greedy, the run's evaluation settings, 48 prompts
-    each), kept in `out/screen.json`."""
+    """The base student's accuracy on each candidate task (greedy, 64 new tokens, the run's grader and
+    precision, 48 prompts each), kept in `out/screen.json`: {"tasks": {name: ...}, "seconds": ...}."""
     from t3s.artifacts import read_json, write_json
 
     path = out / "screen.json"
@@ -211,12 +211,13 @@ def screen(out: Path, log: Any = print) -> dict[str, Any]:
         m = metrics(evaluate_model(model, tok, rows, RenderConfig(), gen, precision, progress=False))
         result[name] = {"accuracy": m["accuracy"], "prompts": m["prompts"], "example": rows[0].prompt}
         log(f"screen: {name}: {100 * m['accuracy']:.1f}%")
-    write_json(path, {"tasks": result, "seconds": time.perf_counter() - t0})
-    return result
+    record = {"tasks": result, "seconds": time.perf_counter() - t0}
+    write_json(path, record)
+    return record
 
 
 def run_config(where: Path, size: Size) -> dict[str, Any]:
-    """The `t3s run` config, paths relative to the run's parent directory."""
+    """The `t3s run` config of the experiment prepared in `where`."""
     return {
         "student": str(where / "student"),
         "train_data": str(where / "train.jsonl"),
