@@ -289,7 +289,9 @@ def _pct(x: float | None) -> str:
 
 
 def _se(p: float, n: int) -> float:
-    return (p * (1 - p) / max(n, 1)) ** 0.5
+    from t3s.probe import standard_error  # the probe's own binomial standard error
+
+    return standard_error(p, n)
 
 
 def _correct(path: Path) -> dict[str, bool]:
