@@ -105,6 +105,48 @@ def read_json(path: str | Path) -> Any:
         ) from None
 
 
+def read_jsonl(path: str | Path) -> list[Any]:
+    """A JSON-lines artifact (blank lines skipped), with one clear error naming the file and line of a bad one."""
+    out = []
+    for i, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise T3SError(f"{path}:{i}: bad JSON ({e.msg}); is the file truncated or corrupt?") from None
+    return out
+
+
+def read_npz(path: str | Path) -> dict[str, Any]:
+    """A NumPy .npz artifact, read whole, with one line naming the file when it is truncated or corrupt."""
+    import numpy as np
+
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 -- zipfile, pickle and OS errors all mean a bad file
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        raise T3SError(f"{path}: not a readable .npz file, truncated or corrupt ({text})") from None
+
+
+def read_table(path: str | Path, columns: tuple[str, ...], what: str = "stage") -> Any:
+    """A Parquet artifact t3s wrote, with its `columns`, as a pyarrow Table; one line naming the file when it is
+    truncated, corrupt or lacks a column (`what` wrote it: rerun that)."""
+    import pyarrow.parquet as pq
+
+    try:
+        t = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 -- pyarrow raises ArrowInvalid, OSError, ...: all mean a bad file
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        raise T3SError(
+            f"{path}: not a readable Parquet file, truncated or corrupt ({text}); rerun the {what}"
+        ) from None
+    missing = [c for c in columns if c not in t.column_names]
+    if missing:
+        raise T3SError(f"{path}: no column {', '.join(missing)} (not written by this t3s); rerun the {what}")
+    return t
+
+
 def check_can_write(out: str | Path, overwrite: bool) -> Path:
     """Refuse early (before any work) when `out` exists and overwriting was not asked for."""
     out = Path(out)

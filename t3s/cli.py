@@ -138,6 +138,7 @@ def cmd_train(args) -> None:
     print(
         f"wrote {args.out}/model: {s['global_step']} steps, mean train loss {s['train_loss']:.4f}, "
         f"{objective.trained_on(s)}, {s['train_seconds']:.1f}s"
+        + (f"; DIVERGED (loss {s['diverged']['loss']:.4g} at step {s['diverged']['step']})" if s["diverged"] else "")
     )
 
 

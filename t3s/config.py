@@ -149,6 +149,13 @@ class TrainConfig:
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)", "ge": 0})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep Trainer checkpoints after success"})
     logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps", "ge": 1})
+    stop_on_divergence: bool = field(
+        default=True,
+        metadata={
+            "help": "stop with an error when the loss stays far above its start (3 logs in a row above "
+            "max(3x the first loss, the first + ln vocabulary)); false: train on, warn, and mark the run's summary"
+        },
+    )
     report_to: str = field(
         default="none",
         metadata={

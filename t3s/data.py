@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -332,6 +332,17 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _SENTINEL = "T3S_RESPONSE_SENTINEL_8c1f"
 
 
+def complete_think(response: str) -> str:
+    """A trace whose reasoning is closed by </think> but never opened gets its opener back. R1-distill and QwQ
+    (and Qwen3.5+ thinking mode) end the generation prompt with `<think>\n`, so what they generate starts inside
+    the block: `reasoning\n</think>\n\nanswer`. Rendered as is for a student whose template does not prefill the
+    opener (Qwen3, Llama-3, ...), the labels would hold a closing tag without an opening one."""
+    close = response.find(THINK_CLOSE)
+    if close < 0 or THINK_OPEN in response[:close]:
+        return response
+    return THINK_OPEN + ("" if response.startswith("\n") else "\n") + response
+
+
 def trace_parts(response: str) -> list[str]:
     """The parts of a trace that must reach the model verbatim: the reasoning inside <think>…</think> and the
     answer after it (or the whole response when it has no think block), whitespace-stripped, non-empty."""
@@ -397,7 +408,8 @@ def render_response(row: Row, tokenizer: Any, cfg: RenderConfig, prefix: str) ->
     gets the tokenizer's EOS token, so the student learns to stop. A template that would add a think block to a
     trace without one (Qwen3 thinking mode renders it as a non-thinking answer after an empty think block) is
     refused: the student would silently learn not to think."""
-    resp = row.response
+    resp = complete_think(row.response)  # a trace that starts inside its think block (see complete_think)
+    row = replace(row, response=resp)
     msgs = prompt_messages(row, cfg) + [{"role": "assistant", "content": resp}]
     full = _apply_template(row, tokenizer, cfg, msgs)
     pre = think_prefill(prefix)
@@ -447,7 +459,7 @@ def _render(row: Row, tokenizer: Any, cfg: RenderConfig, template: bool) -> tupl
         text, _, rewritten = render_response(row, tokenizer, cfg, prefix)
         response_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
-        response_ids = tokenizer(row.response, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(complete_think(row.response), add_special_tokens=False)["input_ids"]
         if cfg.add_eos and tokenizer.eos_token_id is not None:
             response_ids = response_ids + [tokenizer.eos_token_id]
     if not response_ids:
@@ -464,6 +476,7 @@ class RenderReport:
     prompt_tokens: int = 0
     response_tokens: int = 0
     rewritten: int = 0  # rows whose assistant turn the template rewrites (rendered after the generation prompt)
+    think_opened: int = 0  # rows whose trace closed a think block it never opened (`complete_think`)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -475,6 +488,11 @@ class RenderReport:
             else f"; {self.rewritten} responses rendered after the generation prompt (the chat template rewrites "
             "assistant turns)"
         )
+        if self.think_opened:
+            note += (
+                f"; {self.think_opened} responses closed a <think> block they never opened (a teacher whose prompt "
+                "prefilled it): rendered with the opener"
+            )
         return (
             f"{self.rows} rows: {self.kept} kept ({self.truncated} truncated), {self.dropped} dropped as over-long; "
             f"{self.prompt_tokens} prompt + {self.response_tokens} response tokens{note}"
@@ -487,6 +505,7 @@ def render_rows(rows: list[Row], tokenizer: Any, cfg: RenderConfig) -> tuple[lis
     for row in rows:
         p, r, rewritten = _render(row, tokenizer, cfg, template)
         rep.rewritten += int(rewritten)
+        rep.think_opened += int(complete_think(row.response) != row.response)
         truncated = False
         if cfg.max_length is not None and len(p) + len(r) > cfg.max_length:
             if cfg.overlong == "error":

@@ -136,18 +136,23 @@ def _has_head(model: Any) -> bool:
     return logits is not None and (vocab is None or logits.shape[-1] >= vocab)
 
 
-def load_mask_predictor(path: str | Path, precision: Precision, trust_remote_code: bool = False) -> Any:
+def load_mask_predictor(
+    path: str | Path, precision: Precision, trust_remote_code: bool = False, place: bool = True
+) -> Any:
     """Any AutoModelForMaskedLM, or a remote-code model (LLaDA, LLaDA-2) through the class that has its LM head
-    (`mask_predictor_class`); a model without a head is refused."""
+    (`mask_predictor_class`); a model without a head is refused. `place` as in `t3s.models.load_causal_lm`:
+    False leaves the weights where loading put them, for the Trainer (DDP) or accelerate (FSDP, DeepSpeed) to
+    place or shard."""
     import transformers
 
-    from t3s.models import hub_kwargs, load_error, resolve_model_path
+    from t3s.models import hub_kwargs, load_error, placed, resolve_model_path, whole_model_loading
 
     path = resolve_model_path(path)
     kw = {"dtype": precision.weights, **hub_kwargs(trust_remote_code)}
     key = mask_predictor_class(read_config(path, trust_remote_code))
     try:
-        model = getattr(transformers, key).from_pretrained(path, **kw)
+        with whole_model_loading() if place else contextlib.nullcontext():
+            model = getattr(transformers, key).from_pretrained(path, **kw)
     except ValueError as e:
         raise T3SError(
             f"'{path}' is not a mask predictor (AutoModelForMaskedLM; pass trust_remote_code for "
@@ -155,7 +160,7 @@ def load_mask_predictor(path: str | Path, precision: Precision, trust_remote_cod
         ) from None
     except Exception as e:  # noqa: BLE001 -- a user's files: any failure is one line naming them
         raise load_error("a mask predictor", path, e) from e
-    model = model.to(precision.device)
+    model = placed(model, precision.device, path, place)
     if not _has_head(model):
         raise T3SError(
             f"'{path}' loaded through {key} as {type(model).__name__}, which has no LM head (its forward "
@@ -177,17 +182,63 @@ def mask_token_id(model: Any, tok: Any, override: int | None = None) -> int:
     )
 
 
-def _accepts_attention_mask(model: Any) -> bool:
+# model_type of LLaDA-2 remote code (LLaDA2.0-mini / -flash, `modeling_llada2_moe.py`). Its backbone hands any
+# attention_mask to transformers' `_prepare_4d_causal_attention_mask_for_sdpa`, which passes a 4-D mask through
+# as it is but turns a 2-D padding mask with any zero into a *causal* one (and, on the eager path, turns no mask
+# at all into a causal one): a mask predictor must see the whole canvas, so it gets a 4-D additive mask, always.
+FOUR_D_MASK_TYPES = ("llada2_moe",)
+
+
+def _unwrapped(model: Any) -> Any:
+    """The model inside a DDP / DeepSpeed wrapper (whose forward takes *args, **kwargs), or the model itself."""
+    return getattr(model, "module", model)
+
+
+def mask_style(model: Any) -> str:
+    """How a mask predictor's forward takes the padding mask: "none" (LLaDA-1: no attention_mask argument), "4d"
+    (LLaDA-2: FOUR_D_MASK_TYPES) or "2d" (ModernBERT and other AutoModelForMaskedLM: a [batch, length] mask)."""
+    m = _unwrapped(model)
     try:
-        return "attention_mask" in inspect.signature(model.forward).parameters
+        takes = "attention_mask" in inspect.signature(m.forward).parameters
     except (TypeError, ValueError):
-        return False
+        takes = False
+    if not takes:
+        return "none"
+    config = getattr(m, "config", None)
+    if getattr(config, "model_type", None) in FOUR_D_MASK_TYPES:
+        if getattr(config, "_attn_implementation", None) == "eager":
+            raise T3SError(
+                f"{config.model_type} with eager attention reads a 4-D mask as 0/1 and an absent one as causal; "
+                "load it with attn_implementation=sdpa (the default)"
+            )
+        return "4d"
+    return "2d"
+
+
+def attention_inputs(style: str, att: torch.Tensor | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The attention_mask keyword of a forward over a batch whose real tokens are `att` ([batch, length], 1 = a
+    real token; None: every token is real), for a model of `mask_style` `style` (pure). "4d": an additive
+    [batch, 1, length, length] mask in `dtype`, 0 where a query may look (every real token of its row: full
+    bidirectional attention) and the dtype's minimum where it may not (padding); an expanded view, so it costs a
+    [batch, length] tensor."""
+    if style == "none" or (style == "2d" and att is None):
+        return {}
+    if style == "2d":
+        return {"attention_mask": att}
+    if att is None:
+        raise ValueError("attention_inputs: a 4-D mask needs the batch's shape (pass att=torch.ones(batch, length))")
+    blocked = ~att.bool()[:, None, None, :]
+    add = torch.zeros(blocked.shape, dtype=dtype, device=att.device).masked_fill(blocked, torch.finfo(dtype).min)
+    b, length = att.shape
+    return {"attention_mask": add.expand(b, 1, length, length)}
 
 
 def _logits(model: Any, ids: torch.Tensor, att: torch.Tensor | None) -> torch.Tensor:
-    if att is not None and _accepts_attention_mask(model):
-        return model(input_ids=ids, attention_mask=att).logits
-    return model(input_ids=ids).logits
+    style = mask_style(model)
+    if style == "4d" and att is None:
+        att = torch.ones_like(ids)
+    dtype = next(_unwrapped(model).parameters()).dtype
+    return model(input_ids=ids, **attention_inputs(style, att, dtype)).logits
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -360,7 +411,7 @@ def make_trainer(
         train_dataset=data.dataset,
         processing_class=tok,
         data_collator=Collator(tok.eos_token_id),
-        callbacks=[*(callbacks or []), finite_loss_callback()],
+        callbacks=[*(callbacks or []), finite_loss_callback(cfg.stop_on_divergence)],
         diffusion=dcfg,
         mask_id=mask_token_id(model, tok, dcfg.mask_token_id),
     )

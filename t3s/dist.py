@@ -202,6 +202,87 @@ def zero3_init_args(training_kwargs: dict[str, Any]) -> Any:
     return TrainingArguments(**{k: v for k, v in training_kwargs.items() if k in names})
 
 
+def weights_digest(model: Any) -> tuple[list[str], list[str], list[list[float]]]:
+    """The names of a model's parameters and buffers (in module order), the names of those on the meta device
+    (never loaded), and per tensor a short numeric digest: its sum, its sum of squares and 16 values at evenly
+    spaced positions (so that placeholders, zeros and permuted weights all differ), computed where the tensor
+    lives and read back in one transfer."""
+    import torch
+
+    names, meta, rows = [], [], []
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        names.append(name)
+        if t.device.type == "meta" or t.numel() == 0:
+            meta += [name] if t.device.type == "meta" else []
+            rows.append(torch.zeros(18, dtype=torch.float64))
+            continue
+        x = t.detach().reshape(-1)
+        x = x if x.is_floating_point() else x.double()
+        sample = x[:: max(1, x.numel() // 16)][:16].double().cpu()
+        head = torch.stack([x.sum(dtype=torch.float64), x.float().pow(2).sum(dtype=torch.float64)]).cpu()
+        rows.append(torch.cat([head, torch.nn.functional.pad(sample, (0, 16 - sample.numel()))]))
+    return names, meta, (torch.stack(rows).tolist() if rows else [])
+
+
+def _same(a: list[float], b: list[float]) -> bool:
+    import math
+
+    return all(x == y or (math.isnan(x) and math.isnan(y)) or abs(x - y) <= 1e-6 * abs(y) for x, y in zip(a, b))
+
+
+def check_same_weights(model: Any, what: str) -> None:
+    """Refuse, on every process alike, a model whose processes hold different weights or buffers (a loader that
+    left placeholders for a broadcast that never came, other files on another node): their scores and samples
+    would be finite and wrong. A no-op in a single-process run. Collective: every process calls it."""
+    if not launched():
+        return
+    from accelerate.utils import gather_object
+
+    everyone = gather_object([weights_digest(model)])
+    ref_names, _, ref = everyone[0]
+    for r, (names, meta, digest) in enumerate(everyone):
+        if meta:
+            raise T3SError(
+                f"{what}: process {r} holds {len(meta)} tensor(s) that were never loaded (first: {meta[0]}, on the "
+                "meta device); every process must load the whole model for this stage"
+            )
+        if names != ref_names:
+            raise T3SError(f"{what}: process {r} loaded another architecture than process 0 (other tensor names)")
+        bad = [names[i] for i, (a, b) in enumerate(zip(digest, ref)) if not _same(a, b)]
+        if bad:
+            raise T3SError(
+                f"{what}: process {r} holds other weights than process 0 in {len(bad)} of {len(names)} tensors "
+                f"(first: {bad[0]}); every process must read the same model files (a shared filesystem, the same "
+                "revision)"
+            )
+
+
+def planned_sharding(training_kwargs: dict[str, Any], env: Any = None) -> str | None:
+    """How the Trainer about to be built will hold the parameters, from its arguments and the variables that
+    `accelerate launch` exports (pure given `env`): "ZeRO-3", "FSDP", or None (whole on every process: DDP,
+    ZeRO-1/2, one process). Known before anything is loaded, so that a combination that cannot work is refused
+    before the compute is spent."""
+    import json
+
+    env = os.environ if env is None else env
+
+    def true(name: str) -> bool:
+        return str(env.get(name, "")).strip().lower() in ("1", "true", "yes")
+
+    if true("ACCELERATE_USE_FSDP") or training_kwargs.get("fsdp"):
+        return "FSDP"
+    ds = training_kwargs.get("deepspeed") or env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") if true("ACCELERATE_USE_DEEPSPEED") or ds else None
+    if ds and isinstance(ds, (str, Path)) and str(ds) not in ("", "none"):
+        try:
+            ds = json.loads(Path(ds).read_text())
+        except (OSError, ValueError) as e:
+            raise T3SError(f"{ds}: cannot read the DeepSpeed config ({e})") from None
+    if isinstance(ds, dict):
+        stage = (ds.get("zero_optimization") or {}).get("stage", stage)
+    return "ZeRO-3" if str(stage).strip() == "3" else None
+
+
 def params_sharded(model: Any) -> bool:
     """True when the model's parameters are split across processes (DeepSpeed ZeRO-3 or FSDP): every forward is
     then a collective, so all processes must run the same number of forwards."""

@@ -352,18 +352,49 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     return tok
 
 
+# What accelerate's FSDP launcher exports. With both set in a process group, transformers loads as if FSDP
+# preparation followed: on every process but the first of its node it leaves placeholders (zeros for
+# non-persistent buffers, uninitialised missing keys) that FSDP is expected to broadcast from the first.
+FSDP_LOADING_VARS = ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING")
+
+
+@contextlib.contextmanager
+def whole_model_loading() -> Any:
+    """Inside, `from_pretrained` loads the whole model on every process: the FSDP loading path is switched off
+    (see FSDP_LOADING_VARS) and switched back on after. For models that no Trainer will wrap (scoring,
+    evaluation, generation), which every process runs as it loaded them."""
+    saved = {k: os.environ.pop(k) for k in FSDP_LOADING_VARS if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def placed(model: Any, device: str, path: str, place: bool) -> Any:
+    """The loaded model on `device` when `place` (and, on several processes, checked to hold the same weights on
+    every one), else as loading left it: the Trainer (DDP) or accelerate (DeepSpeed, FSDP, whose low-RAM loading
+    leaves the weights on the meta device on all but one process) places it."""
+    if not place:
+        return model
+    from t3s import dist
+
+    model = model.to(device)
+    dist.check_same_weights(model, path)
+    return model
+
+
 def load_causal_lm(path: str | Path, precision: Precision, trust_remote_code: bool = False, place: bool = True) -> Any:
-    """`place=False` leaves the weights where loading put them: for training on several processes, where the
-    Trainer (DDP) or accelerate (DeepSpeed, FSDP, whose low-RAM loading leaves them on the meta device on all
-    but one process) moves them."""
+    """`place=False` leaves the weights where loading put them (for a Trainer to wrap: see `placed`); `place=True`
+    loads the whole model on every process, on `precision.device`."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.weights, **hub_kwargs(trust_remote_code))
+        with whole_model_loading() if place else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.weights, **hub_kwargs(trust_remote_code))
     except Exception as e:  # noqa: BLE001 -- a user's files: any failure is one line naming them
         raise load_error("a causal LM", path, e) from e
-    return model.to(precision.device) if place else model
+    return placed(model, precision.device, path, place)
 
 
 def model_fingerprint(path: str | Path) -> str:

@@ -333,6 +333,7 @@ def run_single(
     # 4. training (same budget for every mode; `sft` is the probe's own end point when the probe is the
     #    student's and ran to the end)
     models: dict[tuple[int, str], tuple[str, str]] = {}  # (seed, method) -> (model path, produced)
+    diverged: dict[tuple[int, str], dict] = {}  # (seed, mode) -> where its loss diverged (trained on regardless)
     for s in cfg.seeds:
         for mode in cfg.modes:
             if mode == "sft" and own and probes[s]["result"]["completed"]:
@@ -389,6 +390,8 @@ def run_single(
                 do_train,
             )
             models[(s, mode)] = (str(out / f"seed-{s}" / "train" / mode / "model"), rec["produced"])
+            if (rec.get("result") or {}).get("diverged"):  # train.stop_on_divergence=false: trained on, marked
+                diverged[(s, mode)] = rec["result"]["diverged"]
 
     # 5. RRT from each seed's SFT run and its own bottleneck (the probe must be the student's)
     if cfg.rrt and not own:
@@ -446,6 +449,7 @@ def run_single(
         student_probes=student_probes,
         selector_probed=not own,
         write=ledger.end(),
+        diverged=diverged,
     )
     ledger.log("summary:\n" + summary["markdown"], console=False)
     return summary, 0
@@ -485,8 +489,10 @@ def summarize(
     student_probes: dict | None = None,
     selector_probed: bool = False,
     write: bool = True,
+    diverged: dict | None = None,
 ) -> dict[str, Any]:
-    """The comparison table: every number is read from the eval/selection/probe records of this run."""
+    """The comparison table: every number is read from the eval/selection/probe records of this run.
+    `diverged`: {(seed, mode): divergence record} of training runs whose loss diverged and that trained on."""
     base = evals[(None, "base")]
     stat = objective.selection_stat  # what a selection does to the loss
     methods = [
@@ -525,6 +531,13 @@ def summarize(
                 f"- seed {s}: {100 * r['start_accuracy']:.1f}% → {100 * (r['bottleneck_accuracy'] or 0):.1f}% "
                 f"at step {r['bottleneck_step']}" + ("" if r["dip_found"] else " (no dip)")
             )
+    if diverged:
+        lines += ["", "DIVERGED (train.stop_on_divergence=false; these rows come from diverged runs):"]
+        for (s, m), d in sorted(diverged.items()):
+            lines.append(
+                f"- seed {s} {m}: loss {d['loss']:.4g} at step {d['step']}, up from {d['start_loss']:.4g} at step "
+                f"{d['start_step']}"
+            )
     md = "\n".join(lines) + "\n"
     summary = {
         "kind": "t3s-run",
@@ -539,6 +552,7 @@ def summarize(
         },
         "seeds": cfg.seeds,
         "rows": rows,
+        "diverged": [{"seed": s, "mode": m, **d} for (s, m), d in sorted((diverged or {}).items())],
         "probes": {
             str(s): {
                 kk: probes[s]["result"][kk]

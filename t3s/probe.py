@@ -421,12 +421,13 @@ def run_probe(
     from t3s.data import load_rows
     from t3s.models import describe, device_info, model_fingerprint
     from t3s.objectives import as_objective
-    from t3s.train import make_trainer, plan_for, prepare, training_arguments
+    from t3s.train import check_lora_sharding, make_trainer, plan_for, prepare, training_arguments
 
     pcfg, tcfg = cfg.probe, cfg.train
     objective = as_objective(objective)
     objective.check_backend(pcfg.backend, "probe.backend")  # before any work
     dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
+    check_lora_sharding(tcfg)
     plan = plan_for(tcfg)
     precision = plan.inference()  # the live model is evaluated and scored as it trains
     if dist.is_main():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from t3s import T3SError, __version__
-from t3s.artifacts import read_json
+from t3s.artifacts import read_json, read_jsonl, read_npz
 
 COLORS = {
     "sft": "C0",
@@ -50,7 +49,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return read_jsonl(path) if path.exists() else []
 
 
 def _seeds(run: Path) -> list[int]:
@@ -191,7 +190,7 @@ def bifurcation(run: Path, seed: int, sel: Any) -> dict[str, Any] | None:
     f = run / f"seed-{seed}" / "probe" / "token_logprobs.npz"
     if not f.exists():
         return None
-    z = np.load(f)
+    z = read_npz(f)
     index = sel.by_id
     try:
         rows = _anchor_rows(sel)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from t3s import T3SError, __version__, dist
-from t3s.artifacts import atomic_dir, read_json, write_json
+from t3s.artifacts import atomic_dir, read_json, read_table, write_json
 from t3s.config import RenderConfig, ScoreConfig
 from t3s.data import Example
 from t3s.models import Precision
@@ -252,15 +252,13 @@ def write_scores(out: str | Path, examples: list[Example], logprobs: list[np.nda
 
 
 def load_scores(path: str | Path) -> ScoreSet:
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not (path / META_FILE).exists() or not (path / SCORES_FILE).exists():
         raise T3SError(f"{path}: not a t3s score directory (expected {META_FILE} and {SCORES_FILE})")
     meta = read_json(path / META_FILE)
     if meta.get("kind") != "t3s-scores":
         raise T3SError(f"{path}/{META_FILE}: not a t3s score set")
-    t = pq.read_table(path / SCORES_FILE)
+    t = read_table(path / SCORES_FILE, ("id", "prompt_len", "response_ids", "logprob"), "`t3s score` that wrote it")
     meta["path"] = str(path)
     return ScoreSet(
         meta=meta,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from t3s import T3SError, __version__
-from t3s.artifacts import atomic_dir, read_json, write_json
+from t3s.artifacts import atomic_dir, read_json, read_table, write_json
 from t3s.modes import ALIASES, DIFFUSION_MODES, NEEDS_REFERENCE, RULE_OF_T3S, SELECTION_MODES, canonical
 from t3s.score import ScoreSet
 
@@ -307,8 +307,6 @@ def write_selection(sel: Selection, out: str | Path, overwrite: bool = False) ->
 
 
 def load_selection(path: str | Path) -> Selection:
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not (path / META_FILE).exists() or not (path / SELECTION_FILE).exists():
         raise T3SError(f"{path}: not a t3s selection directory (expected {META_FILE} and {SELECTION_FILE})")
@@ -316,7 +314,7 @@ def load_selection(path: str | Path) -> Selection:
     if meta.get("kind") != "t3s-selection":
         raise T3SError(f"{path}/{META_FILE}: not a t3s selection")
     meta["path"] = str(path)
-    t = pq.read_table(path / SELECTION_FILE)
+    t = read_table(path / SELECTION_FILE, ("id", "response_ids", "keep", "delta"), "`t3s select` that wrote it")
     return Selection(
         meta=meta,
         ids=t.column("id").to_pylist(),

@@ -187,7 +187,7 @@ def sample_seed(seed: int, rid: str, sample: int) -> int:
 def hf_teacher(model: str | Path, cfg: TracesConfig, rcfg: RenderConfig, trust_remote_code: bool = False) -> Teacher:
     """A local Hugging Face model. Prompts are rendered as `t3s eval` renders them (chat template or plain);
     the model is loaded on the first request, so a finished directory needs no model load."""
-    from t3s.data import render_prompt, template_fingerprint, tokenizer_fingerprint, uses_template
+    from t3s.data import render_prompt, template_fingerprint, think_prefill, tokenizer_fingerprint, uses_template
     from t3s.evaluate import GenConfig, generate
     from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision
 
@@ -206,7 +206,11 @@ def hf_teacher(model: str | Path, cfg: TracesConfig, rcfg: RenderConfig, trust_r
         if not loaded:
             loaded.append(load_causal_lm(model, precision, trust_remote_code))
         rows = {r.row.id: r.row for r in requests}
-        ids = {rid: render_prompt(row, tok, rcfg, template)[0] for rid, row in rows.items()}
+        rendered = {rid: render_prompt(row, tok, rcfg, template) for rid, row in rows.items()}
+        ids = {rid: p[0] for rid, p in rendered.items()}
+        # what the generation prompt prefills (`<think>\n` for R1-distill, QwQ) is part of the trace: stored with
+        # the generated text, so the row holds a whole think block for any student's template
+        prefill = {rid: think_prefill(p[1]) for rid, p in rendered.items()}
         # longest prompts first, as `t3s eval` batches them; each row samples from its own seed
         order = sorted(requests, key=lambda r: (-len(ids[r.row.id]), r.row.id, r.sample))
         gcfg = GenConfig(
@@ -229,7 +233,14 @@ def hf_teacher(model: str | Path, cfg: TracesConfig, rcfg: RenderConfig, trust_r
                 row_seeds=[r.seed for r in chunk],
             )
             for r, (g,) in zip(chunk, gens):
-                yield Result(r.row.id, r.sample, g.text, None, "length" if g.truncated else "stop", len(g.token_ids))
+                yield Result(
+                    r.row.id,
+                    r.sample,
+                    prefill[r.row.id] + g.text,
+                    None,
+                    "length" if g.truncated else "stop",
+                    len(g.token_ids),
+                )
 
     name = cfg.teacher or Path(str(model).rstrip("/")).name
     return Teacher(name, identity, run)
@@ -297,8 +308,13 @@ def openai_teacher(model: str, cfg: TracesConfig, rcfg: RenderConfig) -> Teacher
             ) from None
         except openai.APIStatusError as e:
             res.error = f"HTTP {e.status_code}: {e.message}"
-        except openai.APIError as e:  # connection errors, timeouts, undecodable bodies
-            res.error = f"{type(e).__name__}: {e}"
+        except (openai.APIConnectionError, openai.APITimeoutError) as e:  # after the client's retries
+            res.error = (
+                f"cannot reach {cfg.base_url} ({type(e).__name__}: {e}); is the server running, and is "
+                "traces.base_url its address (http://HOST:PORT/v1)?"
+            )
+        except openai.APIError as e:  # undecodable bodies, other protocol errors
+            res.error = f"{cfg.base_url}: {type(e).__name__}: {e}"
         except ValueError as e:
             res.error = f"malformed response: {e}"
         return res
@@ -328,8 +344,13 @@ def usable(rec: dict[str, Any]) -> bool:
 
 
 def training_response(rec: dict[str, Any], reasoning_format: str) -> str:
+    """The training row's response: the reasoning returned apart (a reasoning parser) put in `reasoning_format`,
+    or the text as generated, its think block completed (an endpoint without a reasoning parser returns
+    `reasoning</think>answer` when its template prefilled the opener: `t3s.data.complete_think`)."""
+    from t3s.data import complete_think
+
     if rec.get("reasoning") is None:
-        return rec["text"]
+        return complete_think(rec["text"])
     return reasoning_format.format(reasoning=rec["reasoning"], content=rec["text"])
 
 
@@ -401,6 +422,8 @@ def summarize(
         "samples_failed": sum(p["failed"] for p in prompts),
         "mean_solve_rate": sum(rates) / len(rates) if rates else None,
         "complete": n["incomplete"] == 0 and all(p["finished"] == cfg.samples for p in prompts),
+        # what went wrong last (it names the endpoint): the one line a stopped run ends with
+        "last_error": next((r["error"] for r in reversed(records) if (r["id"], r["sample"]) not in done), None),
     }
     return train, prompts, summary
 
@@ -417,6 +440,8 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{s['prompts'] * s['samples_per_prompt'] - s['samples_finished'] - s['samples_failed']} "
             f"unasked samples, {s['incomplete']} prompts undecided (rerun the same command to continue)"
         )
+        if s.get("last_error"):
+            line += f"; last error: {s['last_error']}"
     return line
 
 

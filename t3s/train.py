@@ -24,7 +24,7 @@ from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
 from t3s.models import TrainingPlan, check_finite_weights, describe, device_info, load_tokenizer, model_fingerprint
 from t3s.objectives import Objective, Prepared, as_objective
 from t3s.objectives.ar import apply_selection  # noqa: F401 -- imported from here by users
-from t3s.objectives.base import finite_loss_callback, plan_for, training_arguments  # noqa: F401 -- likewise
+from t3s.objectives.base import divergence_of, finite_loss_callback, plan_for, training_arguments  # noqa: F401
 from t3s.objectives.masked import forced_sets  # noqa: F401 -- likewise
 from t3s.select import MATCH_KEYS, load_selection
 
@@ -154,6 +154,7 @@ def train(
     mode = dist.on_main(decide)
 
     dist.state()  # several processes: join the group (and pick this process's GPU) before loading anything
+    check_lora_sharding(cfg)
     plan = plan_for(cfg)
     if progress and dist.is_main():
         import sys
@@ -204,11 +205,37 @@ def train(
     return summary
 
 
+def check_lora_sharding(cfg: TrainConfig) -> None:
+    """LoRA saves (the probe's checkpoints, the trained model) merge the adapters into the base on one process,
+    which needs the whole parameters; under ZeRO-3 or FSDP that process holds only its shards. Refused before
+    anything is loaded, not after the run."""
+    if cfg.lora_r <= 0 or not dist.launched():
+        return
+    from t3s.objectives.base import training_arguments
+
+    how = dist.planned_sharding(training_arguments(cfg, ".", False))
+    if how:
+        raise T3SError(
+            f"train.lora_r={cfg.lora_r} under {how}: merging the adapters needs the whole parameters, which {how} "
+            "splits across processes; train LoRA with DDP or DeepSpeed ZeRO-2 (examples/accelerate/ddp.yaml, "
+            "deepspeed-zero2.yaml: the base is frozen, so it fits where full training does not), or set "
+            "train.lora_r=0"
+        )
+
+
 def brief(summary: dict[str, Any]) -> dict[str, Any]:
     """The part of a training run's summary that `t3s run` keeps in its stage record."""
     return {
         k: summary.get(k)
-        for k in ("global_step", "train_loss", "kept_tokens", "forced_tokens", "response_tokens", "train_seconds")
+        for k in (
+            "global_step",
+            "train_loss",
+            "kept_tokens",
+            "forced_tokens",
+            "response_tokens",
+            "train_seconds",
+            "diverged",
+        )
     }
 
 
@@ -286,6 +313,7 @@ def _train_in(
         "train_loss": result.training_loss,
         "train_seconds": seconds,
         "log_history": trainer.state.log_history,
+        "diverged": divergence_of(trainer),  # None, or where the loss left its start (train.stop_on_divergence)
     }
     # save_model gathers sharded (FSDP / DeepSpeed) weights, so every process calls it; only the main one writes.
     tmp = work / ".model.tmp"

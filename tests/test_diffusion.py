@@ -735,35 +735,47 @@ def test_remote_code_student_like_llada(dtiny, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- LLaDA-2 layout
 
-LLADA2_CONFIG = REMOTE_CONFIG.replace("TinyLladaConfig", "TinyLlada2Config").replace('"tinyllada"', '"tinyllada2_moe"')
+LLADA2_CONFIG = REMOTE_CONFIG.replace("TinyLladaConfig", "TinyLlada2Config").replace('"tinyllada"', '"llada2_moe"')
 
 LLADA2_MODEL = '''
 import torch
 from transformers import PreTrainedModel
+from transformers.modeling_attn_mask_utils import _prepare_4d_causal_attention_mask_for_sdpa
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 
 from .configuration_tinyllada2 import TinyLlada2Config
 
 
 class TinyLlada2Model(PreTrainedModel):
-    """The bare backbone: what LLaDA2.0-mini's auto_map names under AutoModel. No head, no logits."""
+    """The bare backbone: what LLaDA2.0-mini's auto_map names under AutoModel. No head, no logits. Its mask
+    handling is the published modeling_llada2_moe.py's (sdpa path): whatever attention_mask comes in goes through
+    transformers' _prepare_4d_causal_attention_mask_for_sdpa (a 4-D mask passes as it is; a 2-D one with any zero
+    becomes causal + padding; none, or all ones, becomes no mask), then into scaled_dot_product_attention with
+    is_causal=False (the attention module's is_causal is False)."""
     config_class = TinyLlada2Config
     base_model_prefix = "model"
+    _supports_sdpa = True  # as LLaDA2MoePreTrainedModel: loaded with attn_implementation=sdpa
 
     def __init__(self, config):
         super().__init__(config)
         self.emb = torch.nn.Embedding(config.vocab_size, config.hidden)
-        self.mix = torch.nn.TransformerEncoderLayer(config.hidden, 2, 2 * config.hidden, dropout=0.0, batch_first=True)
+        self.qkv = torch.nn.Linear(config.hidden, 3 * config.hidden)
+        self.out = torch.nn.Linear(config.hidden, config.hidden)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, **kw):
-        return BaseModelOutput(last_hidden_state=self.mix(self.emb(input_ids)))
+        h = self.emb(input_ids)
+        mask = _prepare_4d_causal_attention_mask_for_sdpa(attention_mask, input_ids.shape, h, 0)
+        q, k, v = self.qkv(h).unsqueeze(1).chunk(3, dim=-1)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
+        return BaseModelOutput(last_hidden_state=h + self.out(a.squeeze(1)))
 
 
 class TinyLlada2ModelLM(PreTrainedModel):
     """The LM (backbone + head): what its auto_map names under AutoModelForCausalLM, and its architectures."""
     config_class = TinyLlada2Config
     base_model_prefix = "model"
+    _supports_sdpa = True  # as LLaDA2MoePreTrainedModel: loaded with attn_implementation=sdpa
 
     def __init__(self, config):
         super().__init__(config)
@@ -775,7 +787,7 @@ class TinyLlada2ModelLM(PreTrainedModel):
         return self.lm_head
 
     def forward(self, input_ids, attention_mask=None, **kw):
-        return CausalLMOutput(logits=self.lm_head(self.model(input_ids).last_hidden_state))
+        return CausalLMOutput(logits=self.lm_head(self.model(input_ids, attention_mask).last_hidden_state))
 '''
 
 
@@ -829,6 +841,56 @@ def test_llada2_layout_loads_with_its_head(dtiny, tmp_path):
         progress=False,
     )
     assert len(out[0][0].token_ids) <= 8
+
+
+def _bidirectional_reference(model, ids):
+    """LLaDA-2's intended reading of one unpadded row, computed by hand from the fixture's weights: every
+    position attends to every position."""
+    m = model.model
+    h = m.emb(ids)
+    q, k, v = m.qkv(h).chunk(3, dim=-1)
+    w = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+    return model.lm_head(h + m.out(w @ v))
+
+
+def test_llada2_attention_mask_training_and_sampling_calls(dtiny, tmp_path):
+    """Training (no padding mask) and sampling (left-padded prompts) calls to a model that handles masks as the
+    published LLaDA-2 code does: both must read the canvas bidirectionally and ignore the padding. A 2-D padding
+    mask would make that code attend causally, silently."""
+    from t3s.diffusion import _logits, attention_inputs, mask_style
+
+    tok = load_tokenizer(dtiny / "dllm")
+    model = load_mask_predictor(_llada2_dir(tmp_path, tok), FP32, trust_remote_code=True).eval()
+    assert mask_style(model) == "4d"
+    with torch.no_grad():  # sharper attention than the init's: which positions a query sees changes its logits
+        model.model.qkv.weight.mul_(30)
+    rows = [torch.tensor([5, 6, 7, 8, 9, 10]), torch.tensor([11, 12, 13])]
+    with torch.no_grad():
+        refs = [_bidirectional_reference(model, r[None])[0] for r in rows]
+        # the training call: one unpadded row, no mask given
+        torch.testing.assert_close(_logits(model, rows[0][None], None)[0], refs[0], atol=1e-5, rtol=1e-5)
+        # the sampling call: left-padded batch with its padding mask
+        L = max(len(r) for r in rows)
+        x, att = torch.full((2, L), tok.pad_token_id), torch.zeros(2, L, dtype=torch.long)
+        for i, r in enumerate(rows):
+            x[i, L - len(r) :], att[i, L - len(r) :] = r, 1
+        got = _logits(model, x, att)
+        for i, r in enumerate(rows):
+            torch.testing.assert_close(got[i, L - len(r) :], refs[i], atol=1e-5, rtol=1e-5)
+        # what the 2-D mask does to that code: causal attention, other logits (the defect the 4-D mask avoids)
+        two_d = model(input_ids=x, attention_mask=att).logits
+        assert (two_d[1, L - 3 :] - refs[1]).abs().max() > 1e-4  # 10x the tolerance above
+    assert attention_inputs("4d", att, torch.float32)["attention_mask"].shape == (2, 1, L, L)
+    out = sample(
+        model,
+        tok,
+        [r.tolist() for r in rows],
+        GenConfig(max_new_tokens=4, batch_size=2),
+        DiffusionConfig(block_length=4),
+        FP32,
+        progress=False,
+    )
+    assert len(out) == 2 and all(len(o[0].token_ids) <= 4 for o in out)
 
 
 def test_a_headless_mask_predictor_is_refused(dtiny, tmp_path):

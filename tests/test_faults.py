@@ -55,6 +55,9 @@ def ws(tiny, tmp_path_factory):
         == 0
     )
     assert main(["score", "--model", str(model), "--data", str(data), "--out", str(root / "scores"), "--quiet"]) == 0
+    shutil.copytree(root / "scores", root / "badscores")  # a copy cut short (a full disk, a killed rsync)
+    pq = root / "badscores" / "scores.parquet"
+    pq.write_bytes(pq.read_bytes()[: pq.stat().st_size // 2])
     (root / "existing").mkdir()
     (root / "existing" / "notes.txt").write_text("mine\n")
     shutil.copytree(model, root / "nan")  # a model whose weights a diverged run left NaN
@@ -207,6 +210,15 @@ CASES = {
     "probe NaN weights": (
         "probe --model {ws}/nan --data {ws}/tiny/train.jsonl --out {ws}/new max_steps=2 eval.max_new_tokens=4",
         "hold NaN or inf",
+    ),
+    "select truncated scores.parquet": (
+        "select --init {ws}/scores --bottleneck {ws}/badscores --mode t3s --out {ws}/new",
+        "badscores/scores.parquet: not a readable Parquet file, truncated or corrupt",
+    ),
+    "train loss diverges (lr 10)": (
+        "train --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new learning_rate=10 max_steps=8 "
+        "dtype=float32",
+        "training diverged at step 4: the loss is",
     ),
     "probe patience 0": (
         "probe --model {ws}/tiny/model --data {ws}/tiny/train.jsonl --out {ws}/new probe.patience=0",
@@ -407,6 +419,28 @@ def test_a_diverging_run_stops_at_its_first_training_stage(tiny, tmp_path, capsy
     out = tmp_path / "out"
     assert (out / "run.log").exists() and not list(out.glob("stages/*.json"))
     assert not (out / "summary.json").exists() and not (out / "seed-0" / "probe").exists()
+
+
+def test_divergence_rule_and_a_run_that_trains_on_is_marked(tiny, tmp_path, capsys):
+    """A loss far above its start, sustained, is divergence (one spike is not); with
+    train.stop_on_divergence=false the run finishes, warns, and its summary says where it diverged."""
+    import json
+    import math
+
+    from t3s.objectives.base import diverged
+
+    limit = max(3 * 6.0, 6.0 + math.log(1000))  # the rule, computed here: 3x the start, and ln V above it
+    assert diverged([(1, 6.0), (2, 5.0), (3, 500.0), (4, 4.0), (5, 3.0)], 1000) is None  # a spike
+    assert diverged([(1, 6.0), (2, 5.0), (3, limit - 0.01), (4, 300.0), (5, 300.0)], 1000) is None
+    d = diverged([(1, 6.0), (2, limit + 1), (3, limit + 2), (4, limit + 3)], 1000)
+    assert d == {"step": 4, "loss": limit + 3, "start_step": 1, "start_loss": 6.0, "limit": limit}
+    args = ["train", "--model", str(tiny / "model"), "--data", str(tiny / "train.jsonl"), "--out", str(tmp_path / "r")]
+    assert main([*args, "--quiet", "learning_rate=10", "max_steps=6", "dtype=float32", "stop_on_divergence=false"]) == 0
+    out = capsys.readouterr()
+    s = json.loads((tmp_path / "r" / "train.json").read_text())
+    losses = [h["loss"] for h in s["log_history"] if "loss" in h]
+    assert s["diverged"]["step"] == 4 and s["diverged"]["start_loss"] == losses[0] and losses[3] > 100 * losses[0]
+    assert "DIVERGED (loss" in out.out and "warning: training diverged at step 4" in out.err
 
 
 def test_ctrl_c_is_one_line_and_exit_130(ws, monkeypatch, capsys):

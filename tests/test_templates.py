@@ -147,3 +147,45 @@ def test_probe_and_training_see_the_same_prompt(tokenizer):
     row = Row("r", "What is 12 + 34?", THINK, "46", "rows.jsonl:1")
     p, _ = render_row(row, tok, RenderConfig(), True)
     assert render_prompt(row, tok, RenderConfig(), True)[0] == p
+
+
+REASONING, ANSWER = "Let me add. 12 + 34 = 46.", "So the answer is \\boxed{46}."
+
+
+def _teacher_output(tok, name) -> tuple[str, str]:
+    """(what an endpoint without a reasoning parser returns, what `t3s traces` stores from a local HF teacher) for
+    a teacher with this template: a thinking model continues its generation prompt, so where the prompt prefills
+    `<think>` it generates only the rest of the block."""
+    from t3s.data import think_prefill
+
+    prompt = _with(tok, name).apply_chat_template(
+        [{"role": "user", "content": "What is 12 + 34?"}], tokenize=False, add_generation_prompt=True
+    )
+    pre = think_prefill(prompt)
+    generated = f"{REASONING}\n</think>\n\n{ANSWER}" if pre else f"<think>\n{REASONING}\n</think>\n\n{ANSWER}"
+    return generated, pre + generated
+
+
+def test_every_teacher_student_template_pair_renders_a_balanced_think_block(tokenizer):
+    """R1-distill / QwQ / Qwen3.5 teachers generate after a prefilled `<think>\\n`: their raw text closes a block it
+    never opened. For every pair of TRL's templates (teacher's output, student's rendering, both directions), the
+    student's generation prompt + response holds exactly one <think> before exactly one </think>, and the
+    reasoning and the answer once each. Teachers are grouped by the text they produce (the only thing of theirs
+    the student sees), so every pair is covered with one rendering per distinct trace and student."""
+    from t3s.traces import training_response
+
+    usable = [n for n in ALL if not n.startswith(MULTIMODAL)]
+    traces: dict[str, list[str]] = {}
+    for teacher in usable:
+        raw, stored = _teacher_output(tokenizer, teacher)
+        for text in (raw, stored):  # an endpoint's text goes through training_response; stored rows are as is
+            for response in (training_response({"text": text, "reasoning": None}, ""), text):
+                traces.setdefault(response, []).append(teacher)
+    assert any(not t.startswith("<think>") for t in traces)  # the raw R1 form is among them
+    for student in usable:
+        for response, teachers in traces.items():
+            dp, dr = _render(_with(tokenizer, student), response)
+            seq = dr if not dp.endswith(("<think>\n", "<think>")) else "<think>" + dr
+            what = f"teacher {teachers[0]} (+{len(teachers) - 1}) -> student {student}: {dr!r}"
+            assert seq.count("<think>") == 1 and seq.count("</think>") == 1, what
+            assert seq.index("<think>") < seq.index(REASONING) < seq.index("</think>") < seq.index(ANSWER), what

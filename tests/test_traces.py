@@ -394,6 +394,7 @@ def test_endpoint_teacher_against_a_real_server_stopped_and_restarted(teacher, t
     lines = records(tmp_path / "out" / "samples.jsonl")
     failed = [x for x in lines if x["error"]]
     assert len(failed) == 4 and all("Connection" in x["error"] for x in failed)  # then it stopped
+    assert all(f"cannot reach {url}" in x["error"] for x in failed)  # the address it tried, named
     before = (tmp_path / "out" / "samples.jsonl").read_bytes()
     done_before = sum(x["error"] is None for x in lines)
 
@@ -420,3 +421,40 @@ def test_endpoint_teacher_against_a_real_server_stopped_and_restarted(teacher, t
     assert any(row.response.startswith("<think>\n") for row in load_rows(tmp_path / "out" / "train.jsonl"))
     assert meta["teacher"] == "tiny-teacher"
     assert all(x["tokens"] > 0 and x["finish_reason"] in ("stop", "length") for x in recs)
+
+
+def test_unreachable_endpoint_names_its_url(tmp_path, capsys):
+    """Nothing listens at the address: the run stops with the address in its last line, exit 3 (incomplete)."""
+    from t3s.cli import main
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS[:2])
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    keys = ["samples=1", "retries=0", "timeout=5", "stop_after_failures=2", "api_key_env=T3S_TEST_NO_KEY"]
+    args = ["traces", "--model", "m", "--base-url", url, "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main([*args, *keys]) == 3
+    out = capsys.readouterr()
+    assert f"last error: cannot reach {url}" in out.out, out
+
+
+def test_local_r1_style_teacher_stores_its_prefilled_think(teacher, tmp_path):
+    """A teacher whose generation prompt ends with `<think>\n` (DeepSeek-R1-distill's template) generates only the
+    rest of the block; `t3s traces` stores the prefill with the text, so every row holds a whole think block."""
+    import shutil
+
+    import trl
+
+    r1 = tmp_path / "r1"
+    shutil.copytree(teacher, r1)
+    template = (Path(trl.__file__).parent / "chat_templates" / "deepseek_r1_distill.jinja").read_text()
+    cfg_file = r1 / "tokenizer_config.json"
+    tc = json.loads(cfg_file.read_text())
+    tc["chat_template"] = template
+    tc.pop("response_template", None)
+    cfg_file.write_text(json.dumps(tc))
+    (r1 / "chat_template.jinja").unlink(missing_ok=True)
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS[:2])
+    cfg, rcfg = load_traces_config(None, ["samples=1", "max_tokens=6", "dtype=float32"])
+    with pytest.raises(T3SError, match="no prompt has a correct trace"):  # 6 tokens solve nothing: samples only
+        run_traces(data, tmp_path / "o", cfg, rcfg, str(r1), progress=False)
+    recs = records(tmp_path / "o" / "samples.jsonl")
+    assert len(recs) == 2 and all(r["text"].startswith("<think>\n") for r in recs)

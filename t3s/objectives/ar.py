@@ -207,7 +207,7 @@ def make_trainer(
         processing_class=data.tokenizer,
         data_collator=Collator(data.tokenizer.pad_token_id, cfg.normalize == "response"),
         peft_config=peft_config,
-        callbacks=[*(callbacks or []), finite_loss_callback()],
+        callbacks=[*(callbacks or []), finite_loss_callback(cfg.stop_on_divergence)],
         normalize=cfg.normalize,
     )
     return quiet(trainer, progress)

@@ -167,14 +167,56 @@ def selection_rows(examples: list[Example], sel: Selection, where: str) -> list[
     return out
 
 
-def finite_loss_callback() -> Any:
+DIVERGENCE_LOGS = 3  # logged losses in a row above the limit before a run counts as diverged
+
+
+def divergence_limit(start: float, vocab: int | None) -> float:
+    """The loss above which training has diverged, given the first logged loss: three times it, and at least
+    ln(vocabulary) above it (ln V is the loss of a uniform guess: a run that far above where it began predicts
+    worse than chance)."""
+    return max(3 * start, start + math.log(vocab if vocab and vocab > 1 else 2**15))
+
+
+def diverged(losses: list[tuple[int, float]], vocab: int | None) -> dict[str, Any] | None:
+    """(step, loss) pairs as logged, oldest first: the divergence record when the last `DIVERGENCE_LOGS` of them
+    all lie above `divergence_limit` of the first (a loss far above its start, sustained), else None."""
+    if len(losses) < 1 + DIVERGENCE_LOGS:
+        return None
+    (step0, start), last = losses[0], losses[-DIVERGENCE_LOGS:]
+    limit = divergence_limit(start, vocab)
+    if all(v > limit for _, v in last):
+        return {"step": last[-1][0], "loss": last[-1][1], "start_step": step0, "start_loss": start, "limit": limit}
+    return None
+
+
+def divergence_message(d: dict[str, Any], stopping: bool = True) -> str:
+    return (
+        f"training diverged at step {d['step']}: the loss is {d['loss']:.4g}, up from {d['start_loss']:.4g} at step "
+        f"{d['start_step']} (above {d['limit']:.4g} for {DIVERGENCE_LOGS} logs in a row); lower "
+        "train.learning_rate"
+        + (
+            " (or set train.stop_on_divergence=false to train on and mark the run)"
+            if stopping
+            else "; training on (train.stop_on_divergence=false), the run is marked diverged"
+        )
+    )
+
+
+def finite_loss_callback(stop_on_divergence: bool = True) -> Any:
     """A TrainerCallback that stops training with one clear error when a logged loss (or, without fp16 loss
     scaling, whose overflow steps are skipped on purpose, the gradient norm) is NaN or infinite. The Trainer's
-    own `logging_nan_inf_filter` would instead replace the NaN by an average and carry on with broken weights."""
+    own `logging_nan_inf_filter` would instead replace the NaN by an average and carry on with broken weights.
+    It also watches for divergence (`diverged`: finite losses far above the first, sustained): it stops the run
+    with one clear error, or, with `stop_on_divergence=False`, records it in `.diverged` (the run's summary
+    keeps it) and says so once."""
     from transformers import TrainerCallback
 
     class FiniteLoss(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
+        def __init__(self) -> None:
+            self.losses: list[tuple[int, float]] = []
+            self.diverged: dict[str, Any] | None = None
+
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
             for key in ("loss", "grad_norm") if not args.fp16 else ("loss",):
                 value = (logs or {}).get(key)
                 if value is not None and not math.isfinite(float(value)):
@@ -182,8 +224,28 @@ def finite_loss_callback() -> Any:
                         f"training diverged at step {state.global_step}: {key} is {value} (lower "
                         "train.learning_rate, or check the data and train.dtype)"
                     )
+            if (logs or {}).get("loss") is None or self.diverged is not None:
+                return
+            self.losses.append((state.global_step, float(logs["loss"])))
+            d = diverged(self.losses, getattr(getattr(model, "config", None), "vocab_size", None))
+            if d is None:
+                return
+            if stop_on_divergence:
+                raise T3SError(divergence_message(d))
+            self.diverged = d
+            import sys
+
+            print(f"t3s: warning: {divergence_message(d, stopping=False)}", file=sys.stderr)
 
     return FiniteLoss()
+
+
+def divergence_of(trainer: Any) -> dict[str, Any] | None:
+    """The divergence a trainer's `finite_loss_callback` recorded (None: none, or it stopped the run)."""
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb).__name__ == "FiniteLoss":
+            return cb.diverged
+    return None
 
 
 def plan_for(cfg: TrainConfig) -> TrainingPlan:

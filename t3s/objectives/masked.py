@@ -39,7 +39,7 @@ class MaskedDiffusion(Objective):
     ) -> Any:
         from t3s.diffusion import load_mask_predictor
 
-        return load_mask_predictor(path, precision, trust_remote_code)
+        return load_mask_predictor(path, precision, trust_remote_code, place=place)
 
     def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig) -> dict[str, list]:
         return {
