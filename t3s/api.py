@@ -33,7 +33,7 @@ from typing import Any, Callable
 from t3s import T3SError, dist
 from t3s.config import GenConfig, ProbeConfig, RenderConfig, ScoreConfig
 from t3s.data import fingerprints, load_rows, render_rows
-from t3s.probe import ProbeRunner, ProbeTrainerCallback, find_bottleneck, no_dip_message, plot_trajectory
+from t3s.probe import ProbeRunner, ProbeTrainerCallback, find_bottleneck, no_dip_message, plot_trajectory, saved_step
 from t3s.score import ScoreSet, load_scores, run_score
 from t3s.select import MATCH_KEYS, Selection
 from t3s.select import select as _select
@@ -159,8 +159,7 @@ class ProbeCallback(ProbeTrainerCallback):
 
         precision = Precision(model.dtype, None if autocast is None else getattr(torch, autocast), model.device.type)
         if dist.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "trajectory.jsonl").unlink(missing_ok=True)
+            self.out.mkdir(parents=True, exist_ok=True)  # trajectory.jsonl: restarted or resumed at on_train_begin
         runner = ProbeRunner(self.out, prepared, held, pcfg, gcfg, rcfg, precision, max(args.max_steps, 0), False, log)
         runner.trainer = trainer  # saves sharded (ZeRO-3 / FSDP) checkpoints through it
         super().__init__(runner, trainer)
@@ -178,6 +177,10 @@ class ProbeCallback(ProbeTrainerCallback):
             "noise": r.noise,
             "message": None if b["dip_found"] else no_dip_message(b, r.margin),
             "stopped_early": r.stopped_early,
+            # None when a resume dropped it (see ProbeRunner.restore) and the resumed run never went as low again
+            "bottleneck_checkpoint": str(self.out / "bottleneck")
+            if b["bottleneck_step"] is not None and saved_step(self.out / "bottleneck") == b["bottleneck_step"]
+            else None,
             "steps_run": state.global_step,
             "eval_every": r.every,
             "probe_config": dataclasses.asdict(r.cfg),

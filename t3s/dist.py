@@ -309,3 +309,92 @@ def root_unsharded(model: Any) -> Iterator[None]:
         yield
     finally:
         model.reshard()
+
+
+# ---------------------------------------------------------------------------------------- saving what was trained
+
+
+def master_state_dict(module: Any, fp32_of: Callable[[Any], Any] | None = None, whole: Callable | None = None) -> dict:
+    """A DeepSpeed-trained module's weights as its optimizer holds them, on the main process ({} elsewhere): the
+    fp32 master copy of every trained parameter (ZeRO 1/2/3 train the module itself in bf16, and a save of it
+    rounds every weight to bf16: 5.5% of the anchor set flips on bf16 weights, BENCHMARKS.md), the module's value
+    of a frozen one and the persistent buffers (16-bit values widened to fp32, exactly). Collective: every
+    process calls it and takes part in each parameter's gather, in the same order. `fp32_of(p)` (DeepSpeed's
+    `safe_get_full_fp32_param`: None for a parameter with no master copy) and `whole(p)` (the full module value
+    of a ZeRO-3 partitioned one) are taken from deepspeed unless given (tests)."""
+    if fp32_of is None:
+        from deepspeed.utils import safe_get_full_fp32_param as fp32_of
+    if whole is None:
+        whole = _gathered
+    main = is_main()
+    out: dict[str, Any] = {}
+    for name, p in module.named_parameters():
+        full = fp32_of(p)
+        if full is None:  # frozen: no master copy, the module's weight is all there is
+            full = whole(p)
+        if main:  # a frozen 16-bit value widens exactly: one dtype in the files, as the masters are
+            out[name] = _wide(full)
+    params = set(out) | {n for n, _ in module.named_parameters()}
+    keys = set(module.state_dict(keep_vars=True))  # persistent buffers are state; non-persistent ones are not
+    for name, b in module.named_buffers():
+        if main and name in keys and name not in params:
+            out[name] = _wide(b)
+    return out
+
+
+def _wide(t: Any) -> Any:
+    t = t.detach().to("cpu", copy=True).contiguous()
+    return t.float() if t.is_floating_point() and t.element_size() < 4 else t
+
+
+def _gathered(p: Any) -> Any:
+    if not hasattr(p, "ds_id"):  # ZeRO 1/2: every process holds the whole parameter
+        return p.data
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([p]):  # collective
+        return p.data.clone()
+
+
+def deepspeed_trained(trainer: Any) -> bool:
+    return bool(getattr(trainer, "is_deepspeed_enabled", False))
+
+
+def master_dtype(trainer: Any, model: Any) -> str:
+    """The dtype of the weights the optimizer updates: DeepSpeed keeps fp32 masters of a 16-bit module; otherwise
+    the module's own (t3s trains in fp32 unless its precision plan says otherwise)."""
+    if deepspeed_trained(trainer):
+        return "float32"
+    return str(getattr(model, "dtype", "float32")).removeprefix("torch.")
+
+
+def save_trained(trainer: Any, out: str | Path, fp32_of: Callable[[Any], Any] | None = None) -> None:
+    """Save the model a Trainer trains, whole, into `out` (the main process writes; every process calls it).
+    Under DeepSpeed, the fp32 master weights (`master_state_dict`), not the engine's 16-bit module; otherwise
+    the Trainer's own save (FSDP gathers a full state dict; DDP and one process save the module, which t3s
+    trains in fp32)."""
+    if not deepspeed_trained(trainer):
+        trainer.save_model(str(out))
+        return
+    import torch
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    state = master_state_dict(model, fp32_of)  # fp32_of: DeepSpeed's own unless given (tests)
+    if trainer.args.should_save:
+        model.save_pretrained(str(out), state_dict=state)
+        dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+        if dtypes == {torch.float32}:
+            _config_dtype(Path(out), "float32")  # the module says bfloat16; the files hold float32
+
+
+def _config_dtype(out: Path, dtype: str) -> None:
+    import json
+
+    f = out / "config.json"
+    conf = json.loads(f.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in conf:
+            conf[key] = dtype
+    tmp = f.with_name(".config.json.tmp")
+    tmp.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+    tmp.replace(f)

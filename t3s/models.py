@@ -419,6 +419,60 @@ def model_step(path: str | Path) -> int | None:
     return None
 
 
+_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "F8_E4M3": 8, "F8_E5M2": 8}
+_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn"}
+
+
+def stored_dtype(path: str | Path) -> str | None:
+    """The narrowest floating-point dtype in a local model's safetensors files, read from their headers (no
+    tensor is loaded): what a save actually wrote, whatever the config claims. None: no safetensors files."""
+    import json
+    import struct
+
+    p = Path(resolve_model_path(path))
+    found: set[str] = set()
+    for f in sorted(p.glob("*.safetensors")) if p.is_dir() else []:
+        with open(f, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n))
+        found |= {t["dtype"] for k, t in header.items() if k != "__metadata__" and t["dtype"] in _BITS}
+    if not found:
+        return None
+    narrowest = min(found, key=lambda d: (_BITS[d], d != "BF16"))  # bf16 keeps fewer mantissa bits than fp16
+    return _NAMES.get(narrowest, narrowest.lower())
+
+
+def saved_step_record(step: int, stored: str | None, master: str) -> dict[str, Any]:
+    """What t3s writes beside a model it trained (t3s_step.json): the step, the dtype the files hold, and the
+    dtype of the weights training updated (the optimizer's master copy)."""
+    return {"global_step": step, "stored_dtype": stored, "master_dtype": master}
+
+
+def rounding_note(path: str | Path) -> str | None:
+    """A warning when a checkpoint t3s trained holds weights narrower than the master weights it was trained with
+    (a 16-bit save of a DeepSpeed engine from before t3s saved fp32): its confidences, and so Δc, inherit the
+    rounding. None otherwise (a base model's own dtype is its true weights)."""
+    import json
+
+    f = Path(resolve_model_path(path)) / "t3s_step.json"
+    if not f.is_file():
+        return None
+    with contextlib.suppress(Exception):
+        rec = json.loads(f.read_text())
+        stored, master = stored_dtype(f.parent), rec.get("master_dtype")
+        if stored and master and _width(stored) < _width(master):
+            return (
+                f"{f.parent}: trained with {master} master weights but saved in {stored}; its confidences (and "
+                f"Δc) inherit the {stored} rounding (BENCHMARKS.md: 5.5% of anchors flip on bf16 weights). Re-run "
+                "the stage that saved it with this t3s (it saves the fp32 masters)"
+            )
+    return None
+
+
+def _width(dtype: str) -> tuple[int, int]:
+    return {"float64": (64, 1), "float32": (32, 1), "float16": (16, 1), "bfloat16": (16, 0)}.get(dtype, (8, 0))
+
+
 def nonfinite_weights(model: Any) -> list[str]:
     """Names of the parameters holding a NaN or an infinity. One flag per tensor is gathered on the first
     tensor's device and read once (this runs at every probe evaluation: no host round trip per tensor); empty

@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import write_json
 from t3s.config import DiffusionConfig, GenConfig, ProbeConfig, RenderConfig, RunConfig  # noqa: F401 -- ProbeConfig: imported from here
 from t3s.data import Row
-from t3s.models import Precision
+from t3s.models import Precision, saved_step_record, stored_dtype
 from t3s.objectives import Objective, Prepared
 
 # ----------------------------------------------------------------------------------------------- rules
@@ -117,20 +118,21 @@ def _save_model(model: Any, tok: Any, path: Path, step: int, trainer: Any = None
     from t3s.models import check_finite_weights
 
     check_finite_weights(model, f"probe checkpoint at step {step}")
-    if dist.params_sharded(model):
-        if trainer is None or hasattr(model, "merge_and_unload"):
+    lora = hasattr(model, "merge_and_unload")
+    if dist.params_sharded(model) or (dist.deepspeed_trained(trainer) and not lora):
+        if trainer is None or lora:
             raise T3SError("the probe cannot save LoRA checkpoints under ZeRO-3 / FSDP; use DDP or ZeRO-2")
         dist.on_main(lambda: shutil.rmtree(tmp, ignore_errors=True))
-        trainer.save_model(str(tmp))
+        dist.save_trained(trainer, tmp)  # gathered; DeepSpeed: its fp32 master weights
     elif dist.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
-        if hasattr(model, "merge_and_unload"):
+        if lora:
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(tmp)
 
     def finish() -> None:
         tok.save_pretrained(tmp)
-        write_json(tmp / "t3s_step.json", {"global_step": step})
+        write_json(tmp / "t3s_step.json", saved_step_record(step, stored_dtype(tmp), dist.master_dtype(trainer, model)))
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
 
@@ -192,6 +194,86 @@ class ProbeRunner:
         self.generator = None  # set by run_probe for probe.backend=vllm (t3s.vllm_backend.ProbeGenerator)
         self.margin = cfg.margin  # resolved at step 0 when auto (None)
         self.noise: dict[str, Any] = {}
+
+    def _settings(self) -> dict[str, Any]:
+        return {"probe": dataclasses.asdict(self.cfg), "every": self.every, "track": self.track}
+
+    def save_state(self, ckpt: Path, step: int) -> None:
+        """The trajectory so far (points, the step-0 noise margin, the lowest point) into a Trainer checkpoint;
+        the confidences beside it. Main process."""
+        state = {
+            "kind": "t3s-probe-state",
+            "t3s_version": __version__,
+            "checkpoint_step": step,
+            "last_step": self.last_step,
+            "settings": self._settings(),
+            "points": self.points,
+            "margin": self.margin,
+            "noise": self.noise,
+            "best": None if self.best is None else list(self.best),
+            "stopped_early": self.stopped_early,
+        }
+        if self.token_logprobs:
+            tmp = ckpt / ".t3s_probe_logprobs.tmp.npz"
+            np.savez(tmp, **{f"step_{s}": v for s, v in self.token_logprobs.items()})
+            tmp.replace(ckpt / "t3s_probe_logprobs.npz")
+        write_json(ckpt / PROBE_STATE, state)
+
+    def restore(self, ckpt: Path, step: int) -> None:
+        """Continue the trajectory saved with the checkpoint a Trainer resumes from (`save_state`), or refuse:
+        without its step-0 evaluation the probe has no noise margin and no start to measure a dip from."""
+        f = ckpt / PROBE_STATE
+
+        def read() -> dict[str, Any]:
+            from t3s.artifacts import read_json, read_npz
+
+            if not f.is_file():
+                raise T3SError(
+                    f"the Trainer resumes at step {step}, but {f} is missing: the probe's trajectory (its step-0 "
+                    "accuracy and noise margin, its points, its lowest checkpoint) cannot be continued. Resume from "
+                    "a checkpoint saved with this callback attached (under args.output_dir), or train from step 0"
+                )
+            saved = read_json(f)
+            if saved.get("settings") != self._settings():
+                raise T3SError(
+                    f"{f}: the probe's settings changed since the checkpoint (saved {saved.get('settings')}, now "
+                    f"{self._settings()}); resume with the same settings, or train from step 0"
+                )
+            if saved.get("checkpoint_step") != step:
+                raise T3SError(
+                    f"{f}: written at step {saved.get('checkpoint_step')}, but the Trainer resumes at step {step}"
+                )
+            lp = ckpt / "t3s_probe_logprobs.npz"
+            saved["logprobs"] = read_npz(lp) if lp.is_file() else {}
+            if not self.track and saved["best"] is not None:
+                held = saved_step(self.out / "bottleneck")
+                if held is not None and held != saved["best"][1]:
+                    # a lower point after the checkpoint replaced it: its weights are gone; the resumed run
+                    # retraces those steps and saves its own lowest point again
+                    shutil.rmtree(self.out / "bottleneck", ignore_errors=True)
+                    saved["dropped"] = held
+            points = saved["points"]
+            tmp = self.out / ".trajectory.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(p) + "\n" for p in points), encoding="utf-8")
+            tmp.replace(self.out / "trajectory.jsonl")  # the points after the checkpoint are retraced
+            return saved
+
+        saved = dist.on_main(read)
+        self.points = saved["points"]
+        self.last_step = saved["last_step"]
+        self.margin, self.noise, self.stopped_early = saved["margin"], saved["noise"], saved["stopped_early"]
+        self.best = None if saved["best"] is None else (saved["best"][0], saved["best"][1])
+        self.token_logprobs = {int(k.split("_")[1]): v for k, v in saved["logprobs"].items()}
+        self.log(
+            f"probe: resumed at step {step} with its {len(self.points)} points"
+            + (f" (lowest so far at step {self.best[1]})" if self.best else "")
+        )
+        if saved.get("dropped") is not None:
+            self.log(
+                f"probe: {self.out / 'bottleneck'} held step {saved['dropped']}, saved after the checkpoint; "
+                f"removed (the resumed run saves its own lowest point; the lowest before it, step "
+                f"{self.best[1]}, has no weights unless it is found again)"
+            )
 
     def evaluate(self, model: Any, step: int, log_history: list[dict[str, Any]]) -> dict[str, Any]:
         from t3s.evaluate import evaluate_model, metrics
@@ -291,6 +373,14 @@ class ProbeRunner:
         return point
 
 
+PROBE_STATE = "t3s_probe.json"  # in each Trainer checkpoint: the probe's trajectory up to it
+
+
+def saved_step(path: Path) -> int | None:
+    f = path / "t3s_step.json"
+    return json.loads(f.read_text())["global_step"] if f.is_file() else None
+
+
 def tracking_callback(
     out: Path, data: Prepared, cfg: RunConfig, precision: Precision, max_steps: int, progress: bool, log: Any = print
 ) -> ProbeTrainerCallback:
@@ -331,8 +421,18 @@ class ProbeTrainerCallback(TrainerCallback):
             self.runner.every = max(1, round(state.max_steps / 15))
         if self.runner.track:  # a tracked training run writes where it trains: next to its checkpoints, in the
             self.runner.out = Path(args.output_dir).parent  # staged copy that replaces the run when it is rerun
-        if not self.runner.points:
+        if state.global_step > 0:  # trainer.train(resume_from_checkpoint=...): continue the trajectory it saved
+            ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            self.runner.restore(ckpt, state.global_step)
+        elif not self.runner.points:
+            dist.on_main(lambda: (self.runner.out / "trajectory.jsonl").unlink(missing_ok=True))
             self._evaluate(model, state)
+
+    def on_save(self, args, state, control, **kw):
+        # after the Trainer's checkpoint: the trajectory so far travels with it, for a resume from it
+        ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if args.should_save and ckpt.is_dir():
+            self.runner.save_state(ckpt, state.global_step)
 
     def on_step_end(self, args, state, control, **kw):
         if state.global_step % self.runner.every == 0 or state.global_step >= state.max_steps:

@@ -197,7 +197,7 @@ def bifurcation(run: Path, seed: int, sel: Any) -> dict[str, Any] | None:
         anchor = np.concatenate([rows[index[str(i)]] for i in z["ids"]])
     except KeyError:
         return None
-    steps = sorted(int(k.split("_")[1]) for k in z.files if k.startswith("step_"))
+    steps = sorted(int(k.split("_")[1]) for k in z if k.startswith("step_"))
     a = [float(z[f"step_{s}"][anchor].mean()) if anchor.any() else None for s in steps]
     y = [float(z[f"step_{s}"][~anchor].mean()) if (~anchor).any() else None for s in steps]
     return {"steps": steps, "anchor": a, "yet_to_learn": y}

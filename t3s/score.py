@@ -315,7 +315,16 @@ def run_score(
 
     from t3s.artifacts import check_can_write
     from t3s.data import fingerprints, load_rows, render_rows
-    from t3s.models import describe, device_info, load_causal_lm, load_tokenizer, model_fingerprint, model_step
+    from t3s.models import (
+        describe,
+        device_info,
+        load_causal_lm,
+        load_tokenizer,
+        model_fingerprint,
+        model_step,
+        rounding_note,
+        stored_dtype,
+    )
 
     check_can_write(out, overwrite)
     dist.state()  # under torchrun / accelerate launch: join the process group, pick this process's GPU
@@ -335,6 +344,9 @@ def run_score(
             ),
             file=sys.stderr,
         )
+    rounding = rounding_note(model_path)  # a 16-bit save of fp32 master weights: warned, recorded
+    if rounding and dist.is_main():
+        print(f"warning: {rounding}", file=sys.stderr)
     model = load_causal_lm(model_path, precision, trust_remote_code)
     # several processes: each scores a share of the rows (balanced by length), gathered back in file order
     lps = dist.map_rows(
@@ -371,6 +383,8 @@ def run_score(
                 "model": str(model_path),
                 "model_fingerprint": model_fingerprint(model_path),
                 "model_step": model_step(model_path),
+                "stored_dtype": stored_dtype(model_path),
+                "rounding_warning": rounding,
                 "data": str(data_path),
                 "fingerprints": fingerprints(rows, tok, rcfg),
                 "render_report": report.as_dict(),

@@ -21,7 +21,16 @@ from t3s import T3SError, __version__, dist
 from t3s.artifacts import check_outside, read_json, sha256_json, swap_in, write_json
 from t3s.config import MANAGED, NORMALIZE, DiffusionConfig, TrainConfig  # noqa: F401 -- imported from here by users
 from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
-from t3s.models import TrainingPlan, check_finite_weights, describe, device_info, load_tokenizer, model_fingerprint
+from t3s.models import (
+    TrainingPlan,
+    check_finite_weights,
+    describe,
+    device_info,
+    load_tokenizer,
+    model_fingerprint,
+    saved_step_record,
+    stored_dtype,
+)
 from t3s.objectives import Objective, Prepared, as_objective
 from t3s.objectives.ar import apply_selection  # noqa: F401 -- imported from here by users
 from t3s.objectives.base import divergence_of, finite_loss_callback, plan_for, training_arguments  # noqa: F401
@@ -322,13 +331,14 @@ def _train_in(
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     if cfg.lora_r == 0:
-        trainer.save_model(str(tmp))
+        dist.save_trained(trainer, tmp)  # gathered; DeepSpeed: its fp32 master weights, not the 16-bit module
     elif main:
         trainer.model.save_pretrained(work / "adapter")
         trainer.model.merge_and_unload().save_pretrained(tmp)
     if main:
         tok.save_pretrained(tmp)
-        write_json(tmp / "t3s_step.json", {"global_step": trainer.state.global_step})
+        master = dist.master_dtype(trainer, trainer.model)
+        write_json(tmp / "t3s_step.json", saved_step_record(trainer.state.global_step, stored_dtype(tmp), master))
         shutil.rmtree(final_dir, ignore_errors=True)
         tmp.rename(final_dir)
         if not cfg.keep_checkpoints:

@@ -3,7 +3,10 @@
 `t3s.cli.main`, exactly as `torchrun ... -m t3s COMMAND ...` runs it.
 
 Usage: torchrun --standalone --nproc_per_node 2 tests/dist_driver.py COMMANDS.json
-COMMANDS.json: a list of argument lists; ["selftest", OUT.json] checks the t3s.dist helpers themselves.
+COMMANDS.json: a list of argument lists; ["selftest", OUT.json] checks the t3s.dist helpers themselves;
+["env", {NAME: VALUE or null}] sets (null: unsets) variables for the commands after it, as a launcher exports them;
+["per-rank", OUT, [ARGV of rank 0, ARGV of rank 1, ...]] runs another command on each process, expected to fail:
+OUT.<rank>.json records its exit code and what it printed on stderr.
 """
 
 import json
@@ -45,12 +48,37 @@ def selftest(out: str) -> None:
         Path(out).write_text(json.dumps({"results": results, "parts": parts, "items": items, "costs": costs}))
 
 
+def per_rank(out: str, argvs: list[list[str]]) -> None:
+    import contextlib
+    import io
+
+    from t3s import dist
+    from t3s.cli import main as t3s_main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = t3s_main(argvs[dist.rank()])
+    Path(f"{out}.{dist.rank()}.json").write_text(json.dumps({"code": code, "stderr": err.getvalue()}))
+
+
 def main() -> int:
+    import os
+
     from t3s.cli import main as t3s_main
 
     for argv in json.loads(Path(sys.argv[1]).read_text()):
         if argv[0] == "selftest":
             selftest(argv[1])
+            continue
+        if argv[0] == "env":
+            for k, v in argv[1].items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            continue
+        if argv[0] == "per-rank":
+            per_rank(argv[1], argv[2])
             continue
         code = t3s_main(argv)
         if code:

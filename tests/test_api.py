@@ -23,15 +23,17 @@ def trainer_for(tiny, dataset, out, steps=4, callbacks=(), peft_config=None, **s
         max_steps=steps,
         learning_rate=3e-3,
         per_device_train_batch_size=8,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        activation_checkpointing=False,
-        disable_tqdm=True,
-        seed=0,
-        **settings,
+        **{
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": "none",
+            "use_cpu": True,
+            "bf16": False,
+            "activation_checkpointing": False,
+            "disable_tqdm": True,
+            "seed": 0,
+            **settings,
+        },
     )
     model = AutoModelForCausalLM.from_pretrained(tiny / "model")
     tok = AutoTokenizer.from_pretrained(tiny / "model")
@@ -75,6 +77,57 @@ def test_probe_callback_in_an_sft_trainer(tiny, tmp_path):
     assert points[0]["confidence"] == pytest.approx(float(np.concatenate(init.logprobs).mean()), abs=1e-4)
     assert probe.result["bottleneck_step"] in (2, 4) and (tmp_path / "probe" / "bottleneck" / "config.json").exists()
     assert json.loads((tmp_path / "probe" / "probe.json").read_text())["eval_every"] == 2
+
+
+class StopAt(TrainerCallback):
+    """Stands in for a crash: training ends after `step` (the checkpoints saved before it remain)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_probe_callback_continues_its_trajectory_when_the_trainer_resumes(tiny, tmp_path):
+    """A resumed Trainer (resume_from_checkpoint) continues the probe from the state saved with the checkpoint:
+    the same points, margin and bottleneck as a run never interrupted; a checkpoint without that state is refused
+    at on_train_begin, before any step."""
+    tok = AutoTokenizer.from_pretrained(tiny / "model")
+    data = str(tiny / "train.jsonl")
+    ds = labeled_dataset(data, None, tok)
+    settings = {"save_strategy": "steps", "save_steps": 3}
+    quiet = {"every": 2, "generation": {"max_new_tokens": 8}, "log": lambda m: None, "online": True}
+
+    def run(name, out, callbacks=(), resume=None):
+        trainer = trainer_for(tiny, ds, out, steps=6, callbacks=callbacks, **settings)
+        probe = ProbeCallback(trainer, data, tmp_path / name, **quiet)
+        trainer.add_callback(probe)
+        trainer.train(resume_from_checkpoint=resume)
+        return probe
+
+    whole = run("whole", tmp_path / "t-whole")
+    run("cut", tmp_path / "t-cut", callbacks=[StopAt(5)])  # points 0, 2, 4; the checkpoint at step 3
+    assert (tmp_path / "t-cut" / "checkpoint-3" / "t3s_probe.json").is_file()
+    resumed = run("cut", tmp_path / "t-cut", resume=str(tmp_path / "t-cut" / "checkpoint-3"))
+
+    def points(name):
+        return [json.loads(x) for x in (tmp_path / name / "trajectory.jsonl").read_text().splitlines()]
+
+    a, b = points("whole"), points("cut")
+    assert [p["step"] for p in b] == [0, 2, 4, 6]  # step 4 of the cut run was retraced, not repeated
+    assert [p["train_accuracy"] for p in b] == [p["train_accuracy"] for p in a]
+    assert [p["confidence"] for p in b] == pytest.approx([p["confidence"] for p in a], abs=1e-4)
+    for k in ("bottleneck_step", "margin", "dip_found"):
+        assert resumed.result[k] == whole.result[k]
+    assert resumed.result["bottleneck_checkpoint"] == str(tmp_path / "cut" / "bottleneck")
+    step = json.loads((tmp_path / "cut" / "bottleneck" / "t3s_step.json").read_text())["global_step"]
+    assert step == resumed.result["bottleneck_step"]
+
+    (tmp_path / "t-cut" / "checkpoint-3" / "t3s_probe.json").unlink()  # saved without the callback
+    with pytest.raises(T3SError, match="resumes at step 3, but .*t3s_probe.json is missing"):
+        run("cut", tmp_path / "t-cut", resume=str(tmp_path / "t-cut" / "checkpoint-3"))
 
 
 def test_a_selection_as_a_labels_column(tiny, trained, tmp_path):

@@ -1084,3 +1084,33 @@ def test_a_setting_reruns_only_the_stages_that_read_it(dtiny, tmp_path):
         for name, c in (("cfg", cfg), ("tracked", tracked), ("steps", steps), ("untracked_steps", untracked_steps))
     }
     assert fp["cfg"] == fp["untracked_steps"] and fp["tracked"] != fp["steps"]
+
+
+def test_the_diffusion_student_honours_placement(dtiny, monkeypatch):
+    """As the causal-LM loader: place=False (several processes, the Trainer or accelerate places or shards) leaves
+    the weights where loading put them; place=True moves them to the plan's device (`meta` stands in for a GPU: a
+    placement that ignored the flag would put them there), with the FSDP loading variables out of the way."""
+    from t3s.models import Precision
+    from t3s.objectives import MaskedDiffusion
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    seen = []
+    import transformers
+
+    real = transformers.PreTrainedModel.from_pretrained.__func__
+
+    def spy(cls, *a, **kw):
+        import os
+
+        seen.append(os.environ.get("ACCELERATE_USE_FSDP"))
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(spy))
+    meta = Precision(torch.float32, None, "meta")
+    left = MaskedDiffusion().load(dtiny / "dllm", meta, place=False)
+    assert {p.device.type for p in left.parameters()} == {"cpu"}
+    moved = MaskedDiffusion().load(dtiny / "dllm", meta, place=True)
+    assert {p.device.type for p in moved.parameters()} == {"meta"}
+    assert seen == ["true", None]  # the Trainer's load keeps the FSDP path; a whole-model load does not
+    assert __import__("os").environ["ACCELERATE_USE_FSDP"] == "true"  # restored afterwards

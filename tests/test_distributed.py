@@ -155,7 +155,34 @@ def runs(tmp_path_factory):
         torch.set_num_threads(threads)
     t1 = time.perf_counter()
     cmds = root / "commands.json"
-    cmds.write_text(json.dumps([["selftest", str(two / "selftest.json")], *commands(w, two, one, two=True)]))
+    listed = commands(w, two, one, two=True)
+    # scoring and evaluation as `accelerate launch --config_file examples/accelerate/fsdp2.yaml` starts them: with
+    # the variables that make transformers load for FSDP (placeholders on all but process 0)
+    fsdp = {"ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
+    listed[1:5] = [["env", fsdp], *listed[1:5], ["env", dict.fromkeys(fsdp)]]
+    mixed = ["score", "--data", str(w / "train.jsonl"), "--quiet", "--dtype", "float32"]
+    mixed = [  # process 1 is handed other weights (another node's copy of the files): refused on both
+        [*mixed, "--model", str(w / "model"), "--out", str(two / "mixed")],
+        [*mixed, "--model", str(one / "probe" / "bottleneck"), "--out", str(two / "mixed")],
+    ]
+    eight = ["--data", str(w / "eight.jsonl"), "--quiet", "--dtype", "float32", "lora_r=8", "max_steps=2"]
+    lora = [  # LoRA under FSDP: refused before anything loads, not after the run when the merge needs the shards
+        ["env", fsdp],
+        [
+            "per-rank",
+            str(two / "lora-train"),
+            [["train", "--model", str(w / "model"), "--out", str(two / "lt"), *eight]] * 2,
+        ],
+        [
+            "per-rank",
+            str(two / "lora-probe"),
+            [["probe", "--model", str(w / "model"), "--out", str(two / "lp"), *eight]] * 2,
+        ],
+        ["env", dict.fromkeys(fsdp)],
+    ]
+    cmds.write_text(
+        json.dumps([["selftest", str(two / "selftest.json")], *listed, ["per-rank", str(two / "mixed"), mixed], *lora])
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     r = subprocess.run(
         [
@@ -223,6 +250,28 @@ def test_scores_and_masks_match_one_process(runs):
     ka, kb = np.concatenate(ka), np.concatenate(kb)
     assert 0 < ka.sum() < len(ka)
     np.testing.assert_array_equal(ka, kb)
+
+
+def test_a_process_with_other_weights_is_refused(runs):
+    """Scores of one process loaded from other files would be finite and wrong: every process refuses, with the
+    tensor named, and nothing is written. (The scores and samples above were made under the variables that
+    `accelerate launch` exports for FSDP, and equal one process's.)"""
+    _, _, two = runs
+    for rank in (0, 1):
+        got = json.loads((two / f"mixed.{rank}.json").read_text())
+        assert got["code"] == 2, got
+        assert "process 1 holds other weights than process 0" in got["stderr"]
+    assert not (two / "mixed").exists()
+
+
+@pytest.mark.parametrize("stage,out", [("lora-train", "lt"), ("lora-probe", "lp")])
+def test_lora_under_fsdp_is_refused_before_loading(runs, stage, out):
+    _, _, two = runs
+    for rank in (0, 1):
+        got = json.loads((two / f"{stage}.{rank}.json").read_text())
+        assert got["code"] == 2, got
+        assert "train.lora_r=8 under FSDP" in got["stderr"]
+    assert not (two / out).exists()
 
 
 @pytest.mark.parametrize("name", ["eval", "eval-k2"])

@@ -137,3 +137,65 @@ def test_pure_bf16_weights_lose_a_1e5_adamw_update_that_the_default_keeps(tiny, 
     assert all(bool((kept[n] != before[n]).any()) for n in before)
     assert _lost(before, kept, pure, norm=False) > 0.5  # most matrix updates are lost...
     assert _lost(before, kept, pure, norm=True) == 1.0  # ...and every norm update (weights near 1, spacing 2^-7)
+
+
+def test_a_deepspeed_save_is_its_fp32_master_weights(tiny, tmp_path):
+    """DeepSpeed trains a bf16 module against fp32 master weights; what t3s saves (θ_b, trained models) is the
+    masters, so Δc does not inherit bf16 rounding. A stand-in engine: the module cast to bf16, one parameter
+    frozen (no master copy), masters that bf16 cannot represent, reached through DeepSpeed's own entry point
+    (`deepspeed.utils.safe_get_full_fp32_param`, a stand-in here: DeepSpeed needs a GPU; `make gpu-check` runs
+    the real one).
+    The record beside the save, and the warning `t3s score` gives for a 16-bit save of fp32 masters."""
+    import json
+    import types
+
+    from transformers import AutoModelForCausalLM
+
+    from t3s.dist import save_trained
+    from t3s.models import rounding_note, saved_step_record, stored_dtype
+
+    model = AutoModelForCausalLM.from_pretrained(tiny / "model", dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    masters = {n: p.detach() + 1e-4 * torch.randn(p.shape, generator=g) for n, p in model.named_parameters()}
+    frozen = "model.norm.weight"
+    model.get_parameter(frozen).requires_grad_(False)
+    model.to(torch.bfloat16)  # the engine's module
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    gathered = []
+
+    def safe_get_full_fp32_param(p):  # every process calls it for every parameter, in order (a collective)
+        gathered.append(name_of[id(p)])
+        return None if not p.requires_grad else masters[name_of[id(p)]].clone()
+
+    class Engine:  # what the Trainer exposes under DeepSpeed
+        is_deepspeed_enabled = True
+        args = types.SimpleNamespace(should_save=True)
+        accelerator = types.SimpleNamespace(unwrap_model=lambda m: m)
+
+        def __init__(self, m):
+            self.model = m
+
+        def save_model(self, out):  # the Trainer's own save: the 16-bit module (what t3s saved before)
+            self.model.save_pretrained(out)
+
+    out = tmp_path / "saved"
+    save_trained(Engine(model), out, safe_get_full_fp32_param)
+    assert gathered == [n for n, _ in model.named_parameters()]
+    saved = load_file(out / "model.safetensors")
+    for n, w in masters.items():
+        if n != frozen:
+            assert saved[n].dtype == torch.float32 and torch.equal(saved[n], w), n
+    assert saved[frozen].dtype == torch.float32  # the module's value, widened exactly
+    assert torch.equal(saved[frozen], model.get_parameter(frozen).detach().float())
+    assert stored_dtype(out) == "float32" and json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert torch.equal(reloaded.get_parameter("model.embed_tokens.weight"), masters["model.embed_tokens.weight"])
+
+    (out / "t3s_step.json").write_text(json.dumps(saved_step_record(3, stored_dtype(out), "float32")))
+    assert rounding_note(out) is None
+    rounded = tmp_path / "rounded"  # the engine's module, as the Trainer's own save writes it
+    Engine(model).save_model(rounded)
+    assert stored_dtype(rounded) == "bfloat16"
+    (rounded / "t3s_step.json").write_text(json.dumps(saved_step_record(3, "bfloat16", "float32")))
+    assert "trained with float32 master weights but saved in bfloat16" in rounding_note(rounded)
+    assert rounding_note(tiny / "model") is None  # a base model's dtype is its own
