@@ -869,6 +869,16 @@ def report(results: dict, rows: list[dict]) -> str:
 
     L += ["## What limits the rest", ""] + limits(results, rows) + [""]
     L += [
+        "## GPU figures",
+        "",
+        "Not measured yet: every figure above is from the CPU machine named at the top. `make gpu-check` "
+        '(bench/gpu_check.py; docs/scaling.md, "The GPU acceptance check") measures the first GPU figures '
+        "(training tokens/s and MFU against the measured bf16 matmul peak on a Qwen3-0.6B shape, scoring "
+        "tokens/s and peak memory against the naive forward, batched against one-at-a-time generation) and "
+        "writes them to its own gpu_check.md; none has been run on a GPU so far.",
+        "",
+    ]
+    L += [
         "## Re-running",
         "",
         "`make bench` (builds `.venv`, installs the `bench` extra, converts SmolLM2 once into "

@@ -99,6 +99,7 @@ MANAGED = {
     "max_length": "render.max_length",
     "dataset_kwargs": "nothing (t3s renders the rows itself)",
     "logging_nan_inf_filter": "nothing (t3s stops on a non-finite loss)",
+    "gradient_checkpointing": "train.activation_checkpointing",  # its name before transformers 5.23
 }
 
 

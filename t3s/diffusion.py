@@ -57,7 +57,7 @@ from t3s.config import DiffusionConfig, GenConfig, RenderConfig, TrainConfig
 from t3s.data import Row
 from t3s.models import Precision
 from t3s.modes import DIFFUSION_FORCED_MODES, DIFFUSION_MODES  # noqa: F401 -- imported from here by users
-from t3s.objectives.base import Prepared, finite_loss_callback, quiet, training_arguments
+from t3s.objectives.base import Prepared, finite_loss_callback, keep_the_loss_scaled, quiet, training_arguments
 
 # ----------------------------------------------------------------------------------------------- models
 
@@ -347,6 +347,7 @@ def trainer_class():
         def __init__(self, *args, diffusion: DiffusionConfig, mask_id: int, **kwargs):
             self.diffusion, self.mask_id = diffusion, mask_id
             super().__init__(*args, **kwargs)
+            keep_the_loss_scaled(self)  # transformers < 5.19 has no loss_is_scaled_for_ga
 
         def _get_num_items_in_batch(self, batch_samples, device):
             if self.diffusion.mask_schedule == "dfactory":  # the masked positions of every micro-batch this step

@@ -35,6 +35,24 @@ def trained(tiny, tmp_path_factory):
     return out / "model"
 
 
+def t3s_here(*args):
+    """`t3s ARGS` in this process (no interpreter start-up: the error paths' tests), as subprocess.run would report
+    it: returncode, stdout, stderr. The real process's exit is tested by the tests that run `python -m t3s`."""
+    import contextlib
+    import io
+    import subprocess
+
+    from t3s.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def write_jsonl(path, rows):
     with open(path, "w") as fh:
         for r in rows:

@@ -13,6 +13,7 @@ from trl import SFTConfig, SFTTrainer
 
 from t3s import T3SError
 from t3s.api import ProbeCallback, labeled_dataset, score, select
+from t3s.objectives.base import checkpointing_argument
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def trainer_for(tiny, dataset, out, steps=4, callbacks=(), peft_config=None, **s
             "report_to": "none",
             "use_cpu": True,
             "bf16": False,
-            "activation_checkpointing": False,
+            **checkpointing_argument(False),
             "disable_tqdm": True,
             "seed": 0,
             **settings,

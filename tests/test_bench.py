@@ -220,3 +220,28 @@ def test_students_table_reads_each_runs_records(tmp_path):
     row = claims.students_table([run]).splitlines()[-1]
     sd = 100 * statistics.stdev([0.1, 0.2])
     assert row == f"| 7 | 80.0 | 78.0 → 0.0–5.0 (no dip in every seed) | 15.0 ± {sd:.1f} | 70.0 ± 0.0 | – | – | 15.0 |"
+
+
+def test_gpu_check_runs_every_row_on_cpu_and_a_failed_comparison_fails(tmp_path, monkeypatch, capsys):
+    """`make gpu-check`'s rows on CPU at smoke sizes (so the script cannot rot before a GPU is at hand): each row
+    passes, the JSON and the table are written; a comparison outside its tolerance fails the row and the exit."""
+    from bench import gpu_check
+
+    out = tmp_path / "gc"
+    assert gpu_check.main(["--out", str(out), "--device", "cpu", "--smoke"]) == 0
+    results = json.loads((out / "gpu_check.json").read_text())
+    assert list(results["rows"]) == list(gpu_check.ROWS)
+    for name, row in results["rows"].items():
+        assert row["ok"], (name, row.get("error") or row["figure"])
+    train = results["rows"]["train-precision"]["values"]
+    assert train["pure_bf16"]["moved"] < train["device"]["moved"]  # pure bf16 loses updates the default keeps
+    md = (out / "gpu_check.md").read_text()
+    for name in [*gpu_check.ROWS, *gpu_check.NOT_HERE]:
+        assert f"| {name} |" in md
+    assert all(line.count(" | ") == 4 for line in md.splitlines() if line.startswith("| "))  # one cell per column
+    assert md in capsys.readouterr().out
+
+    monkeypatch.setitem(gpu_check.TOL, "score_abs", -1.0)  # no max |Δ| can be below a negative tolerance
+    assert gpu_check.main(["--out", str(tmp_path / "fail"), "--device", "cpu", "--smoke", "--only", "scoring"]) == 1
+    row = json.loads((tmp_path / "fail" / "gpu_check.json").read_text())["rows"]["scoring"]
+    assert not row["ok"] and "FAIL" in (tmp_path / "fail" / "gpu_check.md").read_text()

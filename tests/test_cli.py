@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from conftest import t3s_here, write_jsonl
 
 
 def t3s(*args):
@@ -28,7 +28,7 @@ def leftovers(d):
 )
 def test_score_bad_input_one_clear_error_and_no_output(tiny, tmp_path, bad, message):
     data = write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": "What is 1 + 1?", "response": "2"}', bad])
-    r = t3s("score", "--model", tiny / "model", "--data", data, "--out", tmp_path / "s", "--quiet")
+    r = t3s_here("score", "--model", tiny / "model", "--data", data, "--out", tmp_path / "s", "--quiet")
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.count("error:") == 1
@@ -36,11 +36,11 @@ def test_score_bad_input_one_clear_error_and_no_output(tiny, tmp_path, bad, mess
 
 
 def test_train_and_rrt_bad_input(tiny, tmp_path):
-    r = t3s("train", "--model", tiny / "model", "--data", tiny / "train.jsonl", "--out", tmp_path / "t", "lr=1")
+    r = t3s_here("train", "--model", tiny / "model", "--data", tiny / "train.jsonl", "--out", tmp_path / "t", "lr=1")
     assert r.returncode == 2 and "unknown config key 'lr'" in r.stderr and not (tmp_path / "t").exists()
-    r = t3s("train", "--model", tmp_path / "nope", "--data", tiny / "train.jsonl", "--out", tmp_path / "t")
+    r = t3s_here("train", "--model", tmp_path / "nope", "--data", tiny / "train.jsonl", "--out", tmp_path / "t")
     assert r.returncode == 2 and "nope: no such model directory" in r.stderr and not (tmp_path / "t").exists()
-    r = t3s(
+    r = t3s_here(
         "rrt",
         "--init",
         tiny / "model",
@@ -52,9 +52,9 @@ def test_train_and_rrt_bad_input(tiny, tmp_path):
         tmp_path / "r",
     )
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "r").exists()
-    r = t3s("score", "--model", tiny / "model", "--data", tmp_path / "missing.jsonl", "--out", tmp_path / "s")
+    r = t3s_here("score", "--model", tiny / "model", "--data", tmp_path / "missing.jsonl", "--out", tmp_path / "s")
     assert r.returncode == 2 and "missing.jsonl: no such file" in r.stderr
-    r = t3s(
+    r = t3s_here(
         "score",
         "--model",
         tiny / "model",
@@ -94,7 +94,7 @@ def test_whole_chain_score_select_train_rrt(tiny, tmp_path):
     assert meta["self_check_max_abs_diff"] < 1e-4 and set(meta["fingerprints"]) == {"data", "tokenizer", "template"}
     counts = {}
     for mode in ("t3s", "reverse", "static-high", "static-low", "random", "none"):
-        r = t3s(
+        r = t3s_here(  # select reads score files only: in this process (train, score and rrt run as commands)
             "select",
             "--init",
             tmp_path / "s0",
@@ -112,7 +112,7 @@ def test_whole_chain_score_select_train_rrt(tiny, tmp_path):
     n = sel["stats"]["tokens"]
     assert counts["t3s"] == counts["static-high"] == counts["static-low"] == counts["random"]
     assert counts["reverse"] == n - counts["t3s"] and counts["none"] == 0
-    r = t3s(
+    r = t3s_here(
         "select",
         "--init",
         tmp_path / "s0",

@@ -532,6 +532,7 @@ def test_tiny_diffusion_run_end_to_end(dtiny, tmp_path):
 def test_command_line_diffusion_chain(dtiny, tmp_path):
     """score the selector at θ_0 and θ_b → select --forced → train the diffusion student (detected from its
     config) → eval with the sampler; an AR model refuses the forced set."""
+    from conftest import t3s_here  # score, select and the refusal in this process; train and eval as commands
     from test_cli import t3s
 
     sel, stu, d = dtiny / "model", dtiny / "dllm", dtiny / "train.jsonl"
@@ -551,9 +552,9 @@ def test_command_line_diffusion_chain(dtiny, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     for name, model in (("s0", sel), ("sb", tmp_path / "selector")):
-        r = t3s("score", "--model", model, "--data", d, "--out", tmp_path / name, "--quiet", "--dtype", "float32")
+        r = t3s_here("score", "--model", model, "--data", d, "--out", tmp_path / name, "--quiet", "--dtype", "float32")
         assert r.returncode == 0, r.stderr
-    r = t3s(
+    r = t3s_here(
         "select",
         "--forced",
         "--init",
@@ -609,7 +610,7 @@ def test_command_line_diffusion_chain(dtiny, tmp_path):
     assert ev["diffusion"]["block_length"] == 8 and ev["metrics"]["mean_tokens"] is not None
     samples = [json.loads(x) for x in (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()]
     assert all(s["tokens"] <= 16 for s in samples)
-    r = t3s(
+    r = t3s_here(
         "train",
         "--model",
         sel,

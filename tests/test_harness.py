@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import t3s_here
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from t3s import T3SError
@@ -86,9 +87,9 @@ def test_harness_tasks_write_t3s_metrics(tiny, trained, tmp_path):
     assert m["metrics"]["accuracy"] == pytest.approx(sum(values) / 2) and m["metrics"]["prompts"] == 2 * len(rows)
     assert m["tasks"]["tiny_add"]["value"] == pytest.approx(sum(s["correct"] for s in gen) / len(gen))
     # the chat template, as t3s renders prompts (auto: the tiny tokenizer has one); a `t3s train` directory
-    r = t3s_eval(
-        "--harness", "lm-eval", "--model", str(trained.parent), "--tasks", "tiny_choice", "--include-path", str(where),
-        "--out", str(tmp_path / "chat"), "--limit", "3", "dtype=float32",
+    r = t3s_here(  # in this process: the command's own process ran above
+        "eval", "--quiet", "--harness", "lm-eval", "--model", str(trained.parent), "--tasks", "tiny_choice",
+        "--include-path", str(where), "--out", str(tmp_path / "chat"), "--limit", "3", "dtype=float32",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     chat = json.loads((tmp_path / "chat" / "metrics.json").read_text())
@@ -98,13 +99,14 @@ def test_harness_tasks_write_t3s_metrics(tiny, trained, tmp_path):
 
 def test_harness_errors(tiny, tmp_path):
     where = tasks_dir(tmp_path, [{"prompt": "1 + 1?", "answer": "2"}])
-    r = t3s_eval("--harness", "lm-eval", "--model", str(tiny / "model"), "--tasks", "no_such_task")
+    harness = ["eval", "--quiet", "--harness", "lm-eval", "--model", tiny / "model"]
+    r = t3s_here(*harness, "--tasks", "no_such_task")
     assert r.returncode != 0 and "lm-evaluation-harness has no task no_such_task" in r.stderr
-    r = t3s_eval("--harness", "lm-eval", "--model", str(tiny / "model"), "--include-path", str(where))
+    r = t3s_here(*harness, "--include-path", where)
     assert r.returncode != 0 and "needs --tasks" in r.stderr
-    r = t3s_eval("--model", str(tiny / "model"), "--data", str(tiny / "train.jsonl"), "--tasks", "tiny_add")
+    r = t3s_here("eval", "--quiet", "--model", tiny / "model", "--data", tiny / "train.jsonl", "--tasks", "tiny_add")
     assert r.returncode != 0 and "go with --harness lm-eval" in r.stderr
-    r = t3s_eval("--harness", "lm-eval", "--model", str(tiny / "model"), "--tasks", "x", "--include-path", "nowhere")
+    r = t3s_here(*harness, "--tasks", "x", "--include-path", "nowhere")
     assert r.returncode != 0 and "--include-path nowhere: no such directory" in r.stderr
     assert not (tmp_path / "runs").exists()
 

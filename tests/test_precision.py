@@ -199,3 +199,47 @@ def test_a_deepspeed_save_is_its_fp32_master_weights(tiny, tmp_path):
     (rounded / "t3s_step.json").write_text(json.dumps(saved_step_record(3, "bfloat16", "float32")))
     assert "trained with float32 master weights but saved in bfloat16" in rounding_note(rounded)
     assert rounding_note(tiny / "model") is None  # a base model's dtype is its own
+
+
+def test_activation_checkpointing_uses_the_field_the_installed_transformers_has():
+    """transformers 5.23 renamed gradient_checkpointing to activation_checkpointing (the old name is a deprecated
+    alias there); the lent GPU image's 5.17 has only the old name."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from t3s.objectives.base import checkpointing_argument
+
+    assert checkpointing_argument(True, ["gradient_checkpointing", "bf16"]) == {"gradient_checkpointing": True}
+    both = ["activation_checkpointing", "gradient_checkpointing"]
+    assert checkpointing_argument(False, both) == {"activation_checkpointing": False}
+    (name,) = checkpointing_argument(True)
+    assert name in {f.name for f in dataclasses.fields(TrainingArguments)}
+    args = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none", **checkpointing_argument(True))
+    assert getattr(args, name) is True
+
+
+def test_the_loss_stays_scaled_on_a_trainer_without_loss_is_scaled_for_ga():
+    """transformers < 5.19 (the GPU image's 5.17) has no Trainer.loss_is_scaled_for_ga: t3s's trainers then set
+    the flags by which that Trainer leaves their already-normalised loss alone, and drop TRL's string stand-in."""
+    from types import SimpleNamespace
+
+    import transformers
+    from packaging.version import Version
+
+    from t3s.objectives import base
+
+    class Old:  # a Trainer class of transformers 5.17: no such attribute
+        pass
+
+    class New:
+        loss_is_scaled_for_ga = None
+
+    old = Version(transformers.__version__) < Version("5.19")
+    assert base.loss_scaled_without_the_flag(transformers.Trainer) is old  # the installed one, by its version
+    assert base.loss_scaled_without_the_flag(Old) and not base.loss_scaled_without_the_flag(New)
+    t = SimpleNamespace(model_accepts_loss_kwargs=False, compute_loss_func="non-None value to disable scaling")
+    base.keep_the_loss_scaled(t, New)  # a Trainer with the flag: nothing to change
+    assert t.model_accepts_loss_kwargs is False and t.compute_loss_func is not None
+    base.keep_the_loss_scaled(t, Old)
+    assert t.model_accepts_loss_kwargs is True and t.compute_loss_func is None

@@ -20,7 +20,15 @@ from t3s.config import GenConfig, TrainConfig
 from t3s.data import Example
 from t3s.models import Precision, load_causal_lm
 from t3s.modes import RUN_MODES
-from t3s.objectives.base import Objective, Prepared, finite_loss_callback, quiet, selection_rows, training_arguments
+from t3s.objectives.base import (
+    Objective,
+    Prepared,
+    finite_loss_callback,
+    keep_the_loss_scaled,
+    quiet,
+    selection_rows,
+    training_arguments,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -154,6 +162,7 @@ def _trainer_class():
         def __init__(self, *args, normalize: str = "kept", **kwargs):
             self.normalize = normalize
             super().__init__(*args, **kwargs)
+            keep_the_loss_scaled(self)  # transformers < 5.19 has no loss_is_scaled_for_ga
 
         def _get_num_items_in_batch(self, batch_samples, device):
             key = "response_labels" if self.normalize == "response" else "labels"

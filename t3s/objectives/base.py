@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from t3s import T3SError
 from t3s.config import GenConfig, TrainConfig
@@ -253,6 +253,42 @@ def plan_for(cfg: TrainConfig) -> TrainingPlan:
     return training_plan(cfg.dtype, pure_bf16=cfg.pure_bf16, lora=cfg.lora_r > 0)
 
 
+def checkpointing_argument(on: bool, fields: Iterable[str] | None = None) -> dict[str, bool]:
+    """The TrainingArguments field that turns activation checkpointing on: `activation_checkpointing` from
+    transformers 5.23 (where `gradient_checkpointing` is its deprecated alias), `gradient_checkpointing` before.
+    `fields`: TrainingArguments' field names (default: the installed transformers')."""
+    if fields is None:
+        import dataclasses
+
+        from transformers import TrainingArguments
+
+        fields = [f.name for f in dataclasses.fields(TrainingArguments)]
+    name = "activation_checkpointing" if "activation_checkpointing" in set(fields) else "gradient_checkpointing"
+    return {name: on}
+
+
+def loss_scaled_without_the_flag(trainer_cls: type) -> bool:
+    """Whether transformers' Trainer class predates `loss_is_scaled_for_ga` (transformers < 5.19), the flag by
+    which t3s's trainers say their loss is already divided by the global token count. Before it, the Trainer
+    divides the loss by the accumulation steps again unless `model_accepts_loss_kwargs` (and a count was given)
+    or a `compute_loss_func` is set; TRL works around it by putting a string in `compute_loss_func`, which its
+    own compute_loss then calls."""
+    return not hasattr(trainer_cls, "loss_is_scaled_for_ga")
+
+
+def keep_the_loss_scaled(trainer: Any, trainer_cls: type | None = None) -> None:
+    """After Trainer.__init__ of a trainer whose loss is already scaled (`loss_is_scaled_for_ga = True`): on
+    transformers < 5.19, the flags that make the Trainer leave it as it is (the trainer counts the tokens itself,
+    so a count is always given during training). `trainer_cls`: transformers' Trainer (default: the installed)."""
+    if trainer_cls is None:
+        from transformers import Trainer as trainer_cls
+
+    if loss_scaled_without_the_flag(trainer_cls):
+        trainer.model_accepts_loss_kwargs = True
+        if isinstance(trainer.compute_loss_func, str):  # TRL's stand-in flag: not a function to call
+            trainer.compute_loss_func = None
+
+
 def training_arguments(
     cfg: TrainConfig, output_dir: str | Path, progress: bool, plan: TrainingPlan | None = None
 ) -> dict[str, Any]:
@@ -277,7 +313,7 @@ def training_arguments(
         use_cpu=plan.device == "cpu",
         bf16=plan.trainer_bf16,
         fp16=plan.trainer_fp16,
-        activation_checkpointing=cfg.activation_checkpointing,
+        **checkpointing_argument(cfg.activation_checkpointing),
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
         logging_steps=cfg.logging_steps,
