@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         required=True,
         choices=[*SELECTION_MODES, "sft", "none"],
-        help="t3s-final / t3s-early: the t3s rule, with θ_T's (or an earlier checkpoint's) scores as "
+        help="t3s-final / t3s-early / t3s-step: the t3s rule, with θ_T's (or another checkpoint's) scores as "
         "--bottleneck; excess-loss: also --reference (θ_T's scores)",
     )
     common(sp, "selection directory to write")

@@ -501,6 +501,13 @@ class RunConfig:
             "words": ("auto",),
         },
     )
+    delta_step: int = field(
+        default=0,
+        metadata={
+            "help": "t3s-step: the probe's evaluated checkpoint (its step) whose scores stand in θ_b's place",
+            "ge": 0,
+        },
+    )
     rrt: bool = field(default=True, metadata={"help": "also build θ_0 + (θ_T − θ_b) from the SFT run"})
     objective: str = field(default="ar", metadata={"help": "ar | diffusion (a masked-diffusion student)"})
     selector: str | None = field(
@@ -556,6 +563,8 @@ class RunConfig:
             raise T3SError(f"modes must be a non-empty list of {', '.join(MODES)}; got {self.modes}")
         if not self.seeds:
             raise T3SError("seeds must list at least one seed")
+        if "t3s-step" in self.modes and self.delta_step <= 0:
+            raise T3SError("mode t3s-step needs delta_step: the step of an evaluated probe checkpoint (> 0)")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,27 +1,118 @@
-"""The training modes, named once (a leaf module: no torch, no stage imports).
+"""The training modes, as data (a leaf module: no torch, no stage imports).
 
-A mode is what a training run of the student does with the teacher's response tokens:
+A mode is what a training run of the student does with the teacher's response tokens. Each is one `Mode` entry in
+`TABLE`: the keep-mask rule it applies (none: every token), which checkpoint's scores stand in θ_b's place and
+which are its reference, the training settings it adds, and the objectives that train it. The pipeline's score
+stages, the mode → checkpoint mapping, `t3s run --plan` and the CLI's choices are all read from this table, so a
+control that reads another checkpoint is one entry here (docs/extending.md).
+
 - `sft`: trains on every token (`none` is its old name, still accepted: `canonical`).
 - the selection modes: train on the tokens a keep-mask keeps (`t3s.select`).
 - `dft`: every token, each weighted by its own detached probability (Dynamic Fine-Tuning; TRL's
   `loss_type="dft"`): the loss-side alternative users have one flag away.
 """
 
-# The paper's modes and its matched controls, then the controls of its claims (t3s.select's docstring).
-SELECTION_MODES = ("t3s", "reverse", "static-high", "static-low", "random", "t3s-final", "t3s-early", "excess-loss")
-RUN_MODES = ("sft", *SELECTION_MODES, "dft")
-# Which scores a mode reads besides θ_0's and θ_b's: θ_T (the probe's end point), or an evaluated checkpoint
-# halfway to θ_b; and the modes whose rule is t3s's, on θ_b's scores or those standing in their place.
-READS_FINAL = ("t3s-final", "excess-loss")
-READS_EARLY = ("t3s-early",)
-RULE_OF_T3S = ("t3s", "t3s-final", "t3s-early")
-NEEDS_REFERENCE = ("excess-loss",)  # ... and the one that also reads a reference model's scores (θ_T)
-# A masked-diffusion student: `sft` is the random mask alone; these modes add a forced set (always masked).
-DIFFUSION_FORCED_MODES = ("t3s", "random")
-DIFFUSION_MODES = ("sft", *DIFFUSION_FORCED_MODES)
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The checkpoints of a probe whose scores a mode can read, and what each asks of the probe. `step`: the evaluated
+# checkpoint at the step the run names (`delta_step`); its scores stage is `scores-step-N`.
+CHECKPOINTS = {
+    "bottleneck": "θ_b, the probe's lowest point",
+    "final": "θ_T, the probe's end point (the probe must run to its end: probe.online false)",
+    "early": "the evaluated checkpoint closest to half the bottleneck step (the probe keeps every checkpoint)",
+    "step": "the evaluated checkpoint at step `delta_step` (the probe keeps every checkpoint)",
+}
+KEEPS_ALL = ("early", "step")  # the checkpoints that exist only when the probe keeps every evaluated one
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    help: str
+    rule: str | None = None  # t3s.select.keep_mask's rule; None: no selection, every token is trained on
+    delta: str = "bottleneck"  # the checkpoint whose scores stand in θ_b's place in Δc = c(θ_b) − c(θ_0)
+    reference: str | None = None  # the checkpoint whose scores are the reference model's (excess-loss: θ_T)
+    trainer: dict[str, Any] = field(default_factory=dict)  # SFTConfig settings the mode adds (dft: loss_type)
+    objectives: tuple[str, ...] = ("ar",)  # the objectives that train it ("diffusion": as a forced set)
+
+    @property
+    def selects(self) -> bool:
+        return self.rule is not None
+
+    def reads(self) -> dict[str, str]:
+        """What the selection reads: {"bottleneck": checkpoint, ["reference": checkpoint]}."""
+        return {"bottleneck": self.delta, **({"reference": self.reference} if self.reference else {})}
+
+    def checkpoints(self) -> tuple[str, ...]:
+        """The checkpoints whose scores this mode needs (θ_0's are always scored)."""
+        return tuple(dict.fromkeys(self.reads().values())) if self.selects else ()
+
+
+TABLE = (
+    Mode("sft", "every token (the paper's SFT)", objectives=("ar", "diffusion")),
+    Mode("t3s", "every token but the anchors (Δc > τ): the paper's method", rule="t3s", objectives=("ar", "diffusion")),
+    Mode("reverse", "only the anchors (the tokens t3s drops)", rule="reverse"),
+    Mode("static-high", "as many tokens dropped as t3s drops, the most confident under θ_0", rule="static-high"),
+    Mode("static-low", "as many tokens dropped as t3s drops, the least confident under θ_0", rule="static-low"),
+    Mode(
+        "random",
+        "as many tokens dropped as t3s drops, at random (seeded)",
+        rule="random",
+        objectives=("ar", "diffusion"),
+    ),
+    Mode("t3s-final", "the t3s rule with θ_T's scores in θ_b's place", rule="t3s", delta="final"),
+    Mode("t3s-early", "the t3s rule with an evaluated checkpoint halfway to θ_b", rule="t3s", delta="early"),
+    Mode(
+        "excess-loss",
+        "the tokens θ_T gained most on over θ_0 (as many as t3s keeps)",
+        rule="excess-loss",
+        reference="final",
+    ),
+    Mode(
+        "dft", "every token, weighted by its detached probability (TRL's loss_type=dft)", trainer={"loss_type": "dft"}
+    ),
+    Mode("t3s-step", "the t3s rule with the checkpoint at step `delta_step` in θ_b's place", rule="t3s", delta="step"),
+)
+MODES = {m.name: m for m in TABLE}
 ALIASES = {"none": "sft"}
+
+# Named groups, read from the table (the modes' order is the table's)
+RUN_MODES = tuple(m.name for m in TABLE if "ar" in m.objectives)
+SELECTION_MODES = tuple(m.name for m in TABLE if m.selects)
+RULE_OF_T3S = tuple(m.name for m in TABLE if m.rule == "t3s")
+NEEDS_REFERENCE = tuple(m.name for m in TABLE if m.reference)
+READS_FINAL = tuple(m.name for m in TABLE if "final" in m.checkpoints())
+READS_EARLY = tuple(m.name for m in TABLE if "early" in m.checkpoints())
+# A masked-diffusion student: `sft` is the random mask alone; the selecting modes add a forced set (always masked)
+DIFFUSION_MODES = tuple(m.name for m in TABLE if "diffusion" in m.objectives)
+DIFFUSION_FORCED_MODES = tuple(m for m in DIFFUSION_MODES if MODES[m].selects)
 
 
 def canonical(mode: str) -> str:
     """A mode's one name (`none` -> `sft`)."""
     return ALIASES.get(mode, mode)
+
+
+def mode_of(name: str) -> Mode:
+    """The table's entry of a mode (by any of its names)."""
+    return MODES[canonical(name)]
+
+
+def checkpoints_read(modes: list[str] | tuple[str, ...]) -> list[str]:
+    """The checkpoints whose scores these modes read besides θ_0's, in CHECKPOINTS' order (θ_b always: the
+    probe's bottleneck is scored for every run)."""
+    wanted = {c for m in modes if canonical(m) in MODES for c in mode_of(m).checkpoints()}
+    return ["bottleneck", *(c for c in CHECKPOINTS if c in wanted and c != "bottleneck")]
+
+
+def keeps_all_checkpoints(modes: list[str] | tuple[str, ...]) -> bool:
+    """Whether these modes read a checkpoint that exists only when the probe keeps every evaluated one."""
+    return any(c in KEEPS_ALL for c in checkpoints_read(modes))
+
+
+def scores_name(checkpoint: str, delta_step: int = 0) -> str:
+    """The scores stage (and directory) of a checkpoint: scores-bottleneck, ..., scores-step-N."""
+    return f"scores-step-{delta_step}" if checkpoint == "step" else f"scores-{checkpoint}"

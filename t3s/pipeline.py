@@ -35,7 +35,7 @@ from t3s.ledger import (
     selection_inputs,
     train_inputs,
 )
-from t3s.modes import READS_EARLY, READS_FINAL, SELECTION_MODES
+from t3s.modes import SELECTION_MODES, checkpoints_read, keeps_all_checkpoints, mode_of, scores_name
 from t3s.summary import base_row, method_row, table, write_summary
 
 if TYPE_CHECKING:
@@ -56,6 +56,36 @@ def early_checkpoint(probe_dir: Path, bottleneck_step: int) -> Path:
             f"{bottleneck_step}); evaluate more often (probe.eval_every)"
         )
     return found[min(before, key=lambda k: (abs(k - bottleneck_step / 2), k))]
+
+
+def step_checkpoint(probe_dir: Path, step: int) -> Path:
+    """The probe's evaluated checkpoint at `step`: the `t3s-step` control's θ_b."""
+    found = sorted(int(p.name.split("-")[1]) for p in (probe_dir / "checkpoints").glob("step-*") if p.is_dir())
+    if step not in found:
+        raise T3SError(
+            f"{probe_dir}: t3s-step reads the checkpoint at step {step} (delta_step), but the probe evaluated "
+            f"and kept steps {', '.join(map(str, found)) or 'none'}; pick one of them (probe.eval_every)"
+        )
+    return probe_dir / "checkpoints" / f"step-{step}"
+
+
+def probe_checkpoint(name: str, probe_dir: Path, result: dict, cfg: RunConfig, seed: int) -> Path:
+    """The model directory of a probe checkpoint a mode reads (t3s.modes.CHECKPOINTS)."""
+    if name == "bottleneck":
+        return probe_dir / "bottleneck"
+    if name == "final":
+        if not result["completed"]:
+            readers = [m for m in cfg.modes if "final" in mode_of(m).checkpoints()]
+            raise T3SError(
+                f"seed {seed}: modes {', '.join(readers)} need the probe's end point θ_T, but the probe stopped "
+                "early (probe.online); set probe.online: false"
+            )
+        return probe_dir / "final"
+    if name == "early":
+        return early_checkpoint(probe_dir, result["bottleneck_step"])
+    if name == "step":
+        return step_checkpoint(probe_dir, cfg.delta_step)
+    raise T3SError(f"unknown probe checkpoint '{name}'")
 
 
 def run(
@@ -153,8 +183,8 @@ def run_single(
             f"objective: {objective.name} needs `selector`: an autoregressive model (ideally with the "
             "student's tokenizer) whose probe and scores give Δc"
         )
-    if any(m in READS_EARLY for m in cfg.modes) and not cfg.probe.keep_all:
-        # t3s-early scores an evaluated checkpoint before the bottleneck: the probe keeps them all
+    if keeps_all_checkpoints(cfg.modes) and not cfg.probe.keep_all:
+        # t3s-early / t3s-step score an evaluated checkpoint other than θ_b: the probe keeps them all
         cfg = dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, keep_all=True))
     ledger = Ledger(Path(out), set(force), session)
     out = ledger.out
@@ -252,8 +282,8 @@ def run_single(
         ledger.log(msg)
         return summary, NO_DIP_EXIT
 
-    # 2. scores: θ_0 once, θ_b per seed; for the controls also θ_T (t3s-final, excess-loss) and a checkpoint
-    #    halfway to θ_b (t3s-early)
+    # 2. scores: θ_0 once, then per seed every checkpoint the modes read (t3s.modes: θ_b always; θ_T for
+    #    t3s-final / excess-loss, a checkpoint halfway to θ_b for t3s-early, the one at delta_step for t3s-step)
     score_in = {**sel_base, **score_inputs(cfg)}
 
     def scorer(model: str) -> Callable[[Path], dict]:
@@ -261,23 +291,14 @@ def run_single(
 
     scores = {"init": ledger.stage("scores-init", "score", out / "scores-init", score_in, scorer(selector))}
     for s in cfg.seeds:
-        r, probe_dir = probes[s]["result"], out / f"seed-{s}" / "probe"
-        wanted = {"bottleneck": probe_dir / "bottleneck"}
-        if any(m in READS_FINAL for m in cfg.modes):
-            if not r["completed"]:
-                raise T3SError(
-                    f"seed {s}: modes {', '.join(m for m in cfg.modes if m in READS_FINAL)} need the "
-                    "probe's end point θ_T, but the probe stopped early (probe.online); set "
-                    "probe.online: false"
-                )
-            wanted["final"] = probe_dir / "final"
-        if any(m in READS_EARLY for m in cfg.modes):
-            wanted["early"] = early_checkpoint(probe_dir, r["bottleneck_step"])
-        for name, model in wanted.items():
+        probe_dir = out / f"seed-{s}" / "probe"
+        ckpts = {c: probe_checkpoint(c, probe_dir, probes[s]["result"], cfg, s) for c in checkpoints_read(cfg.modes)}
+        for name, model in ckpts.items():  # every checkpoint found (or refused) before any is scored
+            where = scores_name(name, cfg.delta_step)
             scores[(s, name)] = ledger.stage(
-                f"seed-{s}/scores-{name}",
+                f"seed-{s}/{where}",
                 "score",
-                out / f"seed-{s}" / f"scores-{name}",
+                out / f"seed-{s}" / where,
                 {**score_in, "probe": probes[s]["produced"]},
                 scorer(str(model)),
             )
@@ -291,16 +312,10 @@ def run_single(
         for mode in cfg.modes:
             if mode not in SELECTION_MODES:
                 continue
-            reads = {"bottleneck": "bottleneck"}  # which scores stand in θ_b's place, and the reference
-            if mode == "t3s-final":
-                reads["bottleneck"] = "final"
-            elif mode == "t3s-early":
-                reads["bottleneck"] = "early"
-            if mode == "excess-loss":
-                reads["reference"] = "final"
+            reads = mode_of(mode).reads()  # which scores stand in θ_b's place, and the reference
 
             def do_select(path: Path, s: int = s, mode: str = mode, reads: dict = reads) -> dict:
-                got = {k: load_scores(out / f"seed-{s}" / f"scores-{v}") for k, v in reads.items()}
+                got = {k: load_scores(out / f"seed-{s}" / scores_name(v, cfg.delta_step)) for k, v in reads.items()}
                 step = probes[s]["result"]["bottleneck_step"] if reads["bottleneck"] == "bottleneck" else None
                 sel = objective.select(
                     load_scores(out / "scores-init"),
@@ -324,7 +339,11 @@ def run_single(
                     "init": scores["init"]["produced"],
                     "bottleneck": scores[(s, "bottleneck")]["produced"],
                     # the other scores only where this mode reads them
-                    **{f"scores-{v}": scores[(s, v)]["produced"] for v in set(reads.values()) if v != "bottleneck"},
+                    **{
+                        scores_name(v, cfg.delta_step): scores[(s, v)]["produced"]
+                        for v in set(reads.values())
+                        if v != "bottleneck"
+                    },
                     **selection_inputs(cfg, objective, mode, base["student"]),
                 },
                 do_select,
@@ -597,11 +616,7 @@ def plan_stages(cfg: RunConfig, prefix: str = "") -> list[tuple[str, str]]:
             stages.append((f"seed-{s}/probe-student", "probe"))
     stages.append(("scores-init", "score"))
     for s in cfg.seeds:
-        stages.append((f"seed-{s}/scores-bottleneck", "score"))
-        if any(m in READS_FINAL for m in cfg.modes):
-            stages.append((f"seed-{s}/scores-final", "score"))
-        if any(m in READS_EARLY for m in cfg.modes):
-            stages.append((f"seed-{s}/scores-early", "score"))
+        stages += [(f"seed-{s}/{scores_name(c, cfg.delta_step)}", "score") for c in checkpoints_read(cfg.modes)]
     stages += [(f"seed-{s}/select-{m}", "select") for s in cfg.seeds for m in cfg.modes if m in SELECTION_MODES]
     methods = [(s, m) for s in cfg.seeds for m in cfg.modes]
     stages += [(f"seed-{s}/train-{m}", "train") for s, m in methods if not (m == "sft" and own)]

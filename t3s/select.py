@@ -8,8 +8,9 @@
 - `sft`: keep every response token (plain SFT; `none`, its old name, is still accepted).
 
 Controls of the paper's claims (`t3s run` computes their scores itself; by hand, pass them to `t3s select`):
-- `t3s-final` / `t3s-early`: the `t3s` rule with θ_b replaced by the probe's end point θ_T, or by an evaluated
-  checkpoint halfway to the bottleneck: is the *bottleneck* the right moment?
+- `t3s-final` / `t3s-early` / `t3s-step`: the `t3s` rule with θ_b replaced by the probe's end point θ_T, by an
+  evaluated checkpoint halfway to the bottleneck, or by the evaluated checkpoint at a step the run names
+  (`delta_step`): is the *bottleneck* the right moment?
 - `excess-loss` (RHO-1 style): keep the tokens with the largest gain c_t(θ_T) − c_t(θ_0) (θ_T, the plain SFT
   run, as the reference model), as many as `t3s` keeps.
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from t3s import T3SError, __version__
 from t3s.artifacts import atomic_dir, read_json, read_table, write_json
-from t3s.modes import ALIASES, DIFFUSION_MODES, NEEDS_REFERENCE, RULE_OF_T3S, SELECTION_MODES, canonical
+from t3s.modes import ALIASES, DIFFUSION_MODES, NEEDS_REFERENCE, SELECTION_MODES, canonical, mode_of
 from t3s.score import ScoreSet
 
 MODES = (*SELECTION_MODES, "sft", *ALIASES)  # `sft` (or its old name `none`): keep every token
@@ -102,17 +103,18 @@ def keep_mask(
     anchors, _ = groups(delta, c0, threshold)
     n_drop = int(anchors.sum())
     keep = np.ones(delta.shape, dtype=bool)
-    if mode in RULE_OF_T3S:
+    rule = mode_of(mode).rule  # t3s.modes: t3s-final / t3s-early / t3s-step are the t3s rule on other scores
+    if rule == "t3s":
         keep = ~anchors
-    elif mode == "reverse":
+    elif rule == "reverse":
         keep = anchors.copy()
-    elif mode == "static-high":
+    elif rule == "static-high":
         keep[np.argsort(-c0, kind="stable")[:n_drop]] = False
-    elif mode == "static-low":
+    elif rule == "static-low":
         keep[np.argsort(c0, kind="stable")[:n_drop]] = False
-    elif mode == "random":
+    elif rule == "random":
         keep[np.random.default_rng(seed).choice(delta.size, size=n_drop, replace=False)] = False
-    elif mode == "excess-loss":
+    elif rule == "excess-loss":
         if gain is None or gain.shape != delta.shape:
             raise T3SError("excess-loss needs the reference (θ_T) scores of the same tokens")
         keep[:] = False
@@ -157,9 +159,9 @@ def select(
     bottleneck_step: int | None = None,
     reference: ScoreSet | None = None,
 ) -> Selection:
-    """The keep-mask of `mode` from the scores of θ_0 and θ_b (for `t3s-final` / `t3s-early`: the scores of θ_T or
-    of the earlier checkpoint in θ_b's place). `reference`: the scores of θ_T, for `excess-loss`; its drop count
-    is matched to t3s's on (θ_0, θ_b)."""
+    """The keep-mask of `mode` from the scores of θ_0 and θ_b (for `t3s-final` / `t3s-early` / `t3s-step`: the
+    scores of θ_T or of the other checkpoint in θ_b's place). `reference`: the scores of θ_T, for `excess-loss`;
+    its drop count is matched to t3s's on (θ_0, θ_b)."""
     threshold, mode = parse_threshold(threshold), canonical(mode)
     check_compatible(init, bottleneck)
     gain = None

@@ -31,6 +31,7 @@ from t3s.models import (
     saved_step_record,
     stored_dtype,
 )
+from t3s.modes import mode_of
 from t3s.objectives import Objective, Prepared, as_objective
 from t3s.objectives.ar import apply_selection  # noqa: F401 -- imported from here by users
 from t3s.objectives.base import divergence_of, finite_loss_callback, plan_for, training_arguments  # noqa: F401
@@ -102,11 +103,11 @@ def make_trainer(
 
 
 def config_for_mode(cfg: TrainConfig, mode: str) -> TrainConfig:
-    """The training settings of a run mode: `dft` is TRL's loss_type=dft (every token weighted by its detached
-    probability); every other mode trains with the settings as they are (its selection does the rest)."""
-    if mode == "dft":
-        return dataclasses.replace(cfg, trainer={**cfg.trainer, "loss_type": "dft"})
-    return cfg
+    """The training settings of a run mode: the SFTConfig settings its entry in t3s.modes adds (`dft`: TRL's
+    loss_type=dft, every token weighted by its detached probability); the others train with the settings as
+    they are (their selection does the rest)."""
+    extra = mode_of(mode).trainer
+    return dataclasses.replace(cfg, trainer={**cfg.trainer, **extra}) if extra else cfg
 
 
 def train(

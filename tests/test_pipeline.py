@@ -225,7 +225,7 @@ def test_t3s_early_on_the_testbed_world(tmp_path):
 
     build_world(tmp_path / "w", progress=False, log=lambda *a: None)
     cfg = yaml.safe_load((tmp_path / "w" / "run.yaml").read_text())
-    cfg.update(modes=["t3s-early"], seeds=[0], rrt=False)
+    cfg.update(modes=["t3s-early", "t3s-step"], seeds=[0], rrt=False, delta_step=2)  # 2: the first evaluated step
     cfg["probe"].update(subset=16, track_every=0, keep_all=False)
     cfg["train"]["max_steps"] = 12
     heldout = (tmp_path / "w" / "heldout.jsonl").read_text().splitlines(keepends=True)
@@ -243,3 +243,10 @@ def test_t3s_early_on_the_testbed_world(tmp_path):
     c0 = np.concatenate(load_scores(out / "scores-init").logprobs)
     keep = np.concatenate(load_selection(out / "seed-0" / "selections" / "t3s-early").keep)
     np.testing.assert_array_equal(keep, ~(np.concatenate(early.logprobs) - c0 > 0))
+    # t3s-step (one entry in t3s.modes): the t3s rule on the scores of the checkpoint at delta_step
+    at = load_scores(out / "seed-0" / "scores-step-2")
+    assert at.meta["model_step"] == 2 and str(at.meta["model"]).endswith("checkpoints/step-2")
+    sel = load_selection(out / "seed-0" / "selections" / "t3s-step")
+    np.testing.assert_array_equal(np.concatenate(sel.keep), ~(np.concatenate(at.logprobs) - c0 > 0))
+    assert json.loads((out / "seed-0" / "train" / "t3s-step" / "train.json").read_text())["selection"]
+    assert started(out) == [k for k, _ in plan_stages(load_config(tmp_path / "run.yaml", [], flat=()))]
