@@ -28,15 +28,15 @@ def measure(student: str, rows_path: str, forced: dict[str, list[list[bool]]], d
     import numpy as np
     import torch
 
-    from t3s.data import RenderConfig, load_rows, render_rows
+    from t3s.config import DiffusionConfig, RenderConfig
+    from t3s.data import load_rows, render_rows
     from t3s.diffusion import (
         Collator,
-        DiffusionConfig,
-        _logits,
         build_mask,
         load_mask_predictor,
         mask_token_id,
         position_weights,
+        predictor_logits,
     )
     from t3s.models import load_tokenizer, resolve_precision
 
@@ -61,7 +61,7 @@ def measure(student: str, rows_path: str, forced: dict[str, list[list[bool]]], d
                 mask, fmask, t, answer = build_mask(batch, cfg, seed, step)
                 ids = batch["input_ids"]
                 with torch.no_grad():
-                    logits = _logits(model, ids.masked_fill(mask, mask_id), None).float()
+                    logits = predictor_logits(model, ids.masked_fill(mask, mask_id), None).float()
                 ce = torch.zeros(mask.shape, dtype=torch.float64)
                 ce[mask] = torch.nn.functional.cross_entropy(logits[mask], ids[mask], reduction="none").double()
                 w = position_weights(mask, fmask, t, answer, cfg) * ce

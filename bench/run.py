@@ -168,7 +168,7 @@ def _models(work: Path, sizes: Sizes, runner: Runner) -> dict[str, Path]:
         | ({sizes.flips["model"]} if sizes.flips else set())
     )
     if "smollm2" in names:
-        from bench.smollm import build as build_smollm
+        from t3s.smollm import build as build_smollm
 
         cache = REPO / "runs" / "bench-cache" / "smollm2-135m-instruct"
         if not (cache / "config.json").exists():

@@ -339,9 +339,11 @@ def train(a: dict) -> dict:
 
     from t3s.config import load_config
     from t3s.models import load_causal_lm
+    from t3s.objectives.ar import apply_selection
+    from t3s.objectives.base import plan_for
     from t3s.score import ScoreSet, response_logprobs
     from t3s.select import select
-    from t3s.train import apply_selection, make_trainer, plan_for, prepare
+    from t3s.train import make_trainer, prepare
 
     _threads(a["threads"])
     work = Path(a["work"])
@@ -436,9 +438,10 @@ def generate(a: dict) -> dict:
     import torch
     from transformers import GenerationConfig
 
-    from t3s.data import RenderConfig, Row, render_prompt, uses_template
-    from t3s.evaluate import GenConfig, eos_ids
-    from t3s.evaluate import generate as batched_generate
+    from t3s.config import GenConfig, RenderConfig
+    from t3s.data import Row, render_prompt, uses_template
+    from t3s.generation import eos_ids
+    from t3s.generation import generate as batched_generate
     from t3s.models import load_causal_lm, load_tokenizer, resolve_precision
 
     _threads(a["threads"])
@@ -555,7 +558,7 @@ def _sft_baseline(cfg_path: Path, out: Path) -> None:
     from t3s.data import load_rows
     from t3s.evaluate import evaluate_model, write_eval
     from t3s.models import load_causal_lm, load_tokenizer, resolve_precision
-    from t3s.probe import _subset
+    from t3s.probe import subset_indices
     from t3s.train import prepare, train
 
     cfg = load_config(cfg_path, [], flat=())
@@ -563,7 +566,8 @@ def _sft_baseline(cfg_path: Path, out: Path) -> None:
     data = prepare(cfg.student, cfg.train_data, tcfg, cfg.render)
     rows_by_id = {r.id: r for r in data.rows}
     subset = [
-        rows_by_id[data.examples[i].id] for i in _subset(len(data.examples), cfg.probe.subset, cfg.probe.subset_seed)
+        rows_by_id[data.examples[i].id]
+        for i in subset_indices(len(data.examples), cfg.probe.subset, cfg.probe.subset_seed)
     ]
     gen = dataclasses.replace(cfg.eval, k=1, temperature=0.0)
     every = cfg.probe.eval_every or max(1, round(tcfg.max_steps / 15))

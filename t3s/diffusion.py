@@ -56,7 +56,6 @@ from t3s import T3SError, dist
 from t3s.config import DiffusionConfig, GenConfig, RenderConfig, TrainConfig
 from t3s.data import Row
 from t3s.models import Precision
-from t3s.modes import DIFFUSION_FORCED_MODES, DIFFUSION_MODES  # noqa: F401 -- imported from here by users
 from t3s.objectives.base import Prepared, finite_loss_callback, keep_the_loss_scaled, quiet, training_arguments
 
 # ----------------------------------------------------------------------------------------------- models
@@ -233,7 +232,9 @@ def attention_inputs(style: str, att: torch.Tensor | None, dtype: torch.dtype) -
     return {"attention_mask": add.expand(b, 1, length, length)}
 
 
-def _logits(model: Any, ids: torch.Tensor, att: torch.Tensor | None) -> torch.Tensor:
+def predictor_logits(model: Any, ids: torch.Tensor, att: torch.Tensor | None) -> torch.Tensor:
+    """The mask predictor's logits for `ids` with the attention its architecture wants (`mask_style`: none, the
+    2-D padding mask, or LLaDA-2's 4-D bidirectional mask)."""
     style = mask_style(model)
     if style == "4d" and att is None:
         att = torch.ones_like(ids)
@@ -365,7 +366,7 @@ def trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mask, forced, t, answer = build_mask(inputs, self.diffusion, self.args.seed, self.state.global_step)
             ids = inputs["input_ids"]
-            logits = _logits(model, ids.masked_fill(mask, self.mask_id), None)
+            logits = predictor_logits(model, ids.masked_fill(mask, self.mask_id), None)
             total = weighted_loss_sum(logits, ids, mask, position_weights(mask, forced, t, answer, self.diffusion))
             if num_items_in_batch is None:  # outside training (evaluation): this batch's own normaliser
                 n = ids.shape[0] if self.diffusion.mask_schedule == "llada" else mask.sum().clamp(min=1)
@@ -572,7 +573,7 @@ def sample(
                 if k == 0:
                     continue
                 with precision.context():
-                    logits = _logits(model, x, att)[:, lo:hi].float()
+                    logits = predictor_logits(model, x, att)[:, lo:hi].float()
                 x[:, lo:hi] = commit_step(logits, x[:, lo:hi], masked, k, gcfg.temperature, dcfg.remasking, g)
             if _finished(x[:, P:hi], eos):
                 x[:, hi:] = eos  # every row has ended: the rest of the canvas is EOS

@@ -11,20 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import atomic_dir, write_json
 from t3s.config import GenConfig, RenderConfig
-
-# re-exported (`x as x`): generation lived here before t3s.generation
-from t3s.generation import MODEL_SAMPLING_KEYS as MODEL_SAMPLING_KEYS
-from t3s.generation import Generation as Generation
-from t3s.generation import eos_ids as eos_ids
-from t3s.generation import generate as generate
-from t3s.generation import own_generation_config as own_generation_config
-from t3s.generation import sampling_settings as sampling_settings
-
-# re-exported (`x as x`): answer extraction and checking live in t3s.graders
-from t3s.graders import extract_answer as extract_answer
-from t3s.graders import grader as grader
-from t3s.graders import is_correct as is_correct
-from t3s.graders import last_boxed as last_boxed
+from t3s.graders import grader
 
 if TYPE_CHECKING:
     from t3s.data import Row

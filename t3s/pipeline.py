@@ -167,11 +167,12 @@ def run_single(
     from t3s.evaluate import evaluator
     from t3s.models import model_fingerprint, resolve_model_path
     from t3s.objectives import Autoregressive, objective_for
+    from t3s.objectives.base import plan_for
     from t3s.probe import run_probe, tracking_callback
     from t3s.rrt import rrt
     from t3s.score import load_scores, run_score
     from t3s.select import summary_line, write_selection
-    from t3s.train import brief, config_for_mode, plan_for, prepare, train
+    from t3s.train import brief, config_for_mode, prepare, train
 
     if not cfg.student or not cfg.train_data:
         raise T3SError("the config needs `student` (θ_0) and `train_data` (or `teachers` for a mixture)")

@@ -35,7 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import write_json
-from t3s.config import DiffusionConfig, GenConfig, ProbeConfig, RenderConfig, RunConfig  # noqa: F401 -- ProbeConfig: imported from here
+from t3s.config import DiffusionConfig, GenConfig, ProbeConfig, RenderConfig, RunConfig
 from t3s.data import Row
 from t3s.models import Precision, saved_step_record, stored_dtype
 from t3s.objectives import Objective, Prepared
@@ -105,7 +105,7 @@ def no_dip_message(b: dict[str, Any], margin: float) -> str:
 # ----------------------------------------------------------------------------------------------- the run
 
 
-def _subset(n: int, size: int, seed: int) -> list[int]:
+def subset_indices(n: int, size: int, seed: int) -> list[int]:
     if size <= 0 or size >= n:
         return list(range(n))
     return sorted(random.Random(seed).sample(range(n), size))
@@ -170,7 +170,7 @@ class ProbeRunner:
         self.every = cfg.track_every if track else cfg.eval_every  # 0: set at the start of training
         if self.every <= 0 and max_steps > 0:
             self.every = max(1, round(max_steps / 15))
-        idx = _subset(len(data.examples), cfg.track_subset if track else cfg.subset, cfg.subset_seed)
+        idx = subset_indices(len(data.examples), cfg.track_subset if track else cfg.subset, cfg.subset_seed)
         by_id = {r.id: r for r in data.rows}
         self.examples = [data.examples[i] for i in idx]
         self.train_rows = [by_id[e.id] for e in self.examples]
@@ -179,7 +179,7 @@ class ProbeRunner:
                 raise T3SError(f"{r.where}: the probe needs a gold 'answer' in every training row")
         self.heldout = []
         if heldout and cfg.heldout_subset >= 0 and not track:
-            self.heldout = [heldout[i] for i in _subset(len(heldout), cfg.heldout_subset, cfg.subset_seed)]
+            self.heldout = [heldout[i] for i in subset_indices(len(heldout), cfg.heldout_subset, cfg.subset_seed)]
         greedy = cfg.k == 1
         self.gen = dataclasses.replace(gen, k=cfg.k, temperature=0.0 if greedy else gen.temperature)
         self.points: list[dict[str, Any]] = []
@@ -521,7 +521,8 @@ def run_probe(
     from t3s.data import load_rows
     from t3s.models import describe, device_info, model_fingerprint
     from t3s.objectives import as_objective
-    from t3s.train import check_lora_sharding, make_trainer, plan_for, prepare, training_arguments
+    from t3s.objectives.base import plan_for, training_arguments
+    from t3s.train import check_lora_sharding, make_trainer, prepare
 
     pcfg, tcfg = cfg.probe, cfg.train
     objective = as_objective(objective)

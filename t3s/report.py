@@ -224,7 +224,8 @@ def gradient_dynamics(run: Path, seed: int, sel: Any, rows: int = 48) -> dict[st
     import torch
     import torch.nn.functional as F
 
-    from t3s.data import RenderConfig, load_rows, render_rows
+    from t3s.config import RenderConfig
+    from t3s.data import load_rows, render_rows
     from t3s.models import load_causal_lm, load_tokenizer, resolve_precision
 
     ck_dir = run / f"seed-{seed}" / "probe" / "checkpoints"

@@ -359,9 +359,9 @@ def build_world(
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
     from t3s.artifacts import atomic_dir, read_json, write_json
-    from t3s.config import load_config
+    from t3s.config import GenConfig, load_config
     from t3s.data import load_rows
-    from t3s.evaluate import GenConfig, evaluate_model, metrics
+    from t3s.evaluate import evaluate_model, metrics
     from t3s.models import resolve_precision
     from t3s.train import make_trainer, prepare
 

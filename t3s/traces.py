@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterator
 
 from t3s import T3SError, __version__
 from t3s.artifacts import read_json, read_text, sha256_json, write_json
-from t3s.config import FALLBACKS, check_grader
-from t3s.data import RenderConfig, Row
+from t3s.config import FALLBACKS, RenderConfig, check_grader
+from t3s.data import Row
 from t3s.fields import check_fields
 from t3s.graders import grader
 
@@ -187,8 +187,9 @@ def sample_seed(seed: int, rid: str, sample: int) -> int:
 def hf_teacher(model: str | Path, cfg: TracesConfig, rcfg: RenderConfig, trust_remote_code: bool = False) -> Teacher:
     """A local Hugging Face model. Prompts are rendered as `t3s eval` renders them (chat template or plain);
     the model is loaded on the first request, so a finished directory needs no model load."""
+    from t3s.config import GenConfig
     from t3s.data import render_prompt, template_fingerprint, think_prefill, tokenizer_fingerprint, uses_template
-    from t3s.evaluate import GenConfig, generate
+    from t3s.generation import generate
     from t3s.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_precision
 
     tok = load_tokenizer(model, trust_remote_code)

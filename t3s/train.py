@@ -19,8 +19,8 @@ from typing import Any
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import check_outside, read_json, sha256_json, swap_in, write_json
-from t3s.config import MANAGED, NORMALIZE, DiffusionConfig, TrainConfig  # noqa: F401 -- imported from here by users
-from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
+from t3s.config import DiffusionConfig, RenderConfig, TrainConfig
+from t3s.data import fingerprints, load_rows, render_rows
 from t3s.models import (
     TrainingPlan,
     check_finite_weights,
@@ -33,9 +33,7 @@ from t3s.models import (
 )
 from t3s.modes import mode_of
 from t3s.objectives import Objective, Prepared, as_objective
-from t3s.objectives.ar import apply_selection  # noqa: F401 -- imported from here by users
-from t3s.objectives.base import divergence_of, finite_loss_callback, plan_for, training_arguments  # noqa: F401
-from t3s.objectives.masked import forced_sets  # noqa: F401 -- likewise
+from t3s.objectives.base import divergence_of, plan_for, training_arguments
 from t3s.select import MATCH_KEYS, load_selection
 
 

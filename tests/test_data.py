@@ -6,7 +6,8 @@ import pytest
 from conftest import write_jsonl
 
 from t3s import T3SError
-from t3s.data import RenderConfig, fingerprints, load_rows, render_rows, stable_id
+from t3s.config import RenderConfig
+from t3s.data import fingerprints, load_rows, render_rows, stable_id
 
 GOOD = {"prompt": "What is 1 + 2?", "response": "It is 3.", "answer": "3"}
 

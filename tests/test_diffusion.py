@@ -8,11 +8,10 @@ import torch
 from conftest import write_jsonl
 
 from t3s import T3SError
-from t3s.config import load_config
-from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
+from t3s.config import DiffusionConfig, GenConfig, RenderConfig, load_config
+from t3s.data import fingerprints, load_rows, render_rows
 from t3s.diffusion import (
     Collator,
-    DiffusionConfig,
     build_mask,
     draw_noise,
     load_mask_predictor,
@@ -21,7 +20,6 @@ from t3s.diffusion import (
     response_spans,
     sample,
 )
-from t3s.evaluate import GenConfig
 from t3s.models import load_tokenizer, resolve_precision
 from t3s.select import Selection, forced_mask, load_selection, select_forced, write_selection
 
@@ -858,7 +856,7 @@ def test_llada2_attention_mask_training_and_sampling_calls(dtiny, tmp_path):
     """Training (no padding mask) and sampling (left-padded prompts) calls to a model that handles masks as the
     published LLaDA-2 code does: both must read the canvas bidirectionally and ignore the padding. A 2-D padding
     mask would make that code attend causally, silently."""
-    from t3s.diffusion import _logits, attention_inputs, mask_style
+    from t3s.diffusion import attention_inputs, mask_style, predictor_logits
 
     tok = load_tokenizer(dtiny / "dllm")
     model = load_mask_predictor(_llada2_dir(tmp_path, tok), FP32, trust_remote_code=True).eval()
@@ -869,13 +867,13 @@ def test_llada2_attention_mask_training_and_sampling_calls(dtiny, tmp_path):
     with torch.no_grad():
         refs = [_bidirectional_reference(model, r[None])[0] for r in rows]
         # the training call: one unpadded row, no mask given
-        torch.testing.assert_close(_logits(model, rows[0][None], None)[0], refs[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(predictor_logits(model, rows[0][None], None)[0], refs[0], atol=1e-5, rtol=1e-5)
         # the sampling call: left-padded batch with its padding mask
         L = max(len(r) for r in rows)
         x, att = torch.full((2, L), tok.pad_token_id), torch.zeros(2, L, dtype=torch.long)
         for i, r in enumerate(rows):
             x[i, L - len(r) :], att[i, L - len(r) :] = r, 1
-        got = _logits(model, x, att)
+        got = predictor_logits(model, x, att)
         for i, r in enumerate(rows):
             torch.testing.assert_close(got[i, L - len(r) :], refs[i], atol=1e-5, rtol=1e-5)
         # what the 2-D mask does to that code: causal attention, other logits (the defect the 4-D mask avoids)

@@ -8,8 +8,11 @@ import torch
 from conftest import write_jsonl
 
 from t3s import T3SError
-from t3s.data import RenderConfig, load_rows, render_prompt
-from t3s.evaluate import GenConfig, Sample, extract_answer, generate, is_correct, metrics
+from t3s.config import GenConfig, RenderConfig
+from t3s.data import load_rows, render_prompt
+from t3s.evaluate import Sample, metrics
+from t3s.generation import generate
+from t3s.graders import extract_answer, is_correct
 from t3s.models import load_causal_lm, resolve_precision
 
 FP32 = resolve_precision("float32")
@@ -187,7 +190,7 @@ def test_generation_uses_exactly_the_configured_settings(tiny, tok, trained, tmp
     `model_defaults: true` applies the model's top_k / min_p / repetition_penalty, and only those."""
     from transformers import GenerationConfig
 
-    from t3s.evaluate import sampling_settings
+    from t3s.generation import sampling_settings
 
     model = load_causal_lm(trained, FP32)
     d = tmp_path / "vendor"
@@ -222,7 +225,7 @@ def test_generation_uses_exactly_the_configured_settings(tiny, tok, trained, tmp
 def test_sampling_settings_are_the_same_for_every_backend():
     from types import SimpleNamespace
 
-    from t3s.evaluate import sampling_settings
+    from t3s.generation import sampling_settings
     from t3s.vllm_backend import sampling_kwargs
 
     vendor = SimpleNamespace(top_k=20, min_p=0.05, repetition_penalty=1.05)

@@ -1,7 +1,7 @@
 """The SmolLM2 experiment (experiments/smollm.py, `make experiment-smollm`) at smoke size on the tiny model: its
 data (verified teacher traces, a held-out split with unseen names and objects), its config, and every step
 (prepare, t3s run, t3s report, RESULTS.md) in well under a minute. The real model's conversion is `make bench`'s
-(bench/smollm.py), which needs the bench extra."""
+(t3s/smollm.py), which needs the bench extra."""
 
 import json
 import re

@@ -243,8 +243,7 @@ def test_bad_input_is_one_error_and_leaves_everything_as_it_was(ws, name, capsys
 
 def test_yaml_off_and_on_are_the_documented_values(tmp_path, tiny):
     """YAML 1.1 reads `off` as false: `chat_template: off` means what the README says."""
-    from t3s.config import load_config
-    from t3s.data import RenderConfig
+    from t3s.config import RenderConfig, load_config
 
     (tmp_path / "c.yaml").write_text("render:\n  chat_template: off\n")
     assert load_config(tmp_path / "c.yaml").render.chat_template == "off"
@@ -262,7 +261,8 @@ def test_every_managed_trainer_key_is_refused_and_the_list_is_complete(tmp_path)
     import dataclasses
 
     from t3s import T3SError
-    from t3s.train import MANAGED, TrainConfig, training_arguments
+    from t3s.config import MANAGED, TrainConfig
+    from t3s.objectives.base import training_arguments
 
     own = {f.name for f in dataclasses.fields(TrainConfig)}
     set_by_t3s = set(training_arguments(TrainConfig(), tmp_path, progress=False)) | {"max_length", "dataset_kwargs"}

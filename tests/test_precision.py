@@ -71,7 +71,8 @@ def test_training_plan_on_each_kind_of_cpu():
 
 
 def test_trainer_arguments_follow_the_plan():
-    from t3s.train import TrainConfig, training_arguments
+    from t3s.config import TrainConfig
+    from t3s.objectives.base import training_arguments
 
     args = training_arguments(TrainConfig(), "x", False, plan=training_plan("auto", "cuda", gpu_bf16=True))
     assert args["bf16"] and not args["fp16"] and not args["use_cpu"]

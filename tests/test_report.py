@@ -95,7 +95,8 @@ def test_gradient_dynamics_match_a_row_by_row_computation(tiny_run, tiny):
     import torch
     import torch.nn.functional as F
 
-    from t3s.data import RenderConfig, load_rows, render_rows
+    from t3s.config import RenderConfig
+    from t3s.data import load_rows, render_rows
     from t3s.models import load_causal_lm, load_tokenizer, resolve_precision
     from t3s.report import _selection, gradient_dynamics
 

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from t3s import T3SError
-from t3s.data import RenderConfig, load_rows, render_rows
+from t3s.config import RenderConfig
+from t3s.data import load_rows, render_rows
 from t3s.models import load_causal_lm, resolve_precision
 from t3s.score import (
     default_batch_tokens,

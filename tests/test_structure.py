@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "t3s"
 # Each module's layer: a module may import modules of its own layer or below, never above.
 LAYERS = [
     {"__init__", "fields", "modes", "artifacts", "config", "estimate"},  # leaves without torch
-    {"dist", "data", "models", "generation", "ledger", "summary", "launch", "graders", "trackers"},  # leaves
+    {"dist", "data", "models", "generation", "ledger", "summary", "launch", "graders", "trackers", "smollm"},  # leaves
     {"score", "select", "vllm_backend"},  # pure functions of score sets; the vLLM engine
     {"objectives", "objectives.base", "objectives.ar", "objectives.masked", "diffusion"},  # the two objectives
     {"train", "probe", "evaluate", "harness", "rrt", "report", "traces"},  # stages
@@ -189,3 +189,77 @@ def test_every_diffusion_key_is_read_by_some_stage():
 
     read = {*DIFFUSION_SAMPLER_KEYS, *DIFFUSION_SELECTION_KEYS, *DIFFUSION_TRAINING_KEYS}
     assert {f.name for f in dataclasses.fields(DiffusionConfig)} == read
+
+
+OUTSIDE = [PKG.parent / d for d in ("bench", "experiments", "tests", "examples")]
+# The objectives' own machinery imports their classes from where they are defined; everything else imports them
+# from the package (t3s.objectives), their one public path.
+OBJECTIVES_INSIDE = ("objectives", "diffusion")
+
+
+def defined_names(mod: str) -> set[str]:
+    """The names a t3s module binds itself (def, class, assignment at any top-level block), not by importing."""
+    path = PKG / f"{mod.replace('.', '/')}.py"
+    if not path.exists():
+        path = PKG / mod.replace(".", "/") / "__init__.py"
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        for sub in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(sub.name)
+            elif isinstance(sub, (ast.Assign, ast.AnnAssign)):
+                targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
+                names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def every_python_file() -> list[Path]:
+    return sorted(PKG.rglob("*.py")) + [p for d in OUTSIDE for p in sorted(d.rglob("*.py"))]
+
+
+def test_one_import_path_per_public_name():
+    """A name is imported from the module that defines it (no re-export shims), except the objective classes,
+    imported from t3s.objectives outside the objectives' own modules."""
+    public = {n: "objectives" for n in ("Autoregressive", "MaskedDiffusion", "Objective", "Prepared")}
+    bad = []
+    for path in every_python_file():
+        here = module_name(path) if path.is_relative_to(PKG) else None
+        inside = here is not None and here.split(".")[0] in OBJECTIVES_INSIDE
+        for target, names, line in imports(path):
+            for n in names:
+                if n in public and not inside:
+                    ok = target == public[n]
+                else:
+                    ok = n in defined_names(target) or n == "*"
+                if not ok:
+                    bad.append(f"{path.relative_to(PKG.parent)}:{line} imports {n} from t3s.{target}")
+    assert bad == []
+
+
+def test_scripts_import_no_private_names_and_experiments_no_benchmarks():
+    bad = []
+    for d in OUTSIDE[:2]:  # bench/, experiments/ (tests may reach into internals)
+        for path in sorted(d.rglob("*.py")):
+            where = path.relative_to(PKG.parent)
+            bad += [
+                f"{where}:{line} imports the private name t3s.{t}.{n}"
+                for t, names, line in imports(path)
+                for n in names
+                if n.startswith("_") and not n.startswith("__")
+            ]
+            if d.name == "experiments":
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+                bad += [
+                    f"{where}:{node.lineno} imports bench"
+                    for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "bench"
+                ]
+    assert bad == []
+
+
+def test_the_import_path_check_can_fail(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from t3s.train import TrainConfig\nfrom t3s.config import TrainConfig\n")
+    got = imports(f)
+    assert ("train", ["TrainConfig"], 1) in got and "TrainConfig" not in defined_names("train")
+    assert "TrainConfig" in defined_names("config")

@@ -9,7 +9,8 @@ import pytest
 import trl
 
 from t3s import T3SError
-from t3s.data import RenderConfig, Row, render_prompt, render_row, render_rows, trace_parts
+from t3s.config import RenderConfig
+from t3s.data import Row, render_prompt, render_row, render_rows, trace_parts
 from t3s.models import load_tokenizer
 
 TEMPLATES = Path(trl.__file__).parent / "chat_templates"

@@ -4,7 +4,7 @@ import re
 import pytest
 
 from t3s import T3SError
-from t3s.evaluate import extract_answer, is_correct
+from t3s.graders import extract_answer, is_correct
 from t3s.testbed import WorldConfig, build_world, columns, make_rows, student_trace, teacher_trace
 
 
@@ -103,7 +103,7 @@ def test_carry_world_student_is_wrong_exactly_on_carry_chains_and_the_teacher_ne
     wrong exactly then (checked against plain integer addition), the teacher's never is."""
     import random
 
-    from t3s.evaluate import extract_answer
+    from t3s.graders import extract_answer
     from t3s.testbed import carry_student_trace, carry_teacher_trace, has_chain
 
     rng, wrong = random.Random(3), 0

@@ -18,7 +18,7 @@ from conftest import write_jsonl
 
 from t3s import T3SError
 from t3s.data import Row, load_rows
-from t3s.evaluate import extract_answer, is_correct
+from t3s.graders import extract_answer, is_correct
 from t3s.traces import (
     TracesConfig,
     build_traces,

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from conftest import write_jsonl
 
 from t3s import T3SError
-from t3s.config import load_config
-from t3s.data import RenderConfig, fingerprints, load_rows, render_rows
+from t3s.config import RenderConfig, TrainConfig, load_config
+from t3s.data import fingerprints, load_rows, render_rows
 from t3s.models import load_causal_lm, resolve_precision
 from t3s.select import Selection, write_selection
-from t3s.train import TrainConfig, make_trainer, prepare, train
+from t3s.train import make_trainer, prepare, train
 
 FP32 = resolve_precision("float32")
 

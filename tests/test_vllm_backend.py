@@ -14,7 +14,7 @@ from conftest import write_jsonl
 
 from t3s import T3SError
 from t3s.cli import main as t3s
-from t3s.evaluate import GenConfig
+from t3s.config import GenConfig
 from t3s.vllm_backend import Engine, engine_kwargs, require_vllm, sampling_kwargs, to_generations
 
 

