@@ -32,8 +32,10 @@ from t3s.objectives.base import (
 
 if TYPE_CHECKING:
     import numpy as np
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
     from t3s.generation import Generation
+    from t3s.objectives.base import Projection
     from t3s.score import ScoreSet
     from t3s.select import Selection
 
@@ -46,7 +48,7 @@ class Autoregressive(Objective):
 
     def load(
         self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *, place: bool = True
-    ) -> Any:
+    ) -> PreTrainedModel:
         return load_causal_lm(path, precision, trust_remote_code, place=place)
 
     def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig) -> dict[str, list]:
@@ -62,20 +64,20 @@ class Autoregressive(Objective):
 
     def trainer(
         self,
-        model: Any,
+        model: PreTrainedModel,
         data: Prepared,
         cfg: TrainConfig,
         output_dir: str | Path,
         *,
         progress: bool = True,
-        callbacks: list | None = None,
-    ) -> Any:
+        callbacks: list[TrainerCallback] | None = None,
+    ) -> Trainer:
         return make_trainer(model, data, cfg, output_dir, progress=progress, callbacks=callbacks)
 
     def generate(
         self,
-        model: Any,
-        tok: Any,
+        model: PreTrainedModel,
+        tok: PreTrainedTokenizerBase,
         prompts: list[list[int]],
         gcfg: GenConfig,
         precision: Precision,
@@ -96,7 +98,7 @@ class Autoregressive(Objective):
         seed: int,
         bottleneck_step: int | None,
         reference: ScoreSet | None = None,
-        project: Any = None,
+        project: Projection | None = None,
     ) -> Selection:
         from t3s.select import select
 
@@ -104,7 +106,9 @@ class Autoregressive(Objective):
             init, bottleneck, mode, threshold, seed=seed, bottleneck_step=bottleneck_step, reference=reference
         )
 
-    def confidence(self, model: Any, examples: list[Example], precision: Precision, pad_id: int) -> list[np.ndarray]:
+    def confidence(
+        self, model: PreTrainedModel, examples: list[Example], precision: Precision, pad_id: int
+    ) -> list[np.ndarray]:
         from t3s.score import response_logprobs
 
         return dist.map_forward(  # several processes share the rows
@@ -181,14 +185,14 @@ def _trainer_class():
 
 
 def make_trainer(
-    model: Any,
+    model: PreTrainedModel,
     data: Prepared,
     cfg: TrainConfig,
     output_dir: str | Path,
     *,
     progress: bool = True,
-    callbacks: list | None = None,
-) -> Any:
+    callbacks: list[TrainerCallback] | None = None,
+) -> Trainer:
     """TRL SFTTrainer configured from a TrainConfig (precision, checkpoints, LoRA, loss normalisation)."""
     from trl import SFTConfig
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from t3s import T3SError
 from t3s.config import GenConfig, TrainConfig
@@ -30,10 +30,16 @@ from t3s.models import Precision, TrainingPlan, training_plan
 
 if TYPE_CHECKING:
     import numpy as np
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
     from t3s.generation import Generation
     from t3s.score import ScoreSet
     from t3s.select import Selection
+
+    # a selector's Δc moved onto the student's tokens (t3s.diffusion.projector): per row the values, the
+    # student's response ids, the student's fingerprints and the count of student tokens no selector token covers
+    Projection = Callable[[ScoreSet], tuple[list[np.ndarray], list[list[int]], dict[str, str], int]]
 
 
 class Objective:
@@ -51,7 +57,7 @@ class Objective:
 
     def load(
         self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *, place: bool = True
-    ) -> Any:
+    ) -> PreTrainedModel:
         raise NotImplementedError
 
     def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig) -> dict[str, list]:
@@ -60,20 +66,20 @@ class Objective:
 
     def trainer(
         self,
-        model: Any,
+        model: PreTrainedModel,
         data: Prepared,
         cfg: TrainConfig,
         output_dir: str | Path,
         *,
         progress: bool = True,
-        callbacks: list | None = None,
-    ) -> Any:
+        callbacks: list[TrainerCallback] | None = None,
+    ) -> Trainer:
         raise NotImplementedError
 
     def generate(
         self,
-        model: Any,
-        tok: Any,
+        model: PreTrainedModel,
+        tok: PreTrainedTokenizerBase,
         prompts: list[list[int]],
         gcfg: GenConfig,
         precision: Precision,
@@ -92,12 +98,12 @@ class Objective:
         seed: int,
         bottleneck_step: int | None,
         reference: ScoreSet | None = None,
-        project: Any = None,
+        project: Projection | None = None,
     ) -> Selection:
         raise NotImplementedError
 
     def confidence(
-        self, model: Any, examples: list[Example], precision: Precision, pad_id: int
+        self, model: PreTrainedModel, examples: list[Example], precision: Precision, pad_id: int
     ) -> list[np.ndarray] | None:
         """Per example, the teacher-forced log-probabilities of its response tokens; None where the objective
         has no such thing."""
@@ -131,13 +137,13 @@ class Objective:
 class Prepared:
     """Rendered training data with the selection applied, ready for the objective's trainer."""
 
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     rows: list[Row]  # the validated rows, in file order
     examples: list[Example]
     report: RenderReport
     fingerprints: dict[str, str]
     selection: Selection | None
-    dataset: Any  # datasets.Dataset with the objective's columns
+    dataset: Dataset  # with the objective's columns
     objective: Objective
 
     @property
@@ -202,7 +208,7 @@ def divergence_message(d: dict[str, Any], stopping: bool = True) -> str:
     )
 
 
-def finite_loss_callback(stop_on_divergence: bool = True) -> Any:
+def finite_loss_callback(stop_on_divergence: bool = True) -> TrainerCallback:
     """A TrainerCallback that stops training with one clear error when a logged loss (or, without fp16 loss
     scaling, whose overflow steps are skipped on purpose, the gradient norm) is NaN or infinite. The Trainer's
     own `logging_nan_inf_filter` would instead replace the NaN by an average and carry on with broken weights.
@@ -240,7 +246,7 @@ def finite_loss_callback(stop_on_divergence: bool = True) -> Any:
     return FiniteLoss()
 
 
-def divergence_of(trainer: Any) -> dict[str, Any] | None:
+def divergence_of(trainer: Trainer) -> dict[str, Any] | None:
     """The divergence a trainer's `finite_loss_callback` recorded (None: none, or it stopped the run)."""
     for cb in trainer.callback_handler.callbacks:
         if type(cb).__name__ == "FiniteLoss":
@@ -276,7 +282,7 @@ def loss_scaled_without_the_flag(trainer_cls: type) -> bool:
     return not hasattr(trainer_cls, "loss_is_scaled_for_ga")
 
 
-def keep_the_loss_scaled(trainer: Any, trainer_cls: type | None = None) -> None:
+def keep_the_loss_scaled(trainer: Trainer, trainer_cls: type | None = None) -> None:
     """After Trainer.__init__ of a trainer whose loss is already scaled (`loss_is_scaled_for_ga = True`): on
     transformers < 5.19, the flags that make the Trainer leave it as it is (the trainer counts the tokens itself,
     so a count is always given during training). `trainer_cls`: transformers' Trainer (default: the installed)."""
@@ -325,7 +331,7 @@ def training_arguments(
     )
 
 
-def quiet(trainer: Any, progress: bool) -> Any:
+def quiet(trainer: Trainer, progress: bool) -> Trainer:
     """--quiet: no per-step log lines either."""
     if not progress:
         from transformers.trainer_callback import PrinterCallback

@@ -19,7 +19,10 @@ from t3s.modes import DIFFUSION_MODES
 from t3s.objectives.base import Objective, Prepared, selection_rows
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+
     from t3s.generation import Generation
+    from t3s.objectives.base import Projection
     from t3s.score import ScoreSet
     from t3s.select import Selection
 
@@ -36,7 +39,7 @@ class MaskedDiffusion(Objective):
 
     def load(
         self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *, place: bool = True
-    ) -> Any:
+    ) -> PreTrainedModel:
         from t3s.diffusion import load_mask_predictor
 
         return load_mask_predictor(path, precision, trust_remote_code, place=place)
@@ -51,22 +54,22 @@ class MaskedDiffusion(Objective):
 
     def trainer(
         self,
-        model: Any,
+        model: PreTrainedModel,
         data: Prepared,
         cfg: TrainConfig,
         output_dir: str | Path,
         *,
         progress: bool = True,
-        callbacks: list | None = None,
-    ) -> Any:
+        callbacks: list[TrainerCallback] | None = None,
+    ) -> Trainer:
         from t3s.diffusion import make_trainer
 
         return make_trainer(model, data, cfg, self.cfg, output_dir, progress=progress, callbacks=callbacks)
 
     def generate(
         self,
-        model: Any,
-        tok: Any,
+        model: PreTrainedModel,
+        tok: PreTrainedTokenizerBase,
         prompts: list[list[int]],
         gcfg: GenConfig,
         precision: Precision,
@@ -87,7 +90,7 @@ class MaskedDiffusion(Objective):
         seed: int,
         bottleneck_step: int | None,
         reference: ScoreSet | None = None,
-        project: Any = None,
+        project: Projection | None = None,
     ) -> Selection:
         from t3s.select import select_forced
 
@@ -95,7 +98,7 @@ class MaskedDiffusion(Objective):
             init, bottleneck, mode, self.cfg.tau, seed=seed, bottleneck_step=bottleneck_step, project=project
         )
 
-    def confidence(self, model: Any, examples: list[Example], precision: Precision, pad_id: int) -> None:
+    def confidence(self, model: PreTrainedModel, examples: list[Example], precision: Precision, pad_id: int) -> None:
         return None
 
     def check_backend(self, backend: str, setting: str) -> None:
