@@ -30,7 +30,8 @@ def measure(student: str, rows_path: str, forced: dict[str, list[list[bool]]], d
 
     from t3s.config import DiffusionConfig, RenderConfig
     from t3s.data import load_rows, render_rows
-    from t3s.diffusion import (
+    from t3s.models import load_tokenizer, resolve_precision
+    from t3s.objectives.diffusion import (
         Collator,
         build_mask,
         load_mask_predictor,
@@ -38,7 +39,6 @@ def measure(student: str, rows_path: str, forced: dict[str, list[list[bool]]], d
         position_weights,
         predictor_logits,
     )
-    from t3s.models import load_tokenizer, resolve_precision
 
     fp32 = resolve_precision("float32")
     tok = load_tokenizer(student)

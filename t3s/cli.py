@@ -101,8 +101,8 @@ def _projection(args, init):
     """Projection onto --student's tokens when its tokenizer differs from the selector's (the scored model's)."""
     from t3s.config import load_config
     from t3s.data import load_rows, tokenizer_fingerprint
-    from t3s.diffusion import projector
     from t3s.models import load_tokenizer
+    from t3s.objectives.projection import projector
 
     stu = load_tokenizer(args.student)
     if tokenizer_fingerprint(stu) == init.meta["fingerprints"]["tokenizer"]:

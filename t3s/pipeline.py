@@ -485,8 +485,8 @@ def _projector(
 ):
     """None when the selector and the student tokenize alike (Δc applies as is), else the offset projection."""
     from t3s.data import load_rows, tokenizer_fingerprint
-    from t3s.diffusion import projector
     from t3s.models import load_tokenizer
+    from t3s.objectives.projection import projector
 
     sel_tok, stu_tok = load_tokenizer(selector, trust_remote_code), load_tokenizer(student, trust_remote_code)
     if tokenizer_fingerprint(sel_tok) == tokenizer_fingerprint(stu_tok):

@@ -10,17 +10,9 @@ from conftest import write_jsonl
 from t3s import T3SError
 from t3s.config import DiffusionConfig, GenConfig, RenderConfig, load_config
 from t3s.data import fingerprints, load_rows, render_rows
-from t3s.diffusion import (
-    Collator,
-    build_mask,
-    draw_noise,
-    load_mask_predictor,
-    project_row,
-    projector,
-    response_spans,
-    sample,
-)
 from t3s.models import load_tokenizer, resolve_precision
+from t3s.objectives.diffusion import Collator, build_mask, draw_noise, load_mask_predictor, sample
+from t3s.objectives.projection import project_row, projector, response_spans
 from t3s.select import Selection, forced_mask, load_selection, select_forced, write_selection
 
 FP32 = resolve_precision("float32")
@@ -198,7 +190,7 @@ def test_one_sgd_step_equals_the_documented_loss(dtiny, tmp_path, schedule, forc
 def test_forced_weight_one_keeps_the_forced_share_of_the_loss_bounded(dtiny):
     """With w_f = 1/t the forced set's share of the loss follows 1/t (a random factor up to 1/ε); with w_f = 1
     a forced position weighs what a randomly masked one weighs in expectation (E[1{u<t}/t] = 1)."""
-    from t3s.diffusion import position_weights
+    from t3s.objectives.diffusion import position_weights
 
     tok = load_tokenizer(dtiny / "dllm")
     examples, _ = render_rows(load_rows(dtiny / "train.jsonl"), tok, RenderConfig())
@@ -236,7 +228,7 @@ def test_diffusion_loss_runs_with_the_batch_on_another_device(dtiny):
     any op that mixes a CPU tensor with a meta tensor raises, as a GPU would (the old mask did)."""
     import torch.fx.experimental._config as fxc
 
-    from t3s.diffusion import position_weights, weighted_loss_sum
+    from t3s.objectives.diffusion import position_weights, weighted_loss_sum
 
     tok = load_tokenizer(dtiny / "dllm")
     examples, _ = render_rows(load_rows(dtiny / "train.jsonl"), tok, RenderConfig())
@@ -271,7 +263,7 @@ def test_diffusion_loss_runs_with_the_batch_on_another_device(dtiny):
 
 def test_sampler_step_runs_with_logits_on_another_device():
     """One denoising step with the model's logits on another device than the CPU generator (meta here)."""
-    from t3s.diffusion import commit_step
+    from t3s.objectives.diffusion import commit_step
 
     g = torch.Generator().manual_seed(0)
     logits = torch.zeros((2, 4, 11), device="meta")
@@ -702,7 +694,7 @@ def test_remote_code_student_like_llada(dtiny, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     load_tokenizer(dtiny / "dllm").save_pretrained(d)
 
-    from t3s.diffusion import is_mask_predictor, mask_token_id
+    from t3s.objectives.diffusion import is_mask_predictor, mask_token_id
 
     assert is_mask_predictor(d)
     with pytest.raises(T3SError):
@@ -820,7 +812,7 @@ def _llada2_dir(tmp_path, tok, auto_map_keys=("AutoModel", "AutoModelForCausalLM
 
 def test_llada2_layout_loads_with_its_head(dtiny, tmp_path):
     """LLaDA2.0-mini maps AutoModel to the headless backbone; the loader must take the class with the head."""
-    from t3s.diffusion import is_mask_predictor, mask_predictor_class, read_config
+    from t3s.objectives.diffusion import is_mask_predictor, mask_predictor_class, read_config
 
     tok = load_tokenizer(dtiny / "dllm")
     d = _llada2_dir(tmp_path, tok)
@@ -856,7 +848,7 @@ def test_llada2_attention_mask_training_and_sampling_calls(dtiny, tmp_path):
     """Training (no padding mask) and sampling (left-padded prompts) calls to a model that handles masks as the
     published LLaDA-2 code does: both must read the canvas bidirectionally and ignore the padding. A 2-D padding
     mask would make that code attend causally, silently."""
-    from t3s.diffusion import attention_inputs, mask_style, predictor_logits
+    from t3s.objectives.diffusion import attention_inputs, mask_style, predictor_logits
 
     tok = load_tokenizer(dtiny / "dllm")
     model = load_mask_predictor(_llada2_dir(tmp_path, tok), FP32, trust_remote_code=True).eval()
@@ -900,7 +892,7 @@ def test_a_headless_mask_predictor_is_refused(dtiny, tmp_path):
 
 
 def test_mask_predictor_class_choice():
-    from t3s.diffusion import mask_predictor_class
+    from t3s.objectives.diffusion import mask_predictor_class
 
     llada2 = {
         "architectures": ["LLaDA2MoeModelLM"],
@@ -947,7 +939,10 @@ def test_is_mask_predictor_reads_a_hub_id_from_the_offline_cache(dtiny, tmp_path
         (snap / "config.json").write_text(json.dumps(cfg))
         (snap.parent.parent / "refs").mkdir()
         (snap.parent.parent / "refs" / "main").write_text("abc123")
-    code = "from t3s.diffusion import is_mask_predictor as m; print(m('inclusionAI/LLaDA2.0-mini'), m('Qwen/Qwen3-8B'))"
+    code = (
+        "from t3s.objectives.diffusion import is_mask_predictor as m; "
+        "print(m('inclusionAI/LLaDA2.0-mini'), m('Qwen/Qwen3-8B'))"
+    )
     env = {**__import__("os").environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -36,7 +36,7 @@ def objective_for(cfg: RunConfig) -> Objective:
 
 def objective_of(model: str | Path, cfg: RunConfig, trust_remote_code: bool = False) -> Objective:
     """The objective of a model (a directory or a hub id), from its config alone."""
-    from t3s.diffusion import is_mask_predictor
+    from t3s.objectives.diffusion import is_mask_predictor
 
     return MaskedDiffusion(cfg.diffusion) if is_mask_predictor(model, trust_remote_code) else Autoregressive()
 

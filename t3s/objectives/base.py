@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from t3s.score import ScoreSet
     from t3s.select import Selection
 
-    # a selector's Δc moved onto the student's tokens (t3s.diffusion.projector): per row the values, the
+    # a selector's Δc moved onto the student's tokens (t3s.objectives.projection.projector): per row the values, the
     # student's response ids, the student's fingerprints and the count of student tokens no selector token covers
     Projection = Callable[[ScoreSet], tuple[list[np.ndarray], list[list[int]], dict[str, str], int]]
 

@@ -1,6 +1,7 @@
 """The masked-diffusion objective (LLaDA-style students): a bidirectional mask predictor, trained with the
-diffusion loss and joint masking of a forced set, sampled with the reverse process. The machinery (loss,
-sampler, loading with the LM head, Δc projection) is in `t3s.diffusion`; this class is what the stages see.
+diffusion loss and joint masking of a forced set, sampled with the reverse process. The machinery (loading with
+the LM head, loss, sampler) is in `t3s.objectives.diffusion`, the cross-tokenizer Δc projection in
+`t3s.objectives.projection`; this class is what the stages see.
 
 Δc comes from an autoregressive selector (the run's `selector`): a mask predictor has no left-to-right
 confidence of its own, so `confidence` is None and the probe of a diffusion student records accuracy only.
@@ -40,7 +41,7 @@ class MaskedDiffusion(Objective):
     def load(
         self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *, place: bool = True
     ) -> PreTrainedModel:
-        from t3s.diffusion import load_mask_predictor
+        from t3s.objectives.diffusion import load_mask_predictor
 
         return load_mask_predictor(path, precision, trust_remote_code, place=place)
 
@@ -62,7 +63,7 @@ class MaskedDiffusion(Objective):
         progress: bool = True,
         callbacks: list[TrainerCallback] | None = None,
     ) -> Trainer:
-        from t3s.diffusion import make_trainer
+        from t3s.objectives.diffusion import make_trainer
 
         return make_trainer(model, data, cfg, self.cfg, output_dir, progress=progress, callbacks=callbacks)
 
@@ -76,7 +77,7 @@ class MaskedDiffusion(Objective):
         progress: bool = True,
         desc: str = "generate",
     ) -> list[list[Generation]]:
-        from t3s.diffusion import sample
+        from t3s.objectives.diffusion import sample
 
         return sample(model, tok, prompts, gcfg, self.cfg, precision, progress, desc)
 
