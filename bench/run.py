@@ -771,7 +771,7 @@ def report(results: dict, rows: list[dict]) -> str:
     L += [
         "## 3. Generation for the probe and evaluation",
         "",
-        "`t3s.evaluate.generate` (what `t3s eval` and the probe call: prompts batched by length, left-padded, "
+        "`t3s.generation.generate` (what `t3s eval` and the probe call: prompts batched by length, left-padded, "
         "HF `generate` with KV cache) vs a loop of one `model.generate` call per prompt; greedy, the same "
         "prompts (four phrasings, so batches are padded), compared token by token.",
         "",

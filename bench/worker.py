@@ -431,7 +431,7 @@ PROMPTS = [
 
 
 def generate(a: dict) -> dict:
-    """t3s eval's batched generation (t3s.evaluate.generate) vs one `model.generate` call per prompt; greedy,
+    """t3s eval's batched generation (t3s.generation.generate) vs one `model.generate` call per prompt; greedy,
     same prompts (of different lengths, so batches are left-padded), the outputs must be identical."""
     import random
 

@@ -64,7 +64,8 @@ def step_checkpoint(probe_dir: Path, step: int) -> Path:
     if step not in found:
         raise T3SError(
             f"{probe_dir}: t3s-step reads the checkpoint at step {step} (delta_step), but the probe evaluated "
-            f"and kept steps {', '.join(map(str, found)) or 'none'}; pick one of them (probe.eval_every)"
+            f"and kept steps {', '.join(map(str, found)) or 'none'}; pick one of them (probe.eval_every), or let "
+            "the probe run past it (probe.online: false)"
         )
     return probe_dir / "checkpoints" / f"step-{step}"
 

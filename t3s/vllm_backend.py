@@ -40,7 +40,7 @@ def require_vllm() -> Any:
 
 def sampling_kwargs(cfg: GenConfig, stops: list[int], index: int, gen_config: Any = None) -> dict[str, Any]:
     """vLLM SamplingParams arguments for prompt number `index` under a GenConfig: k samples, temperature 0 =
-    greedy, exactly the sampling settings of the HF backend (`t3s.evaluate.sampling_settings`: no top-k, min-p or
+    greedy, exactly the sampling settings of the HF backend (`t3s.generation.sampling_settings`: no top-k, min-p or
     repetition penalty unless `model_defaults` takes them from the model's `gen_config`), the prompt's own seed,
     stop at any EOS id; text is decoded by t3s, not by vLLM. A neutral setting is left out (vLLM's own default
     is the same neutral value, whatever its version spells it as)."""
