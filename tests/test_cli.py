@@ -88,7 +88,7 @@ def test_whole_chain_score_select_train_rrt(tiny, tmp_path):
     assert r.returncode == 0, r.stderr
     theta_b = tmp_path / "sft" / "checkpoints" / "checkpoint-2"
     for name, model in (("s0", m), ("sb", theta_b)):
-        r = t3s("score", "--model", model, "--data", d, "--out", tmp_path / name, "--quiet", "--dtype", "float32")
+        r = t3s_here("score", "--model", model, "--data", d, "--out", tmp_path / name, "--quiet", "--dtype", "float32")
         assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "s0" / "meta.json").read_text())
     assert meta["self_check_max_abs_diff"] < 1e-4 and set(meta["fingerprints"]) == {"data", "tokenizer", "template"}
@@ -140,7 +140,7 @@ def test_whole_chain_score_select_train_rrt(tiny, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "t3s" / "train.json").read_text())["kept_tokens"] == n - counts["t3s"]
-    r = t3s(
+    r = t3s_here(
         "rrt", "--init", m, "--bottleneck", theta_b, "--final", tmp_path / "sft", "--out", tmp_path / "rrt", "--quiet"
     )
     assert r.returncode == 0, r.stderr

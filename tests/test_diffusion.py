@@ -522,7 +522,7 @@ def test_tiny_diffusion_run_end_to_end(dtiny, tmp_path):
 def test_command_line_diffusion_chain(dtiny, tmp_path):
     """score the selector at θ_0 and θ_b → select --forced → train the diffusion student (detected from its
     config) → eval with the sampler; an AR model refuses the forced set."""
-    from conftest import t3s_here  # score, select and the refusal in this process; train and eval as commands
+    from conftest import t3s_here  # score, select, eval and the refusal in this process; training as commands
     from test_cli import t3s
 
     sel, stu, d = dtiny / "model", dtiny / "dllm", dtiny / "train.jsonl"
@@ -582,7 +582,7 @@ def test_command_line_diffusion_chain(dtiny, tmp_path):
     assert r.returncode == 0, r.stderr
     tr = json.loads((tmp_path / "dtrain" / "train.json").read_text())
     assert tr["objective"] == "diffusion" and tr["forced_tokens"] == meta["stats"]["forced_tokens"]
-    r = t3s(
+    r = t3s_here(
         "eval",
         "--model",
         tmp_path / "dtrain",

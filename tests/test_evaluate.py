@@ -5,7 +5,7 @@ import threading
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import t3s_here, write_jsonl
 
 from t3s import T3SError
 from t3s.config import GenConfig, RenderConfig
@@ -152,15 +152,15 @@ def test_eval_cli_model_and_responses(tiny, trained, tmp_path):
             {"id": "b", "response": "no idea", "answer": "7"},
         ],
     )
-    r = t3s("eval", "--responses", resp, "--out", tmp_path / "graded")
+    r = t3s_here("eval", "--responses", resp, "--out", tmp_path / "graded")  # grading and errors: in this process
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "graded" / "metrics.json").read_text())["metrics"]
     assert (m["accuracy"], m["pass_at_k"], m["no_answer_rate"]) == (1 / 3, 0.5, 1 / 3)
     assert "accuracy (avg@2) 33.33%" in r.stdout
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "response": "x"}])
-    r = t3s("eval", "--responses", bad, "--out", tmp_path / "g2")
+    r = t3s_here("eval", "--responses", bad, "--out", tmp_path / "g2")
     assert r.returncode == 2 and "bad.jsonl:1: missing field 'answer'" in r.stderr and not (tmp_path / "g2").exists()
-    r = t3s("eval", "--model", trained, "--data", tiny / "train.jsonl", "--out", tmp_path / "g3", "k=2")
+    r = t3s_here("eval", "--model", trained, "--data", tiny / "train.jsonl", "--out", tmp_path / "g3", "k=2")
     assert r.returncode == 2 and "need temperature > 0" in r.stderr
 
 

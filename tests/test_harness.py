@@ -3,8 +3,6 @@ choice, one generated), no network. The multiple-choice accuracy is recomputed h
 log-likelihoods; the generated answers are checked against the model's own greedy continuation."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -35,10 +33,6 @@ def tasks_dir(tmp_path, rows):
     return where
 
 
-def t3s_eval(*args):
-    return subprocess.run([sys.executable, "-m", "t3s", "eval", "--quiet", *args], capture_output=True, text=True)
-
-
 def loglikelihood(model, tok, context, continuation):
     """log p(continuation | context), split as the harness splits it: the whole string's tokens after the
     context's."""
@@ -53,8 +47,8 @@ def test_harness_tasks_write_t3s_metrics(tiny, trained, tmp_path):
     rows = [json.loads(x) for x in (tiny / "train.jsonl").read_text().splitlines()[:12]]
     where = tasks_dir(tmp_path, rows)
     out = tmp_path / "eval"
-    r = t3s_eval(
-        "--harness", "lm-eval", "--model", str(trained), "--tasks", "tiny_choice,tiny_add",
+    r = t3s_here(  # in this process, like the harness's other tests (lm-eval's task index loads once)
+        "eval", "--quiet", "--harness", "lm-eval", "--model", str(trained), "--tasks", "tiny_choice,tiny_add",
         "--include-path", str(where), "--out", str(out), "dtype=float32", "chat_template=off",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -87,7 +81,7 @@ def test_harness_tasks_write_t3s_metrics(tiny, trained, tmp_path):
     assert m["metrics"]["accuracy"] == pytest.approx(sum(values) / 2) and m["metrics"]["prompts"] == 2 * len(rows)
     assert m["tasks"]["tiny_add"]["value"] == pytest.approx(sum(s["correct"] for s in gen) / len(gen))
     # the chat template, as t3s renders prompts (auto: the tiny tokenizer has one); a `t3s train` directory
-    r = t3s_here(  # in this process: the command's own process ran above
+    r = t3s_here(
         "eval", "--quiet", "--harness", "lm-eval", "--model", str(trained.parent), "--tasks", "tiny_choice",
         "--include-path", str(where), "--out", str(tmp_path / "chat"), "--limit", "3", "dtype=float32",
     )  # fmt: skip
