@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from t3s import T3SError
+
 # The checkpoints of a probe whose scores a mode can read, and what each asks of the probe. `step`: the evaluated
 # checkpoint at the step the run names (`delta_step`); its scores stage is `scores-step-N`.
 CHECKPOINTS = {
@@ -82,13 +84,8 @@ ALIASES = {"none": "sft"}
 # Named groups, read from the table (the modes' order is the table's)
 RUN_MODES = tuple(m.name for m in TABLE if "ar" in m.objectives)
 SELECTION_MODES = tuple(m.name for m in TABLE if m.selects)
-RULE_OF_T3S = tuple(m.name for m in TABLE if m.rule == "t3s")
-NEEDS_REFERENCE = tuple(m.name for m in TABLE if m.reference)
-READS_FINAL = tuple(m.name for m in TABLE if "final" in m.checkpoints())
-READS_EARLY = tuple(m.name for m in TABLE if "early" in m.checkpoints())
-# A masked-diffusion student: `sft` is the random mask alone; the selecting modes add a forced set (always masked)
+# A masked-diffusion student: `sft` is the random mask alone; its selecting modes add a forced set (always masked)
 DIFFUSION_MODES = tuple(m.name for m in TABLE if "diffusion" in m.objectives)
-DIFFUSION_FORCED_MODES = tuple(m for m in DIFFUSION_MODES if MODES[m].selects)
 
 
 def canonical(mode: str) -> str:
@@ -98,6 +95,8 @@ def canonical(mode: str) -> str:
 
 def mode_of(name: str) -> Mode:
     """The table's entry of a mode (by any of its names)."""
+    if canonical(name) not in MODES:
+        raise T3SError(f"unknown mode '{name}' (choose from {', '.join(MODES)})")
     return MODES[canonical(name)]
 
 

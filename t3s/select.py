@@ -32,7 +32,7 @@ import numpy as np
 
 from t3s import T3SError, __version__
 from t3s.artifacts import atomic_dir, read_json, read_table, write_json
-from t3s.modes import ALIASES, DIFFUSION_MODES, NEEDS_REFERENCE, SELECTION_MODES, canonical, mode_of
+from t3s.modes import ALIASES, DIFFUSION_MODES, SELECTION_MODES, canonical, mode_of
 from t3s.score import ScoreSet
 
 MODES = (*SELECTION_MODES, "sft", *ALIASES)  # `sft` (or its old name `none`): keep every token
@@ -88,6 +88,12 @@ def groups(delta: np.ndarray, c0: np.ndarray, threshold: float | str = 0.0) -> t
     return (delta > 0) & ~settled, settled
 
 
+def check_mode(mode: str) -> None:
+    """Refuse a mode that has no keep-mask (dft, or none of the table's)."""
+    if mode not in MODES:
+        raise T3SError(f"unknown selection mode '{mode}' (choose from {', '.join(MODES)})")
+
+
 def keep_mask(
     mode: str,
     delta: np.ndarray,
@@ -98,8 +104,7 @@ def keep_mask(
 ) -> np.ndarray:
     """Flat keep-mask over all response tokens (True = the token is trained on). `gain`: c(θ_T) − c(θ_0), for
     `excess-loss`."""
-    if mode not in MODES:
-        raise T3SError(f"unknown selection mode '{mode}' (choose from {', '.join(MODES)})")
+    check_mode(mode)
     anchors, _ = groups(delta, c0, threshold)
     n_drop = int(anchors.sum())
     keep = np.ones(delta.shape, dtype=bool)
@@ -164,8 +169,9 @@ def select(
     its drop count is matched to t3s's on (θ_0, θ_b)."""
     threshold, mode = parse_threshold(threshold), canonical(mode)
     check_compatible(init, bottleneck)
+    check_mode(mode)
     gain = None
-    if mode in NEEDS_REFERENCE:
+    if mode_of(mode).reference:
         if reference is None:
             raise T3SError(f"mode {mode} needs the scores of a reference model (θ_T): --reference")
         check_compatible(init, reference)
