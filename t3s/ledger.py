@@ -61,6 +61,8 @@ class Session:
 
 
 class Ledger:
+    planning = False  # a PlanLedger lists the stages instead of running them
+
     def __init__(
         self, out: Path, force: set[str] | tuple[str, ...] = (), session: Session | None = None, clean: bool = True
     ):
@@ -117,9 +119,19 @@ class Ledger:
             raise T3SError(f"{self.out}: stage {key} has not run (no {path.name})")
         return read_json(path)
 
-    def stage(self, key: str, kind: str, path: Path, inputs: dict[str, Any], fn: Callable[[Path], Any]) -> dict:
-        """Run `fn(path)` unless a matching record says it is done. Returns the stage record."""
+    def stage(
+        self,
+        key: str,
+        kind: str,
+        path: Path,
+        inputs: dict[str, Any] | Callable[[], dict[str, Any]],
+        fn: Callable[[Path], Any],
+    ) -> dict:
+        """Run `fn(path)` unless a matching record says it is done. `inputs`: what the stage reads (its
+        fingerprint), or a function that returns it. Returns the stage record."""
         s = self.session
+        if callable(inputs):
+            inputs = inputs()
         if s.processes > 1 and kind in TRAINING_KINDS:
             inputs = {**inputs, "processes": s.processes}
         fp = sha256_json({"key": key, "inputs": inputs, "t3s": __version__})
@@ -222,6 +234,62 @@ class Ledger:
         tmp = self.out / ".config.yaml.tmp"
         tmp.write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
         tmp.replace(self.out / "config.yaml")
+
+
+class PlanLedger:
+    """A ledger that runs nothing and writes nothing: it lists the stages a run takes, in order, as (stage id,
+    kind) in `stages` (`t3s run --plan`, `t3s.pipeline.plan_stages`). The pipeline runs its own stage builders
+    with it, so the plan is what runs. It assumes what only running tells: every probe finds a usable bottleneck
+    and runs to its end (every record's `result` says so)."""
+
+    planning = True
+    PROBE = {
+        "usable": True,
+        "completed": True,
+        "dip_found": True,
+        "bottleneck_step": 0,
+        "start_accuracy": 0.0,
+        "bottleneck_accuracy": 0.0,
+        "message": "",
+    }
+
+    def __init__(self, out: Path, root: Path | None = None, stages: list[tuple[str, str]] | None = None):
+        self.out, self.root = Path(out), Path(root if root is not None else out)
+        self.stages = [] if stages is None else stages
+        self.force: set[str] = set()
+
+    def sub(self, out: Path) -> PlanLedger:
+        return PlanLedger(out, self.root, self.stages)
+
+    def stage_id(self, key: str) -> str:
+        rel = self.out.relative_to(self.root).as_posix()
+        return key if rel == "." else f"{rel}/{key}"
+
+    def stage(
+        self,
+        key: str,
+        kind: str,
+        path: Path,
+        inputs: dict[str, Any] | Callable[[], dict[str, Any]],
+        fn: Callable[[Path], Any],
+    ) -> dict:
+        self.stages.append((self.stage_id(key), kind))
+        return self.record(key)
+
+    def record(self, key: str) -> dict[str, Any]:
+        return {"key": key, "produced": f"planned:{self.stage_id(key)}", "result": dict(self.PROBE)}
+
+    def log(self, msg: str, console: bool = True) -> None:
+        pass
+
+    def end(self) -> bool:
+        return False
+
+    def adopt(self, src: Path, key: str, kind: str, rel: str) -> bool:
+        return False
+
+    def write_config(self, cfg: RunConfig) -> None:
+        pass
 
 
 def clean_stale(out: Path) -> None:

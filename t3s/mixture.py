@@ -21,12 +21,13 @@ import numpy as np
 
 from t3s import T3SError, __version__
 from t3s.artifacts import atomic_dir
-from t3s.ledger import Ledger, eval_inputs, train_inputs
-from t3s.modes import SELECTION_MODES
+from t3s.modes import mode_of
+from t3s.stages import Run, eval_stage, train_stage
 from t3s.summary import method_row, table, write_summary
 
 if TYPE_CHECKING:
     from t3s.config import RunConfig, TrainConfig
+    from t3s.ledger import Ledger, PlanLedger
 
 
 def union_data(teachers: dict[str, str], out: Path) -> None:
@@ -116,95 +117,72 @@ def mixture_train_config(train: TrainConfig, scale: float, teachers: int) -> Tra
     return dataclasses.replace(train, num_train_epochs=train.num_train_epochs * scale / teachers)
 
 
-def train_mixtures(cfg: RunConfig, ledger: Ledger, subs: dict[str, dict], progress: bool) -> dict[str, Any]:
+def train_mixtures(
+    cfg: RunConfig, ledger: Ledger | PlanLedger, subs: dict[str, dict], progress: bool
+) -> dict[str, Any]:
     """After every teacher's own run (`subs`: their summaries, under `teachers/NAME/`): for every seed and mode,
-    the union of the per-teacher selections, trained for the mixture budget and evaluated; then one table with
-    the base model, every teacher alone and every mixture. Returns the summary."""
-    from t3s.data import file_fingerprint, load_rows
-    from t3s.evaluate import evaluator
-    from t3s.models import model_fingerprint
+    the union of the per-teacher selections, trained for the mixture budget and evaluated (the single-teacher
+    run's own builders, `t3s.stages.train_stage` / `eval_stage`); then one table with the base model, every
+    teacher alone and every mixture. Returns the summary (nothing for a plan)."""
+    from t3s.data import file_fingerprint
     from t3s.objectives import objective_for
-    from t3s.train import brief, config_for_mode, prepare, train
 
     names, out = list(cfg.teachers), ledger.out
     objective = objective_for(cfg)
+    run = Run(cfg, ledger, objective, objective.selector(cfg), progress)
     scale = cfg.mixture_budget or len(names)
     mix_dir = out / "mixture"
     data = ledger.stage(
         "mixture/data",
         "select",
         mix_dir / "data",
-        {name: file_fingerprint(cfg.teachers[name], True) for name in names},
+        lambda: {name: file_fingerprint(cfg.teachers[name], True) for name in names},
         lambda path: union_data(cfg.teachers, path) or {},
     )
     data_path = str(mix_dir / "data" / "train.jsonl")
-    student_fp = model_fingerprint(cfg.student)
-    evaluate = evaluator(
-        load_rows(cfg.eval_data, need_response=False, need_answer=True),
-        cfg.eval_data,
-        cfg.eval,
-        cfg.render,
-        objective,
-        trust_remote_code=cfg.train.trust_remote_code,
-        progress=progress,
-        log=ledger.log,
-    )
-    ev_in = {**eval_inputs(cfg, objective), "data": file_fingerprint(cfg.eval_data, False)}
     teachers = {name: ledger.sub(out / "teachers" / name) for name in names}
     evals, sels = {}, {}
     for s in cfg.seeds:
         tcfg = mixture_train_config(dataclasses.replace(cfg.train, seed=s), scale, len(names))
         for mode in cfg.modes:
-            sel_path = None
-            if mode in SELECTION_MODES:
+            selection = None
+            if mode_of(mode).selects:
                 per = {name: str(out / "teachers" / name / f"seed-{s}" / "selections" / mode) for name in names}
-                produced = {name: t.record(f"seed-{s}/select-{mode}")["produced"] for name, t in teachers.items()}
+                sel_dir = mix_dir / f"seed-{s}" / "selections" / mode
                 sels[(s, mode)] = ledger.stage(
                     f"mixture/seed-{s}/select-{mode}",
                     "select",
-                    mix_dir / f"seed-{s}" / "selections" / mode,
-                    {"data": data["produced"], "selections": produced},
+                    sel_dir,
+                    lambda s=s, mode=mode: {
+                        "data": data["produced"],
+                        "selections": {n: t.record(f"seed-{s}/select-{mode}")["produced"] for n, t in teachers.items()},
+                    },
                     lambda path, per=per, mode=mode: union_selection(per, data_path, mode, path),
                 )
-                sel_path = str(mix_dir / f"seed-{s}" / "selections" / mode)
-            mode_cfg = config_for_mode(tcfg, mode)
-
-            def do_train(path: Path, sel_path=sel_path, mode_cfg=mode_cfg) -> dict:
-                prepared = prepare(cfg.student, data_path, mode_cfg, cfg.render, sel_path, objective)
-                return brief(
-                    train(
-                        cfg.student,
-                        data_path,
-                        path,
-                        mode_cfg,
-                        cfg.render,
-                        sel_path,
-                        overwrite=True,
-                        progress=progress,
-                        data=prepared,
-                    )
-                )
-
-            trained = ledger.stage(
+                selection = (str(sel_dir), sels[(s, mode)])
+            where = mix_dir / f"seed-{s}"
+            trained = train_stage(
+                run,
                 f"mixture/seed-{s}/train-{mode}",
-                "train",
-                mix_dir / f"seed-{s}" / "train" / mode,
-                {
-                    "student": student_fp,
-                    "data": data["produced"],
-                    **train_inputs(cfg, objective, mode_cfg),
-                    "track": None,  # the mixtures are not tracked
-                    "selection": sels[(s, mode)]["produced"] if (s, mode) in sels else None,
-                },
-                do_train,
+                where / "train" / mode,
+                data_path,
+                lambda: {"data": data["produced"]},
+                mode,
+                tcfg,
+                selection,
+                f"seed {s} mixture {mode}",
+                tracked=False,  # the mixtures are not tracked
             )
-            evals[(s, mode)] = ledger.stage(
+            evals[(s, mode)] = eval_stage(
+                run,
                 f"mixture/seed-{s}/eval-{mode}",
-                "eval",
-                mix_dir / f"seed-{s}" / "eval" / mode,
-                {**ev_in, "model": trained["produced"]},
-                evaluate(str(mix_dir / f"seed-{s}" / "train" / mode / "model"), f"seed {s} mixture {mode}"),
-            )["result"]
+                where / "eval" / mode,
+                str(where / "train" / mode / "model"),
+                lambda trained=trained: trained["produced"],
+                f"seed {s} mixture {mode}",
+            )
+    if ledger.planning:
+        return {}
 
     # one table: base, every teacher alone, every mixture
     ledger.end()

@@ -8,8 +8,9 @@ import pytest
 from t3s import T3SError
 from t3s.config import RunConfig, TrainConfig
 from t3s.modes import CHECKPOINTS, MODES, SELECTION_MODES, TABLE, checkpoints_read, keeps_all_checkpoints, mode_of
-from t3s.pipeline import plan_stages, probe_checkpoint, step_checkpoint
+from t3s.pipeline import plan_stages
 from t3s.select import groups, keep_mask
+from t3s.stages import probe_checkpoint, step_checkpoint
 from t3s.train import config_for_mode
 
 

@@ -202,7 +202,7 @@ def test_controls_of_the_papers_claims_as_modes(tiny, tmp_path):
 
 def test_early_checkpoint_is_the_one_closest_to_half_the_bottleneck(tmp_path):
     from t3s import T3SError
-    from t3s.pipeline import early_checkpoint
+    from t3s.stages import early_checkpoint
 
     for step in (2, 4, 6, 8, 10):
         (tmp_path / "checkpoints" / f"step-{step}").mkdir(parents=True)

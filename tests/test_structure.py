@@ -19,6 +19,7 @@ LAYERS = [
     {"score", "select", "objectives.projection", "vllm_backend"},
     {"objectives", "objectives.base", "objectives.ar", "objectives.masked", "objectives.diffusion"},  # objectives
     {"train", "probe", "evaluate", "harness", "rrt", "report", "traces"},  # stages
+    {"stages"},  # the stage builders
     {"mixture", "pipeline", "tiny", "testbed", "api"},  # orchestration, built-in worlds, the public API
     {"cli", "__main__", "reference"},  # the command line; the generated configuration reference
 ]

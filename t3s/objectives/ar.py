@@ -23,6 +23,7 @@ from t3s.modes import RUN_MODES
 from t3s.objectives.base import (
     Objective,
     Prepared,
+    Selector,
     finite_loss_callback,
     keep_the_loss_scaled,
     quiet,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     import numpy as np
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
+    from t3s.config import RunConfig
     from t3s.generation import Generation
     from t3s.objectives.base import Projection
     from t3s.score import ScoreSet
@@ -50,6 +52,9 @@ class Autoregressive(Objective):
         self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *, place: bool = True
     ) -> PreTrainedModel:
         return load_causal_lm(path, precision, trust_remote_code, place=place)
+
+    def selector(self, cfg: RunConfig) -> Selector:
+        return Selector(str(cfg.student), self, cfg.train, is_student=True)
 
     def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig) -> dict[str, list]:
         if sel is not None and sel.forced is not None:

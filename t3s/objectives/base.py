@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
+    from t3s.config import RunConfig
     from t3s.generation import Generation
     from t3s.score import ScoreSet
     from t3s.select import Selection
@@ -51,13 +52,14 @@ class Objective:
     selection_stat: str = ""  # the selection statistic a summary shows for a mode
     selection_header: str = ""  # ... and its column header
     samples_with: str = ""  # how it generates, for messages
-    # Δc needs a left-to-right confidence: False when the student gives it itself, True when it comes from a
-    # separate autoregressive `selector` (whose probe is then not the student's SFT)
-    needs_selector: bool = False
 
     def load(
         self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *, place: bool = True
     ) -> PreTrainedModel:
+        raise NotImplementedError
+
+    def selector(self, cfg: RunConfig) -> Selector:
+        """Where a run's Δc comes from (read once by the pipeline): the student itself, or a separate model."""
         raise NotImplementedError
 
     def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig) -> dict[str, list]:
@@ -131,6 +133,20 @@ class Objective:
     def trained_on(self, summary: dict[str, Any]) -> str:
         """One phrase for `t3s train`'s last line: what the loss covered."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Selector:
+    """The model whose probe and scores give a run's Δc, as the pipeline reads it (`Objective.selector`)."""
+
+    model: str  # its path or hub id
+    objective: Objective  # how it trains and samples in its probe
+    train: TrainConfig  # its probe's training settings (each seed's replaces `seed`)
+    # the student itself: its probe is the run's SFT (whose end point is the `sft` result), RRT applies, the
+    # selections are on the student's own tokens. Otherwise the student trains every mode, `sft` included, RRT
+    # is skipped, and Δc is projected onto the student's tokens where the tokenizers differ
+    is_student: bool
+    probe_student: bool = False  # also probe the student itself (does it show the shock?); not for the student
 
 
 @dataclass

@@ -17,11 +17,12 @@ from t3s.config import DiffusionConfig, GenConfig, TrainConfig
 from t3s.data import Example
 from t3s.models import Precision
 from t3s.modes import DIFFUSION_MODES
-from t3s.objectives.base import Objective, Prepared, selection_rows
+from t3s.objectives.base import Objective, Prepared, Selector, selection_rows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
+    from t3s.config import RunConfig
     from t3s.generation import Generation
     from t3s.objectives.base import Projection
     from t3s.score import ScoreSet
@@ -33,7 +34,6 @@ class MaskedDiffusion(Objective):
     modes = DIFFUSION_MODES
     selection_stat, selection_header = "forced_fraction", "forced (always masked) tokens %"
     samples_with = "the diffusion sampler"
-    needs_selector = True
 
     def __init__(self, cfg: DiffusionConfig | None = None):
         self.cfg = cfg or DiffusionConfig()
@@ -44,6 +44,24 @@ class MaskedDiffusion(Objective):
         from t3s.objectives.diffusion import load_mask_predictor
 
         return load_mask_predictor(path, precision, trust_remote_code, place=place)
+
+    def selector(self, cfg: RunConfig) -> Selector:
+        """A mask predictor has no left-to-right confidence: Δc comes from the run's autoregressive `selector`
+        (ideally with the student's tokenizer), probed with `selector_train`'s settings."""
+        from t3s.objectives.ar import Autoregressive
+
+        if not cfg.selector:
+            raise T3SError(
+                f"objective: {self.name} needs `selector`: an autoregressive model (ideally with the student's "
+                "tokenizer) whose probe and scores give Δc"
+            )
+        return Selector(
+            str(cfg.selector),
+            Autoregressive(),
+            cfg.selector_train_config(),
+            is_student=False,
+            probe_student=cfg.probe_student,
+        )
 
     def columns(self, examples: list[Example], sel: Selection | None, where: str, cfg: TrainConfig) -> dict[str, list]:
         return {
