@@ -14,7 +14,7 @@ from typing import Any
 
 from t3s import Interrupted, T3SError, __version__, dist
 from t3s.artifacts import check_can_write, check_outside
-from t3s.modes import SELECTION_MODES
+from t3s.modes import SELECTION_MODES, TABLE
 
 # Commands that split their work across processes under torchrun / accelerate launch; the others run on the
 # main process while the rest wait.
@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         required=True,
         choices=[*SELECTION_MODES, "sft", "none"],
-        help="t3s-final / t3s-early / t3s-step: the t3s rule, with θ_T's (or another checkpoint's) scores as "
+        help=f"{', '.join(m.name for m in TABLE if m.selects and m.delta != 'bottleneck')}: the t3s rule, with "
+        "θ_T's (or another checkpoint's) scores as "
         "--bottleneck; excess-loss: also --reference (θ_T's scores)",
     )
     common(sp, "selection directory to write")

@@ -36,7 +36,7 @@ import yaml
 from t3s import T3SError
 from t3s.artifacts import read_text
 from t3s.fields import check_fields
-from t3s.modes import DIFFUSION_MODES, RUN_MODES, canonical
+from t3s.modes import DIFFUSION_MODES, RUN_MODES, canonical, missing_steps
 
 OVERLONG_POLICIES = ("error", "truncate", "drop")
 FALLBACKS = ("last_number", "none")
@@ -563,8 +563,8 @@ class RunConfig:
             raise T3SError(f"modes must be a non-empty list of {', '.join(MODES)}; got {self.modes}")
         if not self.seeds:
             raise T3SError("seeds must list at least one seed")
-        if "t3s-step" in self.modes and self.delta_step <= 0:
-            raise T3SError("mode t3s-step needs delta_step: the step of an evaluated probe checkpoint (> 0)")
+        for mode, key in missing_steps(self):  # t3s-step reads the checkpoint at delta_step
+            raise T3SError(f"mode {mode} needs {key}: the step of an evaluated probe checkpoint (> 0)")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,8 +3,9 @@
 A mode is what a training run of the student does with the teacher's response tokens. Each is one `Mode` entry in
 `TABLE`: the keep-mask rule it applies (none: every token), which checkpoint's scores stand in θ_b's place and
 which are its reference, the training settings it adds, and the objectives that train it. The pipeline's score
-stages, the mode → checkpoint mapping, `t3s run --plan` and the CLI's choices are all read from this table, so a
-control that reads another checkpoint is one entry here (docs/extending.md).
+stages, the mode → checkpoint mapping, `t3s run --plan` and the CLI's choices are all read from this table, and
+where each probe checkpoint lies from `CHECKPOINTS`, so a control that reads another checkpoint is one entry here
+(two, for a new kind of checkpoint; docs/extending.md).
 
 - `sft`: trains on every token (`none` is its old name, still accepted: `canonical`).
 - the selection modes: train on the tokens a keep-mask keeps (`t3s.select`).
@@ -19,15 +20,49 @@ from typing import Any
 
 from t3s import T3SError
 
-# The checkpoints of a probe whose scores a mode can read, and what each asks of the probe. `step`: the evaluated
-# checkpoint at the step the run names (`delta_step`); its scores stage is `scores-step-N`.
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A probe checkpoint whose scores a mode can read, and where the probe's directory holds it: a directory the
+    probe always writes, the evaluated checkpoint nearest a multiple of the bottleneck step, or the evaluated
+    checkpoint at a step a run-config key names. The last two exist only when the probe keeps every evaluated
+    checkpoint (`t3s run` then sets `probe.keep_all`)."""
+
+    name: str
+    help: str
+    directory: str | None = None  # bottleneck/, final/ under the probe's directory
+    of_bottleneck: float | None = None  # nearest this × the bottleneck step (before it when < 1, after when > 1)
+    at_step: str | None = None  # the RunConfig key holding the step (> 0 where a mode reads it)
+    needs_end: bool = False  # the probe must run to its end (probe.online: false)
+
+    @property
+    def keeps_all(self) -> bool:
+        return self.directory is None
+
+    def scores_name(self, cfg: Any) -> str:
+        """Its scores stage (and directory): scores-bottleneck, ..., scores-step-N (`cfg`: the RunConfig)."""
+        return f"scores-{self.name}" + ("" if self.at_step is None else f"-{getattr(cfg, self.at_step)}")
+
+
 CHECKPOINTS = {
-    "bottleneck": "θ_b, the probe's lowest point",
-    "final": "θ_T, the probe's end point (the probe must run to its end: probe.online false)",
-    "early": "the evaluated checkpoint closest to half the bottleneck step (the probe keeps every checkpoint)",
-    "step": "the evaluated checkpoint at step `delta_step` (the probe keeps every checkpoint)",
+    c.name: c
+    for c in (
+        Checkpoint("bottleneck", "θ_b, the probe's lowest point", directory="bottleneck"),
+        Checkpoint(
+            "final",
+            "θ_T, the probe's end point (the probe must run to its end: probe.online false)",
+            directory="final",
+            needs_end=True,
+        ),
+        Checkpoint("early", "the evaluated checkpoint closest to half the bottleneck step", of_bottleneck=0.5),
+        Checkpoint("step", "the evaluated checkpoint at step `delta_step`", at_step="delta_step"),
+        Checkpoint(
+            "recovery",
+            "the evaluated checkpoint closest to twice the bottleneck step (in the recovery)",
+            of_bottleneck=2.0,
+        ),
+    )
 }
-KEEPS_ALL = ("early", "step")  # the checkpoints that exist only when the probe keeps every evaluated one
 
 
 @dataclass(frozen=True)
@@ -77,6 +112,12 @@ TABLE = (
         "dft", "every token, weighted by its detached probability (TRL's loss_type=dft)", trainer={"loss_type": "dft"}
     ),
     Mode("t3s-step", "the t3s rule with the checkpoint at step `delta_step` in θ_b's place", rule="t3s", delta="step"),
+    Mode(
+        "t3s-recovery",
+        "the t3s rule with the evaluated checkpoint closest to twice the bottleneck step in θ_b's place",
+        rule="t3s",
+        delta="recovery",
+    ),
 )
 MODES = {m.name: m for m in TABLE}
 ALIASES = {"none": "sft"}
@@ -109,9 +150,21 @@ def checkpoints_read(modes: list[str] | tuple[str, ...]) -> list[str]:
 
 def keeps_all_checkpoints(modes: list[str] | tuple[str, ...]) -> bool:
     """Whether these modes read a checkpoint that exists only when the probe keeps every evaluated one."""
-    return any(c in KEEPS_ALL for c in checkpoints_read(modes))
+    return any(CHECKPOINTS[c].keeps_all for c in checkpoints_read(modes))
 
 
-def scores_name(checkpoint: str, delta_step: int = 0) -> str:
+def scores_name(checkpoint: str, cfg: Any) -> str:
     """The scores stage (and directory) of a checkpoint: scores-bottleneck, ..., scores-step-N."""
-    return f"scores-step-{delta_step}" if checkpoint == "step" else f"scores-{checkpoint}"
+    return CHECKPOINTS[checkpoint].scores_name(cfg)
+
+
+def missing_steps(cfg: Any) -> list[tuple[str, str]]:
+    """(mode, config key) for every mode of the run config that reads a checkpoint at a step the config does not
+    give (the key is not > 0)."""
+    return [
+        (m, CHECKPOINTS[c].at_step)
+        for m in cfg.modes
+        if canonical(m) in MODES
+        for c in mode_of(m).checkpoints()
+        if CHECKPOINTS[c].at_step and getattr(cfg, CHECKPOINTS[c].at_step) <= 0
+    ]

@@ -102,7 +102,7 @@ def run_single(cfg: RunConfig, ledger: Ledger | PlanLedger, progress: bool = Tru
     objective = objective_for(cfg)
     selector = objective.selector(cfg)  # the model whose probe and scores give Δc
     if keeps_all_checkpoints(cfg.modes) and not cfg.probe.keep_all:
-        # t3s-early / t3s-step score an evaluated checkpoint other than θ_b: the probe keeps them all
+        # t3s-early, t3s-step, t3s-recovery score an evaluated checkpoint other than θ_b: the probe keeps them all
         cfg = dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, keep_all=True))
     if cfg.rrt and selector.is_student and not ledger.planning and not Path(resolve_model_path(cfg.student)).is_dir():
         raise T3SError(

@@ -8,9 +8,9 @@
 - `sft`: keep every response token (plain SFT; `none`, its old name, is still accepted).
 
 Controls of the paper's claims (`t3s run` computes their scores itself; by hand, pass them to `t3s select`):
-- `t3s-final` / `t3s-early` / `t3s-step`: the `t3s` rule with θ_b replaced by the probe's end point θ_T, by an
-  evaluated checkpoint halfway to the bottleneck, or by the evaluated checkpoint at a step the run names
-  (`delta_step`): is the *bottleneck* the right moment?
+- `t3s-final` / `t3s-early` / `t3s-step` / `t3s-recovery`: the `t3s` rule with θ_b replaced by the probe's end
+  point θ_T, by an evaluated checkpoint halfway to the bottleneck, by the evaluated checkpoint at a step the run
+  names (`delta_step`), or by the one nearest twice the bottleneck step: is the *bottleneck* the right moment?
 - `excess-loss` (RHO-1 style): keep the tokens with the largest gain c_t(θ_T) − c_t(θ_0) (θ_T, the plain SFT
   run, as the reference model), as many as `t3s` keeps.
 
@@ -108,7 +108,7 @@ def keep_mask(
     anchors, _ = groups(delta, c0, threshold)
     n_drop = int(anchors.sum())
     keep = np.ones(delta.shape, dtype=bool)
-    rule = mode_of(mode).rule  # t3s.modes: t3s-final / t3s-early / t3s-step are the t3s rule on other scores
+    rule = mode_of(mode).rule  # t3s.modes: t3s-final, t3s-early, ... are the t3s rule on other scores
     if rule == "t3s":
         keep = ~anchors
     elif rule == "reverse":
@@ -164,7 +164,7 @@ def select(
     bottleneck_step: int | None = None,
     reference: ScoreSet | None = None,
 ) -> Selection:
-    """The keep-mask of `mode` from the scores of θ_0 and θ_b (for `t3s-final` / `t3s-early` / `t3s-step`: the
+    """The keep-mask of `mode` from the scores of θ_0 and θ_b (for `t3s-final`, `t3s-early`, ...: the
     scores of θ_T or of the other checkpoint in θ_b's place). `reference`: the scores of θ_T, for `excess-loss`;
     its drop count is matched to t3s's on (θ_0, θ_b)."""
     threshold, mode = parse_threshold(threshold), canonical(mode)

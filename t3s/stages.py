@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from t3s import T3SError
 from t3s.ledger import eval_inputs, probe_inputs, score_inputs, selection_inputs, train_inputs
-from t3s.modes import checkpoints_read, mode_of, scores_name
+from t3s.modes import CHECKPOINTS, checkpoints_read, mode_of, scores_name
 
 if TYPE_CHECKING:
     from t3s.config import RunConfig, TrainConfig
@@ -200,54 +200,65 @@ def probe_stages(run: Run) -> tuple[dict[int, Record], dict[int, dict]]:
 # ----------------------------------------------------------------------------------------------- scores
 
 
-def early_checkpoint(probe_dir: Path, bottleneck_step: int) -> Path:
-    """The probe's evaluated checkpoint closest to half the bottleneck step (strictly between 0 and it): the
-    `t3s-early` control's θ_b."""
-    found = {int(p.name.split("-")[1]): p for p in (probe_dir / "checkpoints").glob("step-*") if p.is_dir()}
-    before = [k for k in found if 0 < k < bottleneck_step]
-    if not before:
+def evaluated_steps(probe_dir: Path) -> dict[int, Path]:
+    """The probe's kept evaluated checkpoints by step (checkpoints/step-N, with `probe.keep_all`)."""
+    return {int(p.name.split("-")[1]): p for p in (probe_dir / "checkpoints").glob("step-*") if p.is_dir()}
+
+
+def nearest_checkpoint(probe_dir: Path, bottleneck_step: int, times: float, name: str = "early") -> Path:
+    """The evaluated checkpoint closest to `times` × the bottleneck step, strictly before the bottleneck when
+    `times` < 1 and after it when > 1 (ties: the earlier). `t3s-early`'s θ_b (½), `t3s-recovery`'s (2×)."""
+    found = evaluated_steps(probe_dir)
+    side = [k for k in found if (0 < k < bottleneck_step if times < 1 else k > bottleneck_step)]
+    if not side:
+        where = "before" if times < 1 else "after"
         raise T3SError(
-            f"{probe_dir}: t3s-early needs an evaluated checkpoint before the bottleneck (step "
-            f"{bottleneck_step}); evaluate more often (probe.eval_every)"
+            f"{probe_dir}: the {name} checkpoint is an evaluated one {where} the bottleneck (step {bottleneck_step}), "
+            f"and the probe kept none there (steps {', '.join(map(str, sorted(found))) or 'none'}); evaluate more "
+            "often (probe.eval_every)" + ("" if times < 1 else ", and let the probe run on (probe.online: false)")
         )
-    return found[min(before, key=lambda k: (abs(k - bottleneck_step / 2), k))]
+    target = times * bottleneck_step
+    return found[min(side, key=lambda k: (abs(k - target), k))]
 
 
-def step_checkpoint(probe_dir: Path, step: int) -> Path:
-    """The probe's evaluated checkpoint at `step`: the `t3s-step` control's θ_b."""
-    found = sorted(int(p.name.split("-")[1]) for p in (probe_dir / "checkpoints").glob("step-*") if p.is_dir())
+def early_checkpoint(probe_dir: Path, bottleneck_step: int) -> Path:
+    """The probe's evaluated checkpoint closest to half the bottleneck step: the `t3s-early` control's θ_b."""
+    return nearest_checkpoint(probe_dir, bottleneck_step, CHECKPOINTS["early"].of_bottleneck)
+
+
+def step_checkpoint(probe_dir: Path, step: int, key: str = "delta_step") -> Path:
+    """The probe's evaluated checkpoint at `step` (the run config's `key`): the `t3s-step` control's θ_b."""
+    found = sorted(evaluated_steps(probe_dir))
     if step not in found:
         raise T3SError(
-            f"{probe_dir}: t3s-step reads the checkpoint at step {step} (delta_step), but the probe evaluated "
-            f"and kept steps {', '.join(map(str, found)) or 'none'}; pick one of them (probe.eval_every), or let "
-            "the probe run past it (probe.online: false)"
+            f"{probe_dir}: a mode reads the checkpoint at step {step} ({key}), but the probe evaluated and kept "
+            f"steps {', '.join(map(str, found)) or 'none'}; pick one of them (probe.eval_every), or let the probe "
+            "run past it (probe.online: false)"
         )
     return probe_dir / "checkpoints" / f"step-{step}"
 
 
 def probe_checkpoint(name: str, probe_dir: Path, result: dict, cfg: RunConfig, seed: int) -> Path:
-    """The model directory of a probe checkpoint a mode reads (t3s.modes.CHECKPOINTS)."""
-    if name == "bottleneck":
-        return probe_dir / "bottleneck"
-    if name == "final":
-        if not result["completed"]:
-            readers = [m for m in cfg.modes if "final" in mode_of(m).checkpoints()]
-            raise T3SError(
-                f"seed {seed}: modes {', '.join(readers)} need the probe's end point θ_T, but the probe stopped "
-                "early (probe.online); set probe.online: false"
-            )
-        return probe_dir / "final"
-    if name == "early":
-        return early_checkpoint(probe_dir, result["bottleneck_step"])
-    if name == "step":
-        return step_checkpoint(probe_dir, cfg.delta_step)
-    raise T3SError(f"unknown probe checkpoint '{name}'")
+    """The model directory of a probe checkpoint a mode reads, where `t3s.modes.CHECKPOINTS` says it lies."""
+    if name not in CHECKPOINTS:
+        raise T3SError(f"unknown probe checkpoint '{name}'")
+    c = CHECKPOINTS[name]
+    if c.needs_end and not result["completed"]:
+        readers = [m for m in cfg.modes if name in mode_of(m).checkpoints()]
+        raise T3SError(
+            f"seed {seed}: modes {', '.join(readers)} need the probe's end point ({name}), but the probe stopped "
+            "early (probe.online); set probe.online: false"
+        )
+    if c.directory is not None:
+        return probe_dir / c.directory
+    if c.of_bottleneck is not None:
+        return nearest_checkpoint(probe_dir, result["bottleneck_step"], c.of_bottleneck, name)
+    return step_checkpoint(probe_dir, getattr(cfg, c.at_step), c.at_step)
 
 
 def score_stages(run: Run, probes: dict[int, Record]) -> dict[Any, Record]:
-    """θ_0's scores once, then per seed every probe checkpoint the modes read (`t3s.modes`: θ_b always; θ_T for
-    t3s-final / excess-loss, a checkpoint halfway to θ_b for t3s-early, the one at delta_step for t3s-step), each
-    scored by the selector. Keys: "init", (seed, checkpoint)."""
+    """θ_0's scores once, then per seed every probe checkpoint the modes read (`t3s.modes.CHECKPOINTS`: θ_b always;
+    θ_T for t3s-final / excess-loss, ...), each scored by the selector. Keys: "init", (seed, checkpoint)."""
     from t3s.score import run_score
 
     cfg = run.cfg
@@ -271,7 +282,7 @@ def score_stages(run: Run, probes: dict[int, Record]) -> dict[Any, Record]:
             for c in checkpoints_read(cfg.modes)
         }
         for name, model in ckpts.items():
-            where = scores_name(name, cfg.delta_step)
+            where = scores_name(name, cfg)
             scores[(s, name)] = run.ledger.stage(
                 f"seed-{s}/{where}",
                 "score",
@@ -298,7 +309,7 @@ def select_stages(run: Run, probes: dict[int, Record], scores: dict[Any, Record]
             reads = mode_of(mode).reads()  # which scores stand in θ_b's place, and the reference
 
             def do_select(path: Path, s: int = s, mode: str = mode, reads: dict = reads) -> dict:
-                got = {k: load_scores(out / f"seed-{s}" / scores_name(v, cfg.delta_step)) for k, v in reads.items()}
+                got = {k: load_scores(out / f"seed-{s}" / scores_name(v, cfg)) for k, v in reads.items()}
                 step = probes[s]["result"]["bottleneck_step"] if reads["bottleneck"] == "bottleneck" else None
                 sel = run.objective.select(
                     load_scores(out / "scores-init"),
@@ -320,7 +331,7 @@ def select_stages(run: Run, probes: dict[int, Record], scores: dict[Any, Record]
                     "bottleneck": scores[(s, "bottleneck")]["produced"],
                     # the other scores only where this mode reads them
                     **{
-                        scores_name(v, cfg.delta_step): scores[(s, v)]["produced"]
+                        scores_name(v, cfg): scores[(s, v)]["produced"]
                         for v in set(reads.values())
                         if v != "bottleneck"
                     },

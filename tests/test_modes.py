@@ -10,7 +10,7 @@ from t3s.config import RunConfig, TrainConfig
 from t3s.modes import CHECKPOINTS, MODES, SELECTION_MODES, TABLE, checkpoints_read, keeps_all_checkpoints, mode_of
 from t3s.pipeline import plan_stages
 from t3s.select import groups, keep_mask
-from t3s.stages import probe_checkpoint, step_checkpoint
+from t3s.stages import early_checkpoint, nearest_checkpoint, probe_checkpoint, step_checkpoint
 from t3s.train import config_for_mode
 
 
@@ -65,8 +65,47 @@ def test_probe_checkpoints_are_found_or_refused_by_name(tmp_path):
     assert probe_checkpoint("final", tmp_path, done, cfg, 0) == tmp_path / "final"
     with pytest.raises(T3SError, match="modes t3s-final need the probe's end point"):
         probe_checkpoint("final", tmp_path, {**done, "completed": False}, cfg, 0)
+    assert probe_checkpoint("recovery", tmp_path, {**done, "bottleneck_step": 2}, cfg, 0).name == "step-4"
     with pytest.raises(T3SError, match="step 5 .*kept steps 2, 4, 6"):
         step_checkpoint(tmp_path, 5)
+
+
+def test_checkpoints_nearest_a_multiple_of_the_bottleneck(tmp_path):
+    """t3s-early reads the evaluated checkpoint nearest half the bottleneck step (before it), t3s-recovery the one
+    nearest twice it (after it); ties go to the earlier step."""
+    for step in (2, 4, 6, 8, 10):
+        (tmp_path / "checkpoints" / f"step-{step}").mkdir(parents=True)
+    assert early_checkpoint(tmp_path, 10).name == "step-4"  # 5 is halfway: 4 and 6 tie, the earlier wins
+    assert early_checkpoint(tmp_path, 8).name == "step-4"
+    assert early_checkpoint(tmp_path, 4).name == "step-2"
+    with pytest.raises(T3SError, match="before the bottleneck"):
+        early_checkpoint(tmp_path, 2)
+    assert nearest_checkpoint(tmp_path, 4, 2.0).name == "step-8"
+    assert nearest_checkpoint(tmp_path, 3, 2.0).name == "step-6"
+    assert nearest_checkpoint(tmp_path, 6, 2.0).name == "step-10"  # 12 was not evaluated: the nearest after it
+    assert nearest_checkpoint(tmp_path, 5, 2.0).name == "step-10"
+    with pytest.raises(T3SError, match="recovery checkpoint is an evaluated one after the bottleneck .*online"):
+        nearest_checkpoint(tmp_path, 10, 2.0, "recovery")
+
+
+def test_a_new_control_is_one_entry_in_the_table():
+    """t3s-recovery was added as its `Mode` and its `Checkpoint` in t3s.modes alone: the run scores the checkpoint,
+    keeps the probe's checkpoints for it, selects, trains and evaluates it (its run: tests/test_pipeline.py)."""
+    assert mode_of("t3s-recovery").reads() == {"bottleneck": "recovery"}
+    assert keeps_all_checkpoints(["t3s-recovery"]) and CHECKPOINTS["recovery"].keeps_all
+    cfg = RunConfig(student="s", train_data="d", modes=["t3s-recovery"], rrt=False)
+    stages = [k for k, _ in plan_stages(cfg)]
+    assert stages == [
+        "seed-0/probe",
+        "scores-init",
+        "seed-0/scores-bottleneck",
+        "seed-0/scores-recovery",
+        "seed-0/select-t3s-recovery",
+        "seed-0/train-t3s-recovery",
+        "eval-base",
+        "seed-0/eval-t3s-recovery",
+    ]
+    assert "t3s-recovery" in SELECTION_MODES
 
 
 def test_the_cli_offers_every_selecting_mode(capsys):

@@ -200,23 +200,11 @@ def test_controls_of_the_papers_claims_as_modes(tiny, tmp_path):
     assert started(out, last=True) == [k for k, _ in plan_stages(load_config(tmp_path / "run.yaml", [], flat=()))]
 
 
-def test_early_checkpoint_is_the_one_closest_to_half_the_bottleneck(tmp_path):
-    from t3s import T3SError
-    from t3s.stages import early_checkpoint
-
-    for step in (2, 4, 6, 8, 10):
-        (tmp_path / "checkpoints" / f"step-{step}").mkdir(parents=True)
-    assert early_checkpoint(tmp_path, 10).name == "step-4"  # 5 is halfway: 4 and 6 tie, the earlier wins
-    assert early_checkpoint(tmp_path, 8).name == "step-4"
-    assert early_checkpoint(tmp_path, 4).name == "step-2"
-    with pytest.raises(T3SError, match="before the bottleneck"):
-        early_checkpoint(tmp_path, 2)
-
-
 def test_t3s_early_on_the_testbed_world(tmp_path):
-    """t3s-early on the shipped testbed world (the tiny model shows no dip, so it has no 'before the bottleneck'):
-    the probe keeps its checkpoints by itself, the early scores come from the evaluated checkpoint closest to half
-    the bottleneck step, and the selection is the t3s rule on them."""
+    """t3s-early, t3s-step and t3s-recovery on the shipped testbed world (the tiny model shows no dip, so it has no
+    "before the bottleneck"): the probe keeps its checkpoints by itself, the early scores come from the evaluated
+    checkpoint closest to half the bottleneck step (t3s-recovery: twice it, after it; t3s-step: at delta_step), and
+    each selection is the t3s rule on them."""
     import numpy as np
 
     from t3s.score import load_scores
@@ -225,9 +213,9 @@ def test_t3s_early_on_the_testbed_world(tmp_path):
 
     build_world(tmp_path / "w", progress=False, log=lambda *a: None)
     cfg = yaml.safe_load((tmp_path / "w" / "run.yaml").read_text())
-    cfg.update(modes=["t3s-early", "t3s-step"], seeds=[0], rrt=False, delta_step=2)  # 2: the first evaluated step
-    cfg["probe"].update(subset=16, track_every=0, keep_all=False)
-    cfg["train"]["max_steps"] = 12
+    cfg.update(modes=["t3s-early", "t3s-step", "t3s-recovery"], seeds=[0], rrt=False, delta_step=4)  # 4: evaluated
+    cfg["probe"].update(subset=16, track_every=0, keep_all=False, eval_every=4)
+    cfg["train"].update(max_steps=20, per_device_train_batch_size=8)
     heldout = (tmp_path / "w" / "heldout.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "heldout16.jsonl").write_text("".join(heldout[:16]))
     cfg["eval_data"] = str(tmp_path / "heldout16.jsonl")
@@ -244,9 +232,14 @@ def test_t3s_early_on_the_testbed_world(tmp_path):
     keep = np.concatenate(load_selection(out / "seed-0" / "selections" / "t3s-early").keep)
     np.testing.assert_array_equal(keep, ~(np.concatenate(early.logprobs) - c0 > 0))
     # t3s-step (one entry in t3s.modes): the t3s rule on the scores of the checkpoint at delta_step
-    at = load_scores(out / "seed-0" / "scores-step-2")
-    assert at.meta["model_step"] == 2 and str(at.meta["model"]).endswith("checkpoints/step-2")
+    at = load_scores(out / "seed-0" / "scores-step-4")
+    assert at.meta["model_step"] == 4 and str(at.meta["model"]).endswith("checkpoints/step-4")
     sel = load_selection(out / "seed-0" / "selections" / "t3s-step")
     np.testing.assert_array_equal(np.concatenate(sel.keep), ~(np.concatenate(at.logprobs) - c0 > 0))
     assert json.loads((out / "seed-0" / "train" / "t3s-step" / "train.json").read_text())["selection"]
+    # t3s-recovery (one entry in t3s.modes, with its checkpoint): the evaluated checkpoint nearest 2 × θ_b's step
+    rec = load_scores(out / "seed-0" / "scores-recovery")
+    assert rec.meta["model_step"] == min((k for k in steps if k > b), key=lambda k: (abs(k - 2 * b), k))
+    sel = load_selection(out / "seed-0" / "selections" / "t3s-recovery")
+    np.testing.assert_array_equal(np.concatenate(sel.keep), ~(np.concatenate(rec.logprobs) - c0 > 0))
     assert started(out) == [k for k, _ in plan_stages(load_config(tmp_path / "run.yaml", [], flat=()))]
