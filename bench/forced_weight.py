@@ -89,9 +89,9 @@ def forced_sets(work: Path, smoke: bool) -> tuple[str, str, dict[str, list[list[
     import yaml
 
     from t3s.config import load_config
+    from t3s.objectives.masked import select_forced
     from t3s.pipeline import run
     from t3s.score import load_scores
-    from t3s.select import select_forced
     from t3s.tiny import build
 
     world = work / "tiny-dllm"

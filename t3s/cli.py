@@ -14,6 +14,7 @@ from typing import Any
 
 from t3s import Interrupted, T3SError, __version__, dist
 from t3s.artifacts import check_can_write, check_outside
+from t3s.config import OBJECTIVE_SECTIONS
 from t3s.modes import SELECTION_MODES, TABLE
 
 # Commands that split their work across processes under torchrun / accelerate launch; the others run on the
@@ -70,8 +71,11 @@ def cmd_score(args) -> None:
 
 
 def cmd_select(args) -> None:
+    from t3s.config import DiffusionConfig
+    from t3s.modes import canonical
+    from t3s.objectives import Autoregressive, MaskedDiffusion
     from t3s.score import load_scores
-    from t3s.select import select, summary_line, write_selection
+    from t3s.select import summary_line, write_selection
 
     check_can_write(args.out, args.overwrite)
     check_outside(
@@ -84,15 +88,21 @@ def cmd_select(args) -> None:
     )
     init, bottleneck = load_scores(args.init), load_scores(args.bottleneck)
     reference = load_scores(args.reference) if args.reference else None
-    if args.forced:  # a masked-diffusion student's forced set
-        from t3s.select import select_forced
-
-        if args.mode not in ("t3s", "random"):
-            raise T3SError("--forced takes --mode t3s or random")
-        project = _projection(args, init) if args.student else None
-        sel = select_forced(init, bottleneck, args.mode, args.tau, args.seed, args.bottleneck_step, project)
-    else:
-        sel = select(init, bottleneck, args.mode, args.threshold, args.seed, args.bottleneck_step, reference)
+    # the objective's own selection: a keep-mask for an autoregressive student, with --forced a forced set
+    objective = MaskedDiffusion(DiffusionConfig(tau=args.tau)) if args.forced else Autoregressive()
+    mode = canonical(args.mode)
+    if mode not in objective.modes:
+        raise T3SError(f"{'--forced' if args.forced else 'a keep-mask'} takes --mode {', '.join(objective.modes)}")
+    sel = objective.select(
+        init,
+        bottleneck,
+        mode,
+        threshold=args.threshold,
+        seed=args.seed,
+        bottleneck_step=args.bottleneck_step,
+        reference=reference,
+        project=_projection(args, init) if args.forced and args.student else None,
+    )
     write_selection(sel, args.out, args.overwrite)
     print(f"wrote {args.out}: {summary_line(sel.meta)}")
 
@@ -121,7 +131,7 @@ def cmd_train(args) -> None:
     from t3s.objectives import objective_of
     from t3s.train import train
 
-    cfg = load_config(args.config, _overrides(args, "train"), flat=("train", "render", "diffusion"))
+    cfg = load_config(args.config, _overrides(args, "train"), flat=("train", "render", *OBJECTIVE_SECTIONS))
     objective = objective_of(args.model, cfg, cfg.train.trust_remote_code)
     s = train(
         args.model,
@@ -147,7 +157,7 @@ def cmd_eval(args) -> None:
     from t3s.evaluate import format_metrics, grade, load_responses, write_eval
 
     backend = [f"eval.backend={args.backend}"] if args.backend else []
-    cfg = load_config(args.config, _overrides(args, "eval") + backend, flat=("eval", "render", "diffusion"))
+    cfg = load_config(args.config, _overrides(args, "eval") + backend, flat=("eval", "render", *OBJECTIVE_SECTIONS))
     gcfg, rcfg = cfg.eval, cfg.render
     if args.harness:
         return _eval_harness(args, gcfg, rcfg)
@@ -225,7 +235,9 @@ def cmd_probe(args) -> None:
     from t3s.objectives import objective_of
     from t3s.probe import run_probe
 
-    cfg = load_config(args.config, _overrides(args, "train"), flat=("probe", "train", "render", "eval", "diffusion"))
+    cfg = load_config(
+        args.config, _overrides(args, "train"), flat=("probe", "train", "render", "eval", *OBJECTIVE_SECTIONS)
+    )
     model, data = args.model or cfg.student, args.data or cfg.train_data
     if not (model and data):
         raise T3SError("pass --model and --data (or a --config with student and train_data)")

@@ -36,7 +36,7 @@ import yaml
 from t3s import T3SError
 from t3s.artifacts import read_text
 from t3s.fields import check_fields
-from t3s.modes import DIFFUSION_MODES, RUN_MODES, canonical, missing_steps
+from t3s.modes import RUN_MODES, canonical, missing_steps
 
 OVERLONG_POLICIES = ("error", "truncate", "drop")
 FALLBACKS = ("last_number", "none")
@@ -479,7 +479,7 @@ SECTIONS: dict[str, type] = {
     "diffusion": DiffusionConfig,
     "launch": LaunchConfig,
 }
-OBJECTIVES = ("ar", "diffusion")
+OBJECTIVE_SECTIONS = ("diffusion",)  # the sections that hold an objective's own settings (bare keys on the CLI)
 
 
 @dataclass
@@ -509,7 +509,10 @@ class RunConfig:
         },
     )
     rrt: bool = field(default=True, metadata={"help": "also build θ_0 + (θ_T − θ_b) from the SFT run"})
-    objective: str = field(default="ar", metadata={"help": "ar | diffusion (a masked-diffusion student)"})
+    objective: str = field(
+        default="ar",
+        metadata={"help": "the student's objective, a name in t3s.objectives.OBJECTIVES: ar, or diffusion (masked)"},
+    )
     selector: str | None = field(
         default=None, metadata={"help": "diffusion: the AR selector model (its probe and scores give Δc)"}
     )
@@ -537,25 +540,6 @@ class RunConfig:
             self.modes = [canonical(m) if isinstance(m, str) else m for m in self.modes]  # `none` is `sft`
         if isinstance(self.threshold, str) and self.threshold != "auto":
             raise T3SError(f"threshold must be a number or auto, got '{self.threshold}'")
-        if self.objective not in OBJECTIVES:
-            raise T3SError(f"objective must be one of {OBJECTIVES}, got '{self.objective}'")
-        if self.objective == "diffusion":
-            bad = [m for m in self.modes if m not in DIFFUSION_MODES]
-            if bad:
-                raise T3SError(
-                    f"a diffusion student trains the modes {', '.join(DIFFUSION_MODES)}; not {', '.join(bad)}"
-                )
-            # vLLM serves autoregressive models only: refuse before any stage runs
-            if self.eval.backend == "vllm":
-                raise T3SError(
-                    "eval.backend=vllm cannot evaluate a diffusion student (vLLM has no masked-diffusion "
-                    "models); use eval.backend=hf (the diffusion sampler)"
-                )
-            if self.probe_student and self.probe.backend == "vllm":
-                raise T3SError(
-                    "probe.backend=vllm cannot probe a diffusion student (probe_student: true); use "
-                    "probe.backend=hf, or probe_student: false (the AR selector's probe may use vllm)"
-                )
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in self.seeds):
             raise T3SError(f"seeds must be a list of integers, got {self.seeds!r}")
         bad = [m for m in self.modes if m not in MODES]

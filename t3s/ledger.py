@@ -305,6 +305,11 @@ def clean_stale(out: Path) -> None:
 # Every helper returns the settings one kind of stage reads; the caller adds the fingerprints of its inputs
 # (models, data, and when the stages it reads were produced).
 
+# The key under which a stage's fingerprint holds the objective's own settings (`Objective.training_inputs`, ...),
+# whatever the objective: named when the diffusion objective was the only one with settings, and kept so that
+# existing run directories keep their fingerprints.
+OWN = "diffusion"
+
 
 def generation_inputs(cfg: RunConfig, sampled: bool) -> dict[str, Any]:
     """The `eval` keys the probe (and the tracking of every mode) reads: greedy unless probe.k > 1."""
@@ -321,7 +326,7 @@ def sampling_inputs(cfg: RunConfig, objective: Objective) -> dict[str, Any]:
     objective's own sampler settings when it has any."""
     gen = generation_inputs(cfg, cfg.probe.k > 1)
     sampler = objective.sampler_inputs()
-    return gen if sampler is None else {**gen, "diffusion": sampler}
+    return gen if sampler is None else {**gen, OWN: sampler}
 
 
 def training_settings(train: TrainConfig) -> dict[str, Any]:
@@ -339,7 +344,7 @@ def probe_inputs(cfg: RunConfig, objective: Objective, train: TrainConfig) -> di
         "train": training_settings(train),
         "probe": probe,
         "gen": sampling_inputs(cfg, objective),
-        **({} if training is None else {"diffusion": training}),
+        **({} if training is None else {OWN: training}),
     }
 
 
@@ -363,7 +368,7 @@ def selection_inputs(cfg: RunConfig, objective: Objective, mode: str, student: s
     """A selection: its mode and threshold, and the objective's own selection settings (a forced set's τ, with
     the student whose tokens it is projected onto)."""
     own = objective.selection_inputs()
-    return {"mode": mode, "threshold": cfg.threshold, "diffusion": None if own is None else {**own, "student": student}}
+    return {"mode": mode, "threshold": cfg.threshold, OWN: None if own is None else {**own, "student": student}}
 
 
 def train_inputs(cfg: RunConfig, objective: Objective, train: TrainConfig) -> dict[str, Any]:
@@ -373,7 +378,7 @@ def train_inputs(cfg: RunConfig, objective: Objective, train: TrainConfig) -> di
         "train": training_settings(train),
         "render": dataclasses.asdict(cfg.render),
         "track": tracking_inputs(cfg, objective),
-        "diffusion": objective.training_inputs(),
+        OWN: objective.training_inputs(),
     }
 
 
@@ -382,4 +387,4 @@ def eval_inputs(cfg: RunConfig, objective: Objective) -> dict[str, Any]:
     gen = dataclasses.asdict(cfg.eval)
     if gen["grader"] == "math":  # the default is left out: runs made before graders existed keep their fingerprints
         del gen["grader"]
-    return {"eval": gen, "render": dataclasses.asdict(cfg.render), "diffusion": objective.sampler_inputs()}
+    return {"eval": gen, "render": dataclasses.asdict(cfg.render), OWN: objective.sampler_inputs()}

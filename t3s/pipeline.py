@@ -45,9 +45,11 @@ def run(
     (`t3s.launch`); `stage`: be one of those, run that stage only (it raises `StageDone`)."""
     from t3s.graders import grader
     from t3s.launch import StageRunner, resolve
+    from t3s.objectives import objective_for
 
     launch = resolve(cfg.launch)  # a bad launch setting stops the run here, before any stage
     grader(cfg.eval.grader, cfg.eval.fallback)  # so does a user grader that does not import
+    objective_for(cfg)  # and a run the student's objective cannot carry out (Objective.check)
     session = Session(Path(out), target=stage, processes=launch.processes)
     ledger = Ledger(session.root, force, session)
     if stage is None:
@@ -347,6 +349,7 @@ def main_run(
     plan: bool = False,
 ) -> int:
     from t3s.config import load_config, read_resolved
+    from t3s.objectives import objective_for
 
     target = out or Path(config_path).with_suffix("").name
     if out is None:
@@ -361,6 +364,10 @@ def main_run(
         cfg = read_resolved(own)
     else:
         cfg = load_config(config_path, overrides, flat=())
+        try:  # the objective's checks of the run, with the file they are about (`run` repeats them)
+            objective_for(cfg)
+        except T3SError as e:
+            raise T3SError(f"{config_path}: {e}") from None
     if plan:
         print(plan_text(cfg, Path(target), progress), end="")
         return 0

@@ -32,7 +32,7 @@ import numpy as np
 
 from t3s import T3SError, __version__
 from t3s.artifacts import atomic_dir, read_json, read_table, write_json
-from t3s.modes import ALIASES, DIFFUSION_MODES, SELECTION_MODES, canonical, mode_of
+from t3s.modes import ALIASES, SELECTION_MODES, canonical, mode_of
 from t3s.score import ScoreSet
 
 MODES = (*SELECTION_MODES, "sft", *ALIASES)  # `sft` (or its old name `none`): keep every token
@@ -127,11 +127,11 @@ def keep_mask(
     return keep
 
 
-def _split(flat: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+def split_rows(flat: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return np.split(flat, np.cumsum(sizes)[:-1])
 
 
-def _quantiles(x: np.ndarray) -> dict[str, float]:
+def quantiles(x: np.ndarray) -> dict[str, float]:
     if x.size == 0:
         return {}
     q = np.quantile(x, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
@@ -181,7 +181,7 @@ def select(
     delta = cb - c0
     keep = keep_mask(mode, delta, c0, threshold, seed, gain)
     anchors, settled = groups(delta, c0, threshold)
-    keep_rows = _split(keep, sizes)
+    keep_rows = split_rows(keep, sizes)
     row_dropped = np.array([1.0 - k.mean() for k in keep_rows])
     n, kept = int(delta.size), int(keep.sum())
     stats = {
@@ -194,8 +194,8 @@ def select(
         "anchor_fraction": float(anchors.mean()),
         "settled_fraction": float(settled.mean()),
         "rows_with_nothing_kept": int(sum(1 for k in keep_rows if not k.any())),
-        "per_row_dropped_fraction": _quantiles(row_dropped),
-        "delta": _quantiles(delta),
+        "per_row_dropped_fraction": quantiles(row_dropped),
+        "delta": quantiles(delta),
         "mean_logprob_init": float(c0.mean()),
         "mean_logprob_bottleneck": float(cb.mean()),
     }
@@ -219,77 +219,7 @@ def select(
         "stats": stats,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return Selection(meta, list(init.ids), list(init.response_ids), keep_rows, _split(delta, sizes))
-
-
-def forced_mask(mode: str, delta: np.ndarray, tau: float, seed: int = 0) -> np.ndarray:
-    """Flat forced set over the student's response tokens (True = always masked). NaN Δc (no selector token
-    overlaps the student token) is never forced. `t3s`: Δc < −tau; `random`: as many positions, uniformly at
-    random among those with a Δc (seeded); `sft`: none."""
-    if mode not in DIFFUSION_MODES:
-        raise T3SError(f"unknown forced-set mode '{mode}' (choose from {', '.join(DIFFUSION_MODES)})")
-    known = ~np.isnan(delta)
-    yet = known & (np.nan_to_num(delta, nan=0.0) < -tau)
-    forced = np.zeros(delta.shape, dtype=bool)
-    if mode == "t3s":
-        forced = yet
-    elif mode == "random":
-        pool = np.flatnonzero(known)
-        forced[np.random.default_rng(seed).choice(pool, size=int(yet.sum()), replace=False)] = True
-    return forced
-
-
-def select_forced(
-    init: ScoreSet,
-    bottleneck: ScoreSet,
-    mode: str,
-    tau: float = 0.2,
-    seed: int = 0,
-    bottleneck_step: int | None = None,
-    project: Any = None,
-) -> Selection:
-    """The forced set of a masked-diffusion student from an autoregressive selector's two score sets.
-    `project`: None when the student shares the selector's tokenizer; otherwise a function
-    (selection with the selector's Δc) -> (Δc per row on the student's tokens, student response ids per row,
-    student fingerprints, student tokens with no overlapping selector token)."""
-    base = select(init, bottleneck, "sft", 0.0, seed, bottleneck_step)
-    delta_rows, response_ids, fps, no_overlap = base.delta, base.response_ids, base.meta["fingerprints"], 0
-    if project is not None:
-        delta_rows, response_ids, fps, no_overlap = project(base)
-    sizes = [len(d) for d in delta_rows]
-    delta = np.concatenate(delta_rows).astype(np.float32)
-    forced = forced_mask(mode, delta, tau, seed)
-    n = int(delta.size)
-    stats = {
-        "rows": len(sizes),
-        "tokens": n,
-        "forced_tokens": int(forced.sum()),
-        "forced_fraction": float(forced.mean()) if n else 0.0,
-        "dropped_fraction": 0.0,  # nothing is dropped from a diffusion student's loss
-        "yet_to_learn_fraction": float((np.nan_to_num(delta, nan=0.0) < -tau).mean()) if n else 0.0,
-        "no_overlap_tokens": no_overlap,
-        "delta": _quantiles(delta[~np.isnan(delta)]),
-    }
-    meta = {
-        **base.meta,
-        "mode": mode,
-        "objective": "diffusion",
-        "tau": tau,
-        "threshold": None,
-        "seed": seed if mode == "random" else None,
-        "fingerprints": fps,
-        "selector_fingerprints": base.meta["fingerprints"],
-        "projected": project is not None,
-        "stats": stats,
-    }
-    return Selection(
-        meta,
-        list(base.ids),
-        [np.asarray(r) for r in response_ids],
-        [np.ones(k, dtype=bool) for k in sizes],
-        _split(delta, sizes),
-        _split(forced, sizes),
-    )
+    return Selection(meta, list(init.ids), list(init.response_ids), keep_rows, split_rows(delta, sizes))
 
 
 def write_selection(sel: Selection, out: str | Path, overwrite: bool = False) -> None:

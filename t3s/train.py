@@ -21,6 +21,7 @@ from t3s import T3SError, __version__, dist
 from t3s.artifacts import check_outside, read_json, sha256_json, swap_in, write_json
 from t3s.config import DiffusionConfig, RenderConfig, TrainConfig
 from t3s.data import fingerprints, load_rows, render_rows
+from t3s.ledger import OWN
 from t3s.models import (
     TrainingPlan,
     check_finite_weights,
@@ -180,7 +181,7 @@ def train(
         "config": dataclasses.asdict(cfg),
         "render": dataclasses.asdict(rcfg),
         "objective": objective.name,
-        "diffusion": objective.training_inputs(),  # the objective's own settings that training reads
+        OWN: objective.training_inputs(),  # the objective's own settings that training reads
     }
     run_fp = sha256_json({k: v for k, v in run.items() if k not in ("model", "data")})
 

@@ -16,6 +16,15 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def dtiny(tmp_path_factory):
+    """Tiny AR selector (model/) + tiny ModernBERT student (dllm/) sharing one tokenizer with a mask token (the
+    masked-diffusion tests, tests/test_diffusion_*.py)."""
+    from t3s.tiny import build
+
+    return build(tmp_path_factory.mktemp("dtiny") / "t", rows=12, diffusion=True, pretrain=False)
+
+
+@pytest.fixture(scope="session")
 def tok(tiny):
     from t3s.models import load_tokenizer
 

@@ -39,7 +39,6 @@ def test_file_then_overrides_and_bare_keys_go_to_the_first_section_that_has_them
         ({"modes": ["sft", "tss"]}, None, r"modes must be a non-empty list of .*got \['sft', 'tss'\]"),
         ({"seeds": []}, None, r"seeds must list at least one seed"),
         ({"modes": ["t3s-step"]}, None, r"t3s-step needs delta_step"),
-        ({"objective": "block"}, None, r"objective must be one of"),
         ("a: [1, 2", None, r"run.yaml: cannot read config"),
         ("- 1\n- 2\n", None, r"run.yaml: a config must be a mapping"),
     ],

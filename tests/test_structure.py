@@ -123,15 +123,14 @@ def test_reading_a_config_loads_no_torch_and_no_stage():
     assert r.stdout.strip() == "['t3s.artifacts', 't3s.config', 't3s.fields', 't3s.modes']"
 
 
-# The objective is chosen in t3s/objectives/__init__.py; outside the two implementations (and the config that
-# names it) no code asks which objective it has.
+# The objective is chosen in t3s/objectives/__init__.py; outside the implementations no code asks which objective
+# it has (the config names it and holds its settings' section, and asks nothing).
 OBJECTIVE_HOMES = {
     "objectives/__init__.py",
     "objectives/base.py",
     "objectives/ar.py",
     "objectives/masked.py",
     "objectives/diffusion.py",
-    "config.py",
 }
 BRANCH = re.compile(
     r"objective[\"']?\)?\s*[!=]=|\.objective\s+in\b|diffusion\s+is\s+(not\s+)?None|is_mask_predictor\(|"
@@ -150,6 +149,36 @@ def test_no_objective_branches_outside_the_objectives():
         if rel not in OBJECTIVE_HOMES and branches(p.read_text(encoding="utf-8")):
             found[rel] = branches(p.read_text(encoding="utf-8"))
     assert found == {}
+
+
+def test_the_pipeline_reads_the_selector_record_and_calls_one_builder_per_stage():
+    """run_single is short (the stages are t3s/stages.py's builders, shared with the mixture and the plan) and never
+    asks the objective what it is: what it needs comes in the `Selector` record."""
+    tree = ast.parse((PKG / "pipeline.py").read_text(encoding="utf-8"))
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run_single")
+    assert fn.end_lineno - fn.lineno + 1 <= 150
+    for mod in ("pipeline.py", "mixture.py", "stages.py"):
+        text = (PKG / mod).read_text(encoding="utf-8")
+        assert "needs_selector" not in text and "Autoregressive(" not in text and "MaskedDiffusion(" not in text, mod
+    called = {n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert {"probe_stages", "score_stages", "select_stages", "train_stages", "rrt_stages", "eval_stages"} <= called
+
+
+def test_an_objective_is_one_line_in_the_table(tmp_path):
+    """Each objective of t3s.objectives.OBJECTIVES builds itself from a run config and checks the run; `t3s run`
+    refuses a name not in the table, naming the config file, before it writes anything."""
+    from conftest import t3s_here
+
+    from t3s.config import RunConfig
+    from t3s.objectives import OBJECTIVES
+
+    for name, cls in OBJECTIVES.items():
+        objective = cls.from_config(RunConfig(objective=name, student="s", selector="a", train_data="d"))
+        assert objective.name == name and "sft" in objective.modes
+    (tmp_path / "run.yaml").write_text("objective: block\nstudent: s\ntrain_data: d\n")
+    r = t3s_here("run", tmp_path / "run.yaml", "--out", tmp_path / "run")
+    assert r.returncode == 2 and "run.yaml: objective must be one of ar, diffusion, got 'block'" in r.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
-"""The two objectives a student can be trained with, and the one place that picks between them.
+"""The objectives a student can be trained with (`OBJECTIVES`, one table), and the one place that picks one.
 
-`objective_for(cfg)` reads a run config's `objective` key; `objective_of(model, cfg)` looks at a model's own
-config (a *ForMaskedLM, LLaDA, LLaDA-2 or Dream model is a masked-diffusion student), for the single commands.
-Everything else takes the `Objective` it is given (`t3s.objectives.base`).
+`objective_for(cfg)` reads a run config's `objective` key (and lets the objective check the run);
+`objective_of(model, cfg)` asks each objective whether it recognises a model from its own config (a *ForMaskedLM,
+LLaDA, LLaDA-2 or Dream model is a masked-diffusion student), for the single commands. Everything else takes the
+`Objective` it is given (`t3s.objectives.base`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from t3s import T3SError
 from t3s.config import DiffusionConfig
 from t3s.objectives.ar import Autoregressive
 from t3s.objectives.base import Objective, Prepared
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Autoregressive",
     "MaskedDiffusion",
+    "OBJECTIVES",
     "Objective",
     "Prepared",
     "as_objective",
@@ -29,16 +32,27 @@ __all__ = [
 ]
 
 
+# Every objective a run config can name (`objective: NAME`): the one table a new objective joins.
+OBJECTIVES: dict[str, type[Objective]] = {"ar": Autoregressive, "diffusion": MaskedDiffusion}
+DEFAULT = "ar"  # the objective of a model no other objective recognises
+
+
 def objective_for(cfg: RunConfig) -> Objective:
-    """The objective a run config names (`objective: ar | diffusion`, the latter with its `diffusion` section)."""
-    return MaskedDiffusion(cfg.diffusion) if cfg.objective == "diffusion" else Autoregressive()
+    """The objective a run config names, with its settings, after it has checked the run (`Objective.check`)."""
+    if cfg.objective not in OBJECTIVES:
+        raise T3SError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{cfg.objective}'")
+    objective = OBJECTIVES[cfg.objective].from_config(cfg)
+    objective.check(cfg)
+    return objective
 
 
 def objective_of(model: str | Path, cfg: RunConfig, trust_remote_code: bool = False) -> Objective:
-    """The objective of a model (a directory or a hub id), from its config alone."""
-    from t3s.objectives.diffusion import is_mask_predictor
-
-    return MaskedDiffusion(cfg.diffusion) if is_mask_predictor(model, trust_remote_code) else Autoregressive()
+    """The objective of a model (a directory or a hub id), from its config alone, with the run config's settings
+    for it."""
+    for name, cls in OBJECTIVES.items():
+        if name != DEFAULT and cls.recognises(model, trust_remote_code):
+            return cls.from_config(cfg)
+    return OBJECTIVES[DEFAULT].from_config(cfg)
 
 
 def as_objective(value: Objective | DiffusionConfig | None) -> Objective:

@@ -111,6 +111,33 @@ class Objective:
         has no such thing."""
         raise NotImplementedError
 
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Objective:
+        """The objective with the run config's settings for it (its section, if it has one)."""
+        return cls()
+
+    @classmethod
+    def recognises(cls, model: str | Path, trust_remote_code: bool = False) -> bool:
+        """Whether a model (a directory or a hub id) is a student of this objective, from its config alone
+        (`objective_of`, for the single commands); the default objective recognises whatever no other does."""
+        return False
+
+    def check(self, cfg: RunConfig) -> None:
+        """Refuse, before any work, a run this objective cannot carry out: a mode it does not train, a selector
+        it needs and lacks, a generation backend it cannot use (the evaluation's, and the probe's for each model
+        that is probed)."""
+        bad = [m for m in cfg.modes if m not in self.modes]
+        if bad:
+            raise T3SError(f"a {self.name} student trains the modes {', '.join(self.modes)}; not {', '.join(bad)}")
+        selector = self.selector(cfg)
+        self.check_backend(cfg.eval.backend, "eval.backend")
+        selector.objective.check_backend(cfg.probe.backend, "probe.backend")
+        if selector.probe_student:
+            try:
+                self.check_backend(cfg.probe.backend, "probe.backend")
+            except T3SError as e:
+                raise T3SError(f"{e} (probe_student: true probes the student itself)") from None
+
     def check_backend(self, backend: str, setting: str) -> None:
         """Refuse a generation backend this objective cannot use, before any work (`setting` names the key)."""
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from t3s import T3SError
 from t3s.config import DiffusionConfig, GenConfig, TrainConfig
 from t3s.data import Example
@@ -37,6 +39,17 @@ class MaskedDiffusion(Objective):
 
     def __init__(self, cfg: DiffusionConfig | None = None):
         self.cfg = cfg or DiffusionConfig()
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> MaskedDiffusion:
+        return cls(cfg.diffusion)
+
+    @classmethod
+    def recognises(cls, model: str | Path, trust_remote_code: bool = False) -> bool:
+        """A *ForMaskedLM, LLaDA, LLaDA-2 or Dream model."""
+        from t3s.objectives.diffusion import is_mask_predictor
+
+        return is_mask_predictor(model, trust_remote_code)
 
     def load(
         self, path: str | Path, precision: Precision, trust_remote_code: bool = False, *, place: bool = True
@@ -111,8 +124,6 @@ class MaskedDiffusion(Objective):
         reference: ScoreSet | None = None,
         project: Projection | None = None,
     ) -> Selection:
-        from t3s.select import select_forced
-
         return select_forced(
             init, bottleneck, mode, self.cfg.tau, seed=seed, bottleneck_step=bottleneck_step, project=project
         )
@@ -158,3 +169,76 @@ def forced_sets(examples: list[Example], sel: Selection | None, where: str = "")
             "needs a forced set (`t3s select --forced`)"
         )
     return [[bool(x) for x in sel.forced[i]] for i in selection_rows(examples, sel, where)]
+
+
+def forced_mask(mode: str, delta: np.ndarray, tau: float, seed: int = 0) -> np.ndarray:
+    """Flat forced set over the student's response tokens (True = always masked). NaN Δc (no selector token
+    overlaps the student token) is never forced. `t3s`: Δc < −tau; `random`: as many positions, uniformly at
+    random among those with a Δc (seeded); `sft`: none."""
+    if mode not in DIFFUSION_MODES:
+        raise T3SError(f"unknown forced-set mode '{mode}' (choose from {', '.join(DIFFUSION_MODES)})")
+    known = ~np.isnan(delta)
+    yet = known & (np.nan_to_num(delta, nan=0.0) < -tau)
+    forced = np.zeros(delta.shape, dtype=bool)
+    if mode == "t3s":
+        forced = yet
+    elif mode == "random":
+        pool = np.flatnonzero(known)
+        forced[np.random.default_rng(seed).choice(pool, size=int(yet.sum()), replace=False)] = True
+    return forced
+
+
+def select_forced(
+    init: ScoreSet,
+    bottleneck: ScoreSet,
+    mode: str,
+    tau: float = 0.2,
+    seed: int = 0,
+    bottleneck_step: int | None = None,
+    project: Any = None,
+) -> Selection:
+    """The forced set of a masked-diffusion student from an autoregressive selector's two score sets (what
+    `MaskedDiffusion.select` returns; `t3s select --forced` calls it through the objective).
+    `project`: None when the student shares the selector's tokenizer; otherwise a function
+    (selection with the selector's Δc) -> (Δc per row on the student's tokens, student response ids per row,
+    student fingerprints, student tokens with no overlapping selector token)."""
+    from t3s.select import Selection, quantiles, select, split_rows
+
+    base = select(init, bottleneck, "sft", 0.0, seed, bottleneck_step)
+    delta_rows, response_ids, fps, no_overlap = base.delta, base.response_ids, base.meta["fingerprints"], 0
+    if project is not None:
+        delta_rows, response_ids, fps, no_overlap = project(base)
+    sizes = [len(d) for d in delta_rows]
+    delta = np.concatenate(delta_rows).astype(np.float32)
+    forced = forced_mask(mode, delta, tau, seed)
+    n = int(delta.size)
+    stats = {
+        "rows": len(sizes),
+        "tokens": n,
+        "forced_tokens": int(forced.sum()),
+        "forced_fraction": float(forced.mean()) if n else 0.0,
+        "dropped_fraction": 0.0,  # nothing is dropped from a diffusion student's loss
+        "yet_to_learn_fraction": float((np.nan_to_num(delta, nan=0.0) < -tau).mean()) if n else 0.0,
+        "no_overlap_tokens": no_overlap,
+        "delta": quantiles(delta[~np.isnan(delta)]),
+    }
+    meta = {
+        **base.meta,
+        "mode": mode,
+        "objective": "diffusion",
+        "tau": tau,
+        "threshold": None,
+        "seed": seed if mode == "random" else None,
+        "fingerprints": fps,
+        "selector_fingerprints": base.meta["fingerprints"],
+        "projected": project is not None,
+        "stats": stats,
+    }
+    return Selection(
+        meta,
+        list(base.ids),
+        [np.asarray(r) for r in response_ids],
+        [np.ones(k, dtype=bool) for k in sizes],
+        split_rows(delta, sizes),
+        split_rows(forced, sizes),
+    )

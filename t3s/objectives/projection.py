@@ -1,6 +1,6 @@
 """Δc from a selector whose tokenizer differs from the student's: each selector token's Δc moves onto the
 student's response tokens through the characters of the response they cover (`projector`, the `project`
-argument of `t3s.select.select_forced`). A student token takes the minimum Δc over the selector tokens that
+argument of `t3s.objectives.masked.select_forced`). A student token takes the minimum Δc over the selector tokens that
 overlap it (the most "yet to learn" of them); one that no selector token covers gets NaN and is never forced."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def project_row(delta: np.ndarray, src: list[tuple[int, int] | None], dst: list[
 
 
 def projector(rows: list[Row], student_tok: Any, selector_tok: Any, rcfg: RenderConfig):
-    """The `project` argument of `t3s.select.select_forced` for a student whose tokenizer differs from the
+    """The `project` argument of `t3s.objectives.masked.select_forced` for a student whose tokenizer differs from the
     selector's: Δc moves onto the student's response tokens through character offsets (`project_row`)."""
     from t3s.data import fingerprints, render_rows
 
