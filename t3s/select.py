@@ -148,7 +148,7 @@ class Selection:
     response_ids: list[np.ndarray]
     keep: list[np.ndarray]
     delta: list[np.ndarray]
-    forced: list[np.ndarray] | None = None  # diffusion students: positions always masked (`select_forced`)
+    forced: list[np.ndarray] | None = None  # diffusion students: always masked (objectives.masked.select_forced)
 
     @property
     def by_id(self) -> dict[str, int]:
