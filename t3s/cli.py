@@ -72,7 +72,7 @@ def cmd_score(args) -> None:
 
 def cmd_select(args) -> None:
     from t3s.config import DiffusionConfig
-    from t3s.modes import canonical
+    from t3s.modes import canonical, mode_of
     from t3s.objectives import Autoregressive, MaskedDiffusion
     from t3s.score import load_scores
     from t3s.select import summary_line, write_selection
@@ -89,10 +89,13 @@ def cmd_select(args) -> None:
     init, bottleneck = load_scores(args.init), load_scores(args.bottleneck)
     reference = load_scores(args.reference) if args.reference else None
     # the objective's own selection: a keep-mask for an autoregressive student, with --forced a forced set
+    if args.forced and args.tau < 0:
+        raise T3SError(f"--tau must be >= 0, got {args.tau}")
     objective = MaskedDiffusion(DiffusionConfig(tau=args.tau)) if args.forced else Autoregressive()
     mode = canonical(args.mode)
-    if mode not in objective.modes:
-        raise T3SError(f"{'--forced' if args.forced else 'a keep-mask'} takes --mode {', '.join(objective.modes)}")
+    selecting = [m for m in objective.modes if mode_of(m).selects]
+    if mode != "sft" and mode not in selecting or args.forced and mode == "sft":
+        raise T3SError(f"{'--forced' if args.forced else 'a keep-mask'} takes --mode {', '.join(selecting)}")
     sel = objective.select(
         init,
         bottleneck,
@@ -292,6 +295,7 @@ def cmd_run(args) -> int:
         _progress(args),
         stage=args.stage,
         plan=args.plan,
+        verdict=args.verdict,
     )
 
 
@@ -526,6 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the stages in order with the exact command of each, the launch, global batch, precision and "
         "(for a known model) the estimate; run nothing",
+    )
+    sp.add_argument(
+        "--verdict",
+        action="store_true",
+        help="run the probes alone and say whether T3S is expected to pay on this run, with the numbers that decide "
+        "it (verdict.md; a later full run reuses the probes)",
     )
     sp.add_argument(
         "--stage",

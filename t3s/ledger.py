@@ -63,6 +63,11 @@ class Session:
 class Ledger:
     planning = False  # a PlanLedger lists the stages instead of running them
 
+    @property
+    def summarises(self) -> bool:
+        """Whether this process writes the run's summary (not a stage's own process, nor a plan)."""
+        return self.session.target is None
+
     def __init__(
         self, out: Path, force: set[str] | tuple[str, ...] = (), session: Session | None = None, clean: bool = True
     ):
@@ -243,6 +248,7 @@ class PlanLedger:
     and runs to its end (every record's `result` says so)."""
 
     planning = True
+    summarises = False
     PROBE = {
         "usable": True,
         "completed": True,

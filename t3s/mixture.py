@@ -132,6 +132,8 @@ def train_mixtures(
     run = Run(cfg, ledger, objective, objective.selector(cfg), progress)
     scale = cfg.mixture_budget or len(names)
     mix_dir = out / "mixture"
+    if ledger.summarises:
+        run.evaluate  # the evaluation prompts are read (and refused) before the mixtures train
     data = ledger.stage(
         "mixture/data",
         "select",

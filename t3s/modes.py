@@ -58,8 +58,9 @@ CHECKPOINTS = {
         Checkpoint("step", "the evaluated checkpoint at step `delta_step`", at_step="delta_step"),
         Checkpoint(
             "recovery",
-            "the evaluated checkpoint closest to twice the bottleneck step (in the recovery)",
+            "the evaluated checkpoint closest to twice the bottleneck step (the probe runs to its end)",
             of_bottleneck=2.0,
+            needs_end=True,
         ),
     )
 }

@@ -29,6 +29,7 @@ from t3s.ledger import Ledger, PlanLedger, Session, StageDone
 from t3s.modes import keeps_all_checkpoints
 from t3s.stages import Run, eval_stages, probe_stages, rrt_stages, score_stages, select_stages, train_stages
 from t3s.summary import base_row, method_row, table, write_summary
+from t3s.verdict import Verdict, probe_verdict
 
 if TYPE_CHECKING:
     from t3s.config import RunConfig
@@ -38,11 +39,18 @@ NO_DIP_EXIT = 3
 
 
 def run(
-    cfg: RunConfig, out: str | Path, *, force: tuple[str, ...] = (), progress: bool = True, stage: str | None = None
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    force: tuple[str, ...] = (),
+    progress: bool = True,
+    stage: str | None = None,
+    verdict: bool = False,
 ) -> tuple[dict, int]:
     """Run (or resume) the method: a single-teacher run, or with `teachers:` a teacher mixture. Returns
     (summary, exit code). With a launcher (`launch`), the distributed stages run as their own processes
-    (`t3s.launch`); `stage`: be one of those, run that stage only (it raises `StageDone`)."""
+    (`t3s.launch`); `stage`: be one of those, run that stage only (it raises `StageDone`). `verdict`: run the
+    probes alone and say whether T3S is expected to pay (`run_verdicts`; a later full run reuses the probes)."""
     from t3s.graders import grader
     from t3s.launch import StageRunner, resolve
     from t3s.objectives import objective_for
@@ -61,6 +69,8 @@ def run(
                 + (f" over {launch.nodes} nodes" if launch.nodes > 1 else "")
                 + "; select, rrt and the summary here"
             )
+    if verdict:
+        return run_verdicts(cfg, ledger, progress), 0
     summary, code = (run_mixture if cfg.teachers else run_single)(cfg, ledger, progress)
     if code == 0 and stage is None:  # the results table to report_to's trackers (t3s.trackers)
         from t3s.trackers import log_summary
@@ -103,9 +113,7 @@ def run_single(cfg: RunConfig, ledger: Ledger | PlanLedger, progress: bool = Tru
         raise T3SError("the config needs `student` (θ_0) and `train_data` (or `teachers` for a mixture)")
     objective = objective_for(cfg)
     selector = objective.selector(cfg)  # the model whose probe and scores give Δc
-    if keeps_all_checkpoints(cfg.modes) and not cfg.probe.keep_all:
-        # t3s-early, t3s-step, t3s-recovery score an evaluated checkpoint other than θ_b: the probe keeps them all
-        cfg = dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, keep_all=True))
+    cfg = as_run(cfg)
     if cfg.rrt and selector.is_student and not ledger.planning and not Path(resolve_model_path(cfg.student)).is_dir():
         raise T3SError(
             f"rrt needs the student as a local directory ({cfg.student} is not); download it first or set rrt: false"
@@ -117,6 +125,7 @@ def run_single(cfg: RunConfig, ledger: Ledger | PlanLedger, progress: bool = Tru
         ledger.log("no eval_data: the summary reports accuracy on the training prompts")
 
     probes, student_probes = probe_stages(run)
+    verdicts = seed_verdicts(run, probes)  # will T3S pay? from the probes alone, before any mode trains
     unusable = [s for s in cfg.seeds if not probes[s]["result"]["usable"]]
     if unusable:
         return stop_after_the_probe(ledger, probes, unusable), NO_DIP_EXIT
@@ -140,9 +149,79 @@ def run_single(cfg: RunConfig, ledger: Ledger | PlanLedger, progress: bool = Tru
         selector_probed=not selector.is_student,
         write=ledger.end(),
         diverged=diverged,
+        verdicts=verdicts,
     )
     ledger.log("summary:\n" + summary["markdown"], console=False)
     return summary, 0
+
+
+def as_run(cfg: RunConfig) -> RunConfig:
+    """The config as the run's stages read it: t3s-early, t3s-step and t3s-recovery score an evaluated checkpoint
+    other than θ_b, so the probe keeps them all (`probe.keep_all`, part of the probe's fingerprint)."""
+    if keeps_all_checkpoints(cfg.modes) and not cfg.probe.keep_all:
+        return dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, keep_all=True))
+    return cfg
+
+
+def seed_verdicts(run: Run, probes: dict) -> dict[int, Verdict]:
+    """Per seed, the verdict of its probe (`t3s.verdict`), logged; none in a plan or a stage's own process."""
+    if not run.ledger.summarises:
+        return {}
+    where = "" if run.selector.is_student else " (from the selector's probe)"
+    out = {}
+    for s, rec in probes.items():
+        try:
+            out[s] = probe_verdict(run.out / f"seed-{s}" / "probe", rec["result"], run.cfg.threshold)
+        except T3SError as e:  # the verdict informs; a probe whose files are gone still leaves a usable run
+            run.log(f"seed {s}: no verdict: {e}")
+            continue
+        run.log(f"seed {s}: verdict{where}: {out[s].line()}")
+    return out
+
+
+def verdict_lines(verdicts: dict[int, Verdict]) -> list[str]:
+    """The summary's verdict section (Markdown)."""
+    if not verdicts:
+        return []
+    lines = ["", 'Verdict, from the probe before any mode trained (docs/method.md, "Will T3S pay on this run?"):']
+    return lines + [f"- seed {s}: **{v.headline}** ({v.reason()})" for s, v in verdicts.items()]
+
+
+def run_verdicts(cfg: RunConfig, ledger: Ledger, progress: bool = True) -> dict[str, Any]:
+    """`t3s run --verdict`: the probes alone (the stages a full run starts with: it reuses them), then each seed's
+    verdict, in verdict.md and verdict.json (and per teacher for a mixture). Returns the record."""
+    from t3s.artifacts import write_json
+    from t3s.objectives import objective_for
+
+    if cfg.teachers:
+        parts = {
+            name: run_verdicts(
+                dataclasses.replace(cfg, teachers={}, train_data=path),
+                ledger.sub(ledger.out / "teachers" / name),
+                progress,
+            )
+            for name, path in cfg.teachers.items()
+        }
+        md = "\n".join(f"## teacher {name}\n\n{p['markdown']}" for name, p in parts.items())
+        record = {"kind": "t3s-verdict", "teachers": parts, "markdown": md}
+    else:
+        objective = objective_for(cfg)
+        cfg = as_run(cfg)
+        run = Run(cfg, ledger, objective, objective.selector(cfg), progress)
+        verdicts = seed_verdicts(run, probe_stages(run)[0])
+        md = "\n".join(verdict_lines(verdicts)).lstrip("\n") + "\n"
+        record = {
+            "kind": "t3s-verdict",
+            "t3s_version": __version__,
+            "verdicts": {str(s): v.as_dict() for s, v in verdicts.items()},
+            "markdown": md,
+        }
+    if ledger.summarises:
+        write_json(ledger.out / "verdict.json", record)
+        tmp = ledger.out / ".verdict.md.tmp"
+        tmp.write_text("# t3s run --verdict\n\n" + md, encoding="utf-8")
+        tmp.replace(ledger.out / "verdict.md")
+    return record
 
 
 def stop_after_the_probe(ledger: Ledger, probes: dict, unusable: list[int]) -> dict[str, Any]:
@@ -175,9 +254,11 @@ def summarize(
     selector_probed: bool = False,
     write: bool = True,
     diverged: dict | None = None,
+    verdicts: dict[int, Verdict] | None = None,
 ) -> dict[str, Any]:
     """The comparison table: every number is read from the eval/selection/probe records of this run.
-    `diverged`: {(seed, mode): divergence record} of training runs whose loss diverged and that trained on."""
+    `diverged`: {(seed, mode): divergence record} of training runs whose loss diverged and that trained on.
+    `verdicts`: each seed's verdict (`t3s.verdict`), from its probe."""
     base = evals[(None, "base")]
     stat = objective.selection_stat  # what a selection does to the loss
     methods = [
@@ -216,6 +297,7 @@ def summarize(
                 f"- seed {s}: {100 * r['start_accuracy']:.1f}% → {100 * (r['bottleneck_accuracy'] or 0):.1f}% "
                 f"at step {r['bottleneck_step']}" + ("" if r["dip_found"] else " (no dip)")
             )
+    lines += verdict_lines(verdicts or {})
     if diverged:
         lines += ["", "DIVERGED (train.stop_on_divergence=false; these rows come from diverged runs):"]
         for (s, m), d in sorted(diverged.items()):
@@ -238,6 +320,7 @@ def summarize(
         "seeds": cfg.seeds,
         "rows": rows,
         "diverged": [{"seed": s, "mode": m, **d} for (s, m), d in sorted((diverged or {}).items())],
+        "verdicts": {str(s): v.as_dict() for s, v in (verdicts or {}).items()},
         "probes": {
             str(s): {
                 kk: probes[s]["result"][kk]
@@ -347,6 +430,7 @@ def main_run(
     progress: bool,
     stage: str | None = None,
     plan: bool = False,
+    verdict: bool = False,
 ) -> int:
     from t3s.config import load_config, read_resolved
     from t3s.objectives import objective_for
@@ -377,6 +461,11 @@ def main_run(
         except StageDone:
             return 0
         raise T3SError(f"--stage {stage}: not reached")  # `Ledger.end` raises first; kept as a guard
+    if verdict:
+        record, _ = run(cfg, target, force=tuple(force), progress=progress, verdict=True)
+        print("\n" + record["markdown"])
+        print(f"verdict: {target}/verdict.md (`t3s run` without --verdict trains every mode, reusing the probes)")
+        return 0
     summary, code = run(cfg, target, force=tuple(force), progress=progress)
     if code == 0:
         print("\n" + summary["markdown"])

@@ -19,6 +19,7 @@ import numpy as np
 
 from t3s import T3SError, __version__
 from t3s.artifacts import read_json, read_jsonl, read_npz
+from t3s.verdict import Verdict
 
 COLORS = {
     "sft": "C0",
@@ -396,6 +397,16 @@ def build_report(run: str | Path, *, gradients: bool = True, log: Any = print) -
         parts.append(f"<h2>Stopped</h2><p><strong>{html.escape(summary['stopped'])}</strong></p>")
     else:
         parts.append("<h2>Summary</h2>" + _md_table(summary))
+    if summary.get("verdicts"):  # t3s.verdict, from each seed's probe (docs/method.md)
+        items = "".join(
+            f"<li>seed {html.escape(seed)}: <strong>{html.escape(v['headline'])}</strong> "
+            f"({html.escape(Verdict(v['outcome'], v).reason())})</li>"
+            for seed, v in summary["verdicts"].items()
+        )
+        parts.append(
+            "<h2>Will T3S pay on this run? (the verdict, from the probe)</h2><ul>" + items + "</ul>"
+            "<p class='note'>The rule and the evidence behind it: docs/method.md; not yet validated per seed.</p>"
+        )
     bott = {
         s: read_json(p).get("bottleneck_step")
         for s in seeds

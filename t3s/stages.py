@@ -205,7 +205,9 @@ def evaluated_steps(probe_dir: Path) -> dict[int, Path]:
     return {int(p.name.split("-")[1]): p for p in (probe_dir / "checkpoints").glob("step-*") if p.is_dir()}
 
 
-def nearest_checkpoint(probe_dir: Path, bottleneck_step: int, times: float, name: str = "early") -> Path:
+def nearest_checkpoint(
+    probe_dir: Path, bottleneck_step: int, times: float, name: str = "early", readers: str = "a mode"
+) -> Path:
     """The evaluated checkpoint closest to `times` × the bottleneck step, strictly before the bottleneck when
     `times` < 1 and after it when > 1 (ties: the earlier). `t3s-early`'s θ_b (½), `t3s-recovery`'s (2×)."""
     found = evaluated_steps(probe_dir)
@@ -213,7 +215,8 @@ def nearest_checkpoint(probe_dir: Path, bottleneck_step: int, times: float, name
     if not side:
         where = "before" if times < 1 else "after"
         raise T3SError(
-            f"{probe_dir}: the {name} checkpoint is an evaluated one {where} the bottleneck (step {bottleneck_step}), "
+            f"{probe_dir}: {readers} reads the {name} checkpoint, an evaluated one {where} the bottleneck (step "
+            f"{bottleneck_step}), "
             f"and the probe kept none there (steps {', '.join(map(str, sorted(found))) or 'none'}); evaluate more "
             "often (probe.eval_every)" + ("" if times < 1 else ", and let the probe run on (probe.online: false)")
         )
@@ -226,12 +229,12 @@ def early_checkpoint(probe_dir: Path, bottleneck_step: int) -> Path:
     return nearest_checkpoint(probe_dir, bottleneck_step, CHECKPOINTS["early"].of_bottleneck)
 
 
-def step_checkpoint(probe_dir: Path, step: int, key: str = "delta_step") -> Path:
+def step_checkpoint(probe_dir: Path, step: int, key: str = "delta_step", readers: str = "t3s-step") -> Path:
     """The probe's evaluated checkpoint at `step` (the run config's `key`): the `t3s-step` control's θ_b."""
     found = sorted(evaluated_steps(probe_dir))
     if step not in found:
         raise T3SError(
-            f"{probe_dir}: a mode reads the checkpoint at step {step} ({key}), but the probe evaluated and kept "
+            f"{probe_dir}: {readers} reads the checkpoint at step {step} ({key}), but the probe evaluated and kept "
             f"steps {', '.join(map(str, found)) or 'none'}; pick one of them (probe.eval_every), or let the probe "
             "run past it (probe.online: false)"
         )
@@ -243,17 +246,17 @@ def probe_checkpoint(name: str, probe_dir: Path, result: dict, cfg: RunConfig, s
     if name not in CHECKPOINTS:
         raise T3SError(f"unknown probe checkpoint '{name}'")
     c = CHECKPOINTS[name]
+    readers = ", ".join(m for m in cfg.modes if name in mode_of(m).checkpoints())
     if c.needs_end and not result["completed"]:
-        readers = [m for m in cfg.modes if name in mode_of(m).checkpoints()]
         raise T3SError(
-            f"seed {seed}: modes {', '.join(readers)} need the probe's end point ({name}), but the probe stopped "
-            "early (probe.online); set probe.online: false"
+            f"seed {seed}: modes {readers} need the probe to run to its end ({name}), but the probe stopped early "
+            "(probe.online); set probe.online: false"
         )
     if c.directory is not None:
         return probe_dir / c.directory
     if c.of_bottleneck is not None:
-        return nearest_checkpoint(probe_dir, result["bottleneck_step"], c.of_bottleneck, name)
-    return step_checkpoint(probe_dir, getattr(cfg, c.at_step), c.at_step)
+        return nearest_checkpoint(probe_dir, result["bottleneck_step"], c.of_bottleneck, name, readers)
+    return step_checkpoint(probe_dir, getattr(cfg, c.at_step), c.at_step, readers)
 
 
 def score_stages(run: Run, probes: dict[int, Record]) -> dict[Any, Record]:

@@ -72,9 +72,13 @@ def test_two_teacher_mixture_end_to_end(tiny, tmp_path):
         ],
         flat=(),
     )
-    summary, code = run(cfg, tmp_path / "run", progress=False)
-    assert code == 0
     out = tmp_path / "run"
+    record, _ = run(cfg, out, progress=False, verdict=True)  # --verdict: each teacher's probes alone
+    assert set(record["teachers"]) == {"steps", "terse"} and "## teacher terse" in (out / "verdict.md").read_text()
+    assert (out / "teachers" / "steps" / "verdict.json").exists() and not (out / "mixture").exists()
+    summary, code = run(cfg, out, progress=False)
+    assert code == 0
+    assert "seed-0/probe: done earlier, skipped" in (out / "teachers" / "terse" / "run.log").read_text()
     # `t3s run --plan` lists exactly the stages the run took, in its order
     took = [f"teachers/{n}/{k}" for n in ("steps", "terse") for k in started(out / "teachers" / n)] + started(out)
     assert took == [k for k, _ in plan_stages(cfg)]

@@ -63,7 +63,7 @@ def test_probe_checkpoints_are_found_or_refused_by_name(tmp_path):
     assert probe_checkpoint("step", tmp_path, done, cfg, 0) == tmp_path / "checkpoints" / "step-4"
     assert probe_checkpoint("early", tmp_path, done, cfg, 0).name == "step-2"
     assert probe_checkpoint("final", tmp_path, done, cfg, 0) == tmp_path / "final"
-    with pytest.raises(T3SError, match="modes t3s-final need the probe's end point"):
+    with pytest.raises(T3SError, match="modes t3s-final need the probe to run to its end"):
         probe_checkpoint("final", tmp_path, {**done, "completed": False}, cfg, 0)
     assert probe_checkpoint("recovery", tmp_path, {**done, "bottleneck_step": 2}, cfg, 0).name == "step-4"
     with pytest.raises(T3SError, match="step 5 .*kept steps 2, 4, 6"):
@@ -84,7 +84,7 @@ def test_checkpoints_nearest_a_multiple_of_the_bottleneck(tmp_path):
     assert nearest_checkpoint(tmp_path, 3, 2.0).name == "step-6"
     assert nearest_checkpoint(tmp_path, 6, 2.0).name == "step-10"  # 12 was not evaluated: the nearest after it
     assert nearest_checkpoint(tmp_path, 5, 2.0).name == "step-10"
-    with pytest.raises(T3SError, match="recovery checkpoint is an evaluated one after the bottleneck .*online"):
+    with pytest.raises(T3SError, match="reads the recovery checkpoint, an evaluated one after the bottleneck .*online"):
         nearest_checkpoint(tmp_path, 10, 2.0, "recovery")
 
 

@@ -51,9 +51,16 @@ def records(out):
 
 def test_run_end_to_end_then_rerun_skips_everything(config, tmp_path):
     out = tmp_path / "run"
+    # --verdict first: the probe alone, then what it says; the full run below reuses that probe
+    r = t3s_here("run", config, "--out", out, "--quiet", "--verdict")
+    assert r.returncode == 0 and "no imitation shock: use SFT" in r.stdout, r.stderr + r.stdout
+    assert (out / "verdict.md").exists() and not (out / "seed-0" / "train").exists()
+    assert json.loads((out / "verdict.json").read_text())["verdicts"]["0"]["outcome"] == "no-dip"
     t0 = time.perf_counter()
     r = t3s_run(config, out)
     assert r.returncode == 0, r.stderr + r.stdout
+    assert "seed-0/probe: done earlier, skipped" in r.stdout
+    assert "Verdict, from the probe" in (out / "summary.md").read_text()
     assert time.perf_counter() - t0 < 180
     s = json.loads((out / "summary.json").read_text())
     assert [row["method"] for row in s["rows"]] == ["base", "sft", "t3s", "random", "rrt"]
@@ -66,6 +73,13 @@ def test_run_end_to_end_then_rerun_skips_everything(config, tmp_path):
         assert m["accuracy"] == sum(x["correct"] for x in lines) / len(lines)
     sel = json.loads((out / "seed-0" / "selections" / "t3s" / "selection.json").read_text())
     assert s["rows"][2]["dropped_fraction"] == sel["stats"]["dropped_fraction"]
+    # bench.verdict reads the verdict and the outcome back from the run's files
+    from bench.verdict import render, seeds_of
+
+    (rec,) = seeds_of(out)
+    assert (rec["outcome"], rec["predicts"]) == ("no-dip", False)
+    assert (rec["sft"], rec["t3s"]) == (s["rows"][1]["accuracy"], s["rows"][2]["accuracy"])
+    assert "Hit rate: " + ("1/1" if rec["t3s"] <= rec["sft"] else "0/1") in render([rec], [])
     assert (out / "seed-0" / "probe" / "trajectory.png").exists()
     tracked = [json.loads(x) for x in open(out / "seed-0" / "train" / "t3s" / "trajectory.jsonl")]
     assert [p["step"] for p in tracked] == [0, 3, 6]  # every trained mode is evaluated along the way
@@ -213,7 +227,7 @@ def test_t3s_early_on_the_testbed_world(tmp_path):
 
     build_world(tmp_path / "w", progress=False, log=lambda *a: None)
     cfg = yaml.safe_load((tmp_path / "w" / "run.yaml").read_text())
-    cfg.update(modes=["t3s-early", "t3s-step", "t3s-recovery"], seeds=[0], rrt=False, delta_step=4)  # 4: evaluated
+    cfg.update(modes=["t3s-early", "t3s-step", "t3s-recovery"], seeds=[0], rrt=False, delta_step=4, threshold=0.0)
     cfg["probe"].update(subset=16, track_every=0, keep_all=False, eval_every=4)
     cfg["train"].update(max_steps=20, per_device_train_batch_size=8)
     heldout = (tmp_path / "w" / "heldout.jsonl").read_text().splitlines(keepends=True)
@@ -243,3 +257,14 @@ def test_t3s_early_on_the_testbed_world(tmp_path):
     sel = load_selection(out / "seed-0" / "selections" / "t3s-recovery")
     np.testing.assert_array_equal(np.concatenate(sel.keep), ~(np.concatenate(rec.logprobs) - c0 > 0))
     assert started(out) == [k for k, _ in plan_stages(load_config(tmp_path / "run.yaml", [], flat=()))]
+    # the verdict in the summary is the rule on this probe's own files, computed here from its points and scores
+    from t3s.verdict import decide
+
+    rec = json.loads((out / "seed-0" / "probe" / "probe.json").read_text())
+    points = [json.loads(x) for x in open(out / "seed-0" / "probe" / "trajectory.jsonl")]
+    with np.load(out / "seed-0" / "probe" / "token_logprobs.npz") as z:
+        lp = {int(k[5:]): z[k] for k in z.files if k.startswith("step_")}
+    want = decide(points, rec["margin"], b, rec["completed"], lp, 0.0)
+    got = json.loads((out / "summary.json").read_text())["verdicts"]["0"]
+    assert got == json.loads(json.dumps(want.as_dict())) and got["outcome"] in ("t3s", "sft", "degenerate")
+    assert got["anchors"] == pytest.approx(float((lp[b] - lp[0] > 0).mean()))  # τ = 0

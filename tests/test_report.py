@@ -45,6 +45,7 @@ def test_report_builds_with_every_section(tiny_run):
     assert page.count("data:image/png;base64,") == 4  # self-contained
     for title in ("Summary", "Trajectories", "Δc and the anchor", "Figure 6", "coloured by Δc", "Most frequent"):
         assert title in page, title
+    assert "Will T3S pay on this run?" in page and "<strong>no imitation shock: use SFT</strong>" in page
     assert page.count('class="tk"') > 50  # the token heatmap
     assert "| method |" not in page and "<td>t3s</td>" in page
 

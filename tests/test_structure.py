@@ -16,7 +16,7 @@ LAYERS = [
     {"__init__", "fields", "modes", "artifacts", "config", "estimate"},  # leaves without torch
     {"dist", "data", "models", "generation", "ledger", "summary", "launch", "graders", "trackers", "smollm"},  # leaves
     # pure functions of score sets (and the cross-tokenizer Δc projection); the vLLM engine
-    {"score", "select", "objectives.projection", "vllm_backend"},
+    {"score", "select", "verdict", "objectives.projection", "vllm_backend"},
     {"objectives", "objectives.base", "objectives.ar", "objectives.masked", "objectives.diffusion"},  # objectives
     {"train", "probe", "evaluate", "harness", "rrt", "report", "traces"},  # stages
     {"stages"},  # the stage builders

@@ -37,10 +37,15 @@ OBJECTIVES: dict[str, type[Objective]] = {"ar": Autoregressive, "diffusion": Mas
 DEFAULT = "ar"  # the objective of a model no other objective recognises
 
 
-def objective_for(cfg: RunConfig) -> Objective:
-    """The objective a run config names, with its settings, after it has checked the run (`Objective.check`)."""
+def check_name(cfg: RunConfig) -> None:
+    """Refuse a run config whose `objective` is not in the table."""
     if cfg.objective not in OBJECTIVES:
         raise T3SError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{cfg.objective}'")
+
+
+def objective_for(cfg: RunConfig) -> Objective:
+    """The objective a run config names, with its settings, after it has checked the run (`Objective.check`)."""
+    check_name(cfg)
     objective = OBJECTIVES[cfg.objective].from_config(cfg)
     objective.check(cfg)
     return objective
@@ -49,6 +54,7 @@ def objective_for(cfg: RunConfig) -> Objective:
 def objective_of(model: str | Path, cfg: RunConfig, trust_remote_code: bool = False) -> Objective:
     """The objective of a model (a directory or a hub id), from its config alone, with the run config's settings
     for it."""
+    check_name(cfg)  # the model decides, but a config naming no objective we have is a mistake
     for name, cls in OBJECTIVES.items():
         if name != DEFAULT and cls.recognises(model, trust_remote_code):
             return cls.from_config(cfg)

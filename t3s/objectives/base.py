@@ -136,7 +136,10 @@ class Objective:
             try:
                 self.check_backend(cfg.probe.backend, "probe.backend")
             except T3SError as e:
-                raise T3SError(f"{e} (probe_student: true probes the student itself)") from None
+                raise T3SError(
+                    f"{e} (probe_student: true probes the student itself; with probe_student: false only the "
+                    "selector is probed, and its probe may use this backend)"
+                ) from None
 
     def check_backend(self, backend: str, setting: str) -> None:
         """Refuse a generation backend this objective cannot use, before any work (`setting` names the key)."""
