@@ -56,3 +56,23 @@ def test_installing_t3s_keeps_what_is_installed():
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert [x["metadata"]["name"] for x in json.loads(report.read_text())["install"]] == ["t3s"]
+
+
+def test_every_file_the_tests_read_lands_in_a_clean_clone():
+    """A data file .gitignore swallows passes here and fails in CI's clean clone (a `runs/` rule once hid the
+    recorded run directories under tests/data/recorded/runs)."""
+    if not (ROOT / ".git").exists():
+        raise AssertionError("not a git checkout: run the tests from a clone of the repository")
+    files = [p.relative_to(ROOT).as_posix() for p in (ROOT / "tests" / "data").rglob("*") if p.is_file()]
+    assert files, "tests/data is empty"
+    # the check itself can fail: a top-level run directory is ignored
+    probe = subprocess.run(["git", "check-ignore", "--no-index", "-q", "runs/x"], cwd=ROOT)
+    assert probe.returncode == 0, "git check-ignore no longer reports ignored paths"
+    out = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=ROOT,
+        input="\n".join(files),
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.strip() == "", f"ignored by .gitignore, so missing from a clean clone:\n{out.stdout}"
