@@ -355,7 +355,7 @@ def cmd_traces(args) -> int:
         progress=_progress(args),
     )
     print(format_summary(m["summary"]))
-    kept = m["summary"]["kept"]
+    kept = m["summary"]["rows"]
     print(f"wrote {args.out}: " + (f"train.jsonl ({kept} rows), " if kept else "") + "samples.jsonl, traces.json")
     return 0 if m["summary"]["complete"] else 3
 
@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-shard-gb", type=float, default=2.0, help="largest output shard")
     sp.set_defaults(fn=cmd_rrt)
 
-    sp = sub.add_parser("traces", help="training rows from a teacher: sample, grade, keep one correct trace")
+    sp = sub.add_parser("traces", help="training rows from a teacher: sample, grade, keep correct traces")
     sp.add_argument(
         "--model",
         required=True,
@@ -614,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="samples, temperature, top_p, max_tokens, seed, select, fallback, teacher, batch_size, "
+        help="samples, keep, few_shot, temperature, top_p, max_tokens, seed, select, fallback, teacher, batch_size, "
         "concurrency, timeout, retries, api_key_env, extra_body, rendering keys",
     )
     sp.set_defaults(fn=cmd_traces)

@@ -1,6 +1,10 @@
 """Stage 0: teacher traces. For every prompt with a gold answer, sample `samples` responses from a teacher, grade
-each with `t3s eval`'s extraction and math-verify, and keep one correct trace per prompt as a training row;
+each with `t3s eval`'s extraction and math-verify, and keep `keep` correct traces per prompt as training rows;
 prompts with no correct trace are dropped (the paper: 16 samples at temperature 0.6, one correct kept at random).
+
+What the teacher is asked can differ from what the student is trained on: `render.system_prompt` and `few_shot`
+(worked examples, given as prior user/assistant turns) shape the teacher's voice when sampling only; every
+training row holds the prompt as the data gave it.
 
 A teacher is anything that turns a list of `Request`s into an iterator of `Result`s, in any order:
 `hf_teacher` (a local Hugging Face model, `t3s eval`'s batched `generate` with one seed per sample) and
@@ -47,7 +51,18 @@ class TracesConfig:
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling (1 = off)"})
     max_tokens: int = field(default=32768, metadata={"help": "generation budget per response"})
     seed: int = field(default=0, metadata={"help": "base seed: each (prompt, sample) draws from its own seed"})
-    select: str = field(default="random", metadata={"help": "random: one correct trace at random | shortest"})
+    select: str = field(default="random", metadata={"help": "random: correct traces at random | shortest"})
+    keep: int = field(
+        default=1,
+        metadata={"help": "correct traces kept per prompt (rows `ID#SAMPLE` when > 1; fewer when fewer are correct)"},
+    )
+    few_shot: str | None = field(
+        default=None,
+        metadata={
+            "help": "file of worked examples (prompt + response rows, as training data) given to the teacher as "
+            "prior turns before every prompt; teacher side only, the training rows keep their own prompt"
+        },
+    )
     fallback: str = field(default="last_number", metadata={"help": "answer fallback: last_number | none"})
     grader: str = field(
         default="math",
@@ -81,8 +96,10 @@ class TracesConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "traces")
-        if self.samples < 1 or self.max_tokens < 1 or self.batch_size < 1 or self.concurrency < 1:
-            raise T3SError("samples, max_tokens, batch_size and concurrency must be >= 1")
+        if min(self.samples, self.max_tokens, self.batch_size, self.concurrency, self.keep) < 1:
+            raise T3SError("samples, keep, max_tokens, batch_size and concurrency must be >= 1")
+        if self.keep > self.samples:
+            raise T3SError(f"keep ({self.keep}) cannot exceed samples ({self.samples})")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise T3SError("temperature must be >= 0 and top_p in (0, 1]")
         if self.samples > 1 and self.temperature == 0:
@@ -184,6 +201,45 @@ def sample_seed(seed: int, rid: str, sample: int) -> int:
     return int(hashlib.sha256(f"{seed}/{rid}/{sample}".encode()).hexdigest()[:8], 16)
 
 
+def load_few_shot(path: str | None) -> list[Row]:
+    """The worked examples of `few_shot` (none when unset); a bad file is one error naming it and its row."""
+    from t3s.data import load_rows
+
+    if path is None:
+        return []
+    if not Path(path).exists():
+        raise T3SError(f"few_shot: {path} does not exist")
+    shots = load_rows(path, need_response=True)
+    if not shots:
+        raise T3SError(f"few_shot: {path} holds no examples")
+    return shots
+
+
+def teacher_row(row: Row, shots: list[Row], rcfg: RenderConfig, template: bool = True) -> Row:
+    """The row as the teacher is asked it: the worked examples before the prompt, as user/assistant turns after
+    the system turn (with a chat template or an endpoint), or as `prompt separator response` blocks before the
+    prompt (plain text). Without examples it is the row itself, so the system prompt applies as everywhere."""
+    from t3s.data import prompt_messages
+
+    if not shots:
+        return row
+    if template:
+        turns: list[dict[str, str]] = []
+        for s in shots:
+            turns += [m for m in prompt_messages(s, RenderConfig()) if m["role"] != "system"]
+            turns.append({"role": "assistant", "content": s.response or ""})
+        msgs = prompt_messages(row, rcfg)
+        head = 0
+        while head < len(msgs) and msgs[head]["role"] == "system":
+            head += 1
+        return dataclasses.replace(row, prompt=msgs[:head] + turns + msgs[head:])
+    for r in (*shots, row):
+        if isinstance(r.prompt, list):
+            raise T3SError(f"{r.where}: few-shot examples without a chat template need string prompts")
+    blocks = "".join(f"{s.prompt}{rcfg.separator}{s.response}\n\n" for s in shots)
+    return dataclasses.replace(row, prompt=blocks + str(row.prompt))
+
+
 def hf_teacher(model: str | Path, cfg: TracesConfig, rcfg: RenderConfig, trust_remote_code: bool = False) -> Teacher:
     """A local Hugging Face model. Prompts are rendered as `t3s eval` renders them (chat template or plain);
     the model is loaded on the first request, so a finished directory needs no model load."""
@@ -194,6 +250,7 @@ def hf_teacher(model: str | Path, cfg: TracesConfig, rcfg: RenderConfig, trust_r
 
     tok = load_tokenizer(model, trust_remote_code)
     template = uses_template(tok, rcfg)
+    shots = load_few_shot(cfg.few_shot)
     precision = resolve_precision(cfg.dtype)
     identity = {
         "backend": "hf",
@@ -207,7 +264,10 @@ def hf_teacher(model: str | Path, cfg: TracesConfig, rcfg: RenderConfig, trust_r
         if not loaded:
             loaded.append(load_causal_lm(model, precision, trust_remote_code))
         rows = {r.row.id: r.row for r in requests}
-        rendered = {rid: render_prompt(row, tok, rcfg, template) for rid, row in rows.items()}
+        rendered = {
+            rid: render_prompt(teacher_row(row, shots, rcfg, template), tok, rcfg, template)
+            for rid, row in rows.items()
+        }
         ids = {rid: p[0] for rid, p in rendered.items()}
         # what the generation prompt prefills (`<think>\n` for R1-distill, QwQ) is part of the trace: stored with
         # the generated text, so the row holds a whole think block for any student's template
@@ -288,13 +348,14 @@ def openai_teacher(model: str, cfg: TracesConfig, rcfg: RenderConfig) -> Teacher
             "extra_body={chat_template_kwargs: {...}} (vLLM, SGLang, transformers serve)"
         )
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    shots = load_few_shot(cfg.few_shot)
 
     def one(client: Any, req: Request) -> Result:
         res = Result(req.row.id, req.sample)
         try:
             resp = client.chat.completions.create(
                 model=model,
-                messages=prompt_messages(req.row, rcfg),
+                messages=prompt_messages(teacher_row(req.row, shots, rcfg), rcfg),
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
                 max_tokens=cfg.max_tokens,
@@ -355,20 +416,26 @@ def training_response(rec: dict[str, Any], reasoning_format: str) -> str:
     return reasoning_format.format(reasoning=rec["reasoning"], content=rec["text"])
 
 
-def choose(recs: list[dict[str, Any]], rule: str, seed: int, rid: str, reasoning_format: str) -> dict[str, Any] | None:
-    """The kept sample of one prompt, or None when no sample is usable. `random`: uniform over the usable
-    samples, seeded by (seed, prompt id) so reruns agree; `shortest`: fewest completion tokens (characters of the
-    training response when a token count is missing), ties to the lowest sample index."""
+def choose(
+    recs: list[dict[str, Any]], rule: str, seed: int, rid: str, reasoning_format: str, keep: int = 1
+) -> list[dict[str, Any]]:
+    """The kept samples of one prompt, in sample order: up to `keep` of the usable ones (none when no sample is
+    usable). `random`: uniform without replacement, seeded by (seed, prompt id) so reruns agree; `shortest`: fewest
+    completion tokens (characters of the training response when a token count is missing), ties to the lowest
+    sample index."""
     ok = sorted((r for r in recs if usable(r)), key=lambda r: r["sample"])
     if not ok:
-        return None
+        return []
     if rule == "shortest":
         by_tokens = all(isinstance(r.get("tokens"), int) for r in ok)
-        return min(
+        ranked = sorted(
             ok, key=lambda r: (r["tokens"] if by_tokens else len(training_response(r, reasoning_format)), r["sample"])
         )
+        return sorted(ranked[:keep], key=lambda r: r["sample"])
     rng = random.Random(int(hashlib.sha256(f"{seed}/{rid}/select".encode()).hexdigest()[:16], 16))
-    return ok[rng.randrange(len(ok))]
+    if keep == 1:  # one draw, as before `keep` existed: traces made then keep their selection
+        return [ok[rng.randrange(len(ok))]]
+    return sorted(rng.sample(ok, min(keep, len(ok))), key=lambda r: r["sample"])
 
 
 def summarize(
@@ -389,8 +456,8 @@ def summarize(
         recs = [done[(row.id, j)] for j in range(cfg.samples) if (row.id, j) in done]
         n_failed = sum((row.id, j) in failed and (row.id, j) not in done for j in range(cfg.samples))
         good = sum(usable(r) for r in recs)
-        pick = choose(recs, cfg.select, cfg.seed, row.id, cfg.reasoning_format)
-        status = "kept" if pick else ("dropped" if len(recs) == cfg.samples else "incomplete")
+        picks = choose(recs, cfg.select, cfg.seed, row.id, cfg.reasoning_format, cfg.keep)
+        status = "kept" if picks else ("dropped" if len(recs) == cfg.samples else "incomplete")
         prompts.append(
             {
                 "id": row.id,
@@ -399,13 +466,14 @@ def summarize(
                 "correct": good,
                 "solve_rate": good / len(recs) if recs else None,
                 "status": status,
-                "selected": pick["sample"] if pick else None,
+                "selected": [p["sample"] for p in picks],
             }
         )
-        if pick:
+        for pick in picks:
             train.append(
                 {
-                    "id": row.id,
+                    # one row per kept trace: its own id, so a selection can tell the traces of one prompt apart
+                    "id": row.id if cfg.keep == 1 else f"{row.id}#{pick['sample']}",
                     "prompt": row.prompt,
                     "response": training_response(pick, cfg.reasoning_format),
                     "answer": row.answer,
@@ -419,6 +487,7 @@ def summarize(
         "prompts": len(rows),
         "samples_per_prompt": cfg.samples,
         **n,
+        "rows": len(train),
         "samples_finished": sum(p["finished"] for p in prompts),
         "samples_failed": sum(p["failed"] for p in prompts),
         "mean_solve_rate": sum(rates) / len(rates) if rates else None,
@@ -435,6 +504,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{s['prompts']} prompts x {s['samples_per_prompt']} samples: {s['kept']} kept, {s['dropped']} dropped "
         f"(no correct trace), mean solve rate {rate}"
     )
+    if s.get("rows", s["kept"]) != s["kept"]:
+        line += f"; {s['rows']} training rows (several traces per prompt)"
     if not s["complete"]:
         line += (
             f"; INCOMPLETE: {s['samples_failed']} failed and "
@@ -513,6 +584,7 @@ def build_traces(
     for r in rows:
         if r.answer is None:
             raise T3SError(f"{r.where}: missing field 'answer'")
+    shots = load_few_shot(cfg.few_shot)
     out = Path(out)
     inputs = {
         "data": data_fingerprint(rows),
@@ -525,6 +597,8 @@ def build_traces(
             "seed": cfg.seed,
             "system_prompt": rcfg.system_prompt,
             "extra_body": cfg.extra_body,
+            # the examples' content, not their path (left out when unset: older runs keep their fingerprint)
+            **({"few_shot": sha256_json([r.content() for r in shots])} if shots else {}),
         },
         # the default grader is left out: traces made before graders existed keep their fingerprint
         "grading": {"fallback": cfg.fallback, **({"grader": cfg.grader} if cfg.grader != "math" else {})},

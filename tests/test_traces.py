@@ -176,25 +176,107 @@ def test_selection_and_drop_rules_on_crafted_samples():
     by = {p["id"]: p for p in prompts}
     assert [p["status"] for p in prompts] == ["kept", "dropped", "kept", "incomplete", "kept"]
     assert (by["a"]["solve_rate"], by["b"]["solve_rate"], by["c"]["solve_rate"]) == (0.5, 0.0, 1 / 3)
-    assert by["c"]["finished"] == 3 and by["c"]["failed"] == 1 and by["c"]["selected"] == 1
-    assert by["a"]["selected"] in (1, 3)
+    assert by["c"]["finished"] == 3 and by["c"]["failed"] == 1 and by["c"]["selected"] == [1]
+    assert by["a"]["selected"] in ([1], [3]) and by["b"]["selected"] == []
     assert (s["kept"], s["dropped"], s["incomplete"], s["samples_failed"], s["complete"]) == (3, 1, 1, 1, False)
     assert train[-1]["response"] == "<think>\nthink\n</think>\n\nso \\boxed{1}" and train[-1]["teacher"] == "T"
     # random: the same seed picks the same sample; over seeds, every usable sample and only those get picked
     picks = set()
     for seed in range(40):
-        again = summarize(rows, samples, dataclasses.replace(cfg, seed=seed), "T")[1][0]["selected"]
-        assert again == summarize(rows, samples, dataclasses.replace(cfg, seed=seed), "T")[1][0]["selected"]
+        (again,) = summarize(rows, samples, dataclasses.replace(cfg, seed=seed), "T")[1][0]["selected"]
+        assert [again] == summarize(rows, samples, dataclasses.replace(cfg, seed=seed), "T")[1][0]["selected"]
         picks.add(again)
     assert picks == {1, 3}
     # shortest: fewest tokens among the usable (the cut-off 3-token sample and the wrong 1-token one do not count)
     shortest = summarize(rows, samples, dataclasses.replace(cfg, select="shortest"), "T")[1]
-    assert shortest[0]["selected"] == 3
+    assert shortest[0]["selected"] == [3]
     tie = [rec("a", 0, True, 5), rec("a", 1, True, 5), rec("a", 2, True, 4, error="x"), rec("a", 3, False, 1)]
-    assert summarize(rows[:1], tie, dataclasses.replace(cfg, select="shortest"), "T")[1][0]["selected"] == 0
+    assert summarize(rows[:1], tie, dataclasses.replace(cfg, select="shortest"), "T")[1][0]["selected"] == [0]
     # all prompts finished and decided: complete
     full = [r for r in samples if r["id"] in "ab"]
     assert summarize(rows[:2], full, cfg, "T")[2]["complete"]
+
+    # keep: several correct traces per prompt, each its own row `ID#SAMPLE`, never one twice, never an unusable one
+    many = [rec("a", j, j != 2, 10 - j) for j in range(6)] + [rec("b", j, j == 4) for j in range(6)]
+    six = TracesConfig(samples=6, keep=3)
+    seen = set()
+    for seed in range(30):
+        train, prompts, s = summarize(rows[:2], many, dataclasses.replace(six, seed=seed), "T")
+        a = prompts[0]["selected"]
+        assert len(a) == 3 == len(set(a)) and a == sorted(a) and 2 not in a
+        assert prompts[1]["selected"] == [4]  # fewer correct than keep: all of them
+        assert [r["id"] for r in train] == [f"a#{j}" for j in a] + ["b#4"] and s["rows"] == 4 and s["kept"] == 2
+        assert train[0]["prompt"] == "q a" and train[0]["sample"] == a[0]
+        seen.add(tuple(a))
+    assert len(seen) > 3  # the draw depends on the seed
+    short = summarize(rows[:1], many[:6], dataclasses.replace(six, select="shortest"), "T")[1][0]["selected"]
+    assert short == [3, 4, 5]  # the fewest tokens among the usable ones (2 is shorter but wrong)
+    with pytest.raises(T3SError, match="keep"):
+        TracesConfig(samples=2, keep=3)
+
+
+def test_few_shot_examples_reach_the_teacher_only(tiny, tmp_path, monkeypatch):
+    """Worked examples become prior turns of what the teacher is asked (after the system turn, with the template;
+    as text blocks without one); the training rows keep the data's prompt; the examples are in the fingerprint."""
+    import t3s.generation
+    from t3s.config import RenderConfig
+    from t3s.data import render_prompt
+    from t3s.generation import Generation
+    from t3s.models import load_tokenizer
+    from t3s.traces import teacher_row
+
+    shots = write_jsonl(
+        tmp_path / "shots.jsonl",
+        [
+            {"prompt": "What is 2 + 2?", "response": "Let me think step by step. 2 + 2 = 4. \\boxed{4}"},
+            {"prompt": "What is 5 + 1?", "response": "Hmm, 5 then 6. \\boxed{6}"},
+        ],
+    )
+    row = Row(id="q", prompt="What is 12 + 34?", response=None, answer="46")
+    ex = load_rows(shots)
+    r = teacher_row(row, ex, RenderConfig(system_prompt="Reason at length."))
+    assert r.prompt == [
+        {"role": "system", "content": "Reason at length."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": ex[0].response},
+        {"role": "user", "content": "What is 5 + 1?"},
+        {"role": "assistant", "content": ex[1].response},
+        {"role": "user", "content": "What is 12 + 34?"},
+    ]
+    plain = teacher_row(row, ex, RenderConfig(separator=" => "), template=False).prompt
+    assert plain == f"What is 2 + 2? => {ex[0].response}\n\nWhat is 5 + 1? => {ex[1].response}\n\nWhat is 12 + 34?"
+    assert teacher_row(row, [], RenderConfig()) is row
+
+    seen = []
+
+    def fake_generate(model, tok, prompts, cfg, precision, progress=True, row_seeds=None, **kw):
+        seen.extend(tok.decode(p) for p in prompts)
+        return [[Generation([1, 2], "so \\boxed{46}", False)] for _ in prompts]
+
+    monkeypatch.setattr(t3s.generation, "generate", fake_generate)
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"id": "q", "prompt": row.prompt, "answer": "46"}])
+    cfg, rcfg = load_traces_config(None, ["samples=3", "keep=2", f"few_shot={shots}", "dtype=float32"])
+    m = run_traces(data, tmp_path / "o", cfg, rcfg, str(tiny / "model"), progress=False)
+    tok = load_tokenizer(tiny / "model")
+    want = tok.decode(render_prompt(teacher_row(row, ex, rcfg), tok, rcfg, True)[0])
+    assert seen == [want] * 3 and "What is 5 + 1?" in want and "Hmm, 5 then 6." in want
+    train = records(tmp_path / "o" / "train.jsonl")
+    assert [t["id"] for t in train] == [f"q#{j}" for j in m["prompts"][0]["selected"]] and len(train) == 2
+    assert all(t["prompt"] == row.prompt for t in train)
+    # other examples: another run; a missing file: one error naming it
+    write_jsonl(shots, [{"prompt": "What is 2 + 2?", "response": "4. \\boxed{4}"}])
+    with pytest.raises(T3SError, match="sampling.few_shot"):
+        run_traces(data, tmp_path / "o", cfg, rcfg, str(tiny / "model"), progress=False)
+    with pytest.raises(T3SError, match="few_shot: .*nope.jsonl does not exist"):
+        run_traces(
+            data,
+            tmp_path / "p",
+            dataclasses.replace(cfg, few_shot=str(tmp_path / "nope.jsonl")),
+            rcfg,
+            str(tiny / "model"),
+            progress=False,
+        )
+    assert not (tmp_path / "p").exists()
 
 
 def test_config_and_response_parsing():
