@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format demo bench install clean lock experiment-smollm gpu-wheels gpu-check test-lowest
+.PHONY: test lint format demo bench install clean lock experiment-smollm experiment-sampled gpu-wheels gpu-check test-lowest
 
 # pyproject.toml has compatible ranges; constraints.txt pins the exact set the tests run with
 $(STAMP): pyproject.toml constraints.txt
@@ -77,6 +77,12 @@ clean:
 # runs/experiment-smollm/{run/report/report.html, RESULTS.md}. Not part of `make test` (a smoke test is).
 experiment-smollm: $(BENCH_STAMP)
 	$(BIN)/python -m experiments.smollm
+
+# issue 29 A: SmolLM2-135M-Instruct trained on traces a model wrote (`t3s traces`: sampled, several per prompt,
+# graded), every mode and control, three seeds, the verdict and the cost; writes runs/experiment-sampled/RESULTS.md.
+# Resumes when rerun. Not part of `make test` (a smoke test is).
+experiment-sampled: $(BENCH_STAMP)
+	$(BIN)/python -m experiments.sampled
 
 # issue 27: the GPU acceptance check (docs/scaling.md). A lent GPU machine has its own Python 3.12, torch and
 # transformers but no network and no TRL / datasets / math-verify: `make gpu-wheels` (here, with the package

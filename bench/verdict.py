@@ -33,10 +33,12 @@ def seeds_of(run: Path) -> list[dict]:
     for seed, t3s_acc in rows["t3s"]["per_seed"].items():
         probe = run / f"seed-{seed}" / "probe"
         v = summary.get("verdicts", {}).get(seed)
-        if v is None:  # a run from before the verdict: the same rule on the probe's own files
+        if (probe / "probe.json").exists():  # the rule of this code on the probe's own files (older runs too)
             v = probe_verdict(
                 probe, json.loads((probe / "probe.json").read_text(encoding="utf-8")), threshold
             ).as_dict()
+        if v is None:
+            raise SystemExit(f"{run}: seed {seed} has neither a recorded verdict nor its probe's files")
         metrics = json.loads((run / f"seed-{seed}" / "eval" / "t3s" / "metrics.json").read_text(encoding="utf-8"))
         n = metrics["metrics"]["prompts"]
         sft_acc = rows["sft"]["per_seed"][seed]
@@ -51,6 +53,8 @@ def seeds_of(run: Path) -> list[dict]:
                 "paid": t3s_acc > sft_acc,
                 "se": math.sqrt(max(sft_acc * (1 - sft_acc), 1e-12) / n) if n else None,
                 "anchors": v.get("anchors"),
+                "anchors_zero": v.get("anchors_zero"),
+                "anchors_auto": v.get("anchors_auto"),
                 "below_base_at_end": v.get("below_base_at_end"),
             }
         )
@@ -62,7 +66,8 @@ def render(records: list[dict], skipped: list[str]) -> str:
         return "–" if x is None else f"{100 * x:.1f}"
 
     lines = [
-        "| run | seed | verdict | sft % | t3s % | t3s − sft (SE of one eval) | anchors % | below base at θ_T % | hit |",
+        "| run | seed | verdict | sft % | t3s % | t3s − sft (SE of one eval) | anchors % (run's τ; τ = 0; auto) "
+        "| below base at θ_T % | hit |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     decided = [r for r in records if r["predicts"] is not None]
@@ -71,7 +76,8 @@ def render(records: list[dict], skipped: list[str]) -> str:
         se = "" if r["se"] is None else f" ({100 * r['se']:.1f})"
         lines.append(
             f"| {r['run']} | {r['seed']} | {r['outcome']} | {pct(r['sft'])} | {pct(r['t3s'])} | "
-            f"{100 * (r['t3s'] - r['sft']):+.1f}{se} | {pct(r['anchors'])} | {pct(r['below_base_at_end'])} | {hit} |"
+            f"{100 * (r['t3s'] - r['sft']):+.1f}{se} | {pct(r['anchors'])}; {pct(r.get('anchors_zero'))}; "
+            f"{pct(r.get('anchors_auto'))} | {pct(r['below_base_at_end'])} | {hit} |"
         )
     hits = sum(r["predicts"] == r["paid"] for r in decided)
     both = {r["paid"] for r in decided}

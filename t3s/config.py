@@ -577,6 +577,22 @@ def parse_value(text: str) -> Any:
     return _numbers(yaml.safe_load(text))
 
 
+def parse_override(text: str) -> Any:
+    """The VALUE of a KEY=VALUE override: a YAML scalar or flow collection (`1e-5`, `true`, `[a, b]`,
+    `{top_k: 20}`); any other text is taken as it is written, so a prompt such as `Final answer: \\boxed{N}`
+    stays a string instead of becoming a mapping or a parse error."""
+    stripped = text.strip()
+    try:
+        value = parse_value(text)
+    except yaml.YAMLError:
+        if stripped[:1] in "[{":  # meant as a collection: say why it is not one
+            raise T3SError(f"cannot read '{text}' as a YAML list or mapping") from None
+        return text
+    if isinstance(value, (dict, list)) and stripped[:1] not in "[{":
+        return text  # block YAML ("a: b", "- a") is never what an override on one command line means
+    return value
+
+
 def coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Check keys against a config dataclass and convert values to its field types."""
     types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
@@ -679,7 +695,7 @@ def load_config(
                     f"sections {', '.join(SECTIONS)})"
                 )
             parts = [owner, *parts]
-        _set(raw, parts, parse_value(value))
+        _set(raw, parts, parse_override(value))
     unknown = sorted(set(raw) - _TOP - set(SECTIONS))
     if unknown:
         raise T3SError(

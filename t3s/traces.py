@@ -26,6 +26,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,7 @@ def load_traces_config(
     then KEY=VALUE overrides: bare keys of TracesConfig first, then RenderConfig; or `traces.KEY`, `render.KEY`."""
     import yaml
 
-    from t3s.config import coerce, parse_value
+    from t3s.config import coerce, parse_override, parse_value
 
     classes = {"traces": TracesConfig, "render": RenderConfig}
     raw: dict[str, dict[str, Any]] = {"traces": {}, "render": {}}
@@ -158,7 +159,7 @@ def load_traces_config(
             parts = [section, key]
         if parts[0] not in classes:
             raise T3SError(f"override '{item}': sections here are traces and render")
-        raw[parts[0]][parts[1]] = parse_value(value)
+        raw[parts[0]][parts[1]] = parse_override(value)
     out = []
     for name, cls in classes.items():
         try:
@@ -629,6 +630,12 @@ def build_traces(
                 f"{out} holds traces of other inputs or settings ({'; '.join(diff) or 'fingerprint'}); "
                 "use another --out, or --overwrite to start over"
             )
+    earlier = 0.0  # sampling seconds of earlier, interrupted invocations on this directory
+    if meta_path.exists() and not overwrite:
+        try:
+            earlier = float(read_json(meta_path).get("seconds", 0.0))
+        except (OSError, ValueError, TypeError):
+            earlier = 0.0
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "kind": "t3s-traces",
@@ -659,6 +666,7 @@ def build_traces(
         bar = tqdm(total=len(pending), unit="sample", desc="traces", disable=not progress, dynamic_ncols=True)
         in_a_row, failed_now = 0, 0
         results = teacher.generate(pending) if pending else iter(())
+        t0 = time.perf_counter()
         try:
             for res in results:
                 rec = {
@@ -693,7 +701,12 @@ def build_traces(
                 close()
             bar.close()
     train, prompts, summary = summarize(rows, records, cfg, teacher.name)
-    meta.update(status="complete" if summary["complete"] else "incomplete", summary=summary, prompts=prompts)
+    meta.update(
+        status="complete" if summary["complete"] else "incomplete",
+        summary=summary,
+        prompts=prompts,
+        seconds=earlier + time.perf_counter() - t0,  # wall seconds of sampling and grading, summed over invocations
+    )
     if train:
         _write_jsonl(out / "train.jsonl", train)
     else:

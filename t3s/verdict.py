@@ -108,13 +108,18 @@ def decide(
         "margin": margin,
         "threshold": threshold,
         "anchors": None,
+        "anchors_zero": None,
+        "anchors_auto": None,
         "below_base_at_end": None,
     }
     if logprobs and 0 in logprobs:
         c0 = logprobs[0]
-        if bottleneck_step in logprobs:
-            anchors, _ = groups(logprobs[bottleneck_step] - c0, c0, threshold)
-            numbers["anchors"] = float(anchors.mean()) if anchors.size else None
+        if bottleneck_step in logprobs and c0.size:
+            delta = logprobs[bottleneck_step] - c0
+            numbers["anchors"] = float(groups(delta, c0, threshold)[0].mean())
+            # the two thresholds users compare (the regime's numbers, whatever the run's own threshold)
+            numbers["anchors_zero"] = float(groups(delta, c0, 0.0)[0].mean())
+            numbers["anchors_auto"] = float(groups(delta, c0, "auto")[0].mean())
         if end["step"] in logprobs and end["step"] != 0:
             numbers["below_base_at_end"] = float((logprobs[end["step"]] < c0).mean()) if c0.size else None
     if b is None or start["train_accuracy"] - b["train_accuracy"] < margin - 1e-12:

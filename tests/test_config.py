@@ -66,3 +66,22 @@ def test_the_config_a_run_writes_reads_back_to_the_same_config(tmp_path):
     with pytest.raises(T3SError, match="not a config written by `t3s run`"):
         (tmp_path / "other.yaml").write_text("train: {lr: 1}\n")
         read_resolved(tmp_path / "other.yaml")
+
+
+def test_override_values_are_yaml_scalars_or_flow_collections_else_the_text_as_written():
+    """A prompt on the command line ("Final answer: \\boxed{N}") is a string, not a YAML mapping or a traceback;
+    numbers, booleans and flow collections are still read as YAML; a broken collection is one clear error."""
+    from t3s.config import parse_override
+    from t3s.traces import load_traces_config
+
+    text = "Reason step by step, then end with: Final answer: \\boxed{N}."
+    assert parse_override(text) == text
+    assert parse_override("a: b") == "a: b" and parse_override("- a") == "- a"
+    assert parse_override("1e-5") == 1e-5 and parse_override("true") is True and parse_override("3") == 3
+    assert parse_override("[sft, t3s]") == ["sft", "t3s"] and parse_override("{top_k: 20}") == {"top_k": 20}
+    with pytest.raises(T3SError, match="YAML list or mapping"):
+        parse_override("{top_k: 20")
+    _, rcfg = load_traces_config(None, [f"system_prompt={text}"])
+    assert rcfg.system_prompt == text
+    cfg = load_config(None, [f"render.system_prompt={text}"])
+    assert cfg.render.system_prompt == text

@@ -70,3 +70,39 @@ def test_the_experiment_end_to_end_at_smoke_size(tiny, tmp_path):
     assert f"{100 * probe['start_accuracy']:.1f}% at step 0" in text
     assert "## Anchors and yet-to-learn tokens" in text and "| anchor token | count | share |" in text
     assert (out / "dip-samples.json").exists() and "(the bottleneck)" in text
+
+
+def test_the_sampled_teacher_experiment_end_to_end_at_smoke_size(tiny, tmp_path):
+    """experiments/sampled.py on the tiny model: the teacher's traces come from `t3s traces` (sampled, several kept
+    per prompt, the teacher asked with a system prompt and a worked example the training rows do not hold), then
+    t3s run, t3s report and RESULTS.md with the verdict, the regime numbers, paired differences and the cost."""
+    from experiments import sampled
+
+    out = tmp_path / "sampled"
+    args = ["--out", str(out), "--size", "smoke", "--student", str(tiny / "model")]
+    assert sampled.main(["prepare", *args]) == 0
+    meta = json.loads((out / "traces" / "traces.json").read_text())
+    assert (
+        meta["inputs"]["sampling"]["system_prompt"] == sampled.SYSTEM_PROMPT
+        and "few_shot" in meta["inputs"]["sampling"]
+    )
+    assert meta["settings"]["keep"] == 2 and meta["settings"]["temperature"] == sampled.SIZES["smoke"].temperature
+    rows = [json.loads(x) for x in (out / "traces" / "train.jsonl").read_text().splitlines()]
+    prompts = {json.loads(x)["id"]: json.loads(x)["prompt"] for x in (out / "prompts.jsonl").read_text().splitlines()}
+    per = [r["id"].split("#")[0] for r in rows]
+    assert rows and len(set(r["id"] for r in rows)) == len(rows) and max(per.count(p) for p in per) <= 2
+    assert meta["summary"]["rows"] == len(rows) and meta["seconds"] > 0
+    assert all(r["id"].split("#")[0] in prompts and r["prompt"] == prompts[r["id"].split("#")[0]] for r in rows)
+    assert not any(sampled.SYSTEM_PROMPT in json.dumps(r) for r in rows)  # the teacher's voice stays teacher side
+    cfg = load_config(str(out / "run.yaml"))
+    assert cfg.train_data.endswith("traces/train.jsonl") and cfg.seeds == [0] and cfg.rrt
+    assert sampled.SIZES["full"].teacher_grader == "math" and len(sampled.SIZES["full"].seeds) >= 3
+    assert sampled.main(["all", *args, "seeds=[0]"]) == 0
+    text = (out / "RESULTS.md").read_text()
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    for row in summary["rows"]:
+        assert f"| {row['method']} | {100 * row['accuracy']:.1f}" in text
+    assert "anchors τ=0 %" in text and "T3S / SFT alone" in text and "| t3s | " in text
+    verdict = summary["verdicts"]["0"]
+    assert verdict["headline"] in text and verdict["anchors_zero"] is not None
+    assert (out / "run" / "report" / "report.html").exists()

@@ -80,6 +80,20 @@ def test_run_end_to_end_then_rerun_skips_everything(config, tmp_path):
     assert (rec["outcome"], rec["predicts"]) == ("no-dip", False)
     assert (rec["sft"], rec["t3s"]) == (s["rows"][1]["accuracy"], s["rows"][2]["accuracy"])
     assert "Hit rate: " + ("1/1" if rec["t3s"] <= rec["sft"] else "0/1") in render([rec], [])
+    # the cost of T3S against SFT alone reads this run's own stage records
+    from t3s.cost import run_costs
+
+    (c,) = run_costs(out)["seeds"]
+    stage = records(out)
+    assert c["t3s"] == pytest.approx(
+        sum(
+            stage[k]["seconds"]
+            for k in ("seed-0__probe", "seed-0__select-t3s", "seed-0__train-t3s", "seed-0__eval-t3s")
+        )
+        + stage["scores-init"]["seconds"]
+        + stage["seed-0__scores-bottleneck"]["seconds"]
+    )
+    assert 0 < c["sft_alone"] < c["sft_watched"] < c["t3s"]
     assert (out / "seed-0" / "probe" / "trajectory.png").exists()
     tracked = [json.loads(x) for x in open(out / "seed-0" / "train" / "t3s" / "trajectory.jsonl")]
     assert [p["step"] for p in tracked] == [0, 3, 6]  # every trained mode is evaluated along the way

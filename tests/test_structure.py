@@ -18,7 +18,7 @@ LAYERS = [
     # pure functions of score sets (and the cross-tokenizer Δc projection); the vLLM engine
     {"score", "select", "verdict", "objectives.projection", "vllm_backend"},
     {"objectives", "objectives.base", "objectives.ar", "objectives.masked", "objectives.diffusion"},  # objectives
-    {"train", "probe", "evaluate", "harness", "rrt", "report", "traces"},  # stages
+    {"train", "probe", "evaluate", "harness", "rrt", "report", "traces", "cost"},  # stages and their readers
     {"stages"},  # the stage builders
     {"mixture", "pipeline", "tiny", "testbed", "api"},  # orchestration, built-in worlds, the public API
     {"cli", "__main__", "reference"},  # the command line; the generated configuration reference

@@ -257,6 +257,9 @@ def test_few_shot_examples_reach_the_teacher_only(tiny, tmp_path, monkeypatch):
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"id": "q", "prompt": row.prompt, "answer": "46"}])
     cfg, rcfg = load_traces_config(None, ["samples=3", "keep=2", f"few_shot={shots}", "dtype=float32"])
     m = run_traces(data, tmp_path / "o", cfg, rcfg, str(tiny / "model"), progress=False)
+    assert m["seconds"] > 0  # the sampling's wall time, summed over invocations (the cost of a teacher)
+    again = run_traces(data, tmp_path / "o", cfg, rcfg, str(tiny / "model"), progress=False)
+    assert again["seconds"] >= m["seconds"] and again["summary"] == m["summary"]  # nothing left to sample
     tok = load_tokenizer(tiny / "model")
     want = tok.decode(render_prompt(teacher_row(row, ex, rcfg), tok, rcfg, True)[0])
     assert seen == [want] * 3 and "What is 5 + 1?" in want and "Hmm, 5 then 6." in want

@@ -60,6 +60,10 @@ def test_the_threshold_and_auto_decide_the_anchor_share():
     lp[0][:100], lp[4][:100] = -1e-6, -1e-7
     assert decide(points, 0.1, 4, True, lp, 0.0).numbers["anchors"] == pytest.approx(0.3)
     assert decide(points, 0.1, 4, True, lp, "auto").numbers["anchors"] == pytest.approx(0.2)
+    # both regime numbers are reported whatever the run's own threshold
+    for t in (0.0, 0.5, "auto"):
+        n = decide(points, 0.1, 4, True, lp, t).numbers
+        assert (n["anchors_zero"], n["anchors_auto"]) == (pytest.approx(0.3), pytest.approx(0.2))
 
 
 def test_a_trajectory_without_step_zero_is_refused():
