@@ -12,7 +12,7 @@ The teacher is SmolLM2-135M-Instruct itself, the only instruct model this offlin
 than the student, only asked differently and filtered by the grader (rejection sampling). That is the honest
 limit of this world, and RESULTS.md says so.
 
-    python -m experiments.sampled                # prepare (traces), t3s run (resumes), report, RESULTS.md
+    python -m experiments.sampled                # prepare (traces), screen the voices, t3s run, report, RESULTS.md
     python -m experiments.sampled verdict        # prepare, then the probes alone (`t3s run --verdict`)
     python -m experiments.sampled prepare --out DIR --size smoke --student DIR   # data, traces, config only
 
@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from t3s import T3SError
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "runs" / "experiment-sampled"
 
@@ -47,7 +49,7 @@ class Size:
     """How big the experiment is."""
 
     train_prompts: int = 192  # word problems given to the teacher (prompts with no correct trace are dropped)
-    heldout: int = 300  # held-out problems for the final evaluation (standard error ≤ 2.9 points)
+    heldout: int = 200  # held-out problems for the final evaluation (standard error ≤ 3.5 points)
     samples: int = 4  # teacher samples per prompt
     keep: int = 2  # correct traces kept per prompt (one training row each)
     temperature: float = 0.7
@@ -65,7 +67,7 @@ class Size:
     eval_batch: int = 100
     modes: tuple[str, ...] = ("sft", "t3s", "reverse", "static-high", "static-low", "random")
     threshold: float | str = 0.0
-    track_every: int = 6
+    track_every: int = 15  # every trained mode evaluated at steps 0, 15 and 30 (does a selection avoid the dip?)
     track_subset: int = 32
 
 
@@ -145,20 +147,72 @@ def make_prompts(size: Size, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def traces_overrides(where: Path, size: Size) -> list[str]:
-    """The `t3s traces` KEY=VALUE settings of the experiment (RESULTS.md prints the command)."""
+# The teacher voices screened before choosing (`screen`): (system prompt, worked examples shown). The chosen one is
+# the second; the others measure what a longer voice costs this teacher.
+VOICES = {
+    "its own voice (no system prompt)": (None, 0),
+    "step by step (the system prompt above)": (SYSTEM_PROMPT, 0),
+    "a long voice (the system prompt and two worked examples)": (SYSTEM_PROMPT, 2),
+}
+SCREEN_PROMPTS = 32
+
+
+def screen(out: Path, size: Size, log: Any = print) -> dict[str, Any]:
+    """Each voice's solve rate and trace length: `t3s traces` with that voice on the first SCREEN_PROMPTS training
+    prompts, two samples each at the experiment's temperature (directories under `out/screen/`, resumable)."""
+    from t3s.artifacts import read_json
+    from t3s.traces import load_traces_config, run_traces
+
+    where = out / "screen"
+    where.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(where / "prompts.jsonl", make_prompts(size)["train"][:SCREEN_PROMPTS])
+    result = {}
+    for i, (name, (system, shots)) in enumerate(VOICES.items()):
+        few = None
+        if shots:
+            few = where / f"few_shot-{shots}.jsonl"
+            _write_jsonl(few, FEW_SHOT[:shots])
+        cfg, rcfg = load_traces_config(None, traces_overrides(size, samples=2, keep=1, system=system, few_shot=few))
+        voice = where / f"voice-{i}"
+        try:
+            run_traces(where / "prompts.jsonl", voice, cfg, rcfg, str(out / "student"), progress=False)
+        except T3SError as e:  # no correct trace at all is a result here, not a failure
+            if "no prompt has a correct trace" not in str(e):
+                raise
+        meta = read_json(voice / "traces.json")
+        samples = [json.loads(x) for x in (voice / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+        result[name] = {
+            "solve_rate": meta["summary"]["mean_solve_rate"],
+            "samples": len(samples),
+            "tokens": sum(x["tokens"] or 0 for x in samples) / max(len(samples), 1),
+        }
+        log(f"screen: {name}: solve rate {100 * result[name]['solve_rate']:.1f}%, {result[name]['tokens']:.0f} tokens")
+    return result
+
+
+def traces_overrides(
+    size: Size,
+    *,
+    samples: int | None = None,
+    keep: int | None = None,
+    system: str | None = SYSTEM_PROMPT,
+    few_shot: Path | None = None,
+) -> list[str]:
+    """The `t3s traces` KEY=VALUE settings: the size's, or the screen's (other samples, keep, voice)."""
+    samples = size.samples if samples is None else samples
     out = [
-        f"samples={size.samples}",
-        f"keep={size.keep}",
+        f"samples={samples}",
+        f"keep={size.keep if keep is None else keep}",
         f"temperature={size.temperature}",
         "top_p=0.95",
         f"max_tokens={size.teacher_tokens}",
-        f"batch_size={size.samples * 16}",
+        f"batch_size={samples * 16}",
         f"grader={size.teacher_grader}",
-        f"system_prompt={SYSTEM_PROMPT}",
     ]
-    if size.few_shot:
-        out.append(f"few_shot={where / 'few_shot.jsonl'}")
+    if system:
+        out.append(f"system_prompt={system}")
+    if few_shot is not None:
+        out.append(f"few_shot={few_shot}")
     return out
 
 
@@ -219,8 +273,10 @@ def prepare(out: Path, size: Size, student: Path | None = None, log: Any = print
     rows = make_prompts(size)
     _write_jsonl(out / "prompts.jsonl", rows["train"])
     _write_jsonl(out / "heldout.jsonl", rows["heldout"])
-    _write_jsonl(out / "few_shot.jsonl", FEW_SHOT[: size.few_shot])
-    cfg, rcfg = load_traces_config(None, traces_overrides(out, size))
+    if size.few_shot:
+        _write_jsonl(out / "few_shot.jsonl", FEW_SHOT[: size.few_shot])
+    few = out / "few_shot.jsonl" if size.few_shot else None
+    cfg, rcfg = load_traces_config(None, traces_overrides(size, few_shot=few))
     log(f"t3s traces: the teacher ({out / 'student'}) samples {size.samples} traces per prompt")
     m = run_traces(out / "prompts.jsonl", out / "traces", cfg, rcfg, str(out / "student"), progress=True)
     log(format_summary(m["summary"]))
@@ -290,8 +346,15 @@ def write_results(out: Path, size: Size, seconds: float | None = None) -> Path:
         f"**Machine**: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; t3s "
         f"{__version__} (commit {commit.stdout.strip() or 'unknown'}), torch {torch.__version__}, transformers "
         f"{transformers.__version__}.  ",
-        f"**Time**: the teacher's traces took {traces_meta.get('seconds', 0.0) / 60:.1f} min, the run's stages "
-        f"{stage_seconds / 60:.1f} min" + (f"; this invocation {seconds / 60:.1f} min" if seconds else "") + ".",
+        "**Time**: the teacher's traces took "
+        + (
+            "an unrecorded time (made before `t3s traces` kept it)"
+            if traces_meta.get("seconds") is None
+            else f"{traces_meta['seconds'] / 60:.1f} min"
+        )
+        + f", the run's stages {stage_seconds / 60:.1f} min"
+        + (f"; this invocation {seconds / 60:.1f} min" if seconds else "")
+        + ".",
         "",
         "## The teacher",
         "",
@@ -304,6 +367,17 @@ def write_results(out: Path, size: Size, seconds: float | None = None) -> Path:
         f"{s['dropped']} dropped (no correct trace); **{t['rows']} training rows**, {t['distinct']} distinct "
         f"traces, {t['tokens_mean']:.0f} tokens on average (longest {t['tokens_max']}).",
     ]
+    if (out / "screen.json").exists():
+        sc = read_json(out / "screen.json")
+        L += [
+            "",
+            f"**Choosing the voice** (`screen.json`, {sc['seconds'] / 60:.1f} min): the same teacher on the first "
+            f"{SCREEN_PROMPTS} prompts, two samples each at temperature {size.temperature}:",
+            "",
+            "| voice | solve rate % | tokens per sample |",
+            "|---|---|---|",
+            *[f"| {name} | {_pct(v['solve_rate'])} | {v['tokens']:.0f} |" for name, v in sc["voices"].items()],
+        ]
     if t["example"]:
         L += ["", f"A kept trace ({t['example']['id']}: {t['example']['prompt']}):", "", "```"]
         L += [t["example"]["response"].strip(), "```"]
@@ -388,7 +462,7 @@ def write_results(out: Path, size: Size, seconds: float | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.sampled", description=__doc__.split("\n\n")[0])
-    ap.add_argument("step", nargs="?", default="all", choices=["all", "prepare", "verdict", "results"])
+    ap.add_argument("step", nargs="?", default="all", choices=["all", "prepare", "screen", "verdict", "results"])
     ap.add_argument("--out", default=str(OUT), help="experiment directory (default: runs/experiment-sampled)")
     ap.add_argument("--size", default="full", choices=sorted(SIZES))
     ap.add_argument("--student", help="prepare: copy this model instead of converting SmolLM2 (tests)")
@@ -411,6 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.step in ("all", "prepare", "verdict"):
         prepare(out, size, Path(args.student) if args.student else None)
+    if args.step in ("all", "screen"):
+        from t3s.artifacts import write_json
+
+        t1 = time.perf_counter()
+        voices = screen(out, size)
+        write_json(out / "screen.json", {"voices": voices, "seconds": time.perf_counter() - t1})
     if args.step in ("all", "verdict"):
         cmd = [sys.executable, "-m", "t3s", "run", str(out / "run.yaml"), "--out", str(out / "run")]
         if subprocess.run(cmd + (["--verdict"] if args.step == "verdict" else [])).returncode != 0:

@@ -19,6 +19,7 @@ import numpy as np
 
 from t3s import T3SError, __version__
 from t3s.artifacts import read_json, read_jsonl, read_npz
+from t3s.cost import format_costs, run_costs
 from t3s.verdict import Verdict
 
 COLORS = {
@@ -407,6 +408,16 @@ def build_report(run: str | Path, *, gradients: bool = True, log: Any = print) -
             "<h2>Will T3S pay on this run? (the verdict, from the probe)</h2><ul>" + items + "</ul>"
             "<p class='note'>The rule and the evidence behind it: docs/method.md; not yet validated per seed.</p>"
         )
+    if (
+        "stopped" not in summary
+        and "sft" in summary["config"].get("modes", [])
+        and "t3s" in summary["config"].get("modes", [])
+    ):
+        try:  # t3s.cost: the compute of T3S against SFT alone, from the stage records
+            costs = format_costs(run_costs(run))
+            parts.append("<h2>What T3S cost against SFT alone</h2>" + _md_html(costs))
+        except T3SError as e:
+            parts.append(f"<h2>What T3S cost against SFT alone</h2><p><em>{html.escape(str(e))}</em></p>")
     bott = {
         s: read_json(p).get("bottleneck_step")
         for s in seeds
@@ -472,6 +483,20 @@ def _mixture_report(run: Path, summary: dict[str, Any], gradients: bool, log: An
     out = run / "report"
     out.mkdir(exist_ok=True)
     return _write_page(run, out, parts)
+
+
+def _md_html(lines: list[str]) -> str:
+    """Markdown lines (one pipe table and paragraphs) as HTML."""
+    rows, paras = [], []
+    for line in lines:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= {"-", ":"} for c in cells):  # not the separator row
+                tag = "th" if not rows else "td"
+                rows.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+        elif line.strip():
+            paras.append(f"<p class='note'>{html.escape(line)}</p>")
+    return "<table>" + "".join(rows) + "</table>" + "".join(paras)
 
 
 def _md_table(summary: dict[str, Any]) -> str:

@@ -630,12 +630,13 @@ def build_traces(
                 f"{out} holds traces of other inputs or settings ({'; '.join(diff) or 'fingerprint'}); "
                 "use another --out, or --overwrite to start over"
             )
-    earlier = 0.0  # sampling seconds of earlier, interrupted invocations on this directory
+    # sampling seconds of earlier invocations on this directory; None (unknown) for one made before they were kept
+    earlier: float | None = 0.0
     if meta_path.exists() and not overwrite:
         try:
-            earlier = float(read_json(meta_path).get("seconds", 0.0))
-        except (OSError, ValueError, TypeError):
-            earlier = 0.0
+            earlier = read_json(meta_path).get("seconds")
+        except (OSError, ValueError):
+            earlier = None
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "kind": "t3s-traces",
@@ -647,6 +648,7 @@ def build_traces(
         "teacher": teacher.name,
         "settings": dataclasses.asdict(cfg),
         "render": dataclasses.asdict(rcfg),
+        "seconds": earlier,  # until this invocation ends (a killed one's time is not counted)
     }
     gold = {r.id: r.answer for r in rows}
     with samples_path.open("a+b") as fh:
@@ -705,7 +707,8 @@ def build_traces(
         status="complete" if summary["complete"] else "incomplete",
         summary=summary,
         prompts=prompts,
-        seconds=earlier + time.perf_counter() - t0,  # wall seconds of sampling and grading, summed over invocations
+        # wall seconds of sampling and grading, summed over invocations
+        seconds=None if earlier is None else earlier + time.perf_counter() - t0,
     )
     if train:
         _write_jsonl(out / "train.jsonl", train)

@@ -48,6 +48,11 @@ def test_report_builds_with_every_section(tiny_run):
     assert "Will T3S pay on this run?" in page and "<strong>no imitation shock: use SFT</strong>" in page
     assert page.count('class="tk"') > 50  # the token heatmap
     assert "| method |" not in page and "<td>t3s</td>" in page
+    # the cost of T3S against SFT alone, as a table, with this run's own ratio
+    from t3s.cost import run_costs
+
+    (c,) = run_costs(tiny_run)["seeds"]
+    assert "What T3S cost against SFT alone" in page and f"<td>{c['ratio']:.2f}×</td>" in page
 
 
 def _chromium():
