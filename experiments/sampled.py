@@ -319,7 +319,7 @@ def write_results(out: Path, size: Size, seconds: float | None = None) -> Path:
     import transformers
     import yaml
 
-    from experiments.smollm import _correct, _se, paired
+    from experiments.smollm import _correct, _se, paired, token_table
     from t3s import __version__
     from t3s.artifacts import read_json
     from t3s.cost import format_costs, run_costs
@@ -448,11 +448,8 @@ def write_results(out: Path, size: Size, seconds: float | None = None) -> Path:
         L += [
             f"Most frequent tokens of each group (seed {s0}; share = how many of that token's occurrences fall in it):",
             "",
-            "| anchor token | count | share | | yet-to-learn token | count | share |",
-            "|---|---|---|---|---|---|---|",
+            *token_table(freq),
         ]
-        for (ta, na, sa), (ty, ny, sy) in zip(freq[True], freq[False]):
-            L.append(f"| `{ta!r}` | {na} | {100 * sa:.0f}% | | `{ty!r}` | {ny} | {100 * sy:.0f}% |")
     L.append("")
     path = out / "RESULTS.md"
     tmp = path.with_name(".RESULTS.md.tmp")

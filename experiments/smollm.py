@@ -313,6 +313,14 @@ def paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, float, int]:
     return mean, (var / n) ** 0.5, n
 
 
+def token_table(freq: dict[bool, list[tuple[str, int, float]]]) -> list[str]:
+    """`t3s.report.frequent_tokens`' two groups side by side, as Markdown table lines."""
+    lines = ["| anchor token | count | share | | yet-to-learn token | count | share |", "|---|---|---|---|---|---|---|"]
+    for (ta, na, sa), (ty, ny, sy) in zip(freq[True], freq[False]):
+        lines.append(f"| `{ta!r}` | {na} | {100 * sa:.0f}% | | `{ty!r}` | {ny} | {100 * sy:.0f}% |")
+    return lines
+
+
 def dip_samples(out: Path, run: Path, seed: int, prompts: int = 2) -> list[tuple[str, str]]:
     """Greedy responses of θ_0, the bottleneck and the SFT end point to the first training prompts (generated
     once, kept in `out/dip-samples.json`)."""
@@ -539,11 +547,8 @@ def write_results(out: Path, size: Size, seconds: float | None = None) -> Path:
             f"The most frequent tokens of each group (seed {s0}; share = how many of that token's occurrences fall in "
             "the group):",
             "",
-            "| anchor token | count | share | | yet-to-learn token | count | share |",
-            "|---|---|---|---|---|---|---|",
+            *token_table(freq),
         ]
-        for (ta, na, sa), (ty, ny, sy) in zip(freq[True], freq[False]):
-            L.append(f"| `{ta!r}` | {na} | {100 * sa:.0f}% | | `{ty!r}` | {ny} | {100 * sy:.0f}% |")
     L.append("")
     path = out / "RESULTS.md"
     tmp = path.with_name(".RESULTS.md.tmp")
