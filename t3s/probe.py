@@ -534,7 +534,8 @@ def run_probe(
     if dist.is_main():
         log(f"probe training {describe(plan)}")
     data = prepare(model_path, data_path, tcfg, cfg.render, objective=objective)
-    heldout = load_rows(heldout_path, need_response=False, need_answer=True) if heldout_path else None
+    read_heldout = heldout_path and pcfg.heldout_subset >= 0  # -1: no held-out prompt is evaluated
+    heldout = load_rows(heldout_path, need_response=False, need_answer=True) if read_heldout else None
     with dist.atomic_dir(out, overwrite) as tmp:  # several processes: the main one writes
         args = (data, dataclasses.replace(tcfg, save_steps=0))
         zero3 = dist.zero3_init_args(training_arguments(args[1], tmp / "trainer", progress))  # noqa: F841

@@ -136,6 +136,11 @@ def projector_between(selector: str, cfg: RunConfig, log: Callable[[str], None])
 # ----------------------------------------------------------------------------------------------- the probe
 
 
+def probe_heldout_fp(run: Run) -> str | None:
+    """The held-out file's fingerprint as a probe input: None when the probe evaluates no held-out prompt."""
+    return run.heldout_fp if run.cfg.probe.heldout_subset >= 0 else None
+
+
 def probe_stage(
     run: Run, key: str, model: str, objective: Objective, train: TrainConfig, base: Callable[[], dict]
 ) -> Record:
@@ -148,7 +153,8 @@ def probe_stage(
         key,
         "probe",
         run.out / key,
-        lambda: {**base(), **probe_inputs(cfg, objective, train), "heldout": run.heldout_fp},
+        # the held-out file only when the probe reads it (probe.heldout_subset -1: it does not)
+        lambda: {**base(), **probe_inputs(cfg, objective, train), "heldout": probe_heldout_fp(run)},
         lambda path: run_probe(
             model,
             cfg.train_data,

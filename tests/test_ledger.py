@@ -100,3 +100,23 @@ def test_a_new_ledger_removes_what_a_killed_run_left_half_written(tmp_path):
     (tmp_path / "keep.json").write_text("{}")
     Ledger(tmp_path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.json", "seed-0"]
+
+
+def test_the_probe_fingerprints_the_heldout_file_only_when_it_evaluates_it(tmp_path):
+    # probe.heldout_subset -1: the probe reads no held-out prompt, so a new eval file must not redo it
+    from t3s.config import load_config
+    from t3s.stages import Run, probe_heldout_fp
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"prompt": "1+1?", "answer": "2"}\n')
+    b.write_text('{"prompt": "2+2?", "answer": "4"}\n')
+
+    def fp(eval_data, subset):
+        cfg = load_config(
+            None, ["student=m", "train_data=t.jsonl", f"eval_data={eval_data}", f"probe.heldout_subset={subset}"]
+        )
+        return probe_heldout_fp(Run(cfg, None, None, None))
+
+    assert fp(a, -1) is None and fp(b, -1) is None
+    assert fp(a, 0) is not None and fp(b, 0) is not None and fp(a, 0) != fp(b, 0)
+    assert fp(a, 5) == fp(a, 0)
