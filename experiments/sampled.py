@@ -48,8 +48,12 @@ SYSTEM_PROMPT = (
 class Size:
     """How big the experiment is."""
 
-    train_prompts: int = 192  # word problems given to the teacher (prompts with no correct trace are dropped)
-    heldout: int = 200  # held-out problems for the final evaluation (standard error ≤ 3.5 points)
+    # Sized down from the first design (192 prompts, batch 8, 30 steps, 200 held-out, 64 probe prompts every 3
+    # steps: about 2 h), recorded in docs/experiment-sampled.md. This size took about 135 minutes alone on 2 cores
+    # of an AVX2 CPU (a training step of 4 rows ~4 s with tracking, ~1.5 minutes per 120-problem evaluation):
+    # still over the 90-minute target.
+    train_prompts: int = 128  # word problems given to the teacher (prompts with no correct trace are dropped)
+    heldout: int = 120  # held-out problems for the final evaluation (standard error ≤ 4.6 points)
     samples: int = 4  # teacher samples per prompt
     keep: int = 2  # correct traces kept per prompt (one training row each)
     temperature: float = 0.7
@@ -58,18 +62,18 @@ class Size:
     teacher_grader: str = "math"
     task: str = "word"  # word: the SmolLM2 experiment's word problems | sum: "What is a + b?" (the tiny model's)
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 30
-    batch: int = 8
-    eval_every: int = 3
+    steps: int = 20  # 80 rows at batch 4: most of one epoch of the kept traces
+    batch: int = 4
+    eval_every: int = 4
     learning_rate: float = 3e-5
-    probe_subset: int = 64  # training prompts the probe evaluates at every point
-    max_new_tokens: int = 192
-    eval_batch: int = 100
+    probe_subset: int = 48  # training prompts the probe evaluates at every point (standard error ≤ 7.2 points)
+    max_new_tokens: int = 128  # the base model answers in ~55 tokens, SFT in ~90
+    eval_batch: int = 60
     # every control but static-low, left out to save time (the paper's weaker static mask: drops the least confident)
     modes: tuple[str, ...] = ("sft", "t3s", "reverse", "static-high", "random")
     threshold: float | str = 0.0
-    track_every: int = 15  # every trained mode evaluated at steps 0, 15 and 30 (does a selection avoid the dip?)
-    track_subset: int = 32
+    track_every: int = 10  # every trained mode evaluated at steps 0, 10 and 20 (does a selection avoid the dip?)
+    track_subset: int = 24
 
 
 def anything_goes(response: str, answer: str) -> tuple[str | None, bool]:
