@@ -215,6 +215,13 @@ class ProbeConfig:
         default=0, metadata={"help": "pipeline: also evaluate every trained mode every N steps", "ge": 0}
     )
     track_subset: int = field(default=64, metadata={"help": "training prompts evaluated when tracking a mode", "ge": 1})
+    track_modes: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "pipeline: the trained modes that track_every evaluates (default: every one). Tracking costs "
+            "an evaluation every track_every steps; controls whose path nobody reads need not pay it"
+        },
+    )
     backend: str = field(default="hf", metadata={"help": "generation: hf | vllm (GPU only; engine from eval.vllm)"})
 
     def __post_init__(self) -> None:
@@ -227,6 +234,19 @@ class ProbeConfig:
             raise T3SError(f"probe.backend must be hf or vllm, got '{self.backend}'")
         if not isinstance(self.markers, list) or not all(isinstance(m, str) for m in self.markers):
             raise T3SError(f"probe.markers must be a list of phrases, got {self.markers!r}")
+        if self.track_modes is not None and (
+            not isinstance(self.track_modes, list) or not all(isinstance(m, str) for m in self.track_modes)
+        ):
+            raise T3SError(f"probe.track_modes must be a list of mode names, got {self.track_modes!r}")
+
+    @property
+    def reads_heldout(self) -> bool:
+        """Whether the probe evaluates held-out prompts (heldout_subset -1: none, and the file is not read)."""
+        return self.heldout_subset >= 0
+
+    def tracks(self, mode: str) -> bool:
+        """Whether a trained mode is evaluated along the way (track_every > 0 and the mode in track_modes)."""
+        return self.track_every > 0 and (self.track_modes is None or mode in self.track_modes)
 
 
 @dataclass
@@ -547,6 +567,11 @@ class RunConfig:
             raise T3SError(f"modes must be a non-empty list of {', '.join(MODES)}; got {self.modes}")
         if not self.seeds:
             raise T3SError("seeds must list at least one seed")
+        if self.probe.track_modes is not None:
+            self.probe.track_modes = [canonical(m) for m in self.probe.track_modes]
+            extra = [m for m in self.probe.track_modes if m not in self.modes]
+            if extra:
+                raise T3SError(f"probe.track_modes names {', '.join(extra)}, not in modes ({', '.join(self.modes)})")
         for mode, key in missing_steps(self):  # t3s-step reads the checkpoint at delta_step
             raise T3SError(f"mode {mode} needs {key}: the step of an evaluated probe checkpoint (> 0)")
 

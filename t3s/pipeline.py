@@ -123,6 +123,8 @@ def run_single(cfg: RunConfig, ledger: Ledger | PlanLedger, progress: bool = Tru
     ledger.log(f"t3s {__version__} run in {ledger.out}: modes {', '.join(cfg.modes)}; seeds {cfg.seeds}")
     if not cfg.eval_data:
         ledger.log("no eval_data: the summary reports accuracy on the training prompts")
+    elif not ledger.planning:
+        run.eval_rows  # noqa: B018 (a malformed eval file stops the run here, before hours of probe and training)
 
     probes, student_probes = probe_stages(run)
     verdicts = seed_verdicts(run, probes)  # will T3S pay? from the probes alone, before any mode trains

@@ -178,7 +178,7 @@ class ProbeRunner:
             if r.answer is None:
                 raise T3SError(f"{r.where}: the probe needs a gold 'answer' in every training row")
         self.heldout = []
-        if heldout and cfg.heldout_subset >= 0 and not track:
+        if heldout and cfg.reads_heldout and not track:
             self.heldout = [heldout[i] for i in subset_indices(len(heldout), cfg.heldout_subset, cfg.subset_seed)]
         greedy = cfg.k == 1
         self.gen = dataclasses.replace(gen, k=cfg.k, temperature=0.0 if greedy else gen.temperature)
@@ -534,7 +534,7 @@ def run_probe(
     if dist.is_main():
         log(f"probe training {describe(plan)}")
     data = prepare(model_path, data_path, tcfg, cfg.render, objective=objective)
-    read_heldout = heldout_path and pcfg.heldout_subset >= 0  # -1: no held-out prompt is evaluated
+    read_heldout = heldout_path and pcfg.reads_heldout
     heldout = load_rows(heldout_path, need_response=False, need_answer=True) if read_heldout else None
     with dist.atomic_dir(out, overwrite) as tmp:  # several processes: the main one writes
         args = (data, dataclasses.replace(tcfg, save_steps=0))

@@ -92,13 +92,20 @@ class Run:
         return self.eval_fp if self.cfg.eval_data else None
 
     @cached_property
-    def evaluate(self) -> Callable[[str, str], Callable[[Path], dict]]:
+    def eval_rows(self) -> list:
+        """The evaluation prompts, read (and checked) once: `run_single` reads them before the first stage, so that a
+        malformed row stops the run at its start, not after the probe and the trainings."""
         from t3s.data import load_rows
+
+        return load_rows(self.eval_data, need_response=False, need_answer=True)
+
+    @cached_property
+    def evaluate(self) -> Callable[[str, str], Callable[[Path], dict]]:
         from t3s.evaluate import evaluator
 
         cfg = self.cfg
         return evaluator(
-            load_rows(self.eval_data, need_response=False, need_answer=True),
+            self.eval_rows,
             self.eval_data,
             cfg.eval,
             cfg.render,
@@ -138,7 +145,7 @@ def projector_between(selector: str, cfg: RunConfig, log: Callable[[str], None])
 
 def probe_heldout_fp(run: Run) -> str | None:
     """The held-out file's fingerprint as a probe input: None when the probe evaluates no held-out prompt."""
-    return run.heldout_fp if run.cfg.probe.heldout_subset >= 0 else None
+    return run.heldout_fp if run.cfg.probe.reads_heldout else None
 
 
 def probe_stage(
@@ -370,7 +377,8 @@ def train_stage(
 ) -> Record:
     """One training run of the student from θ_0 on `data_path` with the mode's settings and `selection` (its
     directory and record; None: every token). `data_input`: the data's part of the fingerprint. `tracked`: the
-    mode is evaluated along the way when `probe.track_every` asks (a mixture's runs are not)."""
+    mode is evaluated along the way when `probe.track_every` and `probe.track_modes` ask (a mixture's runs are
+    not)."""
     from t3s.objectives.base import plan_for
     from t3s.probe import tracking_callback
     from t3s.train import brief, config_for_mode, prepare
@@ -379,11 +387,12 @@ def train_stage(
     cfg = run.cfg
     mode_cfg = config_for_mode(train, mode)
     sel_path = None if selection is None else selection[0]
+    tracked = tracked and cfg.probe.tracks(mode)
 
     def work(out: Path) -> dict:
         data = prepare(cfg.student, data_path, mode_cfg, cfg.render, sel_path, run.objective)  # rendered once
         callbacks = []
-        if tracked and cfg.probe.track_every > 0:  # accuracy along the way, like the probe's (training prompts)
+        if tracked:  # accuracy along the way, like the probe's (training prompts)
             callbacks.append(
                 tracking_callback(
                     out,

@@ -103,6 +103,9 @@ def test_the_sampled_teacher_experiment_end_to_end_at_smoke_size(tiny, tmp_path)
     for row in summary["rows"]:
         assert f"| {row['method']} | {100 * row['accuracy']:.1f}" in text
     assert "anchors τ=0 %" in text and "T3S / SFT alone" in text and "| t3s | " in text
+    assert not (out / "screen.json").exists()  # the voice screen is its own step, outside `all`
+    assert sampled.main(["screen", *args]) == 0 and sampled.main(["results", *args]) == 0
+    text = (out / "RESULTS.md").read_text()
     voices = json.loads((out / "screen.json").read_text())["voices"]
     assert list(voices) == list(sampled.VOICES) and "Choosing the voice" in text
     for name, v in voices.items():  # each voice's row is its own `t3s traces` directory's solve rate

@@ -132,6 +132,20 @@ def test_run_end_to_end_then_rerun_skips_everything(config, tmp_path):
         (p["step"], pytest.approx(p["train_accuracy"], rel=1e-5)) for p in tracked
     ]
     assert not (out / "seed-0" / "train" / "sft" / "tensorboard").exists()  # not retrained
+    # probe.track_modes: the controls whose path nobody reads stop paying for it. Only the untracked mode is
+    # retrained (its fingerprint is that of a run with tracking off), and it writes no trajectory
+    before = records(out)
+    r = t3s_here("run", config, "--out", out, "--quiet", "probe.track_modes=[t3s]")
+    assert r.returncode == 0, r.stderr + r.stdout
+    after = records(out)
+    assert {k for k in after if after[k]["produced"] != before[k]["produced"]} == {
+        "seed-0__train-random",
+        "seed-0__eval-random",
+    }
+    assert not (out / "seed-0" / "train" / "random" / "trajectory.jsonl").exists()
+    assert (out / "seed-0" / "train" / "t3s" / "trajectory.jsonl").exists()
+    r = t3s_here("run", config, "--out", out, "--quiet", "probe.track_modes=[dft]")
+    assert r.returncode != 0 and "probe.track_modes names dft, not in modes" in r.stderr + r.stdout
 
 
 def test_killed_run_resumes_without_redoing_finished_stages(config, tmp_path):
@@ -282,3 +296,18 @@ def test_t3s_early_on_the_testbed_world(tmp_path):
     got = json.loads((out / "summary.json").read_text())["verdicts"]["0"]
     assert got == json.loads(json.dumps(want.as_dict())) and got["outcome"] in ("t3s", "sft", "degenerate")
     assert got["anchors"] == pytest.approx(float((lp[b] - lp[0] > 0).mean()))  # τ = 0
+
+
+def test_a_malformed_eval_file_stops_the_run_before_the_probe(config, tmp_path):
+    # the probe reads no held-out prompt at probe.heldout_subset -1, so nothing else would read the eval file
+    # before the eval stage, after the probe and every training
+    bad = tmp_path / "heldout.jsonl"
+    bad.write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["eval_data"] = str(bad)
+    cfg["probe"]["heldout_subset"] = -1
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    r = t3s_here("run", config, "--out", out, "--quiet")
+    assert r.returncode != 0 and f"{bad}:2" in r.stderr, r.stderr + r.stdout
+    assert not (out / "seed-0").exists() and not list((out / "stages").glob("*.json"))
