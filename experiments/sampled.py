@@ -51,8 +51,8 @@ class Size:
 
     # Sized down from the first design (192 prompts, batch 8, 30 steps, 200 held-out, 64 probe prompts every 3
     # steps: about 2 h), recorded in docs/experiment-sampled.md. This size took about 135 minutes alone on 2 cores
-    # of an AVX2 CPU (a training step of 4 rows ~4 s with tracking, ~1.5 minutes per 120-problem evaluation):
-    # still over the 90-minute target.
+    # of an AVX2 CPU with every mode tracked and the voice screen in the run; without both about 110-115 (a training
+    # step of 4 rows ~8.5 s, ~1.6 minutes per 120-problem evaluation): still over the 90-minute target there.
     train_prompts: int = 128  # word problems given to the teacher (prompts with no correct trace are dropped)
     heldout: int = 120  # held-out problems for the final evaluation (standard error ≤ 4.6 points)
     samples: int = 4  # teacher samples per prompt
