@@ -196,7 +196,10 @@ class ProbeRunner:
         self.noise: dict[str, Any] = {}
 
     def _settings(self) -> dict[str, Any]:
-        return {"probe": dataclasses.asdict(self.cfg), "every": self.every, "track": self.track}
+        # which modes the pipeline tracks is not this evaluation's business (and checkpoints from before the key
+        # existed resume)
+        probe = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "track_modes"}
+        return {"probe": probe, "every": self.every, "track": self.track}
 
     def save_state(self, ckpt: Path, step: int) -> None:
         """The trajectory so far (points, the step-0 noise margin, the lowest point) into a Trainer checkpoint;
