@@ -93,7 +93,10 @@ def test_run_end_to_end_then_rerun_skips_everything(config, tmp_path):
         + stage["scores-init"]["seconds"]
         + stage["seed-0__scores-bottleneck"]["seconds"]
     )
-    assert 0 < c["sft_alone"] < c["sft_watched"] < c["t3s"]
+    assert 0 < c["sft_alone"] < c["sft_watched"]  # the probe's evaluations are the difference
+    # T3S is the whole probe and more (not compared with sft_watched: on a tiny model the evaluation of SFT alone can
+    # outlast T3S's training and evaluation together when another job shares the CPU)
+    assert c["t3s"] > stage["seed-0__probe"]["seconds"] + stage["seed-0__train-t3s"]["seconds"]
     assert (out / "seed-0" / "probe" / "trajectory.png").exists()
     tracked = [json.loads(x) for x in open(out / "seed-0" / "train" / "t3s" / "trajectory.jsonl")]
     assert [p["step"] for p in tracked] == [0, 3, 6]  # every trained mode is evaluated along the way
