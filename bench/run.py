@@ -58,6 +58,7 @@ class Sizes:
     pipeline_reps: int
     headline_model: str  # the model whose largest scoring size carries the targets
     flips: dict = field(default_factory=dict)  # anchor flips: model, rows, batch, steps, lr
+    losses: list[dict] = field(default_factory=list)  # per-token loss modes against SFT: model, losses, sizes
     threads: int = 2
     notes: list[str] = field(default_factory=list)
 
@@ -72,6 +73,26 @@ FULL = Sizes(
         {"model": "smollm2", "rows": 16, "batch": 4, "steps": 6, "warmup": 1},
         # a tiny step takes ~40 ms, so run-to-run noise is a few %: more runs per mode
         {"model": "tiny", "rows": 64, "batch": 8, "steps": 40, "warmup": 5, "reps": 7},
+    ],
+    losses=[
+        {
+            "model": "tiny",
+            "rows": 64,
+            "batch": 8,
+            "steps": 20,
+            "warmup": 3,
+            "reps": 3,
+            "losses": ["dft", "eaft", "memft", "asft", "asft+lora"],
+        },
+        {
+            "model": "smollm2",
+            "rows": 16,
+            "batch": 4,
+            "steps": 5,
+            "warmup": 1,
+            "reps": 1,
+            "losses": ["eaft", "memft", "asft", "asft+lora"],
+        },
     ],
     # float32 carries the target: under bf16 autocast (t3s eval's default on CPU) a batch's rounding differs from
     # a single row's, so a rare greedy token differs; that case is measured too, for its speed
@@ -92,6 +113,7 @@ SMOKE = Sizes(
     score_batch=2,
     prompt_len=8,
     train=[{"model": "tiny", "rows": 8, "batch": 4, "steps": 3, "warmup": 1}],
+    losses=[{"model": "tiny", "rows": 8, "batch": 4, "steps": 3, "warmup": 1, "reps": 1, "losses": ["memft", "asft"]}],
     gen=[{"model": "tiny", "prompts": 4, "batch": 4, "max_new_tokens": 6, "dtype": "float32", "target": True}],
     pipeline="tiny",
     pipeline_reps=1,
@@ -232,25 +254,37 @@ def bench_scoring(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> list
     return rows
 
 
-def bench_training(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> list[dict]:
+def _trainer_calls(runner: Runner, sizes: Sizes, models: dict[str, Path], worker: str, entries: list[dict], say):
+    """One `worker` call per entry (a model, rows, batch, steps): the training benchmarks' shared plumbing."""
     out = []
-    for t in sizes.train:
+    for t in entries:
         reps = t.get("reps", sizes.reps)
-        runner.say(f"masked training: {t['model']}, batch {t['batch']}, {t['steps']} steps x {2 * reps} runs")
-        out.append(
-            runner.call(
-                "train",
-                {
-                    **t,
-                    "model": str(models[t["model"]]),
-                    "model_name": t["model"],
-                    "reps": reps,
-                    "dtype": "auto",
-                    "work": str(runner.work / f"train-{t['model']}"),
-                },
-            )
-        )
+        runner.say(say(t, reps))
+        args = {**t, "model": str(models[t["model"]]), "model_name": t["model"], "reps": reps, "dtype": "auto"}
+        out.append(runner.call(worker, {**args, "work": str(runner.work / f"{worker}-{t['model']}")}))
     return out
+
+
+def bench_training(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> list[dict]:
+    return _trainer_calls(
+        runner,
+        sizes,
+        models,
+        "train",
+        sizes.train,
+        lambda t, reps: f"masked training: {t['model']}, batch {t['batch']}, {t['steps']} steps x {2 * reps} runs",
+    )
+
+
+def bench_losses(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> list[dict]:
+    return _trainer_calls(
+        runner,
+        sizes,
+        models,
+        "losses",
+        sizes.losses,
+        lambda t, reps: f"token losses: {t['model']}, {', '.join(t['losses'])} against SFT, {reps} pairs of runs each",
+    )
 
 
 def bench_generation(runner: Runner, sizes: Sizes, models: dict[str, Path]) -> list[dict]:
@@ -767,6 +801,31 @@ def report(results: dict, rows: list[dict]) -> str:
         )
     L += [""]
 
+    # 2b. token losses
+    if results.get("losses"):
+        L += [
+            "## 2b. Per-token loss modes: step time against SFT",
+            "",
+            "The modes that reweight every token per step from the model being trained (`dft`: TRL's "
+            "`loss_type=dft`; `eaft`, `memft`, `asft`: `train.loss`, t3s.objectives.token_losses), each timed "
+            "against SFT side by side as in section 2 (the same rows, batch and steps). `+lora`: both runs under "
+            "LoRA r=8, where asft's θ_0 is the adapter-disabled model. dft and memft read the label's "
+            "log-probability from TRL's fused LM head, as SFT does; eaft and asft build the full logits of the "
+            "response positions (top-k entropy, KL over the vocabulary); asft adds a no-grad forward of θ_0.",
+            "",
+            "| model | batch | mean row tokens | loss | SFT s/step | its s/step | per-run medians SFT / it | ratio |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for t in results["losses"]:
+            for x in t["losses"]:
+                rm = x["run_medians"]
+                L.append(
+                    f"| {t['model']} | {t['batch']} | {t['mean_row_tokens']:.0f} | {x['loss']} | {x['sft_step']:.3f} | "
+                    f"{x['step']:.3f} | {', '.join(f'{v:.3f}' for v in rm['sft'])} / "
+                    f"{', '.join(f'{v:.3f}' for v in rm[x['loss']])} | {x['ratio']:.3f}x |"
+                )
+        L += [""]
+
     # 3. generation
     L += [
         "## 3. Generation for the probe and evaluation",
@@ -1007,6 +1066,7 @@ def run_suite(sizes: Sizes, work: Path, *, smoke: bool, only: set[str] | None = 
 
     results["scoring"] = bench_scoring(runner, sizes, models) if want("scoring") else []
     results["training"] = bench_training(runner, sizes, models) if want("training") else []
+    results["losses"] = bench_losses(runner, sizes, models) if want("losses") else []
     results["generation"] = bench_generation(runner, sizes, models) if want("generation") else []
     results["pipeline"] = bench_pipeline(runner, sizes, models) if want("pipeline") else None
     results["flips"] = bench_flips(runner, sizes, models) if want("flips") and sizes.flips else None
@@ -1015,7 +1075,7 @@ def run_suite(sizes: Sizes, work: Path, *, smoke: bool, only: set[str] | None = 
     return results
 
 
-PARTS = {"scoring", "training", "generation", "pipeline", "flips"}
+PARTS = {"scoring", "training", "losses", "generation", "pipeline", "flips"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1024,7 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="Markdown report (default: BENCHMARKS.md for the full suite)")
     ap.add_argument("--json", help="raw results (default: WORK/results.json)")
     ap.add_argument("--work", help="scratch directory (default: runs/bench, or runs/bench-smoke)")
-    ap.add_argument("--only", help="comma-separated subset: scoring,training,generation,pipeline,flips")
+    ap.add_argument("--only", help="comma-separated subset: scoring,training,losses,generation,pipeline,flips")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument(
         "--render",

@@ -329,6 +329,19 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _training_setup(a: dict):
+    """The training benchmarks' threads, scratch directory, rows (.jsonl) and run config (lr 1e-5, the batch and
+    steps asked)."""
+    from t3s.config import load_config
+
+    _threads(a["threads"])
+    work = Path(a["work"])
+    work.mkdir(parents=True, exist_ok=True)
+    data_path = _write_jsonl(work / "train-bench.jsonl", _bench_rows(a["rows"]))
+    overrides = [f"max_steps={a['steps']}", f"per_device_train_batch_size={a['batch']}", f"dtype={a['dtype']}"]
+    return work, data_path, load_config(None, [*overrides, "learning_rate=1e-5", "logging_steps=1"])
+
+
 def train(a: dict) -> dict:
     """Step time of the t3s trainer with a T3S selection vs with none (SFT): same model, data, batch and steps.
     The selection is real: Δc between θ_0 and the model after the first SFT run (the probe's θ_b stand-in)."""
@@ -337,7 +350,6 @@ def train(a: dict) -> dict:
     import datasets
     import torch
 
-    from t3s.config import load_config
     from t3s.models import load_causal_lm
     from t3s.objectives.ar import apply_selection
     from t3s.objectives.base import plan_for
@@ -345,20 +357,7 @@ def train(a: dict) -> dict:
     from t3s.select import select
     from t3s.train import make_trainer, prepare
 
-    _threads(a["threads"])
-    work = Path(a["work"])
-    work.mkdir(parents=True, exist_ok=True)
-    data_path = _write_jsonl(work / "train-bench.jsonl", _bench_rows(a["rows"]))
-    cfg = load_config(
-        None,
-        [
-            f"max_steps={a['steps']}",
-            f"per_device_train_batch_size={a['batch']}",
-            f"dtype={a['dtype']}",
-            "learning_rate=1e-5",
-            "logging_steps=1",
-        ],
-    )
+    work, data_path, cfg = _training_setup(a)
     tcfg = cfg.train
     precision = plan_for(tcfg).inference()
     sft = prepare(a["model"], str(data_path), tcfg, cfg.render)
@@ -704,7 +703,65 @@ def flips(a: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------------- entry point
 
-WORKERS = {"peak": peak, "score": score, "train": train, "generate": generate, "pipeline": pipeline, "flips": flips}
+
+def losses(a: dict) -> dict:
+    """Step time of each per-token loss mode (dft, eaft, memft, asft; `NAME+lora` under LoRA r=8, against SFT
+    under the same LoRA) against SFT: same model, rows, batch and steps, the two runs side by side as in `train`."""
+    import dataclasses
+
+    from t3s.models import load_causal_lm
+    from t3s.objectives.base import plan_for
+    from t3s.train import config_for_mode, make_trainer, needs_reference, prepare
+
+    work, data_path, cfg = _training_setup(a)
+    precision = plan_for(cfg.train).inference()
+    data = prepare(a["model"], str(data_path), cfg.train, cfg.render)
+
+    def trainer_for(tcfg, name: str):
+        model = load_causal_lm(a["model"], precision)
+        reference = load_causal_lm(a["model"], precision) if needs_reference(tcfg) else None
+        return make_trainer(model, data, tcfg, work / name, progress=False, reference=reference)
+
+    out = []
+    for name in a["losses"]:
+        mode, lora = name.removesuffix("+lora"), name.endswith("+lora")
+        base = dataclasses.replace(cfg.train, lora_r=8 if lora else 0)
+        other = config_for_mode(base, mode)
+        runs: dict[str, list[float]] = {"sft": [], name: []}
+        for r in range(a["reps"]):
+            order = ("sft", name) if r % 2 == 0 else (name, "sft")
+            steps = interleaved({"sft": trainer_for(base, "sft"), name: trainer_for(other, name)}, order)
+            for m in runs:
+                runs[m].append(statistics.median(steps[m][a["warmup"] :]))
+        out.append(
+            {
+                "loss": name,
+                "run_medians": runs,
+                "sft_step": statistics.median(runs["sft"]),
+                "step": statistics.median(runs[name]),
+                "ratio": statistics.median(runs[name]) / statistics.median(runs["sft"]),
+            }
+        )
+    tokens = sum(len(e.input_ids) for e in data.examples) / len(data.examples)
+    return {
+        "model": a["model_name"],
+        "batch": a["batch"],
+        "steps": a["steps"],
+        "mean_row_tokens": tokens,
+        "precision": precision.name,
+        "losses": out,
+    }
+
+
+WORKERS = {
+    "peak": peak,
+    "score": score,
+    "train": train,
+    "losses": losses,
+    "generate": generate,
+    "pipeline": pipeline,
+    "flips": flips,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -113,6 +113,32 @@ def labeled_dataset(data: str, selection: Selection | None, tokenizer: Any, rend
     return datasets.Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": labels})
 
 
+def sft_trainer(*args: Any, loss: str = "nll", reference: Any = None, **kwargs: Any):
+    """TRL's SFTTrainer with one of t3s's online token losses (`loss`: eaft, memft, asft; nll: plain SFT),
+    and the loss divided by the labelled tokens of the global batch (every micro-batch and process). Its
+    settings as keyword arguments with their documented defaults (`eaft_alpha`, `eaft_k`, `memft_threshold`,
+    `asft_kl_weight`); everything else goes to SFTTrainer as is:
+
+    ```python
+    trainer = sft_trainer(model=model, args=SFTConfig(...), train_dataset=dataset, loss="eaft", eaft_k=20)
+    ```
+
+    One forward per micro-batch, as the published methods take (TRL's `compute_loss_func` would add a second,
+    for its metrics). asft compares with θ_0: under PEFT (`peft_config=`) the adapter-disabled model; without,
+    pass `reference=` a second copy of the starting model."""
+    from t3s.config import LOSSES, TrainConfig
+    from t3s.objectives.ar import trainer_class
+
+    keys = {k for ks in LOSSES.values() for k in ks}
+    settings = {k: kwargs.pop(k) for k in list(kwargs) if k in keys}
+    train = TrainConfig(loss=loss, **settings)
+    stray = set(settings) - set(train.loss_settings())
+    if stray:
+        raise T3SError(f"{', '.join(sorted(stray))}: not a setting of loss={loss}")
+    T3STrainer, _ = trainer_class()
+    return T3STrainer(*args, train=train, reference=reference, **kwargs)
+
+
 class ProbeCallback(ProbeTrainerCallback):
     """`t3s probe` inside your own Trainer: at step 0 and every `every` steps, generate on the training prompts
     (and `heldout`), grade, log `t3s/*` metrics through `trainer.log` (so every `report_to` tracker gets them),

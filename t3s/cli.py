@@ -15,7 +15,7 @@ from typing import Any
 from t3s import Interrupted, T3SError, __version__, dist
 from t3s.artifacts import check_can_write, check_outside
 from t3s.config import OBJECTIVE_SECTIONS
-from t3s.modes import SELECTION_MODES, TABLE
+from t3s.modes import LOSS_MODES, SELECTION_MODES, TABLE
 
 # Commands that split their work across processes under torchrun / accelerate launch; the others run on the
 # main process while the rest wait.
@@ -77,6 +77,13 @@ def cmd_select(args) -> None:
     from t3s.score import load_scores
     from t3s.select import summary_line, write_selection
 
+    mode = canonical(args.mode)
+    if mode in LOSS_MODES:  # listed among the choices so that a user who tries one is told where it lives
+        how = "trainer.loss_type=dft" if mode_of(mode).trainer else f"loss={mode}"
+        raise T3SError(
+            f"{mode} selects no tokens: it reweights every token per step from the model being trained; train with "
+            f"`t3s train ... {how}`, or add {mode} to the modes of `t3s run`"
+        )
     check_can_write(args.out, args.overwrite)
     check_outside(
         args.out,
@@ -92,7 +99,6 @@ def cmd_select(args) -> None:
     if args.forced and args.tau < 0:
         raise T3SError(f"--tau must be >= 0, got {args.tau}")
     objective = MaskedDiffusion(DiffusionConfig(tau=args.tau)) if args.forced else Autoregressive()
-    mode = canonical(args.mode)
     selecting = [m for m in objective.modes if mode_of(m).selects]
     if mode != "sft" and mode not in selecting or args.forced and mode == "sft":
         raise T3SError(f"{'--forced' if args.forced else 'a keep-mask'} takes --mode {', '.join(selecting)}")
@@ -421,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--mode",
         required=True,
-        choices=[*SELECTION_MODES, "sft", "none"],
+        choices=[*SELECTION_MODES, "sft", "none", *LOSS_MODES],
         help=f"{', '.join(m.name for m in TABLE if m.selects and m.delta != 'bottleneck')}: the t3s rule, with "
         "θ_T's (or another checkpoint's) scores as "
         "--bottleneck; excess-loss: also --reference (θ_T's scores)",

@@ -85,6 +85,14 @@ class RenderConfig:
 
 
 NORMALIZE = ("kept", "response")
+# The per-token losses of `train.loss` and the TrainConfig keys each reads. Each reweights the cross-entropy of a
+# token from the model being trained, per step (t3s.objectives.token_losses); nll is plain SFT.
+LOSSES: dict[str, tuple[str, ...]] = {
+    "nll": (),
+    "eaft": ("eaft_alpha", "eaft_k"),  # EAFT, arXiv 2601.02151
+    "memft": ("memft_threshold",),  # MemFT's hard mask ("ot"), arXiv 2605.30260
+    "asft": ("asft_kl_weight",),  # ASFT, arXiv 2509.23753
+}
 # SFTConfig arguments t3s sets itself (`training_arguments`, `make_trainer`): `train.trainer` may not repeat them.
 # The value says where the setting lives instead.
 MANAGED = {
@@ -129,6 +137,28 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 disables)", "ge": 0})
     seed: int = field(default=42, metadata={"help": "data order and initialisation seed (`t3s run`: each of `seeds`)"})
     normalize: str = field(default="kept", metadata={"help": "kept | response: loss denominator"})
+    loss: str = field(
+        default="nll",
+        metadata={
+            "help": "the per-token loss: nll (SFT's cross-entropy) | eaft | memft | asft, each reweighted online from "
+            "the current model (docs/method.md); `t3s run` sets it from each mode (dft is TRL's trainer.loss_type)"
+        },
+    )
+    eaft_alpha: float = field(
+        default=1.0, metadata={"help": "eaft: weight = (top-k entropy / ln k)^alpha (EAFT's default 1)", "gt": 0}
+    )
+    eaft_k: int = field(default=20, metadata={"help": "eaft: the k of the top-k entropy (EAFT's default 20)", "ge": 2})
+    memft_threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "memft: train on tokens whose current probability is below this (MemFT's 0.5)",
+            "gt": 0,
+            "le": 1,
+        },
+    )
+    asft_kl_weight: float = field(
+        default=0.1, metadata={"help": "asft: weight of KL(θ_0 || θ) added to DFT's loss (ASFT's default 0.1)", "ge": 0}
+    )
     dtype: str = field(
         default="auto",
         metadata={
@@ -184,6 +214,17 @@ class TrainConfig:
                 raise T3SError(f"train.trainer.{key}: t3s sets '{key}' itself; use {where} instead")
         if self.normalize not in NORMALIZE:
             raise T3SError(f"normalize must be one of {NORMALIZE}, got '{self.normalize}'")
+        if self.loss not in LOSSES:
+            raise T3SError(f"train.loss must be one of {', '.join(LOSSES)}, got '{self.loss}'")
+        if self.loss != "nll" and self.trainer.get("loss_type", "nll") != "nll":
+            raise T3SError(
+                f"train.loss={self.loss} and train.trainer.loss_type={self.trainer['loss_type']}: choose one"
+            )
+
+    def loss_settings(self) -> dict[str, Any]:
+        """The settings the per-token loss reads ({} for nll): part of a training run's fingerprint, the others
+        are not (changing eaft_alpha does not retrain a memft run)."""
+        return {k: getattr(self, k) for k in LOSSES[self.loss]}
 
 
 @dataclass

@@ -29,6 +29,7 @@ import yaml
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import read_json, sha256_json, write_json
+from t3s.config import LOSSES
 
 if TYPE_CHECKING:
     from t3s.config import RunConfig, TrainConfig
@@ -338,8 +339,14 @@ def sampling_inputs(cfg: RunConfig, objective: Objective) -> dict[str, Any]:
 def training_settings(train: TrainConfig) -> dict[str, Any]:
     """The training settings a result depends on: trackers (`report_to`) do not count, so adding TensorBoard to a
     finished run logs what is new and redoes nothing (written as the default, "none", which runs made before
-    this rule recorded)."""
-    return dataclasses.asdict(dataclasses.replace(train, report_to="none"))
+    this rule recorded). Of the per-token loss's keys only those its loss reads count, and `loss` itself only
+    when it is not nll (runs made before `train.loss` existed keep their fingerprints)."""
+    settings = dataclasses.asdict(dataclasses.replace(train, report_to="none"))
+    for key in {k for keys in LOSSES.values() for k in keys} - set(train.loss_settings()):
+        del settings[key]
+    if train.loss == "nll":
+        del settings["loss"]
+    return settings
 
 
 def probe_inputs(cfg: RunConfig, objective: Objective, train: TrainConfig) -> dict[str, Any]:

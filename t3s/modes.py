@@ -11,6 +11,8 @@ where each probe checkpoint lies from `CHECKPOINTS`, so a control that reads ano
 - the selection modes: train on the tokens a keep-mask keeps (`t3s.select`).
 - `dft`: every token, each weighted by its own detached probability (Dynamic Fine-Tuning; TRL's
   `loss_type="dft"`): the loss-side alternative users have one flag away.
+- the online token losses `eaft`, `memft`, `asft` (`train.loss`, t3s.objectives.token_losses): each reweights
+  every token's loss per step from the model being trained; like `dft`, they need no probe and no selection.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class Mode:
     delta: str = "bottleneck"  # the checkpoint whose scores stand in θ_b's place in Δc = c(θ_b) − c(θ_0)
     reference: str | None = None  # the checkpoint whose scores are the reference model's (excess-loss: θ_T)
     trainer: dict[str, Any] = field(default_factory=dict)  # SFTConfig settings the mode adds (dft: loss_type)
+    loss: str = "nll"  # the per-token loss it trains with (`train.loss`: eaft, memft, asft)
     objectives: tuple[str, ...] = ("ar",)  # the objectives that train it ("diffusion": as a forced set)
 
     @property
@@ -112,6 +115,13 @@ TABLE = (
     Mode(
         "dft", "every token, weighted by its detached probability (TRL's loss_type=dft)", trainer={"loss_type": "dft"}
     ),
+    Mode(
+        "eaft",
+        "every token, weighted by its normalised top-k entropy^α under the current model (EAFT)",
+        loss="eaft",
+    ),
+    Mode("memft", "the tokens whose current probability is below 0.5, per step (MemFT's hard mask)", loss="memft"),
+    Mode("asft", "DFT plus a KL term to θ_0 (ASFT; under LoRA θ_0 is the adapter-disabled model)", loss="asft"),
     Mode("t3s-step", "the t3s rule with the checkpoint at step `delta_step` in θ_b's place", rule="t3s", delta="step"),
     Mode(
         "t3s-recovery",
@@ -126,6 +136,8 @@ ALIASES = {"none": "sft"}
 # Named groups, read from the table (the modes' order is the table's)
 RUN_MODES = tuple(m.name for m in TABLE if "ar" in m.objectives)
 SELECTION_MODES = tuple(m.name for m in TABLE if m.selects)
+# Modes that train on every response token with a loss of their own (dft, eaft, ...): no selection
+LOSS_MODES = tuple(m.name for m in TABLE if not m.selects and (m.trainer or m.loss != "nll"))
 # A masked-diffusion student: `sft` is the random mask alone; its selecting modes add a forced set (always masked)
 DIFFUSION_MODES = tuple(m.name for m in TABLE if "diffusion" in m.objectives)
 

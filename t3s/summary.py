@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from t3s.artifacts import write_json
+from t3s.modes import LOSS_MODES
 
 # Modes that train on every response token: their selection column reads 0 rather than "–".
-EVERY_TOKEN = ("sft", "dft")
+EVERY_TOKEN = ("sft", *LOSS_MODES)
 
 
 def mean_sd(xs: list[float]) -> tuple[float, float | None]:

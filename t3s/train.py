@@ -76,8 +76,10 @@ def make_trainer(
     *,
     progress: bool = True,
     callbacks: list | None = None,
+    reference: Any = None,
 ) -> Any:
-    """The Trainer of the objective the data was prepared for (TRL's SFTTrainer for an autoregressive student).
+    """The Trainer of the objective the data was prepared for (TRL's SFTTrainer for an autoregressive student);
+    `reference`: θ_0 for a per-token loss that reads it (`needs_reference`).
 
     Trackers: TensorBoard writes next to `output_dir` (`<its parent>/tensorboard`: the probe's or training run's
     own directory, kept when the Trainer's working folder goes; TENSORBOARD_LOGGING_DIR still wins), and callbacks
@@ -92,7 +94,9 @@ def make_trainer(
             end_stage()
 
     callbacks = [*(callbacks or []), EndStage()]
-    trainer = data.objective.trainer(model, data, cfg, output_dir, progress=progress, callbacks=callbacks)
+    trainer = data.objective.trainer(
+        model, data, cfg, output_dir, progress=progress, callbacks=callbacks, reference=reference
+    )
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None:
             cb.logging_dir = str(Path(output_dir).parent / "tensorboard")
@@ -101,12 +105,20 @@ def make_trainer(
     return trainer
 
 
+def needs_reference(cfg: TrainConfig) -> bool:
+    """Whether training loads a second, frozen copy of θ_0: asft's KL term without LoRA."""
+    return cfg.loss == "asft" and cfg.lora_r == 0
+
+
 def config_for_mode(cfg: TrainConfig, mode: str) -> TrainConfig:
-    """The training settings of a run mode: the SFTConfig settings its entry in t3s.modes adds (`dft`: TRL's
-    loss_type=dft, every token weighted by its detached probability); the others train with the settings as
-    they are (their selection does the rest)."""
-    extra = mode_of(mode).trainer
-    return dataclasses.replace(cfg, trainer={**cfg.trainer, **extra}) if extra else cfg
+    """The training settings of a run mode: its per-token loss (`train.loss`: eaft, memft, asft; nll for the
+    others) and the SFTConfig settings its entry in t3s.modes adds (`dft`: TRL's loss_type=dft, every token
+    weighted by its detached probability); the selecting modes train with the settings as they are (their
+    selection does the rest)."""
+    m = mode_of(mode)
+    if m.trainer:
+        cfg = dataclasses.replace(cfg, trainer={**cfg.trainer, **m.trainer})
+    return cfg if cfg.loss == m.loss else dataclasses.replace(cfg, loss=m.loss)
 
 
 def train(
@@ -299,7 +311,10 @@ def _train_in(
     model = data.objective.load(
         model_path, plan.inference(), cfg.trust_remote_code, place=not dist.launched()
     )  # several processes: the Trainer places it
-    trainer = make_trainer(model, data, cfg, ckpt_dir, progress=progress, callbacks=callbacks)
+    reference = (  # θ_0 again, frozen: asft's KL term without LoRA (under LoRA: the adapter-disabled model)
+        data.objective.load(model_path, plan.inference(), cfg.trust_remote_code) if needs_reference(cfg) else None
+    )
+    trainer = make_trainer(model, data, cfg, ckpt_dir, progress=progress, callbacks=callbacks, reference=reference)
     tok, report, kept = data.tokenizer, data.report, data.kept_tokens
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if have_ckpt else None)

@@ -31,6 +31,7 @@ def test_table_has_a_row_per_target_and_the_report_names_the_machine(smoke):
         "**CPU capability**",
         "**Versions**",
         "**Measured matmul peak**",
+        "## 2b. Per-token loss modes: step time against SFT",
         "## 5. Anchor flips",
         "## What limits the rest",
         res["machine"]["versions"]["torch"],
@@ -75,6 +76,13 @@ def test_every_ratio_is_computed_from_the_measurements(smoke):
     assert rows["2a"]["value"] == pytest.approx(
         statistics.median(tr["run_medians"]["t3s"]) / statistics.median(tr["run_medians"]["sft"])
     )
+
+    lo = res["losses"][0]  # each per-token loss mode against SFT, side by side
+    assert [x["loss"] for x in lo["losses"]] == res["sizes"]["losses"][0]["losses"]
+    for x in lo["losses"]:
+        rm = x["run_medians"]
+        assert len(rm["sft"]) == len(rm[x["loss"]]) == res["sizes"]["losses"][0]["reps"]
+        assert x["ratio"] == pytest.approx(statistics.median(rm[x["loss"]]) / statistics.median(rm["sft"]))
 
     g = res["generation"][0]
     assert g["identical_outputs"] == g["prompts"]

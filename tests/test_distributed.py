@@ -85,6 +85,13 @@ def commands(w: Path, x: Path, ref: Path, two: bool) -> list[list[str]]:
             else ["per_device_train_batch_size=4"]
         ),
     ]
+    # the online token losses, every token labelled: memft's kept count, eaft's weights and asft's reference
+    # forward must not depend on how the global batch is split (memft's threshold ~ 1/vocabulary: a random model
+    # is above it on some tokens)
+    online = [
+        [*ar[:5], "--out", str(x / f"train-{loss}"), *ar[ar.index("--out") + 2 :], f"loss={loss}", *kv]
+        for loss, kv in (("memft", ["memft_threshold=0.0026"]), ("eaft", ["eaft_k=5"]), ("asft", ["asft_kl_weight=2"]))
+    ]
     # diffusion pads each micro-batch to its longest response: the same micro-batches on both sides
     dlm = [
         "train",
@@ -125,6 +132,7 @@ def commands(w: Path, x: Path, ref: Path, two: bool) -> list[list[str]]:
         ev("eval"),
         ev("eval-k2", "k=2", "temperature=1.0", "seed=3"),
         ar,
+        *online,
         forced,
         dlm,
     ]
@@ -296,6 +304,26 @@ def test_ar_training_matches_one_process(runs):
         torch.testing.assert_close(a[n], b[n], atol=1e-5, rtol=1e-4, msg=n)
     ja, jb = (json.loads((d / "train" / "train.json").read_text()) for d in (one, two))
     assert ja["kept_tokens"] == jb["kept_tokens"] < ja["response_tokens"]
+
+
+@pytest.mark.parametrize("loss", ["memft", "eaft", "asft"])
+def test_online_token_losses_match_one_process(runs, loss):
+    """Two processes x 1 row x 2 accumulation steps against one process x 4 rows: the same 3 SGD steps."""
+    _, one, two = runs
+    la, lb = losses(one / f"train-{loss}"), losses(two / f"train-{loss}")
+    assert len(la) == len(lb) == 3
+    np.testing.assert_allclose(la, lb, rtol=1e-5)
+    a, b = params(one / f"train-{loss}"), params(two / f"train-{loss}")
+    assert any(not torch.equal(a[n], params(runs[0] / "model")[n]) for n in a)
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], atol=1e-5, rtol=1e-4, msg=n)
+    if loss == "memft":  # the mask keeps some tokens and not others, on both sides
+        kept = [
+            h["memft_kept"]
+            for h in json.loads((two / "train-memft" / "train.json").read_text())["log_history"]
+            if "memft_kept" in h
+        ]
+        assert kept and all(0 < k < 1 for k in kept), kept
 
 
 def test_probe_matches_one_process(runs):

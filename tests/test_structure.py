@@ -15,8 +15,8 @@ PKG = Path(__file__).resolve().parents[1] / "t3s"
 LAYERS = [
     {"__init__", "fields", "modes", "artifacts", "config", "estimate"},  # leaves without torch
     {"dist", "data", "models", "generation", "ledger", "summary", "launch", "graders", "trackers", "smollm"},  # leaves
-    # pure functions of score sets (and the cross-tokenizer Δc projection); the vLLM engine
-    {"score", "select", "verdict", "objectives.projection", "vllm_backend"},
+    # pure functions of score sets (and the cross-tokenizer Δc projection), the per-token losses; the vLLM engine
+    {"score", "select", "verdict", "objectives.projection", "objectives.token_losses", "vllm_backend"},
     {"objectives", "objectives.base", "objectives.ar", "objectives.masked", "objectives.diffusion"},  # objectives
     {"train", "probe", "evaluate", "harness", "rrt", "report", "traces", "cost"},  # stages and their readers
     {"stages"},  # the stage builders

@@ -76,8 +76,9 @@ class Autoregressive(Objective):
         *,
         progress: bool = True,
         callbacks: list[TrainerCallback] | None = None,
+        reference: PreTrainedModel | None = None,
     ) -> Trainer:
-        return make_trainer(model, data, cfg, output_dir, progress=progress, callbacks=callbacks)
+        return make_trainer(model, data, cfg, output_dir, progress=progress, callbacks=callbacks, reference=reference)
 
     def generate(
         self,
@@ -137,7 +138,7 @@ def apply_selection(examples: list[Example], sel: Selection | None, where: str =
     return out
 
 
-def _trainer_class():
+def trainer_class():
     from trl import SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -168,10 +169,19 @@ def _trainer_class():
 
         loss_is_scaled_for_ga = True  # the loss is divided by the global N, never again by the accumulation steps
 
-        def __init__(self, *args, normalize: str = "kept", **kwargs):
+        def __init__(self, *args, normalize: str = "kept", train: TrainConfig | None = None, reference=None, **kw):
             self.normalize = normalize
-            super().__init__(*args, **kwargs)
+            self.token_loss = "nll" if train is None else train.loss  # train.loss: eaft | memft | asft
+            self.loss_settings = {} if train is None else train.loss_settings()
+            super().__init__(*args, **kw)
             keep_the_loss_scaled(self)  # transformers < 5.19 has no loss_is_scaled_for_ga
+            if self.token_loss != "nll":
+                check_online_loss(self, reference)
+            self.reference = None
+            if reference is not None:  # asft without LoRA: θ_0, frozen, placed as the model is (one process: as is)
+                reference.requires_grad_(False)
+                self.reference = self.accelerator.prepare_model(reference.eval(), evaluation_mode=True)
+            self.kept_in_step = None  # memft: tokens kept so far in this optimizer step, on this process
 
         def _get_num_items_in_batch(self, batch_samples, device):
             key = "response_labels" if self.normalize == "response" else "labels"
@@ -184,9 +194,127 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs.pop("response_labels", None)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.token_loss == "nll" or return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return self.online_loss(model, inputs, num_items_in_batch)
+
+        def online_loss(self, model, inputs, num_items_in_batch):
+            """Σ w·CE (+ asft's KL) over the labelled tokens / N, N counted over the global batch as for SFT.
+            One forward of the model (asft adds a no-grad one of θ_0): memft reads the label's log-probability
+            from TRL's fused head; eaft and asft need every logit of a response position, so they build them
+            (as LLaMA-Factory and the authors' code do)."""
+            import torch
+
+            from t3s.objectives import token_losses as tl
+
+            labels = inputs["labels"]
+            mode = "train" if model.training else "eval"
+            n = (labels[:, 1:] != -100).sum() if num_items_in_batch is None else num_items_in_batch
+            if self.token_loss == "memft":
+                out = model(**inputs, use_cache=False, fused_lm_head=True)  # log p of each label, 0 where -100
+                kept = out.label_mask & tl.memft_kept(out.log_probs, self.loss_settings["memft_threshold"])
+                total = -(out.log_probs * kept).sum()
+                if self.normalize == "kept" and model.training:  # the global kept count: see training_step
+                    count = kept.sum()
+                    self.kept_in_step = count if self.kept_in_step is None else self.kept_in_step + count
+                self._metrics[mode]["memft_kept"].append(float(kept.sum()) / max(int(out.label_mask.sum()), 1))
+            else:
+                logits_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+                reference = self.reference_logits(model, logits_inputs) if self.token_loss == "asft" else None
+                logits = model(**logits_inputs, use_cache=False).logits[:, :-1]
+                target = labels[:, 1:]
+                where = target != -100
+                logp_all = logits[where].float().log_softmax(dim=-1)
+                logp = logp_all.gather(-1, target[where].unsqueeze(-1)).squeeze(-1)
+                if self.token_loss == "eaft":
+                    s = self.loss_settings
+                    weights = tl.eaft_weights(logits[where], s["eaft_k"], s["eaft_alpha"])
+                    total = -(logp * weights).sum()
+                    self._metrics[mode]["eaft_weight"].append(float(weights.detach().mean()) if len(weights) else 0.0)
+                else:  # asft: DFT + λ KL(θ_0 || θ)
+                    kl = tl.kl_from_reference(logp_all, reference[:, :-1][where])
+                    total = -(logp * tl.dft_weights(logp)).sum() + self.loss_settings["asft_kl_weight"] * kl.sum()
+                    self._metrics[mode]["asft_kl"].append(float(kl.detach().mean()) if len(kl) else 0.0)
+            # as TRL's compute_loss: a batch without labelled tokens gives a finite zero; N counts every process's
+            # tokens and DDP averages the gradients, hence the process count
+            loss = total / torch.as_tensor(n, device=total.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return loss
+
+        def reference_logits(self, model, logits_inputs):
+            """θ_0's logits (asft), without gradient: the frozen copy, or under LoRA the model itself with its
+            adapter disabled (no second copy in memory). The unwrapped module is called: a forward through the DDP
+            wrapper outside the one that backpropagates would disturb its gradient bookkeeping."""
+            import torch
+
+            with torch.no_grad():
+                if self.reference is not None:
+                    return self.reference(**logits_inputs, use_cache=False).logits
+                inner = self.accelerator.unwrap_model(model)
+                with inner.disable_adapter():
+                    return inner(**logits_inputs, use_cache=False).logits
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            """memft normalised by the kept tokens (normalize: kept): how many a global batch keeps is known only
+            once its last micro-batch has been through the model, so each micro-batch's loss is divided by the
+            global count of labelled tokens, and after the last backward (the gradients are then summed over
+            processes) the gradients and the logged loss are scaled by labelled / kept, before clipping and the
+            optimizer step. No second forward, exact under accumulation and across processes."""
+            import torch
+
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self.kept_in_step is None:  # not memft normalised by the kept tokens
+                return loss
+            if not self.accelerator.sync_gradients:  # more micro-batches to come in this step
+                self.step_losses = loss if self.step_losses is None else self.step_losses + loss
+                return loss
+            kept, self.kept_in_step = self.kept_in_step, None
+            if self.args.world_size > 1:
+                kept = self.accelerator.gather(kept.reshape(1)).sum()
+            labelled = torch.as_tensor(num_items_in_batch, device=kept.device, dtype=torch.float32)
+            factor = labelled / kept.float().clamp(min=1)
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(factor.to(p.grad.device, p.grad.dtype))
+            # the Trainer sums the loss each micro-batch returns: the earlier ones are in already, so this one
+            # carries the correction of the whole step
+            earlier, self.step_losses = (loss.new_zeros(()) if self.step_losses is None else self.step_losses), None
+            return (earlier + loss) * factor.to(loss.device, loss.dtype) - earlier
+
+        step_losses = None
 
     return T3STrainer, Collator
+
+
+def check_online_loss(trainer, reference) -> None:
+    """Refuse, before training, an online token loss where it cannot be computed as documented."""
+    from accelerate.utils import DistributedType, is_peft_model
+
+    loss = trainer.token_loss
+    engine = trainer.accelerator.distributed_type
+    if getattr(trainer, "aux_loss_enabled", False):
+        raise T3SError(f"train.loss={loss}: a mixture-of-experts model's router loss is not added by t3s's losses")
+    if loss == "memft" and trainer.normalize == "kept":
+        why = (
+            "DeepSpeed steps inside that backward"
+            if engine == DistributedType.DEEPSPEED
+            else "each process normalises by its own tokens (trainer.average_tokens_across_devices: false)"
+            if trainer.args.world_size > 1 and not trainer.args.average_tokens_across_devices
+            else None
+        )
+        if why:
+            raise T3SError(
+                "train.loss=memft: the loss is normalised by the kept tokens of the global batch, known after its "
+                f"last backward, and {why}; set train.normalize=response"
+            )
+    if loss == "asft" and reference is None and not is_peft_model(trainer.model):
+        raise T3SError("train.loss=asft needs θ_0: a reference model, or LoRA (lora_r > 0)")
+    if loss == "asft" and reference is not None and engine in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise T3SError(
+            "train.loss=asft without LoRA under DeepSpeed or FSDP is not supported: the frozen copy of θ_0 would "
+            "have to be sharded too; use lora_r > 0 (θ_0 is then the adapter-disabled model, no copy)"
+        )
 
 
 def make_trainer(
@@ -197,8 +325,10 @@ def make_trainer(
     *,
     progress: bool = True,
     callbacks: list[TrainerCallback] | None = None,
+    reference: PreTrainedModel | None = None,
 ) -> Trainer:
-    """TRL SFTTrainer configured from a TrainConfig (precision, checkpoints, LoRA, loss normalisation)."""
+    """TRL SFTTrainer configured from a TrainConfig (precision, checkpoints, LoRA, loss normalisation, the
+    per-token loss). `reference`: θ_0 for asft without LoRA (a second copy of the model, frozen)."""
     from trl import SFTConfig
 
     args = SFTConfig(
@@ -217,7 +347,7 @@ def make_trainer(
             target_modules=cfg.lora_target_modules,
             task_type="CAUSAL_LM",
         )
-    T3STrainer, Collator = _trainer_class()
+    T3STrainer, Collator = trainer_class()
     trainer = T3STrainer(
         model=model,
         args=args,
@@ -227,5 +357,7 @@ def make_trainer(
         peft_config=peft_config,
         callbacks=[*(callbacks or []), finite_loss_callback(cfg.stop_on_divergence)],
         normalize=cfg.normalize,
+        train=cfg,
+        reference=reference if cfg.loss == "asft" and cfg.lora_r == 0 else None,
     )
     return quiet(trainer, progress)

@@ -75,7 +75,9 @@ class Objective:
         *,
         progress: bool = True,
         callbacks: list[TrainerCallback] | None = None,
+        reference: PreTrainedModel | None = None,
     ) -> Trainer:
+        """`reference`: θ_0, frozen, for a per-token loss that reads it (`train.loss: asft` without LoRA)."""
         raise NotImplementedError
 
     def generate(
@@ -126,6 +128,11 @@ class Objective:
         """Refuse, before any work, a run this objective cannot carry out: a mode it does not train, a selector
         it needs and lacks, a generation backend it cannot use (the evaluation's, and the probe's for each model
         that is probed)."""
+        if cfg.train.loss != "nll":  # the probe is SFT; each mode brings its own loss
+            raise T3SError(
+                f"train.loss={cfg.train.loss}: `t3s run` trains each mode with its own loss; add {cfg.train.loss} "
+                "to modes instead"
+            )
         bad = [m for m in cfg.modes if m not in self.modes]
         if bad:
             raise T3SError(f"a {self.name} student trains the modes {', '.join(self.modes)}; not {', '.join(bad)}")

@@ -93,9 +93,12 @@ class MaskedDiffusion(Objective):
         *,
         progress: bool = True,
         callbacks: list[TrainerCallback] | None = None,
+        reference: PreTrainedModel | None = None,
     ) -> Trainer:
         from t3s.objectives.diffusion import make_trainer
 
+        if cfg.loss != "nll":  # the diffusion loss is over masked positions, not next tokens
+            raise T3SError(f"train.loss={cfg.loss} trains an autoregressive student; this one is masked-diffusion")
         return make_trainer(model, data, cfg, self.cfg, output_dir, progress=progress, callbacks=callbacks)
 
     def generate(
