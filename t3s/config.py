@@ -93,6 +93,7 @@ LOSSES: dict[str, tuple[str, ...]] = {
     "memft": ("memft_threshold",),  # MemFT's hard mask ("ot"), arXiv 2605.30260
     "asft": ("asft_kl_weight",),  # ASFT, arXiv 2509.23753
 }
+MASKING_LOSSES = ("memft",)  # the losses that leave tokens out (per step): no "every token" in a summary
 # SFTConfig arguments t3s sets itself (`training_arguments`, `make_trainer`): `train.trainer` may not repeat them.
 # The value says where the setting lives instead.
 MANAGED = {

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from t3s.artifacts import write_json
-from t3s.modes import LOSS_MODES
+from t3s.config import MASKING_LOSSES
+from t3s.modes import LOSS_MODES, mode_of
 
-# Modes that train on every response token: their selection column reads 0 rather than "–".
-EVERY_TOKEN = ("sft", *LOSS_MODES)
+# Modes that train on every response token: their selection column reads 0 rather than "–" (memft drops tokens
+# per step, from the model being trained: "–", as it has no selection to count them)
+EVERY_TOKEN = ("sft", *(m for m in LOSS_MODES if mode_of(m).loss not in MASKING_LOSSES))
 
 
 def mean_sd(xs: list[float]) -> tuple[float, float | None]:

@@ -213,7 +213,7 @@ def test_controls_of_the_papers_claims_as_modes(tiny, tmp_path):
     out = tmp_path / "run"
     assert t3s_run(tmp_path / "run.yaml", out).returncode == 0
     before = records(out)
-    cfg["modes"] = ["sft", "random", "t3s-final", "excess-loss", "dft"]
+    cfg["modes"] = ["sft", "random", "t3s-final", "excess-loss", "dft", "eaft", "memft", "asft"]
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     r = t3s_run(tmp_path / "run.yaml", out)
     assert r.returncode == 0, r.stderr + r.stdout
@@ -239,8 +239,18 @@ def test_controls_of_the_papers_claims_as_modes(tiny, tmp_path):
     # DFT weights each token's NLL by its probability: on the near-uniform tiny model (NLL ≈ 6 at step 1, every
     # p < 0.01) the loss is p·(−log p) < 0.05, where plain SFT's is about 6
     assert dft["log_history"][0]["loss"] < 0.1
+    for mode in ("eaft", "memft", "asft"):  # the per-token loss modes: their loss, no selection, every token
+        rec = json.loads((seed / "train" / mode / "train.json").read_text())
+        assert rec["config"]["loss"] == mode and rec["selection"] is None and rec["config"]["trainer"] == {}
     s = json.loads((out / "summary.json").read_text())
-    assert [row["method"] for row in s["rows"]] == ["base", "sft", "random", "t3s-final", "excess-loss", "dft"]
+    methods = ["base", "sft", "random", "t3s-final", "excess-loss", "dft", "eaft", "memft", "asft"]
+    assert [row["method"] for row in s["rows"]] == methods
+    dropped = {row["method"]: row["dropped_fraction"] for row in s["rows"]}
+    assert dropped["dft"] == dropped["eaft"] == dropped["asft"] == 0.0 and dropped["memft"] is None
+    from bench.losses import table  # the losses' comparison table reads these files
+
+    text = "\n".join(table(out, "tiny"))
+    assert all(f"| {m} |" in text for m in ("sft", "dft", "eaft", "memft", "asft"))
     # `t3s run --plan` lists the stages the run took (the θ_T scores of the controls included), in its order
     assert started(out, last=True) == [k for k, _ in plan_stages(load_config(tmp_path / "run.yaml", [], flat=()))]
 

@@ -182,6 +182,7 @@ def trainer_class():
                 reference.requires_grad_(False)
                 self.reference = self.accelerator.prepare_model(reference.eval(), evaluation_mode=True)
             self.kept_in_step = None  # memft: tokens kept so far in this optimizer step, on this process
+            self.step_losses = None  # ... and the losses its earlier micro-batches returned
 
         def _get_num_items_in_batch(self, batch_samples, device):
             key = "response_labels" if self.normalize == "response" else "labels"
@@ -194,9 +195,15 @@ def trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs.pop("response_labels", None)
-            if self.token_loss == "nll" or return_outputs:
+            if self.token_loss == "nll":
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            return self.online_loss(model, inputs, num_items_in_batch)
+            loss = self.online_loss(model, inputs, num_items_in_batch)
+            if not return_outputs:
+                return loss
+            import torch
+
+            with torch.no_grad():  # evaluation asking for the logits: one more forward, outside training
+                return loss, model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
 
         def online_loss(self, model, inputs, num_items_in_batch):
             """Σ w·CE (+ asft's KL) over the labelled tokens / N, N counted over the global batch as for SFT.
@@ -224,11 +231,12 @@ def trainer_class():
                 logits = model(**logits_inputs, use_cache=False).logits[:, :-1]
                 target = labels[:, 1:]
                 where = target != -100
-                logp_all = logits[where].float().log_softmax(dim=-1)
+                rows = logits[where]  # (labelled tokens, vocabulary)
+                logp_all = rows.float().log_softmax(dim=-1)
                 logp = logp_all.gather(-1, target[where].unsqueeze(-1)).squeeze(-1)
                 if self.token_loss == "eaft":
                     s = self.loss_settings
-                    weights = tl.eaft_weights(logits[where], s["eaft_k"], s["eaft_alpha"])
+                    weights = tl.eaft_weights(rows, s["eaft_k"], s["eaft_alpha"])
                     total = -(logp * weights).sum()
                     self._metrics[mode]["eaft_weight"].append(float(weights.detach().mean()) if len(weights) else 0.0)
                 else:  # asft: DFT + λ KL(θ_0 || θ)
@@ -272,17 +280,15 @@ def trainer_class():
             kept, self.kept_in_step = self.kept_in_step, None
             if self.args.world_size > 1:
                 kept = self.accelerator.gather(kept.reshape(1)).sum()
-            labelled = torch.as_tensor(num_items_in_batch, device=kept.device, dtype=torch.float32)
-            factor = labelled / kept.float().clamp(min=1)
+            labelled = torch.as_tensor(num_items_in_batch, dtype=torch.float64).item()
+            factor = labelled / max(kept.item(), 1)  # a number: sharded (DTensor) gradients take it as well
             for p in model.parameters():
                 if p.grad is not None:
-                    p.grad.mul_(factor.to(p.grad.device, p.grad.dtype))
+                    p.grad.mul_(factor)
             # the Trainer sums the loss each micro-batch returns: the earlier ones are in already, so this one
             # carries the correction of the whole step
             earlier, self.step_losses = (loss.new_zeros(()) if self.step_losses is None else self.step_losses), None
-            return (earlier + loss) * factor.to(loss.device, loss.dtype) - earlier
-
-        step_losses = None
+            return (earlier + loss) * factor - earlier
 
     return T3STrainer, Collator
 
