@@ -186,6 +186,7 @@ def _models(work: Path, sizes: Sizes, runner: Runner) -> dict[str, Path]:
     names = (
         {m for m, _ in sizes.score}
         | {t["model"] for t in sizes.train}
+        | {t["model"] for t in sizes.losses}
         | {g["model"] for g in sizes.gen}
         | ({sizes.flips["model"]} if sizes.flips else set())
     )
