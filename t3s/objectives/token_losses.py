@@ -6,8 +6,8 @@ against a computation written another way).
 - EAFT (Entropy-Adaptive Fine-Tuning, arXiv 2601.02151; LLaMA-Factory `use_eaft_loss`, axolotl `eaft_alpha`,
   `eaft_k`): weight = (H_k / ln k)^α, H_k the entropy of the top-k next-token distribution (the top k logits,
   renormalised), detached. Confident tokens (low entropy) are down-weighted, uncertain ones keep their loss.
-  LLaMA-Factory divides by 3.0 (≈ ln 20); we divide by ln k, the paper's normalisation, so a weight is ≤ 1 for
-  every k.
+  LLaMA-Factory divides by 3.0 (≈ ln 20) and axolotl not at all; we divide by ln k, the paper's normalisation,
+  so a weight is ≤ 1 for every k.
 - MemFT's hard mask (arXiv 2605.30260; axolotl's `ot` variant): train only on the tokens whose current
   probability is below `memft_threshold` (0.5: loss above ln 2), normalised by how many were kept.
 - ASFT (Anchored SFT, arXiv 2509.23753): DFT's p·CE plus `asft_kl_weight` · KL(θ_0 ‖ θ) over the vocabulary
