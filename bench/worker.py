@@ -711,7 +711,7 @@ def losses(a: dict) -> dict:
 
     from t3s.models import load_causal_lm
     from t3s.objectives.base import plan_for
-    from t3s.train import config_for_mode, make_trainer, needs_reference, prepare
+    from t3s.train import config_for_mode, make_trainer, prepare
 
     work, data_path, cfg = _training_setup(a)
     precision = plan_for(cfg.train).inference()
@@ -719,7 +719,7 @@ def losses(a: dict) -> dict:
 
     def trainer_for(tcfg, name: str):
         model = load_causal_lm(a["model"], precision)
-        reference = load_causal_lm(a["model"], precision) if needs_reference(tcfg) else None
+        reference = load_causal_lm(a["model"], precision) if tcfg.needs_reference else None
         return make_trainer(model, data, tcfg, work / name, progress=False, reference=reference)
 
     out = []

@@ -126,11 +126,10 @@ def sft_trainer(*args: Any, loss: str = "nll", reference: Any = None, **kwargs: 
     One forward per micro-batch, as the published methods take (TRL's `compute_loss_func` would add a second,
     for its metrics). asft compares with θ_0: under PEFT (`peft_config=`) the adapter-disabled model; without,
     pass `reference=` a second copy of the starting model."""
-    from t3s.config import LOSSES, TrainConfig
+    from t3s.config import LOSS_KEYS, TrainConfig
     from t3s.objectives.ar import trainer_class
 
-    keys = {k for ks in LOSSES.values() for k in ks}
-    settings = {k: kwargs.pop(k) for k in list(kwargs) if k in keys}
+    settings = {k: kwargs.pop(k) for k in list(kwargs) if k in LOSS_KEYS}
     train = TrainConfig(loss=loss, **settings)
     stray = set(settings) - set(train.loss_settings())
     if stray:

@@ -93,6 +93,7 @@ LOSSES: dict[str, tuple[str, ...]] = {
     "memft": ("memft_threshold",),  # MemFT's hard mask ("ot"), arXiv 2605.30260
     "asft": ("asft_kl_weight",),  # ASFT, arXiv 2509.23753
 }
+LOSS_KEYS = tuple(k for keys in LOSSES.values() for k in keys)  # every loss's own TrainConfig keys
 MASKING_LOSSES = ("memft",)  # the losses that leave tokens out (per step): no "every token" in a summary
 # SFTConfig arguments t3s sets itself (`training_arguments`, `make_trainer`): `train.trainer` may not repeat them.
 # The value says where the setting lives instead.
@@ -226,6 +227,12 @@ class TrainConfig:
         """The settings the per-token loss reads ({} for nll): part of a training run's fingerprint, the others
         are not (changing eaft_alpha does not retrain a memft run)."""
         return {k: getattr(self, k) for k in LOSSES[self.loss]}
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether training needs a second, frozen copy of θ_0: asft's KL term without LoRA (under LoRA θ_0 is
+        the adapter-disabled model)."""
+        return self.loss == "asft" and self.lora_r == 0
 
 
 @dataclass

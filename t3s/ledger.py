@@ -29,7 +29,7 @@ import yaml
 
 from t3s import T3SError, __version__, dist
 from t3s.artifacts import read_json, sha256_json, write_json
-from t3s.config import LOSSES
+from t3s.config import LOSS_KEYS
 
 if TYPE_CHECKING:
     from t3s.config import RunConfig, TrainConfig
@@ -342,7 +342,7 @@ def training_settings(train: TrainConfig) -> dict[str, Any]:
     this rule recorded). Of the per-token loss's keys only those its loss reads count, and `loss` itself only
     when it is not nll (runs made before `train.loss` existed keep their fingerprints)."""
     settings = dataclasses.asdict(dataclasses.replace(train, report_to="none"))
-    for key in {k for keys in LOSSES.values() for k in keys} - set(train.loss_settings()):
+    for key in set(LOSS_KEYS) - set(train.loss_settings()):
         del settings[key]
     if train.loss == "nll":
         del settings["loss"]

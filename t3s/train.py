@@ -79,7 +79,7 @@ def make_trainer(
     reference: Any = None,
 ) -> Any:
     """The Trainer of the objective the data was prepared for (TRL's SFTTrainer for an autoregressive student);
-    `reference`: θ_0 for a per-token loss that reads it (`needs_reference`).
+    `reference`: θ_0 for a per-token loss that reads it (`TrainConfig.needs_reference`).
 
     Trackers: TensorBoard writes next to `output_dir` (`<its parent>/tensorboard`: the probe's or training run's
     own directory, kept when the Trainer's working folder goes; TENSORBOARD_LOGGING_DIR still wins), and callbacks
@@ -103,11 +103,6 @@ def make_trainer(
         if getattr(cb, "trainer", False) is None:
             cb.trainer = trainer
     return trainer
-
-
-def needs_reference(cfg: TrainConfig) -> bool:
-    """Whether training loads a second, frozen copy of θ_0: asft's KL term without LoRA."""
-    return cfg.loss == "asft" and cfg.lora_r == 0
 
 
 def config_for_mode(cfg: TrainConfig, mode: str) -> TrainConfig:
@@ -312,7 +307,7 @@ def _train_in(
         model_path, plan.inference(), cfg.trust_remote_code, place=not dist.launched()
     )  # several processes: the Trainer places it
     reference = (  # θ_0 again, frozen: asft's KL term without LoRA (under LoRA: the adapter-disabled model)
-        data.objective.load(model_path, plan.inference(), cfg.trust_remote_code) if needs_reference(cfg) else None
+        data.objective.load(model_path, plan.inference(), cfg.trust_remote_code) if cfg.needs_reference else None
     )
     trainer = make_trainer(model, data, cfg, ckpt_dir, progress=progress, callbacks=callbacks, reference=reference)
     tok, report, kept = data.tokenizer, data.report, data.kept_tokens

@@ -221,10 +221,10 @@ def trainer_class():
                 out = model(**inputs, use_cache=False, fused_lm_head=True)  # log p of each label, 0 where -100
                 kept = out.label_mask & tl.memft_kept(out.log_probs, self.loss_settings["memft_threshold"])
                 total = -(out.log_probs * kept).sum()
+                count = kept.sum()
                 if self.normalize == "kept" and model.training:  # the global kept count: see training_step
-                    count = kept.sum()
                     self.kept_in_step = count if self.kept_in_step is None else self.kept_in_step + count
-                self._metrics[mode]["memft_kept"].append(float(kept.sum()) / max(int(out.label_mask.sum()), 1))
+                self._metrics[mode]["memft_kept"].append(float(count) / max(int(out.label_mask.sum()), 1))
             else:
                 logits_inputs = {k: v for k, v in inputs.items() if k != "labels"}
                 reference = self.reference_logits(model, logits_inputs) if self.token_loss == "asft" else None
@@ -364,6 +364,6 @@ def make_trainer(
         callbacks=[*(callbacks or []), finite_loss_callback(cfg.stop_on_divergence)],
         normalize=cfg.normalize,
         train=cfg,
-        reference=reference if cfg.loss == "asft" and cfg.lora_r == 0 else None,
+        reference=reference if cfg.needs_reference else None,
     )
     return quiet(trainer, progress)
