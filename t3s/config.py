@@ -350,10 +350,15 @@ class GenConfig:
 SCHEDULES = ("llada", "dfactory")
 FORCED_WEIGHTS = ("one", "inverse_t")
 REMASKING = ("low_confidence", "random")
+ATTENTIONS = ("auto", "bidirectional", "block_causal")
+CACHES = ("none", "prefix")
 # Which `diffusion` keys each kind of stage reads: a stage's fingerprint holds only its own, so changing a sampler
 # setting re-runs only the stages that sample, and τ only the selections.
 DIFFUSION_TRAINING_KEYS = ("mask_schedule", "eps", "t_min", "t_max", "forced_weight", "mask_token_id")
 DIFFUSION_SAMPLER_KEYS = ("gen_length", "block_length", "steps", "remasking", "mask_token_id")
+# sampler settings added later: in a fingerprint only when set away from these defaults (which reproduce the
+# sampler the older fingerprints describe), so finished sampling stages stay valid
+DIFFUSION_SAMPLER_DEFAULTS = {"attention": "auto", "cache": "none", "commit_threshold": 1.0}
 DIFFUSION_SELECTION_KEYS = ("tau",)
 
 
@@ -380,6 +385,31 @@ class DiffusionConfig:
     block_length: int = field(default=32, metadata={"help": "semi-autoregressive block length"})
     steps: int = field(default=0, metadata={"help": "denoising steps over the canvas (0: gen_length)"})
     remasking: str = field(default="low_confidence", metadata={"help": "low_confidence | random"})
+    commit_threshold: float = field(
+        default=1.0,
+        metadata={
+            "help": "parallel decoding: at each step also commit every masked position of the current block whose "
+            "predicted token has probability > this (Fast-dLLM 0.9, LLaDA-2 0.95); 1.0: off, the fixed schedule "
+            "of `steps` alone"
+        },
+    )
+    attention: str = field(
+        default="auto",
+        metadata={
+            "help": "how the sampler's model reads the canvas: auto (block_causal for LLaDA-2, as its own "
+            "generate(); else bidirectional) | bidirectional (every position sees the whole canvas) | "
+            "block_causal (a block sees itself and the blocks before it, on a grid from the first prompt token)"
+        },
+    )
+    cache: str = field(
+        default="none",
+        metadata={
+            "help": "none | prefix: keys and values of the positions before the current block are cached, not "
+            "recomputed at every step (exact under block_causal attention; under bidirectional, Fast-dLLM's "
+            "approximate prefix cache, refreshed at each block); needs a model whose forward takes "
+            "past_key_values (LLaDA-2)"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "diffusion")
@@ -389,6 +419,12 @@ class DiffusionConfig:
             raise T3SError(f"diffusion.forced_weight must be one of {FORCED_WEIGHTS}, got '{self.forced_weight}'")
         if self.remasking not in REMASKING:
             raise T3SError(f"diffusion.remasking must be one of {REMASKING}, got '{self.remasking}'")
+        if self.attention not in ATTENTIONS:
+            raise T3SError(f"diffusion.attention must be one of {ATTENTIONS}, got '{self.attention}'")
+        if self.cache not in CACHES:
+            raise T3SError(f"diffusion.cache must be one of {CACHES}, got '{self.cache}'")
+        if not 0 < self.commit_threshold <= 1:
+            raise T3SError(f"diffusion.commit_threshold must be in (0, 1] (1: off), got {self.commit_threshold}")
         if not 0 < self.eps < 1:
             raise T3SError("diffusion.eps must be in (0, 1)")
         if not 0 < self.t_min <= self.t_max <= 1:
@@ -418,7 +454,9 @@ class DiffusionConfig:
 
     def sampler(self) -> dict[str, Any]:
         """The settings the diffusion sampler reads (a sampling stage's fingerprint)."""
-        return {k: getattr(self, k) for k in DIFFUSION_SAMPLER_KEYS}
+        out = {k: getattr(self, k) for k in DIFFUSION_SAMPLER_KEYS}
+        out.update({k: getattr(self, k) for k, v in DIFFUSION_SAMPLER_DEFAULTS.items() if getattr(self, k) != v})
+        return out
 
     def selection(self) -> dict[str, Any]:
         """The settings a forced-set selection reads."""

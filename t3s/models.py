@@ -370,6 +370,35 @@ def whole_model_loading() -> Any:
         os.environ.update(saved)
 
 
+def restore_buffers(model: Any) -> Any:
+    """Recompute the non-persistent buffers of a remote-code model (rotary frequencies and the like) after loading.
+
+    transformers 5 builds a model on the meta device, loads the checkpoint, and re-creates the buffers that are not
+    in the checkpoint only through the model's `_init_weights`. Remote code written for transformers 4 (LLaDA-2's
+    `LLaDA2MoeRotaryEmbedding.inv_freq`, for one) initialises linear layers and embeddings there and nothing else,
+    so such a buffer is left as uninitialised memory: a model that reads garbage positions, differently on every
+    load. The class's own constructor computes them: build it with parameters on the meta device (nothing is
+    allocated) and copy its buffers over. Native transformers models are left alone; buffers still on the meta
+    device (FSDP's low-RAM loading, filled from process 0) too."""
+    is_custom = getattr(type(model), "is_custom_code", None)
+    if not callable(is_custom) or not is_custom():
+        return model
+    todo = [(n, b) for n, b in model.named_non_persistent_buffers() if b is not None and b.device.type != "meta"]
+    if not todo:
+        return model
+    import torch
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        fresh = dict(type(model)(model.config).named_buffers())
+    with torch.no_grad():
+        for name, buf in todo:
+            new = fresh.get(name)
+            if new is not None and new.device.type != "meta" and new.shape == buf.shape:
+                buf.copy_(new.to(buf.dtype))
+    return model
+
+
 def placed(model: Any, device: str, path: str, place: bool) -> Any:
     """The loaded model on `device` when `place` (and, on several processes, checked to hold the same weights on
     every one), else as loading left it: the Trainer (DDP) or accelerate (DeepSpeed, FSDP, whose low-RAM loading
@@ -394,7 +423,7 @@ def load_causal_lm(path: str | Path, precision: Precision, trust_remote_code: bo
             model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.weights, **hub_kwargs(trust_remote_code))
     except Exception as e:  # noqa: BLE001 -- a user's files: any failure is one line naming them
         raise load_error("a causal LM", path, e) from e
-    return placed(model, precision.device, path, place)
+    return placed(restore_buffers(model), precision.device, path, place)
 
 
 def model_fingerprint(path: str | Path) -> str:

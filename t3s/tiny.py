@@ -124,6 +124,52 @@ def build_mask_model(vocab_size: int, mask_id: int, seed: int = 0, hidden: int =
     return ModernBertForMaskedLM(cfg).to(torch.float32)
 
 
+def save_llada2_like(
+    out: str | Path,
+    tok,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    **config,
+) -> Path:
+    """A LLaDA-2-shaped mask predictor (`t3s/tinyllada2.py`, loaded as remote code the way LLaDA2.0-mini is:
+    `trust_remote_code`, AutoModelForCausalLM -> the LM, AutoModel -> the bare backbone) saved to `out` with `tok`."""
+    import shutil
+
+    import torch
+
+    from t3s import tinyllada2
+
+    out = Path(out)
+    cfg = tinyllada2.TinyLlada2Config(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        mask_token_id=tok.mask_token_id,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        **config,
+    )
+    torch.manual_seed(seed)
+    tinyllada2.TinyLlada2ForCausalLM(cfg).to(torch.float32).save_pretrained(out)
+    shutil.copy(tinyllada2.__file__, out / "modeling_tinyllada2.py")
+    c = json.loads((out / "config.json").read_text())
+    c["architectures"] = ["TinyLlada2ForCausalLM"]
+    c["auto_map"] = {
+        "AutoConfig": "modeling_tinyllada2.TinyLlada2Config",
+        "AutoModel": "modeling_tinyllada2.TinyLlada2Model",
+        "AutoModelForCausalLM": "modeling_tinyllada2.TinyLlada2ForCausalLM",
+    }
+    (out / "config.json").write_text(json.dumps(c, indent=2))
+    tok.save_pretrained(out)
+    return out
+
+
 def _pretrain(model_dir: Path, data: Path, steps: int, diffusion: bool) -> None:
     """Train a tiny model in place on `data` with t3s's own trainer (quietly)."""
     import shutil
@@ -166,7 +212,8 @@ def build(
 ) -> Path:
     """Write `out/model` (tokenizer + model), `out/train.jsonl` and `out/train-terse.jsonl` (the same prompts
     answered by a terser "teacher", for mixtures). `diffusion`: the tokenizer also gets a mask
-    token, and `out/dllm` holds a tiny bidirectional student sharing it (`out/model` is then its AR selector);
+    token, `out/dllm` holds a tiny bidirectional student sharing it (`out/model` is then its AR selector) and
+    `out/dllm2` a LLaDA-2-shaped one (remote code, never pretrained: the sampler's cache and attention tests);
     with `pretrain`, both are first trained to answer the prompts in the terse style (they memorise them), so that
     SFT on the step-by-step traces shows an imitation shock (≈ 30 s)."""
     data = make_rows(rows, seed)
@@ -184,6 +231,7 @@ def build(
             dllm = build_mask_model(len(tok), tok.mask_token_id, seed)
             dllm.save_pretrained(tmp / "dllm")
             tok.save_pretrained(tmp / "dllm")
+            save_llada2_like(tmp / "dllm2", tok, seed)
         with (tmp / "train.jsonl").open("w") as fh:
             for r in data:
                 fh.write(json.dumps(r) + "\n")

@@ -398,3 +398,121 @@ def test_the_diffusion_student_honours_placement(dtiny, monkeypatch):
     assert {p.device.type for p in moved.parameters()} == {"meta"}
     assert seen == ["true", None]  # the Trainer's load keeps the FSDP path; a whole-model load does not
     assert __import__("os").environ["ACCELERATE_USE_FSDP"] == "true"  # restored afterwards
+
+
+# ----------------------------------------------------------------------------------------------- LLaDA 2.1
+
+# LLaDA2.1-mini's published config.json (huggingface.co/inclusionAI/LLaDA2.1-mini), the keys it holds; the sizes
+# are scaled down below, everything else is kept as published
+LLADA21_MINI_CONFIG = {
+    "architectures": ["LLaDA2MoeModelLM"],
+    "model_type": "llada2_moe",
+    "auto_map": {
+        "AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+        "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+        "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM",
+    },
+    "hidden_size": 2048,
+    "num_hidden_layers": 20,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "intermediate_size": 5120,
+    "num_experts": 256,
+    "num_experts_per_tok": 8,
+    "num_shared_experts": 1,
+    "moe_intermediate_size": 512,
+    "first_k_dense_replace": 1,
+    "n_group": 8,
+    "topk_group": 4,
+    "routed_scaling_factor": 2.5,
+    "score_function": "sigmoid",
+    "rope_theta": 600000,
+    "partial_rotary_factor": 0.5,
+    "rotary_dim": 64,
+    "rope_scaling": None,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": False,
+    "pad_token_id": 156892,
+    "sliding_window": 4096,
+    "use_sliding_window": False,
+    "use_qk_norm": True,
+    "use_cache": False,
+    "vocab_size": 157184,
+    "dtype": "bfloat16",
+}
+
+
+def _llada21_dir(tmp_path, tok):
+    """A model directory laid out as LLaDA2.1-mini's: its config (sizes scaled to a CPU: 4:1 query to key-value
+    heads as published), its auto_map's file and class names, served by t3s's LLaDA-2-shaped remote code."""
+    import t3s.tinyllada2 as fixture
+    from t3s.tiny import save_llada2_like
+
+    d = save_llada2_like(tmp_path / "llada21", tok, hidden=64, layers=2, heads=4, kv_heads=1)
+    (d / "modeling_tinyllada2.py").rename(d / "modeling_llada2_moe.py")
+    with (d / "modeling_llada2_moe.py").open("a") as fh:  # the published class names
+        fh.write("\nLLaDA2MoeConfig = TinyLlada2Config\nLLaDA2MoeModel = TinyLlada2Model\n")
+        fh.write("LLaDA2MoeModelLM = TinyLlada2ForCausalLM\n")
+    (d / "configuration_llada2_moe.py").write_text("from .modeling_llada2_moe import LLaDA2MoeConfig  # noqa\n")
+    ours = json.loads((d / "config.json").read_text())
+    small = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1}
+    small |= {"head_dim": 16, "intermediate_size": 128, "rotary_dim": 8, "vocab_size": len(tok)}
+    cfg = {**LLADA21_MINI_CONFIG, **small, "pad_token_id": tok.pad_token_id, "mask_token_id": tok.mask_token_id}
+    cfg |= {"eos_token_id": tok.eos_token_id, "transformers_version": ours["transformers_version"]}
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert fixture.TinyLlada2Config.model_type == cfg["model_type"]
+    return d
+
+
+def test_llada21_loads_trains_and_samples_as_llada2(dtiny, tmp_path):
+    """LLaDA 2.1 keeps LLaDA 2.0's layout (model_type llada2_moe, the LM under AutoModelForCausalLM): recognised,
+    loaded with its head, trained by the diffusion objective, sampled block-causally (auto) with the cache and
+    threshold decoding giving the uncached result."""
+    from t3s.objectives.diffusion import is_mask_predictor, mask_predictor_class, read_config, sampler_attention
+    from t3s.train import train
+
+    tok = load_tokenizer(dtiny / "dllm")
+    d = _llada21_dir(tmp_path, tok)
+    assert is_mask_predictor(d) and mask_predictor_class(read_config(d)) == "AutoModelForCausalLM"
+    model = load_mask_predictor(d, FP32, trust_remote_code=True)
+    assert type(model).__name__ == "TinyLlada2ForCausalLM" and model.config.num_key_value_heads == 1
+    assert sampler_attention("auto", model) == "block_causal"
+    cfg = load_config(None, ["max_steps=2", "per_device_train_batch_size=4", "dtype=float32", "trust_remote_code=true"])
+    s = train(
+        str(d),
+        str(dtiny / "train.jsonl"),
+        tmp_path / "run",
+        cfg.train,
+        cfg.render,
+        progress=False,
+        objective=cfg.diffusion,
+    )
+    assert s["global_step"] == 2 and np.isfinite(s["train_loss"])
+    trained = load_mask_predictor(tmp_path / "run" / "model", FP32, trust_remote_code=True).double()
+    g = GenConfig(max_new_tokens=16, batch_size=2)
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13]]
+    plain = sample(trained, tok, prompts, g, DiffusionConfig(block_length=8), FP32, progress=False)
+    fast = DiffusionConfig(block_length=8, cache="prefix", commit_threshold=0.9)
+    fast_plain = DiffusionConfig(block_length=8, commit_threshold=0.9)
+    assert [o[0].token_ids for o in sample(trained, tok, prompts, g, fast, FP32, progress=False)] == [
+        o[0].token_ids for o in sample(trained, tok, prompts, g, fast_plain, FP32, progress=False)
+    ]
+    assert all(len(o[0].token_ids) <= 16 for o in plain)
+
+
+def test_a_remote_code_models_rotary_buffer_is_computed_not_left_uninitialised(dtiny, tmp_path):
+    """transformers 5 leaves a remote-code model's non-persistent buffers (LLaDA-2's rotary frequencies) as
+    uninitialised memory unless its _init_weights covers them; the loaders recompute them from the class."""
+    from t3s.models import load_causal_lm
+
+    tok = load_tokenizer(dtiny / "dllm")
+    d = _llada2_like = dtiny / "dllm2"
+    cfg = json.loads((d / "config.json").read_text())
+    rot = int(cfg["head_dim"] * cfg["partial_rotary_factor"]) // 2 * 2
+    want = 1.0 / cfg["rope_theta"] ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot)
+    for load in (load_mask_predictor, load_causal_lm):
+        for _ in range(2):
+            model = load(_llada2_like, FP32, trust_remote_code=True)
+            torch.testing.assert_close(model.model.rotary_emb.inv_freq, want)
+    assert len(tok) == cfg["vocab_size"]

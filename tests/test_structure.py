@@ -14,7 +14,19 @@ PKG = Path(__file__).resolve().parents[1] / "t3s"
 # Each module's layer: a module may import modules of its own layer or below, never above.
 LAYERS = [
     {"__init__", "fields", "modes", "artifacts", "config", "estimate"},  # leaves without torch
-    {"dist", "data", "models", "generation", "ledger", "summary", "launch", "graders", "trackers", "smollm"},  # leaves
+    {
+        "dist",
+        "data",
+        "models",
+        "generation",
+        "ledger",
+        "summary",
+        "launch",
+        "graders",
+        "trackers",
+        "smollm",
+        "tinyllada2",
+    },  # leaves
     # pure functions of score sets (and the cross-tokenizer Δc projection), the per-token losses; the vLLM engine
     {"score", "select", "verdict", "objectives.projection", "objectives.token_losses", "vllm_backend"},
     {"objectives", "objectives.base", "objectives.ar", "objectives.masked", "objectives.diffusion"},  # objectives
@@ -216,9 +228,15 @@ def test_every_diffusion_key_is_read_by_some_stage():
     """A `diffusion` key that no stage's fingerprint holds would change results without re-running anything."""
     import dataclasses
 
-    from t3s.config import DIFFUSION_SAMPLER_KEYS, DIFFUSION_SELECTION_KEYS, DIFFUSION_TRAINING_KEYS, DiffusionConfig
+    from t3s.config import (
+        DIFFUSION_SAMPLER_DEFAULTS,
+        DIFFUSION_SAMPLER_KEYS,
+        DIFFUSION_SELECTION_KEYS,
+        DIFFUSION_TRAINING_KEYS,
+        DiffusionConfig,
+    )
 
-    read = {*DIFFUSION_SAMPLER_KEYS, *DIFFUSION_SELECTION_KEYS, *DIFFUSION_TRAINING_KEYS}
+    read = {*DIFFUSION_SAMPLER_KEYS, *DIFFUSION_SAMPLER_DEFAULTS, *DIFFUSION_SELECTION_KEYS, *DIFFUSION_TRAINING_KEYS}
     assert {f.name for f in dataclasses.fields(DiffusionConfig)} == read
 
 

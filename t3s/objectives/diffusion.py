@@ -143,7 +143,7 @@ def load_mask_predictor(
     place or shard."""
     import transformers
 
-    from t3s.models import hub_kwargs, load_error, placed, resolve_model_path, whole_model_loading
+    from t3s.models import hub_kwargs, load_error, placed, resolve_model_path, restore_buffers, whole_model_loading
 
     path = resolve_model_path(path)
     kw = {"dtype": precision.weights, **hub_kwargs(trust_remote_code)}
@@ -158,7 +158,7 @@ def load_mask_predictor(
         ) from None
     except Exception as e:  # noqa: BLE001 -- a user's files: any failure is one line naming them
         raise load_error("a mask predictor", path, e) from e
-    model = placed(model, precision.device, path, place)
+    model = placed(restore_buffers(model), precision.device, path, place)
     if not _has_head(model):
         raise T3SError(
             f"'{path}' loaded through {key} as {type(model).__name__}, which has no LM head (its forward "
@@ -428,6 +428,187 @@ def _transfer_counts(n_masked: int, steps: int) -> list[int]:
     return [base + (1 if i < rem else 0) for i in range(steps)]
 
 
+# model_type of the block-diffusion models whose own generate() reads the canvas block-causally (each block sees
+# itself and the blocks before it, on a grid of block_length from the first prompt token): LLaDA2.0 / LLaDA2.1
+BLOCK_CAUSAL_TYPES = ("llada2_moe",)
+
+
+def sampler_attention(setting: str, model: Any) -> str:
+    """The attention the sampler gives the canvas (pure but for reading the model's config and signature):
+    `auto` is block_causal for BLOCK_CAUSAL_TYPES (as their own generate() does) and bidirectional otherwise;
+    block_causal needs a model that takes a 4-D mask."""
+    m = _unwrapped(model)
+    kind = getattr(getattr(m, "config", None), "model_type", None)
+    attention = setting if setting != "auto" else ("block_causal" if kind in BLOCK_CAUSAL_TYPES else "bidirectional")
+    if attention == "block_causal" and mask_style(model) != "4d":
+        raise T3SError(
+            f"diffusion.attention=block_causal needs a model that takes a 4-D attention mask (LLaDA-2: model_type "
+            f"{', '.join(BLOCK_CAUSAL_TYPES)}); {type(m).__name__} ({kind}) reads the canvas bidirectionally: "
+            "diffusion.attention=bidirectional"
+        )
+    return attention
+
+
+def check_cache(model: Any) -> None:
+    """diffusion.cache needs a forward that takes `past_key_values` and a 4-D mask (LLaDA-2's remote code does;
+    LLaDA-1's and ModernBERT's do not)."""
+    m = _unwrapped(model)
+    try:
+        params = inspect.signature(m.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "past_key_values" not in params or mask_style(model) != "4d":
+        raise T3SError(
+            f"diffusion.cache=prefix needs a model whose forward takes past_key_values and a 4-D attention mask "
+            f"(LLaDA-2's remote code); {type(m).__name__} does not: diffusion.cache=none"
+        )
+
+
+class Layout:
+    """Where everything sits on one batch's canvas (pure: built from prompt lengths alone).
+
+    Prompts are left-padded to P; the canvas starts at P for every row. Blocks are the units the sampler commits,
+    one after another. `bidirectional`: blocks start at P (today's semi-autoregressive sampler, every row
+    aligned). `block_causal`: each row's blocks lie on a grid of `block` tokens from its *own* first prompt token,
+    as LLaDA-2's generate() lays them out for one prompt (its first canvas block is the rest of the block the
+    prompt ends in, and its canvas runs on to the end of the last block: up to block − 1 tokens past gen_len, cut
+    from the answer), so a row sampled in a batch reads exactly what it reads alone."""
+
+    def __init__(self, prompt_lens: list[int], gen_len: int, block: int, attention: str):
+        self.attention, self.block, self.gen_len = attention, block, gen_len
+        self.P = P = max(prompt_lens)
+        self.start = torch.tensor([P - p for p in prompt_lens])  # first real token of each row
+        plen = torch.tensor(prompt_lens)
+        if attention == "block_causal":
+            first = plen // block  # the block each prompt ends in (its first canvas block)
+            last = (plen + gen_len + block - 1) // block  # one past the last block that holds canvas
+            self.end = self.start + last * block  # one past each row's last canvas position
+            self.n_blocks = int((last - first).max())
+            self._first = first
+        else:
+            self.end = torch.full_like(plen, P + gen_len)
+            self.n_blocks = gen_len // block
+        self.length = int(self.end.max())
+
+    def window(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lo, hi) per row: the canvas positions of block j (lo == hi where a row has no block j)."""
+        if self.attention != "block_causal":
+            lo = torch.full_like(self.start, self.P + j * self.block)
+            return lo, lo + self.block
+        b = self._first + j
+        lo = torch.maximum(self.start + b * self.block, torch.full_like(self.start, self.P))
+        hi = self.start + (b + 1) * self.block
+        return torch.minimum(lo, self.end), torch.minimum(hi, self.end)
+
+    def settled(self, j: int) -> int:
+        """How many leading canvas positions are final for every row while block j is sampled: those of the
+        blocks before it. Block-causal, a row's block j begins where its grid puts it, which for the first block
+        is inside the prompt (the prompt's last tokens share their block with the first canvas positions and read
+        them, so their keys change until that block is committed)."""
+        if self.attention != "block_causal":
+            return self.P + j * self.block
+        return int(torch.minimum(self.start + (self._first + j) * self.block, self.end).min())
+
+    def real(self) -> torch.Tensor:
+        """[rows, length] bool: a prompt token or a canvas position of the row (not padding)."""
+        idx = torch.arange(self.length)[None, :]
+        return (idx >= self.start[:, None]) & (idx < self.end[:, None])
+
+    def positions(self) -> torch.Tensor:
+        """[rows, length] position of every token from its row's first prompt token (0 on the padding)."""
+        return (torch.arange(self.length)[None, :] - self.start[:, None]).clamp(min=0)
+
+    def blocks(self) -> torch.Tensor:
+        """[rows, length] block index on the row's grid; padding gets a block after every other, so that as a
+        query it sees every real token (no all-masked row) while as a key it is hidden by `real`."""
+        return torch.where(self.real(), self.positions() // self.block, torch.full((), 1 << 30))
+
+
+def canvas_mask(
+    real: torch.Tensor, blocks: torch.Tensor | None, q_lo: int, q_hi: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """The additive 4-D mask [rows, 1, q_hi − q_lo, q_hi] of queries q_lo..q_hi−1 over keys 0..q_hi−1 (pure):
+    0 where a query may look, the dtype's minimum where not. A key is visible when it is real and, with `blocks`
+    (block-causal), in the query's block or an earlier one; without, every real key is (bidirectional)."""
+    ok = real[:, None, None, :q_hi]
+    if blocks is not None:
+        ok = ok & (blocks[:, None, None, :q_hi] <= blocks[:, None, q_lo:q_hi, None])
+    else:
+        ok = ok.expand(-1, -1, q_hi - q_lo, -1)
+    return torch.zeros(ok.shape, dtype=dtype, device=real.device).masked_fill(~ok, torch.finfo(dtype).min)
+
+
+def _keep_first(cache: Any, n: int) -> None:
+    """Drop the cache's entries past the first `n` positions (transformers >= 5: crop takes a negative count)."""
+    extra = cache.get_seq_length() - n
+    if extra > 0:
+        cache.crop(-extra)
+
+
+class _Reader:
+    """The model's logits over the canvas at one denoising step, with or without the cache.
+
+    Uncached: one forward over the canvas (bidirectional: all of it, as today's sampler; block-causal: up to the
+    last position of the current blocks, as LLaDA-2's generate() does: nothing later is visible to them).
+    Cached, block-causal (exact): the cache holds the keys and values of the positions in blocks before every
+    row's current block (`Layout.settled`); each step runs the model on the rest up to the current blocks' end,
+    and the cache then keeps what is settled. Under block-causal attention the keys and values of a position
+    depend only on its own and earlier blocks, all committed, so this is what the uncached forward computes.
+    Cached, bidirectional (approximate, Fast-dLLM's prefix cache): at the first step of a block one full forward
+    fills the cache; the cache keeps the positions before the block, and the later steps of the block run the
+    model on the block and everything after it only. The cached positions miss what the block commits since."""
+
+    def __init__(self, model: Any, x: torch.Tensor, att: torch.Tensor, lay: Layout, cached: bool, precision: Precision):
+        self.model, self.lay, self.cached, self.precision = model, lay, cached, precision
+        dev = x.device
+        self.dtype = next(_unwrapped(model).parameters()).dtype
+        self.att = att
+        self.causal = lay.attention == "block_causal"
+        self.real = lay.real().to(dev)
+        self.blocks = lay.blocks().to(dev) if self.causal else None
+        self.pos = (
+            lay.positions().to(dev)
+            if self.causal
+            else torch.arange(lay.length, device=dev)[None].expand(x.shape[0], -1)
+        )
+        self.cache, self.c = None, 0
+
+    def __call__(self, x: torch.Tensor, hi: torch.Tensor, settled: int, first_step: bool) -> tuple[torch.Tensor, int]:
+        """(logits [rows, q, vocab] as float, the canvas index of logits[:, 0]). `hi`: each row's current block
+        end; `settled`: how many leading positions are final (`Layout.settled`)."""
+        e = int(hi.max()) if self.causal else self.lay.length
+        if not self.cached:
+            with self.precision.context():
+                if self.causal:
+                    mask = canvas_mask(self.real[:, :e], self.blocks[:, :e], 0, e, self.dtype)
+                    out = self.model(input_ids=x[:, :e], attention_mask=mask, position_ids=self.pos[:, :e])
+                else:
+                    out = _Logits(predictor_logits(self.model, x, self.att))
+            return out.logits.float(), 0
+        from transformers import DynamicCache
+
+        if self.cache is None or (first_step and not self.causal):
+            self.cache, self.c = DynamicCache(), 0  # bidirectional: refreshed at every block's first step
+        c = self.c
+        with self.precision.context():
+            mask = canvas_mask(self.real[:, :e], self.blocks[:, :e] if self.causal else None, c, e, self.dtype)
+            out = self.model(
+                input_ids=x[:, c:e],
+                attention_mask=mask,
+                position_ids=self.pos[:, c:e],
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+        self.c = settled
+        _keep_first(self.cache, self.c)
+        return out.logits.float(), c
+
+
+class _Logits:
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+
 @torch.no_grad()
 def sample(
     model: Any,
@@ -446,10 +627,14 @@ def sample(
     from t3s.generation import Generation, eos_ids
 
     gen_len, block, steps = dcfg.canvas(gcfg.max_new_tokens)
-    per_block = steps // (gen_len // block)
+    counts = _transfer_counts(block, steps // (gen_len // block))
     mask_id = mask_token_id(model, tok, dcfg.mask_token_id)
     stops = eos_ids(model, tok) or [tok.eos_token_id]
     eos, pad = stops[0], (tok.pad_token_id if tok.pad_token_id is not None else stops[0])
+    attention = sampler_attention(dcfg.attention, model)
+    cached = dcfg.cache != "none"
+    if cached:
+        check_cache(model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -472,31 +657,37 @@ def sample(
     t0, n_new = time.perf_counter(), 0
     for b, start in mine:
         batch = jobs[start : start + gcfg.batch_size]
-        P = max(len(prompts[i]) for i, _ in batch)
-        x = torch.full((len(batch), P + gen_len), mask_id, dtype=torch.long)
-        att = torch.ones_like(x)
-        for r, (i, _) in enumerate(batch):  # left-padded prompts, attention off on the padding
+        lay = Layout([len(prompts[i]) for i, _ in batch], gen_len, block, attention)
+        P, R = lay.P, len(batch)
+        x = torch.full((R, lay.length), mask_id, dtype=torch.long)
+        for r, (i, _) in enumerate(batch):  # left-padded prompts
             x[r, : P - len(prompts[i])] = pad
-            att[r, : P - len(prompts[i])] = 0
             x[r, P - len(prompts[i]) : P] = torch.tensor(prompts[i])
+        att = lay.real().long()  # attention off on the padding (and past a row's canvas, block-causal)
         x, att = x.to(device), att.to(device)
+        read = _Reader(model, x, att, lay, cached, precision)
+        rows = torch.arange(R, device=device)[:, None]
         g = torch.Generator().manual_seed(gcfg.seed * 100_003 + b)
-        for blk in range(gen_len // block):
-            lo, hi = P + blk * block, P + (blk + 1) * block
-            counts = _transfer_counts(block, per_block)
-            for n_commit in counts:
-                masked = x[:, lo:hi] == mask_id  # only the current block is committed: look at it alone
+        for j in range(lay.n_blocks):
+            lo, hi = lay.window(j)
+            idx = (lo[:, None] + torch.arange(block)[None, :]).clamp(max=lay.length - 1).to(device)
+            valid = (torch.arange(block)[None, :] < (hi - lo)[:, None]).to(device)
+            for step, n_commit in enumerate(counts):
+                masked = valid & (x.gather(1, idx) == mask_id)  # only the current block is committed
                 k = min(n_commit, int(masked.sum(1).max()))
                 if k == 0:
-                    continue
-                with precision.context():
-                    logits = predictor_logits(model, x, att)[:, lo:hi].float()
-                x[:, lo:hi] = commit_step(logits, x[:, lo:hi], masked, k, gcfg.temperature, dcfg.remasking, g)
-            if _finished(x[:, P:hi], eos):
-                x[:, hi:] = eos  # every row has ended: the rest of the canvas is EOS
-                break
-        for r in range(len(batch)):
-            seq = x[r, P:].tolist()
+                    break
+                logits, at = read(x, hi, lay.settled(j), step == 0)
+                at_idx = (idx - at).clamp(0, logits.shape[1] - 1)  # clamped where not `valid`: never committed
+                current = logits.gather(1, at_idx[..., None].expand(-1, -1, logits.shape[-1]))
+                new = commit_step(
+                    current, x.gather(1, idx), masked, k, gcfg.temperature, dcfg.remasking, g, dcfg.commit_threshold
+                )
+                x[rows.expand_as(idx)[valid], idx[valid]] = new[valid]
+            if _answered(x[:, P:], (hi - P).to(device), eos):
+                break  # every row's answer is fixed (see _answered)
+        for r in range(R):
+            seq = x[r, P : P + gen_len].tolist()
             end = next((q for q, t in enumerate(seq) if t in stops), None)
             toks = seq if end is None else seq[:end]
             done[start + r] = Generation(toks, tok.decode(toks, skip_special_tokens=True), end is None)
@@ -520,29 +711,33 @@ def commit_step(
     temperature: float,
     remasking: str,
     g: torch.Generator,
+    threshold: float = 1.0,
 ) -> torch.Tensor:
     """One denoising step on the current block: predict every position, commit the `k` most confident masked
-    ones (per row). The noise comes from the CPU generator `g` (seeded, device-independent) and is moved to the
-    logits' device."""
+    ones (per row), and every masked one whose predicted token has probability above `threshold` (1.0: none; the
+    union is LLaDA-2's rule "the ones above the threshold if there are at least k, else the k most confident",
+    and with k = 1 Fast-dLLM's "the ones above the threshold, at least one"). The noise comes from the CPU
+    generator `g` (seeded, device-independent) and is moved to the logits' device."""
     device = logits.device
     if temperature > 0:  # Gumbel-max: a draw from softmax(logits / T)
         u = torch.rand(logits.shape, generator=g).clamp_(1e-10, 1 - 1e-10).to(device)
         pred = (logits - temperature * torch.log(-torch.log(u))).argmax(-1)
     else:
         pred = logits.argmax(-1)
-    if remasking == "low_confidence":
-        conf = torch.softmax(logits, -1).gather(-1, pred[..., None])[..., 0]
-    else:
-        conf = torch.rand(masked.shape, generator=g).to(device)
+    prob = None
+    if remasking == "low_confidence" or threshold < 1.0:
+        prob = torch.softmax(logits, -1).gather(-1, pred[..., None])[..., 0]
+    conf = prob if remasking == "low_confidence" else torch.rand(masked.shape, generator=g).to(device)
     conf = torch.where(masked, conf, torch.full((), -np.inf, device=device))
     take = torch.zeros_like(masked).scatter_(1, conf.topk(k, dim=-1).indices, True) & masked
+    if threshold < 1.0:
+        take |= masked & (prob > threshold)
     return torch.where(take, pred, block)
 
 
-def _finished(done: torch.Tensor, eos: int) -> bool:
-    """Every row of the committed canvas has an EOS followed only by EOS."""
-    is_eos = done == eos
-    has = is_eos.any(1)
-    first = torch.where(has, is_eos.float().argmax(1), torch.full_like(has, done.shape[1], dtype=torch.long))
-    after = torch.arange(done.shape[1], device=done.device)[None, :] >= first[:, None]
-    return bool(has.all() and (is_eos | ~after).all())
+def _answered(canvas: torch.Tensor, done: torch.Tensor, eos: int) -> bool:
+    """Every row holds an EOS among its completed canvas positions (`done`: how many, per row). Its answer (the
+    canvas up to the first EOS) is then fixed: every position before that EOS is committed, and committed tokens
+    never change, so sampling the rest of the canvas could not change any answer."""
+    is_eos = (canvas == eos) & (torch.arange(canvas.shape[1], device=canvas.device)[None, :] < done[:, None])
+    return bool(is_eos.any(1).all())
