@@ -51,11 +51,11 @@ def commands(w: Path, x: Path, ref: Path, two: bool) -> list[list[str]]:
     def score(model, out):
         return ["score", "--model", model, "--data", data, "--out", str(x / out), *q]
 
-    def ev(out, *kv):
+    def ev(out, *kv, model="model"):
         return [
             "eval",
             "--model",
-            str(w / "model"),
+            str(w / model),
             "--data",
             data,
             "--out",
@@ -131,6 +131,16 @@ def commands(w: Path, x: Path, ref: Path, two: bool) -> list[list[str]]:
         score(str(ref / "probe" / "bottleneck"), "sb"),
         ev("eval"),
         ev("eval-k2", "k=2", "temperature=1.0", "seed=3"),
+        # the diffusion sampler: batches dealt to the processes; bidirectional (today's) and LLaDA-2's block-causal
+        # reading with the cache and threshold decoding (uneven prompts in a batch of 3: the per-row grid)
+        ev("eval-dllm", "max_new_tokens=16", "diffusion.block_length=8", "temperature=1.0", model="dllm"),
+        [
+            *ev("eval-dllm2", "max_new_tokens=16", "diffusion.block_length=8", model="dllm2"),
+            "--trust-remote-code",
+            "temperature=1.0",
+            "diffusion.cache=prefix",
+            "diffusion.commit_threshold=0.5",
+        ],
         ar,
         *online,
         forced,
@@ -167,7 +177,7 @@ def runs(tmp_path_factory):
     # scoring and evaluation as `accelerate launch --config_file examples/accelerate/fsdp2.yaml` starts them: with
     # the variables that make transformers load for FSDP (placeholders on all but process 0)
     fsdp = {"ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
-    listed[1:5] = [["env", fsdp], *listed[1:5], ["env", dict.fromkeys(fsdp)]]
+    listed[1:7] = [["env", fsdp], *listed[1:7], ["env", dict.fromkeys(fsdp)]]
     mixed = ["score", "--data", str(w / "train.jsonl"), "--quiet", "--dtype", "float32"]
     mixed = [  # process 1 is handed other weights (another node's copy of the files): refused on both
         [*mixed, "--model", str(w / "model"), "--out", str(two / "mixed")],
@@ -282,7 +292,7 @@ def test_lora_under_fsdp_is_refused_before_loading(runs, stage, out):
     assert not (two / out).exists()
 
 
-@pytest.mark.parametrize("name", ["eval", "eval-k2"])
+@pytest.mark.parametrize("name", ["eval", "eval-k2", "eval-dllm", "eval-dllm2"])
 def test_eval_samples_identical(runs, name):
     _, one, two = runs
     a = (one / name / "samples.jsonl").read_text().splitlines()
