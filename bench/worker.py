@@ -753,8 +753,84 @@ def losses(a: dict) -> dict:
     }
 
 
+def sampler(a: dict) -> dict:
+    """The diffusion sampler's options side by side on one mask predictor and the same prompts: seconds, answer
+    tokens/s and held answers graded against the gold (t3s eval's grader). Each repetition runs every option once,
+    in a rotated order; the figures are medians. `options`: name -> diffusion settings; the first is the baseline."""
+    import dataclasses
+
+    from t3s.config import DiffusionConfig, GenConfig, RenderConfig
+    from t3s.data import Row, render_prompt, uses_template
+    from t3s.evaluate import Response, grade
+    from t3s.models import load_tokenizer, resolve_precision
+    from t3s.objectives.diffusion import load_mask_predictor, sample
+
+    _threads(a["threads"])
+    precision = resolve_precision("float32")
+    tok = load_tokenizer(a["model"])
+    model = load_mask_predictor(a["model"], precision, trust_remote_code=True).eval()
+    rows = [json.loads(line) for line in Path(a["data"]).read_text().splitlines()][: a["prompts"]]
+    rcfg = RenderConfig()
+    template = uses_template(tok, rcfg)
+    prompts = [
+        render_prompt(
+            Row(id=r["id"], prompt=r["prompt"], response=None, answer=r["answer"], where=""), tok, rcfg, template
+        )[0]
+        for r in rows
+    ]
+    gcfg = GenConfig(max_new_tokens=a["gen_length"], batch_size=a["batch"], dtype="float32")
+    base = DiffusionConfig(block_length=a["block_length"])
+    options = {name: dataclasses.replace(base, **kv) for name, kv in a["options"].items()}
+
+    calls = [0]
+    model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+
+    def run(d):
+        return [g[0] for g in sample(model, tok, prompts, gcfg, d, precision, progress=False)]
+
+    run(options[next(iter(options))])  # warm-up
+    names = list(options)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    outs: dict[str, list] = {}
+    forwards: dict[str, int] = {}
+    for r in range(a["reps"]):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            calls[0] = 0
+            t = time.perf_counter()
+            outs[n] = run(options[n])
+            times[n].append(time.perf_counter() - t)
+            forwards[n] = calls[0]
+    first = names[0]
+    res = {}
+    for n in names:
+        graded = grade([Response(r["id"], g.text, r["answer"]) for r, g in zip(rows, outs[n])], "last_number")
+        correct = [s.correct for s in graded]
+        tokens = sum(len(g.token_ids) for g in outs[n])
+        sec = statistics.median(times[n])
+        res[n] = {
+            "settings": a["options"][n],
+            "seconds": sec,
+            "runs": times[n],
+            "tokens": tokens,
+            "tokens_per_s": tokens / sec,
+            "accuracy": sum(correct) / len(correct),
+            "correct": correct,
+            "same_as_first": sum(g.token_ids == h.token_ids for g, h in zip(outs[n], outs[first])) / len(rows),
+            "forwards": forwards[n],  # denoising forwards over all batches (the same in every run)
+        }
+    return {
+        "model": a["model_name"],
+        "prompts": len(rows),
+        "batch": a["batch"],
+        "gen_length": a["gen_length"],
+        "block_length": a["block_length"],
+        "options": res,
+    }
+
+
 WORKERS = {
     "peak": peak,
+    "sampler": sampler,
     "score": score,
     "train": train,
     "losses": losses,

@@ -38,6 +38,14 @@ GEN_MFU = 0.5  # compute ceiling for batched decode
 GPU_MEM = {"H100-80GB": 80, "H200-141GB": 141}
 OVERHEAD_GB = 6  # CUDA context, NCCL buffers, allocator fragmentation
 GIB = 1024**3
+# The diffusion sampler's parallel decoding (diffusion.commit_threshold < 1): denoising forwards per canvas token
+# relative to the fixed one-token-per-step schedule, as `make bench` section 6 measured it on the LLaDA-2-shaped
+# CPU student at threshold 0.9 (block-causal, BENCHMARKS.md). A small student answering prompts it has learnt is
+# confident: real students on hard problems commit fewer tokens per forward (Fast-dLLM and LLaDA-2 report 2-3.5 on
+# GSM8K-class tasks), so this estimate is a lower bound on their sampling time.
+THRESHOLD_FORWARDS_PER_TOKEN = 0.58
+PROMPT_TOKENS = 512  # the diffusion sampler's prompt (an AIME problem, rendered)
+DLM_BATCH = 32  # prompts per sampler batch (eval.batch_size's default): each denoising step reads every weight once
 
 
 @dataclass
@@ -152,6 +160,10 @@ class Recipe:
     vllm_gb: float = 32  # GPU memory of each colocated vLLM engine share (eval.vllm.gpu_memory_utilization)
     eval_samples: int = 60 * 16  # AIME24 + AIME25, avg@16
     dlm_steps: int = 0  # diffusion student: denoising steps per sample (its canvas is gen_max tokens)
+    dlm_block: int = 32  # diffusion.block_length
+    dlm_attention: str = "block_causal"  # what diffusion.attention auto gives LLaDA-2
+    dlm_cache: bool = False  # diffusion.cache=prefix
+    dlm_threshold: float = 1.0  # diffusion.commit_threshold
 
 
 RECIPES = [
@@ -215,6 +227,7 @@ RECIPES = [
         tp=1,
         vllm_gb=24,
         dlm_steps=4096,
+        dlm_cache=True,  # the recipe's diffusion.cache: prefix (exact under LLaDA-2's block-causal reading)
     ),
 ]
 
@@ -236,6 +249,56 @@ def train_flops(a: Arch, seqs: int, length: int) -> float:
 
 def forward_flops(a: Arch, seqs: int, length: int) -> float:
     return train_flops(a, seqs, length) / 3
+
+
+def window_flops(a: Arch, seqs: int, queries: float, keys: float) -> float:
+    """Forward FLOPs of `queries` tokens per sequence attending to `keys` positions (a cached diffusion step)."""
+    _, active = a.params()
+    return seqs * queries * (2 * active + 4 * a.layers * a.d_attn * keys)
+
+
+def sampler_flops(a: Arch, r: Recipe) -> float:
+    """FLOPs of one evaluation with the diffusion sampler (no early stop: an upper bound). Per denoising step, the
+    forward runs over: the whole prompt + canvas (bidirectional, no cache); the prompt and the canvas up to the
+    current block, a half on average (block-causal, no cache: LLaDA-2's own generate()); with the cache, the
+    current block only (plus the previous block once per block, block-causal; a full forward once per block,
+    bidirectional: Fast-dLLM's refresh), attending to the same positions as without. Parallel decoding divides the
+    steps by the measured factor (THRESHOLD_FORWARDS_PER_TOKEN)."""
+    total = PROMPT_TOKENS + r.gen_max
+    causal = r.dlm_attention == "block_causal"
+    keys = PROMPT_TOKENS + r.gen_max / 2 if causal else total
+    blocks = r.gen_max / r.dlm_block
+    steps = sampler_forwards(r)
+    if not r.dlm_cache:
+        return steps * window_flops(a, r.eval_samples, keys, keys)
+    if causal:  # the first step of a block re-runs the block before it: its keys and values, final
+        return blocks * window_flops(a, r.eval_samples, r.dlm_block, keys) + steps * window_flops(
+            a, r.eval_samples, r.dlm_block, keys
+        )
+    # bidirectional: a full forward at each block's first step, then the block and the canvas after it (half the
+    # canvas on average)
+    return blocks * window_flops(a, r.eval_samples, total, total) + (steps - blocks) * window_flops(
+        a, r.eval_samples, r.gen_max / 2, total
+    )
+
+
+def sampler_forwards(r: Recipe) -> float:
+    """Denoising forwards of one sampler batch (no early stop): the steps, fewer with parallel decoding, and with
+    the block-causal cache one more per block (the previous block, re-run once with its final tokens)."""
+    blocks = r.gen_max / r.dlm_block
+    steps = max(blocks, r.dlm_steps * (THRESHOLD_FORWARDS_PER_TOKEN if r.dlm_threshold < 1 else 1.0))
+    return steps
+
+
+def sampler_seconds(a: Arch, r: Recipe) -> float:
+    """Wall seconds of one evaluation with the diffusion sampler: its FLOPs at the MoE / dense MFU, or, when a step
+    runs few tokens (the cache), the weights every forward reads: batches per GPU x forwards x weight bytes at
+    the HBM bandwidth; the larger of the two."""
+    total, _ = a.params()
+    compute = sampler_flops(a, r) / (r.gpus * PEAK_BF16 * MFU["moe" if a.experts else "dense"])
+    batches = math.ceil(math.ceil(r.eval_samples / r.gpus) / DLM_BATCH)
+    memory = batches * sampler_forwards(r) * 2 * total / (HBM_BW * BW_EFF)
+    return max(compute, memory)
 
 
 def concurrency(a: Arch, vllm_gb: float, tp: int, mean_new: int) -> int:
@@ -287,8 +350,8 @@ def estimate(r: Recipe) -> dict[str, float]:
     )
     probe_score_h = r.probe_points * hours(sel, forward_flops(sel, r.probe_prompts, r.mean_len))
     score_h = hours(sel, forward_flops(sel, r.score_rows, r.mean_len))
-    if r.dlm_steps:  # the diffusion sampler: every step is a forward over prompt + canvas (no KV cache)
-        eval_h = hours(r.arch, r.dlm_steps * forward_flops(r.arch, r.eval_samples, 512 + r.gen_max))
+    if r.dlm_steps:  # the diffusion sampler (sampler_flops: its settings decide what a step runs over)
+        eval_h = sampler_seconds(r.arch, r) / 3600
     else:
         eval_h = gen_seconds(r.arch, r.eval_samples, r.gen_mean, r.gen_max, r.gpus, r.tp, r.vllm_gb) / 3600
     probe_h = probe_train_h + probe_gen_h + probe_score_h
@@ -323,7 +386,7 @@ def header(r: Recipe) -> list[str]:
         f"{e['train_h']:.1f} h",
         f"# estimate: probe {e['probe_h']:.1f} h (of which generation {e['probe_gen_h']:.1f} h: {r.probe_points} "
         f"points x {r.probe_prompts} prompts, vLLM); one score set {e['score_h'] * 60:.1f} min; one AIME avg@16 "
-        f"eval {e['eval_h']:.1f} h",
+        f"eval {e['eval_h']:.1f} h" + (f" ({sampler_words(r)})" if r.dlm_steps else ""),
         f"# estimate: whole method (probe, 2 score sets, {r.runs} training run(s), {evals} evals) "
         f"{e['wall_h']:.1f} h = {e['gpu_h']:.0f} GPU-hours",
         f"# estimate: memory per GPU {e['mem_total']:.0f} GB (model states {e['mem_states']:.0f}, activations "
@@ -332,13 +395,30 @@ def header(r: Recipe) -> list[str]:
     ]
 
 
+def sampler_words(r: Recipe) -> str:
+    """The diffusion sampler settings an estimate assumed, in a few words."""
+    words = [f"{r.dlm_attention.replace('_', '-')} sampler, blocks of {r.dlm_block}"]
+    words.append("KV cache" if r.dlm_cache else "no cache")
+    if r.dlm_threshold < 1:
+        words.append(f"threshold {r.dlm_threshold:g}: {1 / THRESHOLD_FORWARDS_PER_TOKEN:.1f} tokens per forward")
+    return ", ".join(words)
+
+
 KNOWN = {"Qwen/Qwen3-8B": QWEN3_8B, "Qwen/Qwen3-32B": QWEN3_32B, "inclusionAI/LLaDA2.0-mini": LLADA2_MINI}
 
 
-def for_run(student: str, gpus: int, zero: int, setup: str, train_seqs: int | None = None) -> list[str] | None:
+def for_run(
+    student: str,
+    gpus: int,
+    zero: int,
+    setup: str,
+    train_seqs: int | None = None,
+    sampler: dict | None = None,
+) -> list[str] | None:
     """The estimate of a run on a known model (`KNOWN`): its recipe's assumptions (trace and answer lengths,
-    probe points and prompts, MFU) with this run's GPUs, sharding and sequences per training run. None for any
-    other model."""
+    probe points and prompts, MFU) with this run's GPUs, sharding and sequences per training run, and for a
+    diffusion student this run's sampler (`sampler`: diffusion.block_length, attention, cache, commit_threshold).
+    None for any other model."""
     arch = KNOWN.get(student)
     if arch is None:
         return None
@@ -352,6 +432,14 @@ def for_run(student: str, gpus: int, zero: int, setup: str, train_seqs: int | No
         train_seqs=train_seqs or r.train_seqs,
         probe_seqs=train_seqs if train_seqs and r.selector is r.arch else r.probe_seqs,
     )
+    if sampler and r.dlm_steps:  # `auto` reads the one diffusion model here, LLaDA-2, block-causally
+        r = dataclasses.replace(
+            r,
+            dlm_block=min(sampler["block_length"], r.gen_max),
+            dlm_attention="block_causal" if sampler["attention"] == "auto" else sampler["attention"],
+            dlm_cache=sampler["cache"] != "none",
+            dlm_threshold=sampler["commit_threshold"],
+        )
     return header(r)
 
 

@@ -396,12 +396,16 @@ def plan_text(cfg: RunConfig, out: Path, progress: bool = True) -> str:
             else int((body.get("deepspeed_config") or {}).get("zero_stage", 0))
         )
     setup = cfg.launch.config_file or launch.kind
+    d = cfg.diffusion  # a diffusion student's sampler (for_run reads it only for a recipe that samples so)
+    sampler = {"block_length": d.block_length, "attention": d.attention, "cache": d.cache}
+    sampler["commit_threshold"] = d.commit_threshold
     est = for_run(
         str(cfg.student),
         launch.processes,
         zero,
         setup,
         batch * t.max_steps if t.max_steps else None,
+        sampler,
     )
     lines += [x.replace("# estimate:", "estimate:") for x in est or []]
     if est is None:

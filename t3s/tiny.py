@@ -170,8 +170,8 @@ def save_llada2_like(
     return out
 
 
-def _pretrain(model_dir: Path, data: Path, steps: int, diffusion: bool) -> None:
-    """Train a tiny model in place on `data` with t3s's own trainer (quietly)."""
+def pretrain(model_dir: Path, data: Path, steps: int, diffusion: bool, trust_remote_code: bool = False) -> None:
+    """Train a tiny model in place on `data` with t3s's own trainer (quietly): lr 3e-3 cosine, batch 16, float32."""
     import shutil
 
     from t3s.config import RenderConfig, TrainConfig
@@ -185,6 +185,7 @@ def _pretrain(model_dir: Path, data: Path, steps: int, diffusion: bool) -> None:
         dtype="float32",
         lr_scheduler_type="cosine",
         logging_steps=max(1, steps),
+        trust_remote_code=trust_remote_code,
     )
     work = model_dir.with_name(f".{model_dir.name}.pretrain")
     train(
@@ -239,6 +240,6 @@ def build(
             for r in data:
                 fh.write(json.dumps({**r, "response": terse_response(r)}) + "\n")
         if diffusion and pretrain:
-            _pretrain(tmp / "model", tmp / "train-terse.jsonl", 150, diffusion=False)
-            _pretrain(tmp / "dllm", tmp / "train-terse.jsonl", 2500, diffusion=True)
+            pretrain(tmp / "model", tmp / "train-terse.jsonl", 150, diffusion=False)
+            pretrain(tmp / "dllm", tmp / "train-terse.jsonl", 2500, diffusion=True)
     return Path(out)

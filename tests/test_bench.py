@@ -22,7 +22,7 @@ def smoke(tmp_path_factory):
 def test_table_has_a_row_per_target_and_the_report_names_the_machine(smoke):
     res, md = smoke
     ids = [r["id"] for r in res["table"]]
-    assert ids == ["1a", "1b", "1c", "1d", "1e", "1f", "2a", "3a", "4a", "4b", "5a", "5b", "5c"]
+    assert ids == ["1a", "1b", "1c", "1d", "1e", "1f", "2a", "3a", "4a", "4b", "5a", "5b", "5c", "6a", "6b", "6c"]
     assert "| # | measurement | measured | target | met |" in md
     for r in res["table"]:
         assert f"| {r['id']} | {r['what']} |" in md
@@ -33,6 +33,7 @@ def test_table_has_a_row_per_target_and_the_report_names_the_machine(smoke):
         "**Measured matmul peak**",
         "## 2b. Per-token loss modes: step time against SFT",
         "## 5. Anchor flips",
+        "## 6. Diffusion sampler: parallel decoding, block-causal reading, the cache",
         "## What limits the rest",
         res["machine"]["versions"]["torch"],
         res["machine"]["date"],
@@ -96,6 +97,22 @@ def test_every_ratio_is_computed_from_the_measurements(smoke):
     assert rows["5b"]["target"] is None and rows["5c"]["target"] is None  # only the default has a target
     assert all(0 <= v["flip_rate"] <= 1 and v["seconds"] > 0 for v in f["precisions"].values())
     assert f["tokens"] > 0 and 0 <= f["reference_anchor_share"] <= 1
+
+    tiny, llada = res["sampler"]  # each option's tokens/s and accuracy from its runs and graded answers
+    assert list(tiny["options"]) == list(bench.BIDIRECTIONAL_OPTIONS)
+    assert list(llada["options"]) == list(bench.SAMPLER_OPTIONS)
+    for m in (tiny, llada):
+        for o in m["options"].values():
+            assert len(o["runs"]) == res["sizes"]["sampler"][0]["reps"] and o["forwards"] > 0
+            assert o["tokens_per_s"] == pytest.approx(o["tokens"] / statistics.median(o["runs"]))
+            assert o["accuracy"] == pytest.approx(sum(o["correct"]) / m["prompts"])
+        assert m["options"]["as it was"]["same_as_first"] == 1.0
+    fast, base = llada["options"][bench.SAMPLER_FAST], llada["options"]["as it was"]
+    assert rows["6b"]["value"] == pytest.approx(fast["tokens_per_s"] / base["tokens_per_s"])
+    assert rows["6b"]["target"] == bench.TARGETS["sampler_speed"] and rows["6a"]["target"] is None
+    d = llada["options"][bench.SAMPLER_DEFAULT]
+    assert rows["6c"]["value"] == pytest.approx(base["accuracy"] - d["accuracy"])
+    assert rows["6c"]["target"] == pytest.approx((base["accuracy"] * (1 - base["accuracy"]) / llada["prompts"]) ** 0.5)
 
     p = res["pipeline"]
     for kind in ("sft", "offline", "online"):

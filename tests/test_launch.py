@@ -383,3 +383,34 @@ def test_planned_sharding_of_the_shipped_accelerate_configs(name, sharding, tmp_
     assert planned_sharding({"deepspeed": {"zero_optimization": {"stage": 2}}}, {}) is None
     with pytest.raises(T3SError, match="cannot read the DeepSpeed config"):
         planned_sharding({"deepspeed": str(tmp_path / "missing.json")}, {})
+
+
+def test_plan_of_a_diffusion_run_prices_its_sampler_settings(tmp_path, capsys):
+    """`t3s run --plan` on LLaDA-2 reads the run's sampler settings: without the cache an evaluation costs what
+    t3s.estimate.sampler_flops gives for the block-causal reading, and a threshold divides the steps."""
+    import dataclasses
+
+    from t3s import estimate
+
+    path = ROOT / "examples" / "recipes" / "llada2-mini.yaml"
+
+    def eval_line(*kv):
+        assert t3s(["run", str(path), "--out", str(tmp_path / "q"), "--plan", *kv]) == 0
+        lines = [x for x in capsys.readouterr().out.splitlines() if "AIME avg@16 eval" in x]
+        return lines[0]
+
+    r = next(x for x in estimate.RECIPES if x.file == "llada2-mini.yaml")
+    assert r.dlm_cache and "KV cache" in eval_line()
+    plain = eval_line("diffusion.cache=none")
+    want = estimate.sampler_seconds(r.arch, dataclasses.replace(r, dlm_cache=False)) / 3600
+    assert f"eval {want:.1f} h (block-causal sampler, blocks of 32, no cache)" in plain
+    bidir = eval_line("diffusion.cache=none", "diffusion.attention=bidirectional")
+    assert "bidirectional sampler" in bidir and "eval 18.9 h" in bidir  # the estimate before the cache existed
+    fast = eval_line("diffusion.commit_threshold=0.9")
+    assert f"{1 / estimate.THRESHOLD_FORWARDS_PER_TOKEN:.1f} tokens per forward" in fast
+    # the arithmetic: a threshold scales the steps; the cache runs a block per step instead of the canvas
+    slow, quick = (
+        estimate.sampler_flops(r.arch, dataclasses.replace(r, dlm_cache=c, dlm_threshold=1.0)) for c in (False, True)
+    )
+    keys, blocks = estimate.PROMPT_TOKENS + r.gen_max / 2, r.gen_max / r.dlm_block  # block-causal: half the canvas
+    assert slow / quick == pytest.approx(r.dlm_steps * keys / ((blocks + r.dlm_steps) * r.dlm_block))
