@@ -33,10 +33,16 @@ Sampling (`sample`): LLaDA's reverse process. A canvas of `gen_length` mask toke
 filled block by block (`block_length`), `steps` denoising steps in all (split evenly over the blocks). At each
 step the model predicts every masked position; the positions of the current block with the highest confidence
 (the probability of the predicted token; or random scores with remasking=random) are committed, as many as the
-step's share of the block. Temperature > 0 samples the prediction by Gumbel-max (argmax of logits + T·Gumbel
-noise, i.e. a draw from softmax(logits / T)). A row is finished once a committed EOS is followed, in its
-committed blocks, by nothing but EOS; when every row of a batch is finished the rest of the canvas is EOS and
-sampling stops early. The response is the canvas up to the first EOS; its length is the token count reported.
+step's share of the block, and with `commit_threshold` < 1 also every masked one of the block whose predicted
+token is more probable than that (parallel decoding: the block fills in fewer steps). Temperature > 0 samples the
+prediction by Gumbel-max (argmax of logits + T·Gumbel noise, i.e. a draw from softmax(logits / T)). `attention`
+decides how the model reads the canvas: bidirectional (the whole canvas; blocks start where the padded prompts
+end) or block-causal (LLaDA-2's own generate(): a block sees itself and the blocks before it, on a grid from each
+prompt's first token; `Layout`). `cache: prefix` keeps the keys and values of the positions before the current
+block instead of recomputing them at every step: exact under block-causal reading, Fast-dLLM's approximation
+under bidirectional (`_Reader`). Once every row holds a stop token among its completed blocks, no answer can
+change and sampling stops. The response is the canvas up to the first stop token; its length is the token count
+reported.
 """
 
 from __future__ import annotations
@@ -630,7 +636,7 @@ def sample(
     counts = _transfer_counts(block, steps // (gen_len // block))
     mask_id = mask_token_id(model, tok, dcfg.mask_token_id)
     stops = eos_ids(model, tok) or [tok.eos_token_id]
-    eos, pad = stops[0], (tok.pad_token_id if tok.pad_token_id is not None else stops[0])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
     attention = sampler_attention(dcfg.attention, model)
     cached = dcfg.cache != "none"
     if cached:
@@ -638,6 +644,7 @@ def sample(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    stop_ids = torch.tensor(stops, device=device)
     jobs = [(i, j) for i in range(len(prompts)) for j in range(gcfg.k)]
     jobs.sort(key=lambda x: -len(prompts[x[0]]))
     # Several processes: whole batches are dealt round-robin, so each batch (rows, padding, seed) is exactly the
@@ -684,7 +691,7 @@ def sample(
                     current, x.gather(1, idx), masked, k, gcfg.temperature, dcfg.remasking, g, dcfg.commit_threshold
                 )
                 x[rows.expand_as(idx)[valid], idx[valid]] = new[valid]
-            if _answered(x[:, P:], (hi - P).to(device), eos):
+            if _answered(x[:, P:], (hi - P).to(device), stop_ids):
                 break  # every row's answer is fixed (see _answered)
         for r in range(R):
             seq = x[r, P : P + gen_len].tolist()
@@ -735,9 +742,9 @@ def commit_step(
     return torch.where(take, pred, block)
 
 
-def _answered(canvas: torch.Tensor, done: torch.Tensor, eos: int) -> bool:
-    """Every row holds an EOS among its completed canvas positions (`done`: how many, per row). Its answer (the
-    canvas up to the first EOS) is then fixed: every position before that EOS is committed, and committed tokens
-    never change, so sampling the rest of the canvas could not change any answer."""
-    is_eos = (canvas == eos) & (torch.arange(canvas.shape[1], device=canvas.device)[None, :] < done[:, None])
-    return bool(is_eos.any(1).all())
+def _answered(canvas: torch.Tensor, done: torch.Tensor, stops: torch.Tensor) -> bool:
+    """Every row holds a stop token among its completed canvas positions (`done`: how many, per row). Its answer
+    (the canvas up to the first stop token) is then fixed: blocks complete in order, so every position before that
+    token is committed, and committed tokens never change; sampling the rest of the canvas changes no answer."""
+    completed = torch.arange(canvas.shape[1], device=canvas.device)[None, :] < done[:, None]
+    return bool((torch.isin(canvas, stops) & completed).any(1).all())
