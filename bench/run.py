@@ -863,7 +863,7 @@ def report(results: dict, rows: list[dict]) -> str:
     )
     L = []
     L += [
-        "# Benchmarks",
+        "# Benchmarks" + (f" ({', '.join(results['only'])} only)" if results.get("only") else ""),
         "",
         (
             f"Written by `python -m bench.run --only {','.join(results['only'])}` (part of `make bench`, "

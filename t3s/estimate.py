@@ -39,10 +39,10 @@ GPU_MEM = {"H100-80GB": 80, "H200-141GB": 141}
 OVERHEAD_GB = 6  # CUDA context, NCCL buffers, allocator fragmentation
 GIB = 1024**3
 # The diffusion sampler's parallel decoding (diffusion.commit_threshold < 1): denoising forwards per canvas token
-# relative to the fixed one-token-per-step schedule, as `make bench` section 6 measured it on the LLaDA-2-shaped
-# CPU student at threshold 0.9 (block-causal, BENCHMARKS.md). A small student answering prompts it has learnt is
-# confident: real students on hard problems commit fewer tokens per forward (Fast-dLLM and LLaDA-2 report 2-3.5 on
-# GSM8K-class tasks), so this estimate is a lower bound on their sampling time.
+# relative to the fixed one-token-per-step schedule, as `make bench` measured it on the LLaDA-2-shaped CPU student
+# at threshold 0.9 (block-causal; docs/benchmarks-sampler.md). How many tokens a step commits depends on how
+# confident the student is: this small one answers prompts it has learnt, a real student on AIME-class problems may
+# commit fewer per forward, so for such runs the estimate may be optimistic.
 THRESHOLD_FORWARDS_PER_TOKEN = 0.58
 PROMPT_TOKENS = 512  # the diffusion sampler's prompt (an AIME problem, rendered)
 DLM_BATCH = 32  # prompts per sampler batch (eval.batch_size's default): each denoising step reads every weight once

@@ -163,6 +163,7 @@ def test_a_part_of_the_suite_reports_that_part_and_builds_only_its_models(smoke,
     rows = bench.summarize(part)
     assert [r["id"] for r in rows] == ["6a", "6b", "6c"]
     md = bench.report(part, rows)
+    assert md.startswith("# Benchmarks (sampler only)\n")
     assert "Written by `python -m bench.run --only sampler` (part of `make bench`" in md
     assert "## 6. Diffusion sampler" in md
     for absent in ("## 1.", "## 2.", "## 2b.", "## 3.", "## 4.", "## 5.", "Written by `make bench`"):
