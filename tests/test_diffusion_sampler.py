@@ -349,3 +349,28 @@ def test_new_sampler_settings_enter_the_fingerprint_only_when_set():
     assert set(base) == {"gen_length", "block_length", "steps", "remasking", "mask_token_id"}
     for kv in ({"commit_threshold": 0.9}, {"cache": "prefix"}, {"attention": "block_causal"}):
         assert DiffusionConfig(**kv).sampler() == {**base, **kv}
+
+
+def test_a_llada2_students_evaluations_say_they_read_the_canvas_block_causally(dtiny):
+    """`attention: auto` samples LLaDA-2 block-causally, which earlier versions did not: the run's objective
+    resolves it for such a student, so its sampling stages' fingerprints change and evaluations finished before are
+    redone, not reused. A ModernBERT student keeps `auto` and its fingerprints; an explicit setting is kept."""
+    from t3s.config import load_config
+    from t3s.ledger import eval_inputs
+    from t3s.objectives import objective_for, objective_of
+
+    def cfg(student, *keys):
+        return load_config(None, ["objective=diffusion", "selector=s", f"student={student}", *keys], flat=())
+
+    base = DiffusionConfig().sampler()
+    llada2, bert = str(dtiny / "dllm2"), str(dtiny / "dllm")
+    assert objective_for(cfg(llada2)).sampler_inputs() == {**base, "attention": "block_causal"}
+    assert objective_for(cfg(bert)).sampler_inputs() == base
+    assert eval_inputs(cfg(llada2), objective_for(cfg(llada2))) != eval_inputs(cfg(bert), objective_for(cfg(bert)))
+    explicit = "diffusion.attention=bidirectional"
+    assert objective_for(cfg(llada2, explicit)).sampler_inputs() == {**base, "attention": "bidirectional"}
+    # a single command's model decides, not the config's student
+    assert objective_of(llada2, cfg(bert)).sampler_inputs()["attention"] == "block_causal"
+    assert "attention" not in objective_of(bert, cfg(llada2)).sampler_inputs()
+    # a student that cannot be read yet leaves `auto` to the sampler (which resolves it from the loaded model)
+    assert objective_for(cfg(str(dtiny / "missing"))).sampler_inputs() == base

@@ -57,8 +57,8 @@ def objective_of(model: str | Path, cfg: RunConfig, trust_remote_code: bool = Fa
     check_name(cfg)  # the model decides, but a config naming no objective we have is a mistake
     for name, cls in OBJECTIVES.items():
         if name != DEFAULT and cls.recognises(model, trust_remote_code):
-            return cls.from_config(cfg)
-    return OBJECTIVES[DEFAULT].from_config(cfg)
+            return cls.from_config(cfg, model)
+    return OBJECTIVES[DEFAULT].from_config(cfg, model)
 
 
 def as_objective(value: Objective | DiffusionConfig | None) -> Objective:

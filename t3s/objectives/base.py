@@ -114,8 +114,9 @@ class Objective:
         raise NotImplementedError
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> Objective:
-        """The objective with the run config's settings for it (its section, if it has one)."""
+    def from_config(cls, cfg: RunConfig, model: str | Path | None = None) -> Objective:
+        """The objective with the run config's settings for it (its section, if it has one), for `model` (default:
+        the run's student) where a setting depends on the model."""
         return cls()
 
     @classmethod

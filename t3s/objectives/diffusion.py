@@ -439,13 +439,19 @@ def _transfer_counts(n_masked: int, steps: int) -> list[int]:
 BLOCK_CAUSAL_TYPES = ("llada2_moe",)
 
 
+def auto_attention(model_type: str | None) -> str:
+    """What `diffusion.attention: auto` means for a model of this type (pure): block_causal for
+    BLOCK_CAUSAL_TYPES, as their own generate() reads the canvas, bidirectional for every other."""
+    return "block_causal" if model_type in BLOCK_CAUSAL_TYPES else "bidirectional"
+
+
 def sampler_attention(setting: str, model: Any) -> str:
     """The attention the sampler gives the canvas (pure but for reading the model's config and signature):
     `auto` is block_causal for BLOCK_CAUSAL_TYPES (as their own generate() does) and bidirectional otherwise;
     block_causal needs a model that takes a 4-D mask."""
     m = _unwrapped(model)
     kind = getattr(getattr(m, "config", None), "model_type", None)
-    attention = setting if setting != "auto" else ("block_causal" if kind in BLOCK_CAUSAL_TYPES else "bidirectional")
+    attention = setting if setting != "auto" else auto_attention(kind)
     if attention == "block_causal" and mask_style(model) != "4d":
         raise T3SError(
             f"diffusion.attention=block_causal needs a model that takes a 4-D attention mask (LLaDA-2: model_type "

@@ -41,8 +41,24 @@ class MaskedDiffusion(Objective):
         self.cfg = cfg or DiffusionConfig()
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> MaskedDiffusion:
-        return cls(cfg.diffusion)
+    def from_config(cls, cfg: RunConfig, model: str | Path | None = None) -> MaskedDiffusion:
+        """`diffusion.attention: auto` is resolved here for a student read block-causally (LLaDA-2), so that the
+        sampler's fingerprint says so: its evaluations differ from those of earlier versions, which read every
+        student bidirectionally. Other students keep `auto` (bidirectional, as before) and their fingerprints."""
+        import dataclasses
+
+        from t3s.objectives.diffusion import auto_attention, read_config
+
+        dcfg = cfg.diffusion
+        model = model or cfg.student
+        if dcfg.attention == "auto" and model:
+            try:
+                kind = read_config(model, cfg.train.trust_remote_code).get("model_type")
+            except T3SError:
+                kind = None  # nothing to evaluate yet: the sampler resolves `auto` from the loaded model
+            if auto_attention(kind) == "block_causal":
+                dcfg = dataclasses.replace(dcfg, attention="block_causal")
+        return cls(dcfg)
 
     @classmethod
     def recognises(cls, model: str | Path, trust_remote_code: bool = False) -> bool:
