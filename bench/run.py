@@ -384,7 +384,9 @@ def _pretrain_llada2_like(path: Path, world: Path, size: dict, steps: int) -> No
     with atomic_dir(path, True) as tmp:
         save_llada2_like(tmp, load_tokenizer(world / "dllm"), **size)
         if steps:
-            pretrain_student(tmp, world / "train-terse.jsonl", steps, diffusion=True, trust_remote_code=True)
+            pretrain_student(  # minutes: with a progress bar
+                tmp, world / "train-terse.jsonl", steps, diffusion=True, trust_remote_code=True, progress=True
+            )
 
 
 def bench_sampler(runner: Runner, sizes: Sizes, smoke: bool) -> list[dict]:

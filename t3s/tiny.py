@@ -170,8 +170,11 @@ def save_llada2_like(
     return out
 
 
-def pretrain_student(model_dir: Path, data: Path, steps: int, diffusion: bool, trust_remote_code: bool = False) -> None:
-    """Train a tiny model in place on `data` with t3s's own trainer (quietly): lr 3e-3 cosine, batch 16, float32."""
+def pretrain_student(
+    model_dir: Path, data: Path, steps: int, diffusion: bool, trust_remote_code: bool = False, progress: bool = False
+) -> None:
+    """Train a tiny model in place on `data` with t3s's own trainer (quietly, unless `progress`): lr 3e-3 cosine,
+    batch 16, float32."""
     import shutil
 
     from t3s.config import RenderConfig, TrainConfig
@@ -194,7 +197,7 @@ def pretrain_student(model_dir: Path, data: Path, steps: int, diffusion: bool, t
         work,
         cfg,
         RenderConfig(),
-        progress=False,
+        progress=progress,
         objective=MaskedDiffusion() if diffusion else Autoregressive(),
     )
     shutil.rmtree(model_dir)
