@@ -351,7 +351,7 @@ def test_new_sampler_settings_enter_the_fingerprint_only_when_set():
         assert DiffusionConfig(**kv).sampler() == {**base, **kv}
 
 
-def test_a_llada2_students_evaluations_say_they_read_the_canvas_block_causally(dtiny):
+def test_a_llada2_students_evaluations_say_they_read_the_canvas_block_causally(dtiny, monkeypatch):
     """`attention: auto` samples LLaDA-2 block-causally, which earlier versions did not: the run's objective
     resolves it for such a student, so its sampling stages' fingerprints change and evaluations finished before are
     redone, not reused. A ModernBERT student keeps `auto` and its fingerprints; an explicit setting is kept."""
@@ -374,3 +374,13 @@ def test_a_llada2_students_evaluations_say_they_read_the_canvas_block_causally(d
     assert "attention" not in objective_of(bert, cfg(llada2)).sampler_inputs()
     # a student that cannot be read yet leaves `auto` to the sampler (which resolves it from the loaded model)
     assert objective_for(cfg(str(dtiny / "missing"))).sampler_inputs() == base
+    # a run builds its objective several times: the student's config is read once
+    import t3s.objectives.diffusion as diffusion
+
+    reads = []
+    read = diffusion.read_config
+    monkeypatch.setattr(diffusion, "read_config", lambda *a: reads.append(a) or read(*a))
+    diffusion.model_type.cache_clear()
+    for _ in range(3):
+        assert objective_for(cfg(llada2)).sampler_inputs()["attention"] == "block_causal"
+    assert len(reads) == 1

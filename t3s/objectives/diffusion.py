@@ -48,6 +48,7 @@ reported.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -437,6 +438,16 @@ def _transfer_counts(n_masked: int, steps: int) -> list[int]:
 # model_type of the block-diffusion models whose own generate() reads the canvas block-causally (each block sees
 # itself and the blocks before it, on a grid of block_length from the first prompt token): LLaDA2.0 / LLaDA2.1
 BLOCK_CAUSAL_TYPES = ("llada2_moe",)
+
+
+@functools.lru_cache(maxsize=64)
+def model_type(path: str, trust_remote_code: bool = False) -> str | None:
+    """A model's `model_type` from its config, None where the config cannot be read; once per process and model
+    (a run builds its objective several times, and an unreachable hub id costs transformers' retries each time)."""
+    try:
+        return read_config(path, trust_remote_code).get("model_type")
+    except T3SError:
+        return None
 
 
 def auto_attention(model_type: str | None) -> str:

@@ -47,17 +47,13 @@ class MaskedDiffusion(Objective):
         student bidirectionally. Other students keep `auto` (bidirectional, as before) and their fingerprints."""
         import dataclasses
 
-        from t3s.objectives.diffusion import auto_attention, read_config
+        from t3s.objectives.diffusion import auto_attention, model_type
 
         dcfg = cfg.diffusion
         model = model or cfg.student
-        if dcfg.attention == "auto" and model:
-            try:
-                kind = read_config(model, cfg.train.trust_remote_code).get("model_type")
-            except T3SError:
-                kind = None  # nothing to evaluate yet: the sampler resolves `auto` from the loaded model
-            if auto_attention(kind) == "block_causal":
-                dcfg = dataclasses.replace(dcfg, attention="block_causal")
+        # a model whose config cannot be read (None) leaves `auto` to the sampler, which reads the loaded model
+        if dcfg.attention == "auto" and model and auto_attention(model_type(str(model))) == "block_causal":
+            dcfg = dataclasses.replace(dcfg, attention="block_causal")
         return cls(dcfg)
 
     @classmethod
